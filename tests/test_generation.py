@@ -8,7 +8,6 @@ import _thread
 import dataclasses
 import gc
 import logging
-import os
 import sys
 import threading
 import time

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -91,10 +92,20 @@ class LLMMagics(Magics):
             yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
             return
         handle = display(StatusLine("starting"), display_id=True)
-        try:
-            yield lambda message: handle.update(StatusLine(message))
-        finally:
-            handle.update({"text/plain": ""}, raw=True)
+        # transformers' own bars would stay in the cell as stderr text: the status line
+        # stands in for them while this load runs.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            from transformers.utils import logging as hf_logging
+
+            bars_were_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                yield lambda message: handle.update(StatusLine(message))
+            finally:
+                handle.update({"text/plain": ""}, raw=True)
+                if bars_were_on:
+                    hf_logging.enable_progress_bar()
 
 
 def _unquote(text: str) -> str:

@@ -21,16 +21,19 @@ def load(
     alias: str | None = None,
     reload: bool = False,
     progress: Callable[[str], None] | None = None,
+    max_memory: dict | None = None,
 ) -> LoadedModel:
     """Load MODEL (Hub id, `save_pretrained` folder or .gguf file) into the kernel's cache.
 
     The same request again returns the same handle from the cache in milliseconds.
+    `max_memory` ({"cpu": "2GB", 0: "20GB"}) caps what device_map="auto" puts on each device.
     `handle.model`, `handle.tokenizer`, `handle.info` (plain metadata); `load_card(handle)`
     describes it.
     """
     handle, _ = load_with_card(
         model, dtype=dtype, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
+        max_memory=max_memory,
     )
     return handle
 
@@ -45,6 +48,7 @@ def load_with_card(
     alias: str | None = None,
     reload: bool = False,
     progress: Callable[[str], None] | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[LoadedModel, LoadCard]:
     """`load`, plus the card that says what it did (what `%llm_load` shows)."""
     started = time.perf_counter()
@@ -60,13 +64,19 @@ def load_with_card(
     choice = hardware.choose_dtype(
         hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
     )
-    key = (source.identity, choice.dtype, _hashable(device_map), bool(trust_remote_code))
+    settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}))
+    key = (source.identity, *settings)
 
     entry = None if reload else MODEL_CACHE.get(key)
     state = "cached"
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
-        model_obj, tokenizer, info = loading.load_model(source, choice, device_map, trust_remote_code, progress)
+        model_obj, tokenizer, info = loading.load_model(
+            source, choice, device_map, trust_remote_code, progress, max_memory
+        )
+        if source.kind == "hub" and not source.cached:
+            # Now downloaded: key it by its snapshot's commit, as the next request will be.
+            key = (loading.resolve_source(model, revision).identity, *settings)
         entry = LoadedModel(key, model_obj, tokenizer, info)
         del model_obj, tokenizer
         MODEL_CACHE.put(entry)

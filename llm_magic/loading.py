@@ -40,7 +40,7 @@ class Source:
     @property
     def identity(self) -> str:
         """What names these weights in the cache key."""
-        if self.kind == "hub" and not self.cached:
+        if self.kind == "hub":  # a cached snapshot's revision is its commit
             return f"hub:{self.name}@{self.revision or 'main'}"
         if self.kind == "gguf":
             st = os.stat(self.path)
@@ -201,6 +201,7 @@ def load_model(
     device_map: str | dict = "auto",
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[Any, Any, ModelInfo]:
     """Read tokenizer and weights; returns (model, tokenizer, info)."""
     import torch
@@ -232,9 +233,12 @@ def load_model(
         device_map=device_map,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
+        **({"max_memory": max_memory} if max_memory else {}),
         **remote,
     )
     seconds = time.perf_counter() - started
+    if source.kind == "hub" and not source.cached:
+        where = str(cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
     return model, tokenizer, info
 
@@ -248,10 +252,11 @@ def _is_empty(tokenizer) -> bool:
 def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seconds: float,
              trust_remote_code: bool, where: str) -> ModelInfo:
     """Facts for the card, derived from the loaded objects."""
-    devices = sorted({str(p.device) for p in model.parameters()})
     device_map = getattr(model, "hf_device_map", None) or {}
-    offloaded = sorted({str(v) for v in device_map.values()} & {"cpu", "disk"})
     placed = {str(v) for v in device_map.values()}
+    offloaded = sorted(placed & {"cpu", "disk"})
+    # Disk-offloaded weights sit on the meta device until used: name the disk instead.
+    devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
     warnings = []
     if "disk" in placed or (offloaded and len(placed) > 1):
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
@@ -273,7 +278,7 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         class_name=type(model).__name__,
         num_params=sum(p.numel() for p in model.parameters()),
         memory_bytes=int(model.get_memory_footprint()),
-        device=", ".join(devices) + (", disk" if "disk" in placed else ""),
+        device=", ".join(devices + (["disk"] if "disk" in placed else [])),
         dtype=str(model.dtype).removeprefix("torch."),
         dtype_reason=dtype.reason,
         source=where,

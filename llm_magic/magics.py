@@ -40,6 +40,11 @@ class LLMMagics(Magics):
     @argument("--device-map", default=None, help="auto, cpu, cuda, cuda:1, mps, ... Default: LLMMagics.device_map.")
     @argument("--revision", default=None, help="Branch, tag or commit of a Hub model.")
     @argument(
+        "--max-memory",
+        default=None,
+        help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; the rest is offloaded (slower).",
+    )
+    @argument(
         "--trust-remote-code", action="store_true", help="Run the model repository's own Python code (only for repos you trust)."
     )
     @argument("--as", dest="alias", default=None, help="A short name for the cached model (for -m in %%%%llm_generate).")
@@ -67,6 +72,7 @@ class LLMMagics(Magics):
                 alias=args.alias,
                 reload=args.reload,
                 progress=progress,
+                max_memory=_parse_max_memory(args.max_memory),
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
@@ -106,6 +112,22 @@ class LLMMagics(Magics):
                 handle.update({"text/plain": ""}, raw=True)
                 if bars_were_on:
                     hf_logging.enable_progress_bar()
+
+
+def _parse_max_memory(text: str | None) -> dict | None:
+    """'0=20GB,cpu=30GB' -> {0: '20GB', 'cpu': '30GB'} (accelerate reads the sizes)."""
+    if not text:
+        return None
+    caps = {}
+    for part in _unquote(text).split(","):
+        device, sep, size = part.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            from IPython.core.error import UsageError
+
+            raise UsageError(f"--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], e.g. 0=20GB,cpu=30GB; got {text!r}")
+        device = device.strip()
+        caps[int(device) if device.isdigit() else device] = size.strip()
+    return caps
 
 
 def _unquote(text: str) -> str:

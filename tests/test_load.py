@@ -186,3 +186,17 @@ def test_help_lists_options(shell):
 def test_empty_model_name(bad):
     with pytest.raises(LoadError, match="no model given"):
         llm_magic.load(bad)
+
+
+def test_offload_to_disk_is_warned_on_the_card(shell, tiny_model_dir):
+    # A too-small max_memory makes accelerate put every weight on disk, silently.
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory cpu=1KB")
+    assert result.success
+    text = result.result.text()
+    assert "device      disk" in text
+    assert "offloaded to disk" in text and "slower" in text
+
+
+def test_bad_max_memory_is_a_usage_error(shell, tiny_model_dir):
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory lots")
+    assert type(result.error_in_exec).__name__ == "UsageError"

@@ -59,8 +59,6 @@ def load_with_card(
     if alias is not None and not alias.isidentifier():
         raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
     source = loading.resolve_source(model, revision)
-    if progress:
-        progress(f"resolved {model} → {source.path or 'the Hub'}")
     choice = hardware.choose_dtype(
         hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
     )

@@ -298,6 +298,29 @@ def release_memory() -> None:
     torch = sys.modules.get("torch")  # never import torch just to free memory
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS. glibc keeps freed blocks for reuse (its mmap
+    threshold grows after large frees, so later tensors land on the heap), so RSS stays
+    high after the weights are gone unless asked with malloc_trim."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 MODEL_CACHE = ModelCache()

@@ -219,9 +219,14 @@ def check_fit(
             return Fit(True, f"needs {fb(est.bytes)}; free RAM unknown")
         if need <= ram:
             return Fit(True, f"fits on {target}: needs {fb(est.bytes)}, {fb(ram)} free")
-        return Fit(False, f"does not fit: needs {fb(est.bytes)}, {fb(ram)} free")
+        return Fit(False, f"does not fit: needs {_need(est)}, {fb(ram)} free")
 
     gpus = {d: f + back.get(d, 0) for d, f in (free_gpus or {}).items()}
+    if isinstance(device_map, dict):  # the user placed the modules: judge the total only
+        total = sum(gpus.values()) + (ram or 0)
+        if need <= total:
+            return Fit(True, f"fits the given device map: needs {fb(est.bytes)}, {fb(total)} free")
+        return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
     dm = device_map.lower() if isinstance(device_map, str) else None
     wanted = _explicit_gpu(dm)
     if wanted is not None:  # one named GPU: nothing is offloaded, it fits there or not
@@ -230,7 +235,7 @@ def check_fit(
             return Fit(True, f"needs {fb(est.bytes)}; free memory on {wanted} unknown")
         if need <= free:
             return Fit(True, f"fits on {wanted}: needs {fb(est.bytes)}, {fb(free)} free")
-        return Fit(False, f"does not fit on {wanted}: needs {fb(est.bytes)}, {fb(free)} free")
+        return Fit(False, f"does not fit on {wanted}: needs {_need(est)}, {fb(free)} free")
     on_gpus = sum(gpus.values())
     names = ", ".join(gpus) or "cuda"
     if need <= on_gpus:
@@ -239,7 +244,13 @@ def check_fit(
     if dm in ("auto", "balanced", "balanced_low_0", "sequential") and (ram is None or spill <= ram):
         return Fit(True, f"will offload {fb(spill)} to cpu — generation slower ({fb(on_gpus)} free on {names})", spill)
     total = on_gpus + (ram or 0) if dm in ("auto", "balanced", "balanced_low_0", "sequential") else on_gpus
-    return Fit(False, f"does not fit: needs {fb(est.bytes)}, {fb(total)} free")
+    return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
+
+
+def _need(est: Estimate) -> str:
+    from .display import format_bytes as fb
+
+    return f"{fb(est.bytes)} + {fb(est.needed - est.bytes)} headroom"
 
 
 def _explicit_gpu(dm: str | None) -> str | None:

@@ -202,7 +202,7 @@ def test_max_models_one_unloads_the_first_model(shell, tiny_model_dir, tiny_hub_
     assert first() is None
     assert [e.name for e in MODEL_CACHE.entries()] == [tiny_hub_id]
     assert isinstance(card, LoadCard)
-    assert any("unloaded " + str(tiny_model_dir) in n and "budget of 1 model" in n for n in card.notes())
+    assert any("unloaded first (284 KB)" in n and "budget of 1 model" in n for n in card.notes())
     assert "unloaded" in card.text()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 
 import llm_magic
-from llm_magic import hardware
 
 
 def measure(dtype: str) -> float:

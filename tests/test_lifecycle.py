@@ -259,6 +259,16 @@ def test_estimate_within_10_percent_of_the_footprint_smollm2(smollm2_gguf, dtype
         assert abs(est.bytes - footprint) <= 0.10 * footprint, (est, footprint)
 
 
+def test_estimate_reads_every_shard_of_a_sharded_checkpoint(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    est = sizing.estimate_safetensors(sharded, "float32")
+    assert len(est.files) > 1 and est.bytes == sizing.estimate_safetensors(tiny_model_dir, "float32").bytes
+
+
 def test_estimate_of_a_gguf_not_converted_yet_reads_its_header(smollm2_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path))  # no converted twin here
     est = api.estimate(loading.resolve_source(smollm2_gguf), "bfloat16")

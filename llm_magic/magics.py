@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Unicode
+from traitlets import Bool, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, hardware
+from . import api, hardware, sizing
+from .cache import MODEL_CACHE
 from .display import StatusLine
 
 
@@ -28,6 +29,27 @@ class LLMMagics(Magics):
     quiet = Bool(False, help="Load without progress or card unless asked (as --quiet on every %llm_load).").tag(
         config=True
     )
+    max_models = Int(
+        0, help="The most models the cache holds (0: no limit); loading one more unloads the least recently used."
+    ).tag(config=True)
+    memory_budget = Union(
+        [Int(), Unicode()],
+        default_value=0,
+        help="The most bytes of weights the cache holds, as a number or a string like '8GB' (0: no limit); "
+        "loading past it unloads the least recently used models first.",
+    ).tag(config=True)
+
+    @validate("memory_budget")
+    def _parse_budget(self, proposal):
+        try:
+            return sizing.parse_bytes(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"LLMMagics.memory_budget: {e}") from None
+
+    @observe("max_models", "memory_budget")
+    def _apply_budget(self, change):
+        # The budget lives on the cache, so llm_magic.load() from plain Python honours it too.
+        MODEL_CACHE.set_budget(**{change["name"]: change["new"]})
 
     @magic_arguments()
     @argument("model", help="Hub id (org/name), a save_pretrained folder, or a .gguf file.")
@@ -50,6 +72,7 @@ class LLMMagics(Magics):
     @argument("--as", dest="alias", default=None, help="A short name for the cached model (for -m in %%%%llm_generate).")
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
+    @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
@@ -73,9 +96,32 @@ class LLMMagics(Magics):
                 reload=args.reload,
                 progress=progress,
                 max_memory=_parse_max_memory(args.max_memory),
+                force=args.force,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
+
+    @magic_arguments()
+    @line_magic
+    def llm_models(self, line: str = ""):
+        """List the cached models (alias, id, revision, dtype, device, memory, last used),
+        their total, free RAM and GPU memory, and the budget."""
+        parse_argstring(self.llm_models, line)
+        return api.models()
+
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="The alias or the name the model was loaded with.")
+    @argument("--all", action="store_true", help="Unload every cached model.")
+    @line_magic
+    def llm_unload(self, line: str):
+        """Unload a cached model and free its memory for real: the cache, output history
+        (Out, _) and tracebacks let go of it; the card says how much memory came back."""
+        args = parse_argstring(self.llm_unload, line)
+        if args.all == bool(args.name):
+            from IPython.core.error import UsageError
+
+            raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
+        return api.unload(_unquote(args.name) if args.name else None, all=args.all)
 
     @line_magic
     def llm_tb(self, line: str = ""):
@@ -128,6 +174,37 @@ def _parse_max_memory(text: str | None) -> dict | None:
         device = device.strip()
         caps[int(device) if device.isdigit() else device] = size.strip()
     return caps
+
+
+def watch_shell(shell) -> None:
+    """Let the cache free what this shell keeps of an unloaded model: output history
+    (`Out`, `_`, `_N`, in `user_ns` and its hidden copy), the display hook's own `_`, `__`,
+    `___`, and the last cell's result and error."""
+    MODEL_CACHE.namespaces += [shell.user_ns, shell.user_ns_hidden]
+    MODEL_CACHE.holders.append(_shell_holder(shell))
+
+
+def unwatch_shell(shell) -> None:
+    mine = (shell.user_ns, shell.user_ns_hidden)
+    MODEL_CACHE.namespaces[:] = [ns for ns in MODEL_CACHE.namespaces if not any(ns is m for m in mine)]
+    MODEL_CACHE.holders[:] = [h for h in MODEL_CACHE.holders if getattr(h, "shell", None) is not shell]
+
+
+def _shell_holder(shell):
+    def scrub(is_target) -> list:
+        hook = shell.displayhook
+        for name in ("_", "__", "___"):
+            if is_target(getattr(hook, name, None)):
+                setattr(hook, name, "")
+        result = getattr(shell, "last_execution_result", None)
+        if result is None:
+            return []
+        if is_target(result.result):
+            result.result = None
+        return [result.error_before_exec, result.error_in_exec]
+
+    scrub.shell = shell
+    return scrub
 
 
 def _unquote(text: str) -> str:

@@ -14,6 +14,7 @@ from traitlets import Bool, Unicode
 
 from . import api, hardware
 from .display import StatusLine
+from .errors import LLMError
 
 
 @magics_class
@@ -44,6 +45,7 @@ class LLMMagics(Magics):
     @argument("--as", dest="alias", default=None, help="A short name for the cached model (for -m in %%%%llm_generate).")
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
+    @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
@@ -56,7 +58,7 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
-        with self._status(quiet) as progress:
+        with self._status(quiet) as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
                 _unquote(args.model),
                 dtype=dtype,
@@ -95,6 +97,16 @@ class LLMMagics(Magics):
             yield lambda message: handle.update(StatusLine(message))
         finally:
             handle.update({"text/plain": ""}, raw=True)
+
+
+@contextmanager
+def _verbose_errors(verbose: bool):
+    """With --verbose, an LLMError's card is followed by its full chained traceback."""
+    try:
+        yield
+    except LLMError as e:
+        e.verbose = verbose
+        raise
 
 
 def _unquote(text: str) -> str:

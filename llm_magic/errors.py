@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 Context = dict[str, Any]
 
-MAX_DETAILS = 3
+MAX_DETAILS = 4
 MAX_FIXES = 4
 
 
@@ -63,7 +63,7 @@ class LLMError(Exception):
         super().__init__(what if cause is None else f"{what}: {cause}")
 
     def card_lines(self) -> list[str]:
-        """At most 12 lines: what, cause, details, fixes, the original, the traceback hint."""
+        """At most 12 lines: what, cause, 4 details, 4 fixes, the original, the traceback hint."""
         d = self.diagnosis
         lines = [f"✗ {d.what}"]
         if d.cause:
@@ -206,7 +206,7 @@ def _memory_facts(ctx: Context, device: str) -> list[str]:
     if device == "cuda":
         for index, name, free, total in ctx.get("gpus") or []:
             facts.append(f"GPU {index} ({name}): {fmt_bytes(free)} free of {fmt_bytes(total)}")
-    if device == "cpu" or not ctx.get("gpus"):
+    if device == "cpu":
         if ctx.get("ram_total"):
             facts.append(f"RAM: {fmt_bytes(ctx.get('ram_free'))} free of {fmt_bytes(ctx['ram_total'])}")
     cached = _cached_list(ctx)
@@ -241,6 +241,7 @@ def _parse_cuda_oom(message: str) -> list[str]:
 def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
     name = _name(ctx)
     offline = ctx.get("offline")
+    details = []
     if offline:
         cause = f"HF_HUB_OFFLINE is set, and {name} is not in the local Hugging Face cache"
     else:
@@ -255,7 +256,6 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
     else:
         fixes.append("check the network (or proxy), then run %llm_load again to download it")
         fixes.append("HF_HUB_OFFLINE=1 (set before the kernel starts) uses only cached files, with no network wait")
-    details = []
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
@@ -447,6 +447,21 @@ def _no_config(exc: BaseException, ctx: Context) -> Diagnosis:  # [4]
     return Diagnosis(_what(ctx), cause, fixes, [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"])
 
 
+def _no_tokenizer(exc: BaseException, ctx: Context) -> Diagnosis:  # [8]
+    path = ctx.get("path") or _name(ctx)
+    files = ctx.get("files")
+    details = [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"] if files is not None else []
+    return Diagnosis(
+        _what(ctx),
+        f"{path} has no usable tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
+        [
+            "copy the tokenizer in: AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
+            "or load the model the folder was made from by its Hub id",
+        ],
+        details,
+    )
+
+
 def _unknown_architecture(exc: BaseException, ctx: Context) -> Diagnosis:  # [5]
     m = re.search(r"model type `([^`]+)`", str(exc))
     model_type = m.group(1) if m else "?"
@@ -514,6 +529,8 @@ LOAD_RULES: list[Rule] = [
     Rule("bad_device_map", ("builtins.ValueError",), _bad_device_map, _re(r"When passing device_map as a string")),
     Rule("no_weights", ("builtins.OSError",), _no_weights, _re(r"no file named .*found in directory")),
     Rule("no_config", ("builtins.ValueError",), _no_config, _re(r"Unrecognized model in|should have a `model_type` key")),
+    Rule("no_tokenizer", ("builtins.ValueError", "builtins.OSError"), _no_tokenizer,
+         _re(r"Couldn't instantiate the backend tokenizer|Can't load tokenizer for")),
     Rule("unknown_architecture", ("builtins.ValueError",), _unknown_architecture, _re(r"does not recognize this architecture")),
     Rule("not_causal_lm", ("builtins.ValueError",), _not_causal_lm, _re(r"Unrecognized configuration class")),
 ]

@@ -256,6 +256,9 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
     else:
         fixes.append("check the network (or proxy), then run %llm_load again to download it")
         fixes.append("HF_HUB_OFFLINE=1 (set before the kernel starts) uses only cached files, with no network wait")
+    if any(note.startswith("llm_magic: no connection") for note in getattr(exc, "__notes__", ())):
+        details.append("no connection to the Hub: llm_magic checked first and asked for cached files only,"
+                       " to fail now rather than after minutes of retries")
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")

@@ -25,6 +25,7 @@ Progress = Callable[[str], None]
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _CONVERTED_MARK = "llm_magic_gguf.json"
+PROBE_NOTE = "llm_magic: no connection to"  # noted on the error when the Hub probe failed
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,14 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
         # Fail in a second, not after minutes of retries (transformers retries each file
         # with backoff): ask huggingface_hub for the cached file only, which raises its
         # real LocalEntryNotFoundError for errors.diagnose_load to explain.
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
-        hf_hub_download(text, "config.json", revision=revision, local_files_only=True)
+        try:
+            hf_hub_download(text, "config.json", revision=revision, local_files_only=True)
+        except LocalEntryNotFoundError as e:
+            e.add_note(f"{PROBE_NOTE} {constants.ENDPOINT}: asked for cached files only")
+            raise
     return Source("hub", text, None, revision)
 
 

@@ -105,6 +105,7 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id)
     assert "could not be reached" in text and "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
     assert "did you mean llm-magic-tests/tiny-gpt2 (cached)?" in text
     assert "%llm_load ./path/to/folder" in text and "HF_HUB_OFFLINE=1" in text
+    assert "no connection to the Hub: llm_magic checked first" in text
     assert "%llm_tb" in text
 
 
@@ -450,3 +451,26 @@ def test_matching_is_type_first_then_message():
     except OSError as wrapped:
         error = diagnose_load(wrapped, {"model": "m"})
     assert "the disk is full" in error.diagnosis.cause
+
+
+# ------------------------------------------------------------------------- the notebook
+
+
+def test_errors_notebook_runs_and_shows_cards():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from run_notebook import cell_text, run
+
+    notebook = run(Path(__file__).resolve().parents[1] / "examples" / "errors.ipynb")
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    failed = [c for c in code if any(o.output_type == "error" for o in c.outputs)]
+    assert all("raises-exception" in c.metadata.get("tags", []) for c in failed)
+    assert len(failed) == 4
+    texts = [cell_text(c) for c in failed]
+    assert all(t.startswith("✗ ") and "Traceback (most recent call last)" not in t for t in texts)
+    assert "nearest existing folder" in texts[0]
+    assert "could not be reached" in texts[1] or "has no repository" in texts[1]
+    assert "corrupt or truncated" in texts[2] and "smol-truncated/model.safetensors" in texts[2]
+    assert "CPU-only build" in texts[3]
+    outputs = "".join(cell_text(c) for c in code)
+    assert "The above exception was the direct cause" in outputs  # %llm_tb
+    assert "1 model cached; 0 stray models" in outputs

@@ -187,6 +187,10 @@ def _name(ctx: Context) -> str:
     return str(ctx.get("model") or "the model")
 
 
+def _hub(ctx: Context) -> str:
+    return str(ctx.get("endpoint") or "https://huggingface.co").rstrip("/")
+
+
 def _what(ctx: Context) -> str:
     return f"could not load {_name(ctx)}"
 
@@ -257,8 +261,7 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
         fixes.append("check the network (or proxy), then run %llm_load again to download it")
         fixes.append("HF_HUB_OFFLINE=1 (set before the kernel starts) uses only cached files, with no network wait")
     if any(note.startswith("llm_magic: no connection") for note in getattr(exc, "__notes__", ())):
-        details.append("no connection to the Hub: llm_magic checked first and asked for cached files only,"
-                       " to fail now rather than after minutes of retries")
+        details.append("no connection to the Hub (checked first, so this fails now, not after minutes of retries)")
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
@@ -271,7 +274,7 @@ def _gated(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
         _what(ctx),
         f"{name} is a gated or private repository and this machine has no access to it",
         [
-            f"accept the licence at https://huggingface.co/{name} (logged in as the account you use here)",
+            f"accept the licence at {_hub(ctx)}/{name} (logged in as the account you use here)",
             "log in: hf auth login   (or set HF_TOKEN before starting the kernel)",
         ],
     )
@@ -279,7 +282,7 @@ def _gated(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
 
 def _repo_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
     name = _name(ctx)
-    fixes = [f"check the id (org/name, as on https://huggingface.co/models?search={name.rsplit('/', 1)[-1]})"]
+    fixes = [f"check the id (org/name, as on {_hub(ctx)}/models?search={name.rsplit('/', 1)[-1]})"]
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=2, cutoff=0.6)
     if close:
         fixes.append(f"did you mean {' or '.join(close)} (cached)?  %llm_load {close[0]}")
@@ -293,7 +296,7 @@ def _revision_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
         _what(ctx),
         f"{name} has no branch, tag or commit {ctx.get('revision')!r}",
         [
-            f"see the revisions at https://huggingface.co/{name}/tree/main",
+            f"see the revisions at {_hub(ctx)}/{name}/tree/main",
             f"drop --revision to load main: %llm_load {name}",
         ],
     )

@@ -316,29 +316,28 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to the Hub endpoint (or the HTTPS proxy) opens within
-    `timeout` seconds. Name resolution has no timeout of its own, so the attempt runs in
-    a daemon thread and is abandoned when the time is up. False when HF_HUB_OFFLINE is set."""
-    import socket
+    """Whether the Hub endpoint answers an HTTP request (any status) within `timeout`
+    seconds, through the proxy the environment names. A TCP connect alone is not
+    enough: some networks accept every connection and then say nothing. Name
+    resolution has no timeout of its own, so the attempt runs in a daemon thread and is
+    abandoned when the time is up. False when HF_HUB_OFFLINE is set."""
     import threading
-    from urllib.parse import urlsplit
+    import urllib.error
+    import urllib.request
 
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
-    endpoint = urlsplit(constants.ENDPOINT)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") if endpoint.scheme == "https" else None
-    target = urlsplit(proxy if proxy and "://" in proxy else f"http://{proxy}") if proxy else endpoint
-    host = target.hostname or ""
-    port = target.port or (443 if target.scheme == "https" else 80)
     result: list[bool] = []
 
     def attempt() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+            result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # it answered, if only with an error status
+        except (OSError, ValueError):
             result.append(False)
 
     thread = threading.Thread(target=attempt, name="llm_magic-hub-probe", daemon=True)

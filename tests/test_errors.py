@@ -105,8 +105,19 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id)
     assert "could not be reached" in text and "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
     assert "did you mean llm-magic-tests/tiny-gpt2 (cached)?" in text
     assert "%llm_load ./path/to/folder" in text and "HF_HUB_OFFLINE=1" in text
-    assert "no connection to the Hub: llm_magic checked first" in text
+    assert "no connection to the Hub (checked first" in text
     assert "%llm_tb" in text
+
+
+def test_hub_probe_gives_up_on_a_silent_endpoint(monkeypatch):
+    from huggingface_hub import constants
+
+    from llm_magic import loading
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://10.255.255.1")  # non-routable: never answers
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    assert loading.hub_reachable(timeout=0.5) is False
 
 
 # ------------------------------------------------------- 2. Hub HTTP errors (no Hub here)
@@ -474,3 +485,68 @@ def test_errors_notebook_runs_and_shows_cards():
     outputs = "".join(cell_text(c) for c in code)
     assert "The above exception was the direct cause" in outputs  # %llm_tb
     assert "1 model cached; 0 stray models" in outputs
+
+
+# ------------------------------------- 2 again, end to end: a Hub that answers with errors
+
+
+class _FakeHub:
+    """A local HTTP server that answers every request the way the Hub answers for a
+    missing repository, a gated one, or a missing revision (status + X-Error-Code)."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                path = self.path
+                if "/org/gated/" in path:
+                    status, code = 403, "GatedRepo"
+                elif "/org/model/" in path and "/v9/" in path:
+                    status, code = 404, "RevisionNotFound"
+                else:
+                    status, code = 404, "RepoNotFound"
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hub_http_errors_end_to_end(tmp_path):
+    """Real huggingface_hub and transformers code against a Hub that answers with errors
+    (the endpoint is read when huggingface_hub is imported: hence a fresh process)."""
+    import subprocess
+
+    script = (
+        "import llm_magic\n"
+        "for model, revision in [('org/missing', None), ('org/gated', None), ('org/model', 'v9')]:\n"
+        "    try:\n"
+        "        llm_magic.load(model, revision=revision)\n"
+        "    except llm_magic.LoadError as e:\n"
+        "        print('\\n'.join(e.card_lines()))\n"
+        "        print('CHAIN', [type(x).__name__ for x in llm_magic.errors.chain(e)])\n"
+    )
+    with _FakeHub() as endpoint:
+        env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cards = out.stdout.split("✗ ")[1:]
+    assert len(cards) == 3, out.stdout
+    assert "the Hub has no repository 'org/missing'" in cards[0] and "RepositoryNotFoundError" in cards[0]
+    assert "org/gated is a gated or private repository" in cards[1] and "hf auth login" in cards[1]
+    assert "GatedRepoError" in cards[1]
+    assert "org/model has no branch, tag or commit 'v9'" in cards[2] and "RevisionNotFoundError" in cards[2]

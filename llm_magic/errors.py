@@ -34,6 +34,8 @@ from typing import Any, Callable
 Context = dict[str, Any]
 
 MAX_DETAILS = 4
+# loading notes this on the LocalEntryNotFoundError it provokes when its Hub probe failed.
+PROBE_NOTE = "llm_magic: no connection to"
 MAX_FIXES = 4
 
 
@@ -60,6 +62,7 @@ class LLMError(Exception):
     ):
         self.diagnosis = Diagnosis(what, cause, list(fixes or []), list(details or []))
         self.verbose = False  # set by `--verbose`: the card is followed by the full traceback
+        self.matched: str | None = None  # the type in the chain a rule recognised, when not the top one
         super().__init__(what if cause is None else f"{what}: {cause}")
 
     def card_lines(self) -> list[str]:
@@ -72,7 +75,8 @@ class LLMError(Exception):
         lines += [f"  → {fix}" for fix in d.fixes[:MAX_FIXES]]
         original = self.__cause__
         if original is not None:
-            lines.append(f"  {original_line(original)}")
+            recognised = f"  (recognised: {self.matched})" if self.matched and self.matched != type(original).__name__ else ""
+            lines.append(f"  {original_line(original)}{recognised}")
             lines.append(f"  {self.traceback_hint}")
         return lines
 
@@ -150,10 +154,10 @@ def find_rule(exc: BaseException, rules: list[Rule]) -> tuple[Rule, BaseExceptio
 
 
 def original_line(exc: BaseException) -> str:
-    """`Type: first line of the message` (≤ 200 characters)."""
+    """`Type: first line of the message` (the message cut at 110 characters)."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    if len(first) > 200:
-        first = first[:197] + "..."
+    if len(first) > 110:
+        first = first[:107] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
@@ -249,19 +253,19 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
     if offline:
         cause = f"HF_HUB_OFFLINE is set, and {name} is not in the local Hugging Face cache"
     else:
-        cause = f"the Hugging Face Hub ({ctx.get('endpoint') or 'huggingface.co'}) could not be reached, and {name} is not in the local cache"
+        cause = f"the Hub ({_hub(ctx)}) could not be reached, and {name} is not in the local cache"
     fixes = []
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=3, cutoff=0.6)
     if close:
-        fixes.append(f"did you mean {' or '.join(close)} (cached)?  %llm_load {close[0]}")
-    fixes.append("load a local folder written by save_pretrained: %llm_load ./path/to/folder")
+        fixes.append(f"did you mean: %llm_load {close[0]}" + (f" (or {', '.join(close[1:])})" if close[1:] else "") + "  (cached)")
+    fixes.append("a local folder (save_pretrained) loads as: %llm_load ./path/to/folder")
     if offline:
         fixes.append("unset HF_HUB_OFFLINE (before starting the kernel) to let llm_magic download it")
     else:
-        fixes.append("check the network (or proxy), then run %llm_load again to download it")
-        fixes.append("HF_HUB_OFFLINE=1 (set before the kernel starts) uses only cached files, with no network wait")
-    if any(note.startswith("llm_magic: no connection") for note in getattr(exc, "__notes__", ())):
-        details.append("no connection to the Hub (checked first, so this fails now, not after minutes of retries)")
+        fixes.append("check the network or proxy; %llm_load again then downloads it")
+        fixes.append("HF_HUB_OFFLINE=1 before the kernel starts: cached files only, no waiting")
+    if not offline and any(note.startswith(PROBE_NOTE) for note in getattr(exc, "__notes__", ())):
+        details.append("no connection to the Hub: checked first, to fail now, not retry for minutes")
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
@@ -285,7 +289,7 @@ def _repo_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
     fixes = [f"check the id (org/name, as on {_hub(ctx)}/models?search={name.rsplit('/', 1)[-1]})"]
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=2, cutoff=0.6)
     if close:
-        fixes.append(f"did you mean {' or '.join(close)} (cached)?  %llm_load {close[0]}")
+        fixes.append(f"did you mean: %llm_load {close[0]}  (cached)")
     fixes.append("a private repository needs a login: hf auth login   (or HF_TOKEN)")
     return Diagnosis(_what(ctx), f"the Hub has no repository {name!r} (or it is private)", fixes)
 
@@ -553,7 +557,9 @@ def diagnose_load(exc: BaseException, context: Context | None = None) -> LLMErro
     ctx = context or {}
     found = find_rule(exc, LOAD_RULES)
     d = found[0].explain(found[1], ctx) if found else _unrecognised_load(exc, ctx)
-    return LoadError(d.what, d.cause, d.fixes, d.details)
+    error = LoadError(d.what, d.cause, d.fixes, d.details)
+    error.matched = type(found[1]).__name__ if found else None
+    return error
 
 
 # --------------------------------------------------------------------------------------
@@ -609,4 +615,6 @@ def diagnose_generation(exc: BaseException, context: Context | None = None) -> L
     ctx = context or {}
     found = find_rule(exc, GENERATION_RULES)
     d = found[0].explain(found[1], ctx) if found else Diagnosis(_gen_what(ctx))
-    return GenerationError(d.what, d.cause, d.fixes, d.details)
+    error = GenerationError(d.what, d.cause, d.fixes, d.details)
+    error.matched = type(found[1]).__name__ if found else None
+    return error

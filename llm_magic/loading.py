@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import hardware
-from .errors import LoadError
+from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
 
@@ -25,7 +25,6 @@ Progress = Callable[[str], None]
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _CONVERTED_MARK = "llm_magic_gguf.json"
-PROBE_NOTE = "llm_magic: no connection to"  # noted on the error when the Hub probe failed
 
 
 @dataclass(frozen=True)

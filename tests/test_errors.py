@@ -66,9 +66,14 @@ def fail(shell, line: str, error_type=LoadError) -> tuple[BaseException, str]:
     if isinstance(result.error_in_exec, errors.LLMError):
         card = "\n".join(result.error_in_exec._render_traceback_())
         assert card in text  # what IPython printed is the card, not a traceback
-        assert len(card.splitlines()) <= 15
+        assert terminal_rows(card) <= 15
         assert "Traceback (most recent call last)" not in text
     return result.error_in_exec, text
+
+
+def terminal_rows(card: str, columns: int = 80) -> int:
+    """How many rows the card takes in a terminal `columns` wide (long lines wrap)."""
+    return sum(max(1, -(-len(line) // columns)) for line in card.splitlines())
 
 
 def edit_config(folder: Path, **changes) -> None:
@@ -102,10 +107,11 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id)
     error, text = fail(loaded, "%llm_load llm-magic-tests/tiny-gpt3")
     assert time.perf_counter() - started <= 5.0  # the issue's hard limit
     assert "LocalEntryNotFoundError" in chain_types(error)
-    assert "could not be reached" in text and "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
-    assert "did you mean llm-magic-tests/tiny-gpt2 (cached)?" in text
+    assert "the Hub (https://huggingface.co) could not be reached" in text
+    assert "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
+    assert "did you mean: %llm_load llm-magic-tests/tiny-gpt2  (cached)" in text
     assert "%llm_load ./path/to/folder" in text and "HF_HUB_OFFLINE=1" in text
-    assert "no connection to the Hub (checked first" in text
+    assert "no connection to the Hub: checked first" in text
     assert "%llm_tb" in text
 
 
@@ -154,6 +160,7 @@ def test_hub_http_errors(status, code, kind, cause, fix):
     assert kind in chain_types(exc)
     error = diagnose_load(exc, {"model": "org/model", "revision": "v9", "cached_repos": []})
     text = "\n".join(error.card_lines())
+    assert error.matched == kind  # found below transformers' OSError: type first
     assert isinstance(error, LoadError) and cause in text and fix in text
 
 
@@ -165,6 +172,15 @@ def test_nonexistent_path_names_nearest_parent(loaded, tmp_path):
     error, text = fail(loaded, f"%llm_load {tmp_path}/models/nope/model")
     assert "no such file or folder" in text and "the path does not exist" in text
     assert f"nearest existing folder: {tmp_path / 'models'}" in text
+
+
+def test_hub_offline_variable_is_named():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    exc = LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has been disabled.")
+    text = "\n".join(diagnose_load(exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}).card_lines())
+    assert "HF_HUB_OFFLINE is set, and org/m is not in the local Hugging Face cache" in text
+    assert "unset HF_HUB_OFFLINE" in text and "did you mean: %llm_load org/mm  (cached)" in text
 
 
 def test_invalid_repo_id_is_explained():

@@ -404,7 +404,8 @@ def _no_gpu_visible(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
     if count:
         cause = f"--device-map {dm} names a GPU that does not exist: {count} visible (cuda:0..cuda:{count - 1})"
     else:
-        cause = f"torch is built with CUDA {ctx.get('torch_cuda') or ''} but sees no GPU (driver missing, or hidden by CUDA_VISIBLE_DEVICES)".replace("  ", " ")
+        built = f"CUDA {ctx['torch_cuda']}" if ctx.get("torch_cuda") else "CUDA"
+        cause = f"torch is built with {built} but sees no GPU (driver missing, or hidden by CUDA_VISIBLE_DEVICES)"
     return Diagnosis(
         _what(ctx) + f" with --device-map {dm}",
         cause,

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Callable
 
-from . import hardware, loading, sizing
+from . import errors, hardware, loading, sizing
 from .cache import MODEL_CACHE, LoadedModel, Released, nothing_left_on_failure
 from .display import LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .errors import LLMError, LoadError
@@ -55,7 +55,39 @@ def load_with_card(
     max_memory: dict | None = None,
     force: bool = False,
 ) -> tuple[LoadedModel, LoadCard]:
-    """`load`, plus the card that says what it did (what `%llm_load` shows)."""
+    """`load`, plus the card that says what it did (what `%llm_load` shows).
+
+    A failure raises LoadError (the original chained as __cause__), leaves the cache as
+    it was and keeps no reference to a half-loaded model."""
+    attempt: dict = {}  # what was resolved before a failure, for the error card
+    last = MODEL_CACHE.last
+    try:
+        return _load_with_card(
+            model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
+            alias=alias, reload=reload, progress=progress, max_memory=max_memory, force=force, attempt=attempt,
+        )
+    except BaseException as e:
+        MODEL_CACHE.last = last
+        failure = _load_failure(e, model, attempt, dtype, device_map, revision)
+        if failure is e:
+            raise
+        raise failure from e
+
+
+def _load_with_card(
+    model: str,
+    *,
+    dtype: str,
+    device_map: str | dict,
+    revision: str | None,
+    trust_remote_code: bool,
+    alias: str | None,
+    reload: bool,
+    progress: Callable[[str], None] | None,
+    max_memory: dict | None,
+    force: bool,
+    attempt: dict,
+) -> tuple[LoadedModel, LoadCard]:
     started = time.perf_counter()
     try:
         requested = hardware.normalize_dtype(dtype)
@@ -63,10 +95,11 @@ def load_with_card(
         raise LoadError(f"{model}: {e}", fixes=["--dtype auto lets the hardware decide"]) from None
     if alias is not None and not alias.isidentifier():
         raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
-    source = loading.resolve_source(model, revision)
+    source = attempt["source"] = loading.resolve_source(model, revision)
     choice = hardware.choose_dtype(
         hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
     )
+    attempt["dtype"] = choice.dtype
     settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}))
     key = (source.identity, *settings)
 
@@ -241,3 +274,18 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
 
 def _hashable(value):
     return tuple(sorted((str(k), str(v)) for k, v in value.items())) if isinstance(value, dict) else str(value)
+
+
+def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, device_map, revision) -> BaseException:
+    """The exception to raise for a failed load: a LoadError explaining `e`, or `e`
+    itself when it already explains itself (an LLMError) or is no error (Ctrl-C).
+
+    Either way the frames of e's traceback are cleared first: they hold the half-built
+    model as a local, and the exception outlives the cell (`sys.last_value`, `%llm_tb`).
+    """
+    errors.release_frames(e)
+    if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
+        return e
+    context = loading.failure_context(model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision)
+    context["loaded"] = [(entry.info.name, entry.info.memory_bytes) for entry in MODEL_CACHE.entries()]
+    return errors.diagnose_load(e, context)

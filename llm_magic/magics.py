@@ -16,6 +16,7 @@ from traitlets import Bool, Int, TraitError, Unicode, Union, observe, validate
 from . import api, hardware, sizing
 from .cache import MODEL_CACHE
 from .display import StatusLine
+from .errors import LLMError
 
 
 @magics_class
@@ -73,6 +74,7 @@ class LLMMagics(Magics):
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
     @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
+    @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
@@ -85,7 +87,7 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
-        with self._status(quiet) as progress:
+        with self._status(quiet) as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
                 _unquote(args.model),
                 dtype=dtype,
@@ -205,6 +207,16 @@ def _shell_holder(shell):
 
     scrub.shell = shell
     return scrub
+
+
+@contextmanager
+def _verbose_errors(verbose: bool):
+    """With --verbose, an LLMError's card is followed by its full chained traceback."""
+    try:
+        yield
+    except LLMError as e:
+        e.verbose = verbose
+        raise
 
 
 def _unquote(text: str) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from . import hardware, loading
-from .cache import MODEL_CACHE, LoadedModel
-from .display import GenerationResult, GenerationResults, LoadCard
-from .errors import GenerationError, LoadError
+from . import errors, hardware, loading, sizing
+from .cache import MODEL_CACHE, LoadedModel, Released, nothing_left_on_failure
+from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
+from .errors import GenerationError, LLMError, LoadError
 
 
 def load(
@@ -22,16 +23,22 @@ def load(
     alias: str | None = None,
     reload: bool = False,
     progress: Callable[[str], None] | None = None,
+    max_memory: dict | None = None,
+    force: bool = False,
 ) -> LoadedModel:
     """Load MODEL (Hub id, `save_pretrained` folder or .gguf file) into the kernel's cache.
 
     The same request again returns the same handle from the cache in milliseconds.
+    `max_memory` ({"cpu": "2GB", 0: "20GB"}) caps what device_map="auto" puts on each device.
     `handle.model`, `handle.tokenizer`, `handle.info` (plain metadata); `load_card(handle)`
-    describes it.
+    describes it. A model that will not fit in free memory fails before any weights are
+    read, unless `force=True`; past the cache's budget the least recently used model is
+    unloaded first.
     """
     handle, _ = load_with_card(
         model, dtype=dtype, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
+        max_memory=max_memory, force=force,
     )
     return handle
 
@@ -46,8 +53,42 @@ def load_with_card(
     alias: str | None = None,
     reload: bool = False,
     progress: Callable[[str], None] | None = None,
+    max_memory: dict | None = None,
+    force: bool = False,
 ) -> tuple[LoadedModel, LoadCard]:
-    """`load`, plus the card that says what it did (what `%llm_load` shows)."""
+    """`load`, plus the card that says what it did (what `%llm_load` shows).
+
+    A failure raises LoadError (the original chained as __cause__), leaves the cache as
+    it was and keeps no reference to a half-loaded model."""
+    attempt: dict = {}  # what was resolved before a failure, for the error card
+    last = MODEL_CACHE.last
+    try:
+        return _load_with_card(
+            model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
+            alias=alias, reload=reload, progress=progress, max_memory=max_memory, force=force, attempt=attempt,
+        )
+    except BaseException as e:
+        MODEL_CACHE.last = last
+        failure = _load_failure(e, model, attempt, dtype, device_map, revision)
+        if failure is e:
+            raise
+        raise failure from e
+
+
+def _load_with_card(
+    model: str,
+    *,
+    dtype: str,
+    device_map: str | dict,
+    revision: str | None,
+    trust_remote_code: bool,
+    alias: str | None,
+    reload: bool,
+    progress: Callable[[str], None] | None,
+    max_memory: dict | None,
+    force: bool,
+    attempt: dict,
+) -> tuple[LoadedModel, LoadCard]:
     started = time.perf_counter()
     try:
         requested = hardware.normalize_dtype(dtype)
@@ -55,29 +96,39 @@ def load_with_card(
         raise LoadError(f"{model}: {e}", fixes=["--dtype auto lets the hardware decide"]) from None
     if alias is not None and not alias.isidentifier():
         raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
-    source = loading.resolve_source(model, revision)
-    if progress:
-        progress(f"resolved {model} → {source.path or 'the Hub'}")
+    source = attempt["source"] = loading.resolve_source(model, revision)
     choice = hardware.choose_dtype(
         hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
     )
-    key = (source.identity, choice.dtype, _hashable(device_map), bool(trust_remote_code))
+    attempt["dtype"] = choice.dtype
+    settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}))
+    key = (source.identity, *settings)
 
     entry = None if reload else MODEL_CACHE.get(key)
     state = "cached"
+    fit, notes = None, []
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
-        model_obj, tokenizer, info = loading.load_model(source, choice, device_map, trust_remote_code, progress)
+        fit, notes = preflight(source, choice.dtype, device_map, key, force, progress)  # raises when it won't fit
+        with nothing_left_on_failure():
+            model_obj, tokenizer, info = loading.load_model(
+                source, choice, device_map, trust_remote_code, progress, max_memory
+            )
+        if source.kind == "hub" and not source.cached:
+            # Now downloaded: key it by its snapshot's commit, as the next request will be.
+            key = (loading.resolve_source(model, revision).identity, *settings)
         entry = LoadedModel(key, model_obj, tokenizer, info)
         del model_obj, tokenizer
-        MODEL_CACHE.put(entry)
+        notes += [_budget_note(r) for r in MODEL_CACHE.put(entry)]
     if alias:
         MODEL_CACHE.alias(entry, alias)
     seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
-    return entry, load_card(entry, state, seconds)
+    return entry, load_card(entry, state, seconds, fit, tuple(notes))
 
 
-def load_card(entry: LoadedModel, state: str = "cached", seconds: float = 0.0) -> LoadCard:
+def load_card(
+    entry: LoadedModel, state: str = "cached", seconds: float = 0.0, fit: str | None = None, notes: tuple[str, ...] = ()
+) -> LoadCard:
     return LoadCard(
         info=entry.info,
         cache_state=state,
@@ -85,12 +136,160 @@ def load_card(entry: LoadedModel, state: str = "cached", seconds: float = 0.0) -
         cache_bytes=MODEL_CACHE.total_bytes(),
         seconds=seconds,
         aliases=tuple(sorted(entry.aliases)),
+        fit=fit,
+        budget_notes=notes,
+    )
+
+
+# ------------------------------------------------------------ before loading: size and room
+
+
+def estimate(source: loading.Source, dtype: str) -> sizing.Estimate | None:
+    """The bytes `source` will take at `dtype`, from file headers only; None when no local
+    file tells (a Hub id not downloaded yet) or a header is unreadable (the load itself
+    then reports the broken file)."""
+    converted = None
+    if source.kind == "gguf":
+        folder = loading.converted_folder(source.path)
+        converted = folder if (folder / loading._CONVERTED_MARK).is_file() else None
+    try:
+        return sizing.estimate(source, dtype, converted)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def preflight(
+    source: loading.Source, dtype: str, device_map, key, force: bool = False, progress: Callable[[str], None] | None = None
+) -> tuple[str | None, list[str]]:
+    """The fit verdict for the card, after making room within the budget. Raises LoadError,
+    before anything is unloaded or read, when the model will not fit (unless `force`)."""
+    est = estimate(source, dtype)
+    adding = key not in MODEL_CACHE
+    victims = MODEL_CACHE.over_budget(est.bytes if est else 0, adding=adding, keep=MODEL_CACHE.peek(key))
+    verdict = None
+    if est is None:
+        verdict = "not checked: no local files give the size before download" if source.path is None else (
+            "not checked: no safetensors headers to read the size from")
+    else:
+        hw = hardware.probe()
+        target = hardware.target_kind(hw, device_map)
+        reclaim: dict[str, int] = {}
+        for v in victims:  # what the budget will unload first counts as free
+            device = v.info.device.split(",")[0].strip()
+            reclaim[device] = reclaim.get(device, 0) + v.info.memory_bytes
+        fit = sizing.check_fit(
+            est, target, hardware.free_ram_bytes(), hardware.free_gpu_bytes() if target == "cuda" else None,
+            device_map, reclaim,
+        )
+        verdict = fit.message
+        if not fit.fits:
+            if not force:
+                raise LoadError(f"{source.name}: will not fit in memory", fit.message, _fit_fixes(est, target, device_map, victims))
+            verdict += " — loading anyway (--force)"
+    notes = []
+    if victims:
+        if progress:
+            progress("unloading " + ", ".join(v.name for v in victims) + " to stay within the budget…")
+        notes.append(_budget_note(MODEL_CACHE.unload(victims)))
+    return verdict, notes
+
+
+def _fit_fixes(est: sizing.Estimate, target: str, device_map, victims: list[LoadedModel]) -> list[str]:
+    fixes = []
+    if est.dtype == "float32":
+        fixes.append(f"--dtype bfloat16 halves it to {format_bytes(est.bytes // 2)}")
+    others = [e for e in MODEL_CACHE.entries() if e not in victims]
+    if others:
+        each = ", ".join(f"%llm_unload {min(e.aliases) if e.aliases else e.name} frees {format_bytes(e.info.memory_bytes)}" for e in others)
+        fixes.append(each + (" (or --all)" if len(others) > 1 else ""))
+    if target == "cuda" and device_map != "auto":
+        fixes.append("--device-map auto offloads the layers that do not fit to cpu (slower generation)")
+    else:
+        fixes.append("a quantized or smaller model (e.g. 4-bit with bitsandbytes on CUDA)")
+    fixes.append("--force loads anyway (the system may swap, or kill the kernel)")
+    return fixes
+
+
+def _budget_note(released: Released) -> str:
+    names = ", ".join(f"{aliases[0] if aliases else n} ({format_bytes(b)})" for n, aliases, b in released.models)
+    limits = [f"{MODEL_CACHE.max_models} model{'s' if MODEL_CACHE.max_models != 1 else ''}" if MODEL_CACHE.max_models else "",
+              format_bytes(MODEL_CACHE.memory_budget) if MODEL_CACHE.memory_budget else ""]
+    note = f"unloaded {names}, least recently used, to stay within the budget of {' and '.join(x for x in limits if x)}"
+    if not released.freed:
+        note += " — but it is still in memory" + (f", held by {', '.join(released.held_by)}" if released.held_by else "")
+    return note
+
+
+# ------------------------------------------------------------------- list and unload
+
+
+def models() -> ModelsCard:
+    """The cached models, their total, free memory and the budget (what `%llm_models` shows)."""
+    now = time.time()
+    current = MODEL_CACHE.current()
+    rows = tuple(
+        ModelRow(", ".join(sorted(e.aliases)), e.name, (e.info.revision or "")[:12], e.info.dtype, e.info.device,
+                 e.info.memory_bytes, now - e.last_used, e is current)
+        for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
+    )
+    gpus = ()
+    hw_gpus = hardware.probe().gpus if "torch" in sys.modules else ()  # no torch import just to list
+    if hw_gpus:
+        free = hardware.free_gpu_bytes()
+        gpus = tuple((f"cuda:{g.index}", free.get(f"cuda:{g.index}", 0), g.total_bytes) for g in hw_gpus)
+    return ModelsCard(rows, MODEL_CACHE.total_bytes(), hardware.free_ram_bytes(), gpus,
+                      MODEL_CACHE.max_models, MODEL_CACHE.memory_budget)
+
+
+def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa: A002 (mirrors --all)
+    """Unload the model cached as NAME (alias or the name it was loaded with), or every one
+    with `all=True`, and free its memory for real. The card says how much came back."""
+    if all:
+        entries = MODEL_CACHE.entries()
+    else:
+        entry = MODEL_CACHE.find(name) if name else None
+        if entry is None:
+            cached = sorted({a for e in MODEL_CACHE.entries() for a in e.aliases} | {e.name for e in MODEL_CACHE.entries()})
+            raise LLMError(
+                f"no cached model named {name!r}" if name else "which model? give a NAME or --all",
+                "cached: " + ", ".join(cached) if cached else "the cache is empty",
+                [f"%llm_unload {cached[0]}", "%llm_unload --all"] if cached else ["%llm_models lists what is cached"],
+            )
+        entries = [entry]
+        del entry
+    rss, cuda = hardware.process_rss_bytes(), hardware.cuda_memory()
+    released = MODEL_CACHE.unload(entries)
+    del entries
+    rss_after, cuda_after = hardware.process_rss_bytes(), hardware.cuda_memory()
+    return UnloadCard(
+        models=released.models,
+        freed=released.freed,
+        rss_before=rss,
+        rss_after=rss_after,
+        cuda=tuple((d, a, cuda_after.get(d, (0, 0))[0], r, cuda_after.get(d, (0, 0))[1]) for d, (a, r) in cuda.items()),
+        held_by=released.held_by,
+        cache_models=len(MODEL_CACHE),
+        cache_bytes=MODEL_CACHE.total_bytes(),
     )
 
 
 def _hashable(value):
     return tuple(sorted((str(k), str(v)) for k, v in value.items())) if isinstance(value, dict) else str(value)
 
+
+def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, device_map, revision) -> BaseException:
+    """The exception to raise for a failed load: a LoadError explaining `e`, or `e`
+    itself when it already explains itself (an LLMError) or is no error (Ctrl-C).
+
+    Either way the frames of e's traceback are cleared first: they hold the half-built
+    model as a local, and the exception outlives the cell (`sys.last_value`, `%llm_tb`).
+    """
+    errors.release_frames(e)
+    if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
+        return e
+    context = loading.failure_context(model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision)
+    context["loaded"] = [(entry.info.name, entry.info.memory_bytes) for entry in MODEL_CACHE.entries()]
+    return errors.diagnose_load(e, context)
 
 # --- generation ------------------------------------------------------------------------
 

@@ -8,9 +8,14 @@ the weights.
 from __future__ import annotations
 
 import gc
+import re
+import sys
 import time
+import traceback
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable, Iterable, Iterator
 
 
 @dataclass(eq=False)
@@ -37,9 +42,21 @@ class ModelCache:
         self._entries: dict[Hashable, LoadedModel] = {}
         self._aliases: dict[str, Hashable] = {}
         self.last: Hashable | None = None  # the key of the model loaded or used last
+        # The budget (0: no limit). Loading past it unloads the least recently used first.
+        self.max_models = 0
+        self.memory_budget = 0  # bytes
+        # Where else a model may be referenced from, registered by the extension: namespaces
+        # holding output history (Out, _, _N), and callables that drop what a shell keeps
+        # (given a test "is this part of an unloaded model?") and return the exceptions
+        # and tracebacks it keeps, whose frames may hold the model.
+        self.namespaces: list[dict] = []
+        self.holders: list[Callable[[Callable[[Any], bool]], Iterable[Any]]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
 
     def entries(self) -> list[LoadedModel]:
         return list(self._entries.values())
@@ -53,11 +70,17 @@ class ModelCache:
             self.touch(entry)
         return entry
 
+    def peek(self, key: Hashable) -> LoadedModel | None:
+        """`get` without marking the entry used."""
+        return self._entries.get(key)
+
     def touch(self, entry: LoadedModel) -> None:
         entry.last_used = time.time()
         self.last = entry.key
 
-    def put(self, entry: LoadedModel) -> None:
+    def put(self, entry: LoadedModel) -> list["Released"]:
+        """Cache `entry`; returns what the budget unloaded to make room (least recently
+        used first), usually nothing since `load` makes room before it loads."""
         old = self._entries.get(entry.key)
         if old is not None and old is not entry:
             entry.aliases |= old.aliases
@@ -66,6 +89,8 @@ class ModelCache:
         for alias in entry.aliases:
             self.alias(entry, alias)
         self.touch(entry)
+        victims = self.over_budget(adding=False, keep=entry)
+        return [self.unload(victims)] if victims else []
 
     def alias(self, entry: LoadedModel, alias: str) -> None:
         previous = self._entries.get(self._aliases.get(alias))
@@ -85,14 +110,63 @@ class ModelCache:
     def current(self) -> LoadedModel | None:
         return self._entries.get(self.last)
 
-    def remove(self, entry: LoadedModel) -> None:
-        self._drop(entry)
-        release_memory()
+    def set_budget(self, max_models: int | None = None, memory_budget: int | None = None) -> None:
+        """Limit the cache to `max_models` models and/or `memory_budget` bytes (0: no limit)."""
+        if max_models is not None:
+            self.max_models = max(int(max_models), 0)
+        if memory_budget is not None:
+            self.memory_budget = max(int(memory_budget), 0)
 
-    def clear(self) -> None:
-        for entry in list(self._entries.values()):
+    def over_budget(
+        self, incoming_bytes: int = 0, adding: bool = True, keep: LoadedModel | None = None
+    ) -> list[LoadedModel]:
+        """The entries to unload, least recently used first, so that the cache plus one more
+        model of `incoming_bytes` (`adding`) stays within the budget. Never `keep`."""
+        count = len(self._entries) + (1 if adding else 0)
+        total = self.total_bytes() + incoming_bytes
+        victims = []
+        for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
+            if (not self.max_models or count <= self.max_models) and (not self.memory_budget or total <= self.memory_budget):
+                break
+            if entry is keep:
+                continue
+            victims.append(entry)
+            count -= 1
+            total -= entry.info.memory_bytes
+        return victims
+
+    def unload(self, entries: Iterable[LoadedModel]) -> "Released":
+        """Drop `entries` and free their memory for real: the cache's references, output
+        history (`Out`, `_`, `_N`) and exception tracebacks that hold the model, then gc
+        and the CUDA cache. Says whether the models are gone and, if not, what holds them."""
+        entries = list(entries)
+        models = [(e.name, tuple(sorted(e.aliases)), e.info.memory_bytes) for e in entries]
+        refs = [weakref.ref(e.model) for e in entries if e.model is not None]
+        targets = _owned(entries)
+        for entry in entries:
             self._drop(entry)
+        del entries
+        _scrub_history(targets, self.namespaces)
+        _clear_tracebacks(targets, self._exceptions(lambda obj: id(obj) in targets))
+        del targets
         release_memory()
+        alive = [m for m in (r() for r in refs) if m is not None]
+        held_by = _user_names(_parts(alive), self.namespaces) if alive else ()
+        del alive
+        return Released(tuple(models), all(r() is None for r in refs), held_by)
+
+    def _exceptions(self, is_target: Callable[[Any], bool]) -> list[BaseException | Any]:
+        found = [getattr(sys, name, None) for name in ("last_value", "last_exc", "last_traceback")]
+        for holder in self.holders:
+            found.extend(holder(is_target))
+        return [x for x in found if x is not None]
+
+    def remove(self, entry: LoadedModel) -> "Released":
+        return self.unload([entry])
+
+    def clear(self) -> "Released":
+        """Unload every model (as `unload(entries())`)."""
+        return self.unload(self.entries())
 
     def _drop(self, entry: LoadedModel) -> None:
         self._entries.pop(entry.key, None)
@@ -106,14 +180,147 @@ class ModelCache:
         entry.tokenizer = None
 
 
+@dataclass(frozen=True)
+class Released:
+    """What `ModelCache.unload` did: plain data, safe to keep in `Out`."""
+
+    models: tuple[tuple[str, tuple[str, ...], int], ...]  # (name, aliases, bytes)
+    freed: bool  # every unloaded model object is gone
+    held_by: tuple[str, ...] = ()  # user variables that still hold one, when not freed
+
+
+def _owned(entries: Iterable[LoadedModel]) -> dict[int, Any]:
+    """id -> object for the entries, their tokenizers, models and the models' parts.
+    The objects are kept alive while ids are compared, so no id is reused meanwhile."""
+    owned: dict[int, Any] = {}
+    for e in entries:
+        owned[id(e)] = e
+        if e.tokenizer is not None:
+            owned[id(e.tokenizer)] = e.tokenizer
+        if e.model is not None:
+            owned.update(_parts([e.model]))
+    return owned
+
+
+def _parts(models: Iterable[Any]) -> dict[int, Any]:
+    """A model, its submodules, parameters and buffers: any of them pins the weights."""
+    parts: dict[int, Any] = {}
+    for model in models:
+        parts[id(model)] = model
+        for attr in ("modules", "parameters", "buffers"):
+            method = getattr(model, attr, None)
+            if callable(method):
+                parts.update((id(x), x) for x in method())
+    return parts
+
+
+_OUTPUT_NAME = re.compile(r"^_{1,3}$|^_\d+$")
+
+
+def _scrub_history(ids: dict[int, Any], namespaces: list[dict]) -> None:
+    """Drop output-history entries (`Out[n]`, `_n`, `_`, `__`, `___`) that hold a target.
+    The user's own variables are left alone (reported instead): deleting them would be
+    a surprise."""
+    for ns in namespaces:
+        for history in {id(h): h for h in (ns.get("Out"), ns.get("_oh")) if isinstance(h, dict)}.values():
+            for n in [n for n, v in history.items() if id(v) in ids]:
+                del history[n]
+        for name in [n for n, v in list(ns.items()) if id(v) in ids and _OUTPUT_NAME.match(n)]:
+            if name.strip("_"):
+                del ns[name]
+            else:
+                ns[name] = ""  # IPython's own starting value for _, __ and ___
+
+
+def _user_names(ids: dict[int, Any], namespaces: list[dict]) -> tuple[str, ...]:
+    return tuple(sorted({n for ns in namespaces for n, v in list(ns.items()) if id(v) in ids and not _OUTPUT_NAME.match(n)}))
+
+
+def _clear_tracebacks(ids: dict[int, Any], roots: list[Any]) -> None:
+    """Clear the frames of tracebacks (and chained exceptions) whose locals hold a target:
+    a failed generation's traceback keeps the model alive through `self` otherwise. The
+    traceback stays printable (file, line, code); only the frames' locals go."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, BaseException):
+            todo += [item.__cause__, item.__context__, item.__traceback__]
+            continue
+        tb = item
+        if not hasattr(tb, "tb_frame"):
+            continue
+        if any(any(id(v) in ids for v in list(frame.f_locals.values())) for frame, _ in traceback.walk_tb(tb)):
+            _clear(tb)
+
+
+def _clear(tb) -> None:
+    traceback.clear_frames(tb)  # skips frames still running
+    # Python < 3.13 keeps a snapshot dict of a frame's locals once `f_locals` was read, and
+    # clear() leaves it filled: reading f_locals again syncs it, dropping the cleared names.
+    for frame, _ in traceback.walk_tb(tb):
+        frame.f_locals
+
+
+def clear_frames_of(error: BaseException) -> None:
+    """Clear the locals of every finished frame in `error`'s traceback and chain."""
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            _clear(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
+
+
+@contextmanager
+def nothing_left_on_failure() -> Iterator[None]:
+    """Around a load: if it fails, the frames of its traceback (which hold the half-built
+    model as a local of `from_pretrained`) are cleared, so keeping the error in
+    `sys.last_value` for `%tb` keeps no weights alive."""
+    try:
+        yield
+    except BaseException as e:
+        clear_frames_of(e)
+        release_memory()
+        raise
+
+
 def release_memory() -> None:
     """Collect cycles and hand cached CUDA blocks back to the driver."""
-    import sys
-
     gc.collect()
     torch = sys.modules.get("torch")  # never import torch just to free memory
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS. glibc keeps freed blocks for reuse (its mmap
+    threshold grows after large frees, so later tensors land on the heap), so RSS stays
+    high after the weights are gone unless asked with malloc_trim."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 MODEL_CACHE = ModelCache()

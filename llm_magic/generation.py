@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .display import GenerationResult, GenerationResults
-from .errors import GenerationError
+from .errors import GenerationError, diagnose_generation, release_frames
 
 TextCallback = Callable[[str], None]
 PromptCallback = Callable[[str, int], None]  # (prompt as the model reads it, its token count)
@@ -281,7 +281,7 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
 
 
 def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int | None, max_new: int,
-         pad_id: int, on_text: TextCallback | None = None) -> _Run:
+         pad_id: int, name: str, on_text: TextCallback | None = None) -> _Run:
     """One generate call over left-padded rows, on a worker thread; streams row 0's text
     to `on_text` when given (batches of one only)."""
     import torch
@@ -335,7 +335,7 @@ def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int 
         watch.interrupt.set()
         _join_through_interrupts(thread)
     if "error" in box and interrupt is None:
-        raise _explain(box["error"], len(rows), max_new)
+        raise _explain(box["error"], model, name, len(rows), width, max_new, context_limit(model, tokenizer))
     out = box.get("out")
     new_ids = out[:, width:].tolist() if out is not None else [[] for _ in rows]
     return _Run(new_ids, watch.first_token_at, started, box.get("ended", time.perf_counter()), interrupt)
@@ -366,18 +366,23 @@ def _join_through_interrupts(thread: threading.Thread) -> None:
             continue
 
 
-def _explain(error: BaseException, rows: int, max_new: int) -> BaseException:
-    """Out of memory gets its fixes; anything else is raised as it is."""
-    import torch
-
-    if isinstance(error, torch.OutOfMemoryError):
-        fixes = [f"--max-new-tokens {max(1, max_new // 2)}", "%llm_unload other models (%llm_models lists them)"]
-        if rows > 1:
-            fixes.insert(0, f"--batch-size {max(1, rows // 2)}")
-        wrapped = GenerationError("out of memory while generating", "the activations and KV cache did not fit", fixes)
+def _explain(error: BaseException, model, name: str, rows: int, width: int, max_new: int, limit: int | None) -> BaseException:
+    """The GenerationError for a failure on the worker (out of memory gets its fixes;
+    one no rule recognises is shown plainly). Its frames are cleared first: they hold
+    the model, and the exception outlives the cell (`sys.last_value`, `%llm_tb`)."""
+    release_frames(error)
+    context = {
+        "model": name,
+        "prompt_tokens": width,
+        "max_new_tokens": max_new,
+        "batch_size": rows,
+        "context_length": limit,
+        "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
+    }
+    wrapped = diagnose_generation(error, context)
+    if wrapped is not error:
         wrapped.__cause__ = error
-        return wrapped
-    return error
+    return wrapped
 
 
 # --- results -----------------------------------------------------------------------------
@@ -464,7 +469,7 @@ def generate(model, tokenizer, info, prompt: str, settings: Settings, *, on_text
     eos_ids, pad_id = _special_ids(model, tokenizer)
     max_new, notes = _budget(context_limit(model, tokenizer), len(p.ids), settings)
     seed = _seed(settings)
-    run = _run(model, tokenizer, [p.ids], settings, seed, max_new, pad_id, on_text)
+    run = _run(model, tokenizer, [p.ids], settings, seed, max_new, pad_id, info.name, on_text)
     (result,) = _results(tokenizer, info, run, [p], settings, seed, max_new, eos_ids, notes, None)
     if run.interrupt is not None:
         run.interrupt.result = result
@@ -503,7 +508,7 @@ def generate_many(model, tokenizer, info, prompts: Sequence[str], settings: Sett
         max_new, notes = _budget(limit, max(len(p.ids) for p in chunk), settings)
         # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
         batch_seed = None if seed is None else seed + index
-        run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id)
+        run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id, info.name)
         results.extend(_results(tokenizer, info, run, chunk, settings, seed, max_new, eos_ids, notes, (index, len(chunk))))
         if run.interrupt is not None:
             run.interrupt.result = results

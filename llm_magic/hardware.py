@@ -206,3 +206,49 @@ def free_ram_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+# ------------------------------------------------------------------ memory, as it is now
+
+
+def process_rss_bytes() -> int | None:
+    """This process's resident set size (Linux /proc; None where it can't be read cheaply)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def free_gpu_bytes() -> dict[str, int]:
+    """'cuda:N' -> bytes free for this process: the driver's free memory plus what torch's
+    caching allocator holds reserved but unused (it hands that out first)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        if not probe().gpus:  # probe imports torch; skip the CUDA calls without a GPU
+            return {}
+        import torch
+    if not torch.cuda.is_available():
+        return {}
+    free = {}
+    for i in range(torch.cuda.device_count()):
+        driver_free, _total = torch.cuda.mem_get_info(i)
+        spare = torch.cuda.memory_reserved(i) - torch.cuda.memory_allocated(i)
+        free[f"cuda:{i}"] = int(driver_free + max(spare, 0))
+    return free
+
+
+def cuda_memory() -> dict[str, tuple[int, int]]:
+    """'cuda:N' -> (allocated, reserved) by torch in this process; {} without CUDA in use.
+    Never initialises CUDA just to answer."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {
+        f"cuda:{i}": (int(torch.cuda.memory_allocated(i)), int(torch.cuda.memory_reserved(i)))
+        for i in range(torch.cuda.device_count())
+    }

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import hardware
-from .errors import LoadError
+from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
 
@@ -40,7 +40,7 @@ class Source:
     @property
     def identity(self) -> str:
         """What names these weights in the cache key."""
-        if self.kind == "hub" and not self.cached:
+        if self.kind == "hub":  # a cached snapshot's revision is its commit
             return f"hub:{self.name}@{self.revision or 'main'}"
         if self.kind == "gguf":
             st = os.stat(self.path)
@@ -69,7 +69,7 @@ class ModelInfo:
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
-    """Turn MODEL into a Source without touching the network.
+    """Turn MODEL into a Source; only an id that is not cached locally touches the network.
 
     A Hub id whose snapshot is already in the local Hugging Face cache resolves to that
     snapshot folder: transformers would otherwise retry the unreachable Hub for minutes,
@@ -90,6 +90,18 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     snapshot = cached_snapshot(text, revision)
     if snapshot is not None:
         return Source("hub", text, str(snapshot), snapshot.name, cached=True)
+    if not hub_reachable():
+        # Fail in a second, not after minutes of retries (transformers retries each file
+        # with backoff): ask huggingface_hub for the cached file only, which raises its
+        # real LocalEntryNotFoundError for errors.diagnose_load to explain.
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            hf_hub_download(text, "config.json", revision=revision, local_files_only=True)
+        except LocalEntryNotFoundError as e:
+            e.add_note(f"{PROBE_NOTE} {constants.ENDPOINT}: asked for cached files only")
+            raise
     return Source("hub", text, None, revision)
 
 
@@ -201,6 +213,7 @@ def load_model(
     device_map: str | dict = "auto",
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    max_memory: dict | None = None,
 ) -> tuple[Any, Any, ModelInfo]:
     """Read tokenizer and weights; returns (model, tokenizer, info)."""
     import torch
@@ -232,9 +245,12 @@ def load_model(
         device_map=device_map,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
+        **({"max_memory": max_memory} if max_memory else {}),
         **remote,
     )
     seconds = time.perf_counter() - started
+    if source.kind == "hub" and not source.cached:
+        where = str(cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
     return model, tokenizer, info
 
@@ -248,10 +264,11 @@ def _is_empty(tokenizer) -> bool:
 def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seconds: float,
              trust_remote_code: bool, where: str) -> ModelInfo:
     """Facts for the card, derived from the loaded objects."""
-    devices = sorted({str(p.device) for p in model.parameters()})
     device_map = getattr(model, "hf_device_map", None) or {}
-    offloaded = sorted({str(v) for v in device_map.values()} & {"cpu", "disk"})
     placed = {str(v) for v in device_map.values()}
+    offloaded = sorted(placed & {"cpu", "disk"})
+    # Disk-offloaded weights sit on the meta device until used: name the disk instead.
+    devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
     warnings = []
     if "disk" in placed or (offloaded and len(placed) > 1):
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
@@ -266,6 +283,11 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         warnings.append(dtype.warning)
     if getattr(tokenizer, "pad_token_id", None) is None:
         warnings.append("tokenizer has no pad token: generation pads with the eos token")
+    if getattr(model.config, "model_type", None) in _ENCODER_TYPES and not getattr(model.config, "is_decoder", False):
+        warnings.append(
+            f"{model.config.model_type} is an encoder (masked LM): transformers loaded it as {type(model).__name__},"
+            " but it was not trained to continue text and will not generate sensible output"
+        )
     commit = source.revision if source.cached else getattr(model.config, "_commit_hash", None) or source.revision
     return ModelInfo(
         name=source.name,
@@ -273,7 +295,7 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         class_name=type(model).__name__,
         num_params=sum(p.numel() for p in model.parameters()),
         memory_bytes=int(model.get_memory_footprint()),
-        device=", ".join(devices) + (", disk" if "disk" in placed else ""),
+        device=", ".join(devices + (["disk"] if "disk" in placed else [])),
         dtype=str(model.dtype).removeprefix("torch."),
         dtype_reason=dtype.reason,
         source=where,
@@ -283,3 +305,179 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         converted_from=source.path if source.kind == "gguf" else None,
         warnings=tuple(warnings),
     )
+
+
+# --------------------------------------------------------------------------------------
+# Failure support (errors.py): a fast Hub reachability probe, and the facts a diagnosis
+# needs about the request, its files and the machine.
+
+# Encoders transformers loads silently as an LM head (BertLMHeadModel and kin).
+_ENCODER_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie", "megatron-bert",
+    "roformer", "rembert", "data2vec-text", "xmod", "bert-generation", "big_bird", "roc_bert",
+})
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hub endpoint answers an HTTP request (any status) within `timeout`
+    seconds, through the proxy the environment names. A TCP connect alone is not
+    enough: some networks accept every connection and then say nothing. Name
+    resolution has no timeout of its own, so the attempt runs in a daemon thread and is
+    abandoned when the time is up. False when HF_HUB_OFFLINE is set."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+            result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # it answered, if only with an error status
+        except (OSError, ValueError):
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, name="llm_magic-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
+    """(header, None) for a sound .safetensors file, (None, why) for a damaged one.
+    Reads only the header: 8 bytes of length, then that much JSON."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > size - 8:
+                return None, "header length beyond the end of the file"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return None, f"unreadable header ({type(e).__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) != size:
+        return None, f"{size} bytes, the header describes {8 + n + max(ends, default=0)}"
+    return header, None
+
+
+def failure_context(name: str, source: Source | None, dtype: str | None, device_map, revision: str | None) -> dict:
+    """Facts about a failed load for errors.diagnose_load; each gathered on its own so
+    one that cannot be read leaves the others."""
+    ctx: dict[str, Any] = {"model": name, "dtype": dtype, "device_map": device_map, "revision": revision}
+    folder = None
+    if source is not None:
+        ctx["kind"] = source.kind
+        ctx["path"] = source.path
+        if source.kind == "gguf":
+            converted = converted_folder(source.path)
+            folder = converted if converted.is_dir() else None
+        elif source.path:
+            folder = Path(source.path)
+    else:
+        parent = Path(str(name)).expanduser().absolute()
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        ctx["nearest_parent"] = str(parent)
+    for gather in (_hub_facts, _machine_facts):
+        try:
+            ctx.update(gather())
+        except Exception:  # a fact we cannot read is left out; the diagnosis still stands
+            pass
+    if folder is not None and folder.is_dir():
+        try:
+            ctx.update(_folder_facts(folder, dtype))
+        except Exception:
+            pass
+    return ctx
+
+
+def _hub_facts() -> dict:
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE)
+    repos = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")) if cache.is_dir() else []
+    disks = []
+    for label, where in (("HF_HOME", constants.HF_HOME), ("LLM_MAGIC_CACHE", str(converted_cache_root()))):
+        existing = Path(where)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        disks.append((label, where, shutil.disk_usage(existing).free))
+    return {
+        "offline": bool(constants.HF_HUB_OFFLINE),
+        "endpoint": constants.ENDPOINT,
+        "hf_cache": str(cache),
+        "cached_repos": repos,
+        "disks": disks,
+    }
+
+
+def _machine_facts() -> dict:
+    import sys
+
+    facts: dict[str, Any] = {"ram_free": hardware.free_ram_bytes()}
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                facts["ram_total"] = int(line.split()[1]) * 1024
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        facts["torch_version"] = torch.__version__
+        facts["torch_cuda"] = torch.version.cuda
+        facts["gpu_count"] = torch.cuda.device_count() if torch.version.cuda else 0
+        gpus = []
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(i)
+                gpus.append((i, torch.cuda.get_device_name(i), free, total))
+        facts["gpus"] = gpus
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        facts["transformers_version"] = transformers.__version__
+    return facts
+
+
+def _folder_facts(folder: Path, dtype: str | None) -> dict:
+    facts: dict[str, Any] = {"files": sorted(p.name for p in folder.iterdir())}
+    params, bad = 0, []
+    for file in sorted(folder.glob("*.safetensors")):
+        header, why = safetensors_header(file)
+        if header is None:
+            bad.append(f"{file} ({why})")
+            continue
+        for key, value in header.items():
+            if key != "__metadata__":
+                count = 1
+                for dim in value["shape"]:
+                    count *= dim
+                params += count
+    facts["bad_files"] = bad
+    if params and dtype in _DTYPE_BYTES:
+        facts["weights_bytes"] = params * _DTYPE_BYTES[dtype]
+    config = folder / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type:
+            facts["fitting_auto_classes"] = _auto_classes_for(model_type)
+    return facts
+
+
+def _auto_classes_for(model_type: str) -> list[str]:
+    """Auto classes whose mapping holds `model_type` (for a model that is not a causal LM)."""
+    from transformers.models.auto import modeling_auto as m
+
+    table = [
+        ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+        ("AutoModelForImageTextToText", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"),
+        ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+        ("AutoModelForSpeechSeq2Seq", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+        ("AutoModel", "MODEL_MAPPING_NAMES"),
+    ]
+    return [auto for auto, names in table if model_type in getattr(m, names, {})]

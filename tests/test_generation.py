@@ -420,6 +420,30 @@ def test_no_transformers_warnings_about_mask_or_padding(tiny):
     assert generate_and_collect(ours) == []
 
 
+def test_a_failure_while_generating_is_explained_and_leaves_the_model_cached(shell, tiny, monkeypatch):
+    import torch
+
+    # Out of memory cannot be produced on this machine: the model's forward raises the real
+    # class on the third token, inside the worker thread, as CUDA would.
+    forward, calls = tiny.model.forward, []
+
+    def failing_forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny.model, "forward", failing_forward)
+    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 20\nThe capital of")
+    error = result.error_in_exec
+    assert isinstance(error, GenerationError) and isinstance(error.__cause__, torch.OutOfMemoryError)
+    assert "ran out of memory while generating" in captured.stdout and "--max-new-tokens" in captured.stdout
+    assert not [t for t in threading.enumerate() if t.name == "llm_magic-generate"]
+    monkeypatch.undo()
+    assert MODEL_CACHE.find("tiny") is tiny
+    assert run(shell, "%%llm_generate --greedy --max-new-tokens 3\nThe capital of")[0].success
+
+
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 def test_interrupt_keeps_partial_text_and_joins_the_thread(tiny):

@@ -1,0 +1,265 @@
+"""Before any weights are read: how many bytes will the model need, and will they fit?
+
+The size comes from file headers only: a safetensors shard starts with an 8-byte length
+and a JSON table of tensor names, dtypes and shapes; a GGUF file lists its tensors'
+shapes before their data. No tensor data is read, so the check takes milliseconds even
+for a model of many gigabytes, and a model that cannot fit fails in a second instead of
+after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bytes per element of the safetensors dtypes; floating ones are cast to the load dtype.
+_SAFETENSORS_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; a bigger "header" is a corrupt file
+
+# Room left beside the weights for activations, the KV cache and the runtime (CUDA context,
+# tokenizer): a model that only just fits would fail at its first generation.
+HEADROOM_FRACTION = 0.10
+HEADROOM_BYTES = 128 * 1000**2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The bytes a model will take once loaded (parameters and persistent buffers)."""
+
+    bytes: int
+    num_params: int
+    dtype: str
+    source: str  # "safetensors" or "gguf"
+    files: tuple[str, ...]
+    header_bytes_read: int  # all that was read from disk to make the estimate
+    conversion_bytes: int = 0  # RAM a not-yet-converted .gguf takes while it is converted (fp32)
+
+    @property
+    def needed(self) -> int:
+        """Weights plus headroom: what must be free for the load and a first generation."""
+        return self.bytes + headroom(self.bytes)
+
+
+def headroom(weights: int) -> int:
+    return int(weights * HEADROOM_FRACTION) + HEADROOM_BYTES
+
+
+def parse_bytes(value: int | float | str | None) -> int:
+    """8_000_000_000, "8GB", "8 GiB", "512MB" -> bytes; 0, None or "" -> 0 (no limit)."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a size can't be negative: {value}")
+        return int(value)
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?)b?\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"not a size: {value!r} (write e.g. 8GB, 512MB or a number of bytes)")
+    number, prefix, binary = match.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** " kmgt".index(prefix or " "))
+
+
+def estimate_safetensors(folder: str | Path, dtype: str) -> Estimate | None:
+    """The size of a `save_pretrained` folder's weights at `dtype`, from its shard headers;
+    None when the folder holds no safetensors files (e.g. only pytorch_model.bin)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = [folder / n for n in names]
+    else:
+        shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        return None
+    width = _DTYPE_BYTES[dtype]
+    total = params = read = 0
+    for shard in shards:
+        header, n = read_safetensors_header(shard)
+        read += n
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            count = _product(entry["shape"])
+            params += count
+            kind = entry["dtype"]
+            total += count * (width if kind in _FLOATING else _SAFETENSORS_BYTES.get(kind, 4))
+    return Estimate(total, params, dtype, "safetensors", tuple(str(s) for s in shards), read)
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the number of bytes read to get it."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length > _MAX_HEADER:
+            raise ValueError(f"{path}: header length {length} is not plausible (corrupt file?)")
+        text = f.read(length)
+    return json.loads(text), 8 + len(text)
+
+
+def estimate_gguf(path: str | Path, dtype: str) -> Estimate:
+    """The size a .gguf will have once dequantized to `dtype` (transformers dequantizes
+    every tensor on load), from the tensor table of its header."""
+    params, read = read_gguf_tensor_counts(path)
+    return Estimate(params * _DTYPE_BYTES[dtype], params, dtype, "gguf", (str(path),), read, conversion_bytes=params * 4)
+
+
+# GGUF metadata value types -> fixed width in bytes (8: string, 9: array are variable).
+_GGUF_WIDTH = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def read_gguf_tensor_counts(path: str | Path) -> tuple[int, int]:
+    """(elements in all tensors, bytes read) from a GGUF v2/v3 header.
+
+    Walks the metadata (skipping values) and the tensor table sequentially and stops where
+    the tensor data begins. `gguf.GGUFReader` would do it too, but it decodes every
+    metadata value (a 49k-token vocabulary takes it seconds); this takes milliseconds."""
+    with open(path, "rb") as f:
+        magic, version, n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+        if magic != b"GGUF" or version < 2:
+            raise ValueError(f"{path}: not a GGUF v2/v3 file (magic {magic!r}, version {version})")
+
+        def skip_string() -> None:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(n, 1)
+
+        def skip_value(kind: int) -> None:
+            if kind == 8:
+                skip_string()
+            elif kind == 9:
+                item, count = struct.unpack("<IQ", f.read(12))
+                if item in _GGUF_WIDTH:
+                    f.seek(_GGUF_WIDTH[item] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip_value(item)
+            else:
+                f.seek(_GGUF_WIDTH[kind], 1)
+
+        for _ in range(n_kv):
+            skip_string()
+            (kind,) = struct.unpack("<I", f.read(4))
+            skip_value(kind)
+        total = 0
+        for _ in range(n_tensors):
+            skip_string()
+            (n_dims,) = struct.unpack("<I", f.read(4))
+            total += _product(struct.unpack(f"<{n_dims}Q", f.read(8 * n_dims)))
+            f.seek(12, 1)  # ggml type (u32) and data offset (u64)
+        return total, f.tell()
+
+
+def estimate(source, dtype: str, converted: str | Path | None = None) -> Estimate | None:
+    """Estimate for a `loading.Source` at `dtype`; None where nothing local tells the size
+    (a Hub id not downloaded yet, a folder of .bin files)."""
+    if dtype not in _DTYPE_BYTES:
+        return None
+    if source.kind == "gguf":
+        # After the first load the .gguf has a safetensors twin: its headers are exact.
+        if converted is not None:
+            return estimate_safetensors(converted, dtype)
+        return estimate_gguf(source.path, dtype)
+    if source.path is None:
+        return None
+    return estimate_safetensors(source.path, dtype)
+
+
+def _product(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Whether an estimated model fits the memory that is free where it will go."""
+
+    fits: bool  # False: loading would fail or thrash (fail before loading unless forced)
+    message: str  # the verdict line for the card
+    offload_bytes: int = 0  # what device_map=auto will place on cpu instead of the GPU(s)
+
+
+def check_fit(
+    est: Estimate,
+    target: str,
+    free_ram: int | None,
+    free_gpus: dict[str, int] | None = None,
+    device_map: str | dict = "auto",
+    reclaimable: dict[str, int] | None = None,
+) -> Fit:
+    """The verdict for `est` going to `target` ('cpu', 'cuda', 'mps').
+
+    `free_gpus` maps 'cuda:0' -> free bytes; `reclaimable` maps a device ('cpu', 'cuda:0')
+    -> bytes that models the budget unloads first will give back there.
+    """
+    from .display import format_bytes as fb
+
+    back = reclaimable or {}
+    ram = None if free_ram is None else free_ram + back.get("cpu", 0)
+    need = est.needed
+    if est.conversion_bytes and ram is not None and est.conversion_bytes + headroom(est.conversion_bytes) > ram:
+        return Fit(False, f"does not fit: converting the .gguf needs {fb(est.conversion_bytes)} of RAM (float32), {fb(ram)} free")
+    if target in ("cpu", "mps"):
+        if ram is None:
+            return Fit(True, f"needs {fb(est.bytes)}; free RAM unknown")
+        if need <= ram:
+            return Fit(True, f"fits on {target}: needs {fb(est.bytes)}, {fb(ram)} free")
+        return Fit(False, f"does not fit: needs {_need(est)}, {fb(ram)} free")
+
+    gpus = {d: f + back.get(d, 0) for d, f in (free_gpus or {}).items()}
+    if isinstance(device_map, dict):  # the user placed the modules: judge the total only
+        total = sum(gpus.values()) + (ram or 0)
+        if need <= total:
+            return Fit(True, f"fits the given device map: needs {fb(est.bytes)}, {fb(total)} free")
+        return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
+    dm = device_map.lower() if isinstance(device_map, str) else None
+    wanted = _explicit_gpu(dm)
+    if wanted is not None:  # one named GPU: nothing is offloaded, it fits there or not
+        free = gpus.get(wanted)
+        if free is None:
+            return Fit(True, f"needs {fb(est.bytes)}; free memory on {wanted} unknown")
+        if need <= free:
+            return Fit(True, f"fits on {wanted}: needs {fb(est.bytes)}, {fb(free)} free")
+        return Fit(False, f"does not fit on {wanted}: needs {_need(est)}, {fb(free)} free")
+    on_gpus = sum(gpus.values())
+    names = ", ".join(gpus) or "cuda"
+    if need <= on_gpus:
+        return Fit(True, f"fits on {names}: needs {fb(est.bytes)}, {fb(on_gpus)} free")
+    spill = need - on_gpus
+    if dm in ("auto", "balanced", "balanced_low_0", "sequential") and (ram is None or spill <= ram):
+        return Fit(True, f"will offload {fb(spill)} to cpu — generation slower ({fb(on_gpus)} free on {names})", spill)
+    total = on_gpus + (ram or 0) if dm in ("auto", "balanced", "balanced_low_0", "sequential") else on_gpus
+    return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
+
+
+def _need(est: Estimate) -> str:
+    from .display import format_bytes as fb
+
+    return f"{fb(est.bytes)} + {fb(est.needed - est.bytes)} headroom"
+
+
+def _explicit_gpu(dm: str | None) -> str | None:
+    if dm is None:
+        return None
+    if dm == "cuda":
+        return "cuda:0"
+    if dm.startswith("cuda:"):
+        return dm
+    if dm.isdigit():
+        return f"cuda:{dm}"
+    return None

@@ -1,0 +1,211 @@
+"""`%llm_load` and `llm_magic.load` on real models: folder, Hub id from the local cache,
+the kernel-scoped cache, the card, options and bad input."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import time
+import warnings
+import weakref
+
+import pytest
+from IPython.utils.capture import capture_output
+
+import llm_magic
+from llm_magic import MODEL_CACHE, LoadError
+from llm_magic.display import LoadCard
+
+
+def run(shell, line):
+    """Run one cell; return (result, captured output)."""
+    with capture_output() as captured:
+        result = shell.run_cell(line)
+    return result, captured
+
+
+def test_load_folder_shows_card(shell, tiny_model_dir):
+    result, captured = run(shell, f"%llm_load {tiny_model_dir}")
+    assert result.success
+    card = result.result
+    assert isinstance(card, LoadCard)
+    text = card.text()
+    assert "tiny-gpt2  →  GPT2LMHeadModel" in text
+    for label in ("parameters", "memory", "device", "dtype", "source", "loaded in", "cache"):
+        assert label in text
+    assert "device      cpu" in text
+    assert "bfloat16" in text and "no native bf16" in text
+    assert "new · 1 model" in text
+    assert card.info.num_params == sum(p.numel() for p in MODEL_CACHE.current().model.parameters())
+    assert "reading weights" in captured.stderr  # progress while loading
+
+
+def test_same_request_is_a_cache_hit_in_milliseconds(shell, tiny_model_dir):
+    first = llm_magic.load(str(tiny_model_dir))
+    timings = []
+    for _ in range(5):  # best of five: the magic's own time, not a busy machine's
+        started = time.perf_counter()
+        card = shell.run_line_magic("llm_load", str(tiny_model_dir))
+        timings.append(time.perf_counter() - started)
+    assert MODEL_CACHE.current() is first
+    assert llm_magic.load(str(tiny_model_dir)) is first
+    assert "cache hit" in card.text() and "cached · 1 model" in card.text()
+    assert min(timings) <= 0.010, f"cache hit took {min(timings) * 1000:.1f} ms"
+
+
+def test_cache_key_holds_dtype_and_reload_bypasses_cache(tiny_model_dir):
+    bf16 = llm_magic.load(str(tiny_model_dir))
+    fp32 = llm_magic.load(str(tiny_model_dir), dtype="fp32")
+    assert fp32 is not bf16 and str(fp32.model.dtype) == "torch.float32"
+    again, card = llm_magic.load_with_card(str(tiny_model_dir), dtype="float32", reload=True)
+    assert again is not fp32
+    assert card.cache_state == "reloaded"
+    assert fp32.model is None  # the replaced entry let go of its weights
+    assert len(MODEL_CACHE) == 2
+
+
+def test_alias_names_the_cached_model(shell, tiny_model_dir):
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --as tiny")
+    assert result.success and "(as tiny)" in result.result.text()
+    assert MODEL_CACHE.find("tiny") is MODEL_CACHE.current()
+
+
+def test_hub_id_loads_from_local_cache_without_network(tiny_hub_id, tiny_model_dir, monkeypatch):
+    assert "HF_HUB_OFFLINE" not in os.environ
+    attempts = []
+
+    def no_network(self, address, *args):
+        attempts.append(address)
+        raise OSError("network touched")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    handle, card = llm_magic.load_with_card(tiny_hub_id)
+    assert attempts == []
+    assert handle.info.kind == "hub"
+    assert "/snapshots/" in handle.info.source
+    assert card.info.revision and len(card.info.revision) == 40
+    assert tiny_hub_id in card.text() and "revision" in card.text()
+
+
+def test_hub_id_not_cached_goes_to_the_hub(tiny_hub_id, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from llm_magic import loading
+    from llm_magic.loading import resolve_source
+
+    # This machine cannot reach the Hub: an id that is not cached fails at once.
+    with pytest.raises(LocalEntryNotFoundError):
+        resolve_source("llm-magic-tests/not-cached-anywhere")
+    # Where the Hub answers, the id is left for from_pretrained to download.
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
+    source = resolve_source("llm-magic-tests/not-cached-anywhere")
+    assert (source.kind, source.cached, source.path) == ("hub", False, None)
+    cached = resolve_source(tiny_hub_id)
+    assert cached.cached and cached.path.endswith(cached.revision)
+    assert resolve_source(tiny_hub_id, revision=cached.revision).path == cached.path
+    assert not resolve_source(tiny_hub_id, revision="some-branch").cached
+
+
+def test_configured_default_dtype(shell, tiny_model_dir):
+    shell.run_line_magic("config", "LLMMagics.dtype = 'float32'")
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --quiet")
+    assert result.success and result.result is None
+    assert str(MODEL_CACHE.current().model.dtype) == "torch.float32"
+
+
+def test_no_deprecation_warning_for_dtype_keyword(tiny_model_dir, capfd):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm_magic.load(str(tiny_model_dir), dtype="float32")
+    messages = [str(w.message) for w in caught] + [capfd.readouterr().err]
+    assert not any("torch_dtype" in m for m in messages)
+
+
+def test_card_html_escapes_names(shell, tiny_model_dir, tmp_path):
+    import shutil
+
+    odd = tmp_path / "<b>model&co"
+    shutil.copytree(tiny_model_dir, odd)
+    card = llm_magic.load_with_card(str(odd))[1]
+    bundle = card._repr_mimebundle_()
+    assert "&lt;b&gt;model&amp;co" in bundle["text/html"]
+    assert "<b>model" not in bundle["text/html"]
+    assert "<b>model&co" in bundle["text/plain"]
+
+
+def test_unknown_dtype_is_a_usage_error(shell, tiny_model_dir):
+    result, captured = run(shell, f"%llm_load {tiny_model_dir} --dtype fp8")
+    assert not result.success
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    assert "fp8" in captured.stderr + captured.stdout
+    assert len(MODEL_CACHE) == 0
+
+
+def test_missing_path_fails_with_a_short_card(shell, tmp_path):
+    missing = tmp_path / "models" / "nope"
+    result, captured = run(shell, f"%llm_load {missing}")
+    assert not result.success
+    assert isinstance(result.error_in_exec, LoadError)
+    shown = captured.stdout + captured.stderr
+    assert "no such file or folder" in shown and str(tmp_path) in shown
+    assert "Traceback" not in shown
+    assert len(MODEL_CACHE) == 0
+
+
+def test_folder_without_tokenizer_fails_clearly(shell, tiny_model_dir, tmp_path):
+    from conftest import copy_model
+
+    folder = copy_model(tiny_model_dir, tmp_path / "no-tokenizer",
+                        skip=("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"))
+    result, captured = run(shell, f"%llm_load {folder}")
+    assert not result.success
+    assert isinstance(result.error_in_exec, LoadError)
+    assert "tokenizer is empty" in captured.stdout + captured.stderr
+    assert len(MODEL_CACHE) == 0
+
+
+def test_load_ext_twice_says_already_loaded_and_reload_ext_works(shell, tiny_model_dir):
+    with capture_output() as captured:
+        shell.run_line_magic("load_ext", "llm_magic")
+    assert "already loaded" in captured.stdout
+    shell.run_line_magic("reload_ext", "llm_magic")
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --quiet")
+    assert result.success
+
+
+def test_unload_ext_releases_every_model(shell, tiny_model_dir):
+    run(shell, f"%llm_load {tiny_model_dir}")
+    run(shell, f"%llm_load {tiny_model_dir} --dtype float32")
+    refs = [weakref.ref(e.model) for e in MODEL_CACHE.entries()]
+    assert len(refs) == 2
+    shell.run_line_magic("unload_ext", "llm_magic")
+    gc.collect()
+    assert len(MODEL_CACHE) == 0
+    assert all(r() is None for r in refs)  # the cards in Out hold no model
+
+
+def test_help_lists_options(shell):
+    doc = shell.find_line_magic("llm_load").__doc__
+    for option in ("--dtype", "--device-map", "--revision", "--trust-remote-code", "--as", "--reload", "--quiet"):
+        assert option in doc
+
+
+@pytest.mark.parametrize("bad", ["", "   "])
+def test_empty_model_name(bad):
+    with pytest.raises(LoadError, match="no model given"):
+        llm_magic.load(bad)
+
+
+def test_offload_to_disk_is_warned_on_the_card(shell, tiny_model_dir):
+    # A too-small max_memory makes accelerate put every weight on disk, silently.
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory cpu=1KB")
+    assert result.success
+    text = result.result.text()
+    assert "device      disk" in text
+    assert "offloaded to disk" in text and "slower" in text
+
+
+def test_bad_max_memory_is_a_usage_error(shell, tiny_model_dir):
+    result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory lots")
+    assert type(result.error_in_exec).__name__ == "UsageError"

@@ -1,0 +1,35 @@
+"""The example notebooks, executed in a real ipykernel through nbclient."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from run_notebook import cell_text, run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _cells_with(notebook, needle: str):
+    return [c for c in notebook.cells if c.cell_type == "code" and needle in c.source]
+
+
+def test_quickstart_notebook_loads_smollm2_and_shows_the_card():
+    notebook = run(EXAMPLES / "quickstart.ipynb")
+    first, second = _cells_with(notebook, "%llm_load")[:2]
+    card = cell_text(first)
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf  →  LlamaForCausalLM  (as smol)" in card
+    assert "device      cpu" in card and "dtype       bfloat16" in card
+    assert "cache       new · 1 model" in card
+    assert "cache hit" in cell_text(second) and "cached · 1 model" in cell_text(second)
+    # The status line was blanked once the card arrived: finished cells stay clean.
+    for cell in (first, second):
+        html = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+        assert len(html) == 1 and "LlamaForCausalLM" in html[0]
+        assert "…" not in cell_text(cell)
+        assert "Loading weights" not in cell_text(cell) and "IProgress" not in cell_text(cell)

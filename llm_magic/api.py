@@ -343,7 +343,7 @@ def generate(
             fixes=["write the prompt in the cell, under the %%llm_generate line", "llm_magic.generate('What is the capital of France?')"],
         )
     if namespace is not None and settings.system:
-        settings = replace(settings, system=generation.fill(settings.system, namespace))
+        settings = replace(settings, system=generation.fill(settings.system, namespace, "--system"))
     args = (entry.model, entry.tokenizer, entry.info)
     if over is not None:
         prompts = generation.fill_over(prompt, generation.items_of(over, "over="), namespace or {})

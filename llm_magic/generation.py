@@ -88,8 +88,9 @@ class _Filler(string.Formatter):
     """str.format's syntax, resolving `{name}`, `{obj.attr}` and `{obj[key]}` from a
     namespace by lookup only: no expression is evaluated, no dunder attribute is read."""
 
-    def __init__(self, namespace: Mapping[str, Any]):
+    def __init__(self, namespace: Mapping[str, Any], where: str = "the prompt"):
         self.namespace = namespace
+        self.where = where  # named in errors: "the prompt" or "--system"
 
     def get_field(self, field_name: str, args, kwargs):
         head = re.match(r"[^.\[]*", field_name).group(0)
@@ -99,7 +100,7 @@ class _Filler(string.Formatter):
             m = _PART.match(rest, pos)
             if m is None:
                 raise GenerationError(
-                    f"{{{field_name}}} in the prompt: not a name, attribute or item",
+                    f"{{{field_name}}} in {self.where}: not a name, attribute or item",
                     "fields are {name}, {obj.attr} or {obj[key]}; expressions are not evaluated",
                     ["compute the value in a variable first, then write {variable}", "write {{ and }} for literal braces"],
                 )
@@ -110,7 +111,7 @@ class _Filler(string.Formatter):
     def _name(self, name: str, field_name: str):
         if name == "" or name.isdigit():
             raise GenerationError(
-                f"{{{field_name}}} in the prompt: a field needs a variable name",
+                f"{{{field_name}}} in {self.where}: a field needs a variable name",
                 "braces in the prompt name a variable to fill in",
                 ["write a name: {topic}", "write {{ and }} for literal braces"],
             )
@@ -119,39 +120,37 @@ class _Filler(string.Formatter):
             fixes = [f"define it first: {name} = ...", f"write {{{{{name}}}}} for the literal text {{{name}}}"]
             if near:
                 fixes.insert(0, "did you mean: " + ", ".join("{" + n + "}" for n in near))
-            raise GenerationError(f"{{{field_name}}} in the prompt: no variable named {name!r}",
+            raise GenerationError(f"{{{field_name}}} in {self.where}: no variable named {name!r}",
                                   "the prompt's {names} are filled from the notebook's variables", fixes)
         return self.namespace[name]
 
-    @staticmethod
-    def _attr(value, attr: str, field_name: str):
+    def _attr(self, value, attr: str, field_name: str):
         if attr.startswith("__"):
-            raise GenerationError(f"{{{field_name}}} in the prompt: dunder attributes are not filled in",
+            raise GenerationError(f"{{{field_name}}} in {self.where}: dunder attributes are not filled in",
                                   fixes=["put the value in a variable first, then write {variable}"])
         try:
             return getattr(value, attr)
         except AttributeError as e:
-            raise GenerationError(f"{{{field_name}}} in the prompt: {type(value).__name__} has no attribute {attr!r}",
+            raise GenerationError(f"{{{field_name}}} in {self.where}: {type(value).__name__} has no attribute {attr!r}",
                                   fixes=["check the attribute name", "write {{ and }} for literal braces"]) from e
 
-    @staticmethod
-    def _item(value, key: str, field_name: str):
+    def _item(self, value, key: str, field_name: str):
         keys: list[Any] = [int(key), key] if key.isdigit() else [key]  # as str.format: [0] is an int
         for k in keys:
             try:
                 return value[k]
             except (KeyError, IndexError, TypeError):
                 continue
-        raise GenerationError(f"{{{field_name}}} in the prompt: {type(value).__name__} has no item [{key}]",
+        raise GenerationError(f"{{{field_name}}} in {self.where}: {type(value).__name__} has no item [{key}]",
                               fixes=["check the key or index", "write {{ and }} for literal braces"])
 
 
-def fill(template: str, namespace: Mapping[str, Any]) -> str:
+def fill(template: str, namespace: Mapping[str, Any], where: str = "the prompt") -> str:
     """`template` with its `{fields}` filled from `namespace`; `{{` and `}}` are literal braces."""
     try:
-        return _Filler(namespace).vformat(template, (), {})
+        return _Filler(namespace, where).vformat(template, (), {})
     except ValueError as e:  # unmatched brace, bad format spec
-        raise GenerationError(f"the prompt could not be filled: {e}",
+        raise GenerationError(f"{where} could not be filled: {e}",
                               "single braces mark variables to fill in",
                               ["write {{ and }} for literal braces", "name a variable inside braces: {topic}"]) from None
 
@@ -463,11 +462,12 @@ def generate(model, tokenizer, info, prompt: str, settings: Settings, *, on_text
     result as its `.result`.
     """
     settings.check()
-    p = prepare(tokenizer, prompt, settings, context_limit(model, tokenizer))
+    limit = context_limit(model, tokenizer)
+    p = prepare(tokenizer, prompt, settings, limit)
     if on_prompt is not None:
         on_prompt(p.rendered, len(p.ids))
     eos_ids, pad_id = _special_ids(model, tokenizer)
-    max_new, notes = _budget(context_limit(model, tokenizer), len(p.ids), settings)
+    max_new, notes = _budget(limit, len(p.ids), settings)
     seed = _seed(settings)
     run = _run(model, tokenizer, [p.ids], settings, seed, max_new, pad_id, info.name, on_text)
     (result,) = _results(tokenizer, info, run, [p], settings, seed, max_new, eos_ids, notes, None)

@@ -263,6 +263,7 @@ def test_no_model_loaded_names_llm_load(shell):
         ("%%llm_generate --top-p 1.5\nHi", "--top-p 1.5"),
         ("%%llm_generate -m nope\nHi", "-m nope: no loaded model has that name"),
         ("%%llm_generate\n{missing}", "no variable named 'missing'"),
+        ("%%llm_generate --system 'Be {tone}.'\nHi", "{tone} in --system: no variable named 'tone'"),
         ("%%llm_generate\nunmatched { brace", "write {{ and }} for literal braces"),
         ("%%llm_generate --over nothing_here\n{item}", "--over nothing_here: no variable named 'nothing_here'"),
         ("%%llm_generate --stop ''\nHi", "empty stop string"),

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError, diagnose_generation, diagnose_load  # noqa: E402
 
-__all__ = ["load", "load_with_card", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError", "__version__"]
+__all__ = ["load", "load_with_card", "generate", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError",
+           "__version__"]
 
 
 def demo_model() -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import errors, hardware, loading, sizing
 from .cache import MODEL_CACHE, LoadedModel, Released, nothing_left_on_failure
-from .display import LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
-from .errors import LLMError, LoadError
+from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
+from .errors import GenerationError, LLMError, LoadError
 
 
 def load(
@@ -289,3 +290,91 @@ def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, devic
     context = loading.failure_context(model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision)
     context["loaded"] = [(entry.info.name, entry.info.memory_bytes) for entry in MODEL_CACHE.entries()]
     return errors.diagnose_load(e, context)
+
+# --- generation ------------------------------------------------------------------------
+
+def generate(
+    prompt: str,
+    *,
+    model: str | LoadedModel | None = None,
+    max_new_tokens: int | None = None,
+    greedy: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    system: str | None = None,
+    raw: bool = False,
+    stop: str | Sequence[str] = (),
+    namespace: Mapping[str, Any] | None = None,
+    over: Iterable | None = None,
+    batch_size: int | None = None,
+    stream: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_prompt: Callable[[str, int], None] | None = None,
+) -> GenerationResult | GenerationResults:
+    """Generate from PROMPT with a cached model; returns the result (`.text` and stats).
+
+    model: an alias or the name a model was loaded with, a handle from `load`, or None
+    for the model loaded (or used) last. Unset settings take `generation.Settings`'
+    defaults (256 new tokens, sampling at temperature 0.7, top-p 0.9, top-k 50).
+    namespace: fills `{name}`, `{obj.attr}`, `{obj[key]}` in the prompt and the system
+    text (`{{`/`}}` are literal braces); without it the prompt is used verbatim.
+    over: run the prompt as a template once per item (`{item}`), in batches of
+    `batch_size`; returns one result per item, in order. stream: called with each new
+    piece of text as it is generated (single prompts). Ctrl-C stops generating and raises
+    KeyboardInterrupt carrying the partial result as `.result`.
+    """
+    from . import generation
+
+    entry = _generation_model(model)
+    given = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k)
+    settings = generation.Settings(
+        **{k: v for k, v in given.items() if v is not None},
+        seed=seed,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        system=system or None,
+        raw=raw,
+    )
+    settings.check()
+    if not prompt or not prompt.strip():
+        raise GenerationError(
+            "the prompt is empty: nothing to send to the model",
+            fixes=["write the prompt in the cell, under the %%llm_generate line", "llm_magic.generate('What is the capital of France?')"],
+        )
+    if namespace is not None and settings.system:
+        settings = replace(settings, system=generation.fill(settings.system, namespace, "--system"))
+    args = (entry.model, entry.tokenizer, entry.info)
+    if over is not None:
+        prompts = generation.fill_over(prompt, generation.items_of(over, "over="), namespace or {})
+        return generation.generate_many(*args, prompts, settings, batch_size=batch_size, on_progress=progress, on_prompt=on_prompt)
+    text = prompt if namespace is None else generation.fill(prompt, namespace)
+    return generation.generate(*args, text, settings, on_text=stream, on_prompt=on_prompt)
+
+
+def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
+    """The cached model to generate with (touched: it becomes the current one)."""
+    if isinstance(model, LoadedModel):
+        entry = model
+    elif model is None:
+        entry = MODEL_CACHE.current() or max(MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None)
+        if entry is None:
+            raise GenerationError(
+                "no model is loaded",
+                "%%llm_generate and llm_magic.generate use a model loaded with %llm_load first",
+                ["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load $path  (path = llm_magic.demo_model(), offline)"],
+            )
+    else:
+        entry = MODEL_CACHE.find(model)
+        if entry is None:
+            loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]
+            raise GenerationError(
+                f"-m {model}: no loaded model has that name",
+                "-m takes an alias (--as NAME) or the name a model was loaded with",
+                ["loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet",
+                 f"%llm_load {model} --as NAME loads it"],
+            )
+    if entry.model is None:
+        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    MODEL_CACHE.touch(entry)
+    return entry

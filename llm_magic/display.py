@@ -257,3 +257,190 @@ class UnloadCard(Card):
 def _short(name: str) -> str:
     """A Hub id as is; a path by its last part."""
     return name if "/" not in name or not name.startswith(("/", ".", "~")) else name.rstrip("/").rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------------------------------
+# Generation: the result of `%%llm_generate` / `llm_magic.generate`, and what is shown
+# while it runs. Plain values only: a result kept in `Out` must not keep a model alive.
+
+_TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
+_FOOTER_STYLE = "font-family:monospace;font-size:85%;color:#666;margin-top:.4em"
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class GenerationResult:
+    """One generation: `.text` and what produced it (counts, timings, settings, model).
+
+    `str(result)` is the text, so a result can fill `{name}` in a later prompt.
+    """
+
+    text: str
+    prompt: str  # the prompt after {name} filling
+    rendered_prompt: str  # what the model read: the chat template applied, or the raw text
+    token_ids: tuple[int, ...]  # the new tokens (up to and including eos / the stop string)
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token: float | None  # seconds from the call to the first new token
+    seconds: float  # the generate call (for a batch: the whole batch)
+    tokens_per_second: float
+    stop_reason: str  # "eos", "length", "stop string" or "interrupted"
+    settings: dict  # max_new_tokens, greedy, temperature, top_p, top_k, stop, system, raw
+    seed: int | None
+    model_id: str
+    revision: str | None
+    dtype: str
+    device: str
+    versions: dict  # python, torch, transformers, llm_magic
+    stop_string: str | None = None
+    notes: tuple[str, ...] = ()
+    batch: tuple[int, int] | None = None  # (index of the batch, batch size) for --over runs
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.plain()
+
+    def footer(self) -> str:
+        ttft = "–" if self.time_to_first_token is None else format_seconds(self.time_to_first_token)
+        mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
+        stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
+        return (
+            f"{self.prompt_tokens} prompt tokens · {self.new_tokens} new · first token {ttft} · "
+            f"{self.tokens_per_second:.1f} tokens/s · stopped: {stop} · {mode} · {_short_name(self.model_id)} {self.dtype}"
+        )
+
+    def metadata(self) -> dict:
+        """What produced this text, for the notebook file (the display's metadata)."""
+        return {
+            "model": self.model_id,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "device": self.device,
+            "settings": dict(self.settings),
+            "seed": self.seed,
+            "versions": dict(self.versions),
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "time_to_first_token": self.time_to_first_token,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "stop_reason": self.stop_reason,
+        }
+
+    def plain(self) -> str:
+        lines = [self.text.rstrip("\n"), "── " + self.footer()]
+        lines += [f"⚠ {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        e = html.escape
+        notes = "".join(f"<div style='color:#b26a00'>⚠ {e(n)}</div>" for n in self.notes)
+        return (
+            f"<div><div style='{_TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
+            f"<div style='{_FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
+        )
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": self.metadata()}
+
+
+class GenerationResults(list):
+    """The results of a `--over` run: one GenerationResult per item, in order."""
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self]
+
+    def summary(self) -> str:
+        batches = {r.batch[0] for r in self if r.batch is not None}
+        seconds = sum({r.batch[0]: r.seconds for r in self if r.batch is not None}.values())
+        new = sum(r.new_tokens for r in self)
+        rate = new / seconds if seconds > 0 else 0.0
+        interrupted = sum(r.stop_reason == "interrupted" for r in self)
+        tail = f" · {interrupted} interrupted" if interrupted else ""
+        model = f" · {_short_name(self[0].model_id)} {self[0].dtype}" if self else ""
+        return (
+            f"{len(self)} results in {len(batches)} batch{'es' if len(batches) != 1 else ''} · {new} new tokens · "
+            f"{format_seconds(seconds)} · {rate:.1f} tokens/s in all{tail}{model}"
+        )
+
+    def plain(self) -> str:
+        parts = [f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}" for i, r in enumerate(self)]
+        return "\n".join(parts + ["── " + self.summary()])
+
+    def html(self) -> str:
+        e = html.escape
+        rows = "".join(
+            f"<tr><td style='vertical-align:top;color:#666;padding-right:1em'>[{i}]</td>"
+            f"<td style='text-align:left'><div style='{_TEXT_STYLE}'>{e(r.text.strip())}</div>"
+            f"<div style='{_FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}</div></td></tr>"
+            for i, r in enumerate(self)
+        )
+        return f"<div><table style='border:none'>{rows}</table><div style='{_FOOTER_STYLE}'>{e(self.summary())}</div></div>"
+
+    def __repr__(self) -> str:
+        return self.plain()
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        meta = [r.metadata() for r in self]
+        return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": meta}
+
+
+@dataclass(frozen=True, repr=False)
+class StreamView:
+    """The text so far, while a generation streams (a display updated in place)."""
+
+    text: str
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        status = "… generating (Ctrl-C / interrupt stops it, keeping the text)"
+        return {
+            "text/plain": f"{self.text}\n{status}",
+            "text/html": f"<div><div style='{_TEXT_STYLE}'>{html.escape(self.text)}</div>"
+            f"<div style='{_FOOTER_STYLE}'>{html.escape(status)}</div></div>",
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class PromptView:
+    """The prompt exactly as the model reads it (`--show-prompt`)."""
+
+    text: str
+    tokens: int
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        head = f"prompt ({self.tokens} tokens):"
+        return {
+            "text/plain": f"{head}\n{self.text}",
+            "text/html": f"<div style='{_FOOTER_STYLE}'>{html.escape(head)}</div>"
+            f"<pre style='background:#f6f6f6;padding:.4em;margin:0 0 .4em 0;white-space:pre-wrap'>{html.escape(self.text)}</pre>",
+        }
+
+
+@dataclass(frozen=True, repr=False)
+class BatchProgress:
+    """A progress bar over the batches of a `--over` run."""
+
+    done: int
+    total: int
+    items: int
+
+    def plain(self) -> str:
+        width = 24
+        filled = round(width * self.done / self.total) if self.total else width
+        return f"[{'#' * filled}{'.' * (width - filled)}] batch {self.done}/{self.total} · {self.items} prompts"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return {
+            "text/plain": self.plain(),
+            "text/html": f"<div style='font-family:monospace;color:#666'><progress value='{self.done}' max='{self.total}'></progress>"
+            f" batch {self.done}/{self.total} · {self.items} prompts</div>",
+        }
+
+
+def _short_name(model_id: str) -> str:
+    """A Hub id as is; a path shortened to its last part."""
+    if "/" in model_id and not any(model_id.startswith(p) for p in ("/", ".", "~")) and model_id.count("/") == 1:
+        return model_id
+    return model_id.rstrip("/").rsplit("/", 1)[-1]

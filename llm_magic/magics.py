@@ -3,20 +3,24 @@ wraps the result for display; the logic lives in the other modules."""
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
 
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Int, TraitError, Unicode, Union, observe, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, hardware, sizing
+from . import api, generation, hardware, sizing
 from .cache import MODEL_CACHE
-from .display import StatusLine
-from .errors import LLMError
+from .display import BatchProgress, PromptView, StatusLine, StreamView
+from .errors import GenerationError, LLMError
+
+_DEFAULTS = generation.Settings()
 
 
 @magics_class
@@ -51,6 +55,18 @@ class LLMMagics(Magics):
     def _apply_budget(self, change):
         # The budget lives on the cache, so llm_magic.load() from plain Python honours it too.
         MODEL_CACHE.set_budget(**{change["name"]: change["new"]})
+
+    # Defaults of %%llm_generate (each flag overrides its trait for one cell).
+    max_new_tokens = Int(_DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate.").tag(config=True)
+    temperature = Float(_DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling).").tag(config=True)
+    top_p = Float(_DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off).").tag(config=True)
+    top_k = Int(_DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off).").tag(config=True)
+    greedy = Bool(_DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate).").tag(config=True)
+    stream = Bool(True, help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).").tag(
+        config=True
+    )
+    system = Unicode("", help="Default --system message of %%llm_generate (empty: the chat template's own).").tag(config=True)
+    batch_size = Int(0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU).").tag(config=True)
 
     @magic_arguments()
     @argument("model", help="Hub id (org/name), a save_pretrained folder, or a .gguf file.")
@@ -124,6 +140,112 @@ class LLMMagics(Magics):
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
         return api.unload(_unquote(args.name) if args.name else None, all=args.all)
+
+    @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
+    @magic_arguments()
+    @argument("-m", "--model", default=None, help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.")
+    @argument("--max-new-tokens", type=int, default=None, help="At most this many new tokens. Default: LLMMagics.max_new_tokens.")
+    @argument("--temperature", type=float, default=None, help="Sampling temperature, above 0. Default: LLMMagics.temperature.")
+    @argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
+              "Default: LLMMagics.top_p.")
+    @argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0: all). Default: LLMMagics.top_k.")
+    @argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
+              "Default: a fresh one, shown with the result.")
+    @argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: LLMMagics.greedy.")
+    @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: LLMMagics.system.")
+    @argument("--raw", action="store_true", help="Send the cell as it is, without the chat template.")
+    @argument("--no-stream", action="store_true", help="Show the text only when it is complete.")
+    @argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted).")
+    @argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
+              "Repeatable; \\n and \\t stand for newline and tab.")
+    @argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it.")
+    @argument("--over", default=None, help="Run the cell once per item of this list variable, {item} standing for the item; "
+              "returns one result per item.")
+    @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: LLMMagics.batch_size "
+              "(0: 8 on CPU, 32 on a GPU).")
+    @cell_magic
+    def llm_generate(self, line: str, cell: str):
+        """Generate from the cell's text with a loaded model (the chat template applied
+        when the model has one). `{name}`, `{obj.attr}` and `{obj[key]}` are filled from the
+        notebook's variables; `{{` and `}}` are literal braces. The text streams in as it
+        is generated; Ctrl-C stops it, keeping what was generated. Returns the result
+        (`.text`, token counts, timings, settings)."""
+        args = parse_argstring(self.llm_generate, line)
+        ns = self.shell.user_ns
+        out = _unquote(args.out) if args.out else None
+        if out is not None and not out.isidentifier():
+            from IPython.core.error import UsageError
+
+            raise UsageError(f"--out {out}: not a variable name")
+        over = None
+        if args.over is not None:
+            name = _unquote(args.over)
+            if name not in ns:
+                raise GenerationError(f"--over {name}: no variable named {name!r}",
+                                      fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"])
+            over = generation.items_of(ns[name], f"--over {name}")
+        jupyter = getattr(self.shell, "kernel", None) is not None
+        sink = _Stream(jupyter) if over is None and self.stream and not args.no_stream else None
+        system = _unquote(args.system) if args.system is not None else self.system
+        settings = dict(
+            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
+            greedy=args.greedy or self.greedy,
+            temperature=_pick(args.temperature, self.temperature),
+            top_p=_pick(args.top_p, self.top_p),
+            top_k=_pick(args.top_k, self.top_k),
+            seed=args.seed,
+            system=system or None,
+            raw=args.raw,
+            stop=[_unescape(_unquote(s)) for s in args.stop or []],
+        )
+        on_prompt = (lambda text, tokens: display(PromptView(text, tokens))) if args.show_prompt else None
+        try:
+            with self._batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+                result = api.generate(
+                    cell.strip("\n"),
+                    model=_unquote(args.model) if args.model else None,
+                    namespace=ns,
+                    over=over,
+                    batch_size=_pick(args.batch_size, self.batch_size) or None,
+                    stream=sink,
+                    progress=progress,
+                    on_prompt=on_prompt,
+                    **settings,
+                )
+        except KeyboardInterrupt as e:
+            partial = getattr(e, "result", None)  # what was generated before Ctrl-C
+            if out is not None and partial is not None:
+                ns[out] = partial
+            _show_partial(sink, partial)
+            raise  # the cell is interrupted: later queued cells must not run
+        except Exception:
+            if sink is not None:
+                sink.settle()  # no "generating…" left above the error card
+            raise
+        if sink is not None:
+            sink.settle()
+        if out is not None:
+            ns[out] = result
+        return result  # shown once, as the cell's value; `_` and Out[n] hold it
+
+    @contextmanager
+    def _batch_progress(self, jupyter: bool, items: int):
+        """A progress bar over the batches of an --over run: a display updated in place
+        in Jupyter (blanked when done), a line on stderr in a terminal."""
+        if not items:
+            yield None
+            return
+        if not jupyter:
+            try:
+                yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
+            finally:
+                print(file=sys.stderr)
+            return
+        handle = display(BatchProgress(0, 1, items), display_id=True)
+        try:
+            yield lambda done, total: handle.update(BatchProgress(done, total, items))
+        finally:
+            handle.update({"text/plain": ""}, raw=True)
 
     @line_magic
     def llm_tb(self, line: str = ""):
@@ -224,3 +346,59 @@ def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+def _pick(flag, trait):
+    """A flag's value when given (even 0), else the trait's."""
+    return trait if flag is None else flag
+
+
+def _unescape(text: str) -> str:
+    """`\\n` and `\\t` in a --stop value stand for newline and tab (`\\\\` for a backslash)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+class _Stream:
+    """Where streamed text goes: one display updated in place in Jupyter (redrawn at
+    most every 0.1 s), plain text on stdout in a terminal."""
+
+    redraw_every = 0.1
+
+    def __init__(self, jupyter: bool):
+        self.jupyter = jupyter
+        self.parts: list[str] = []
+        self.handle = None
+        self.drawn = 0.0
+
+    def __call__(self, chunk: str) -> None:
+        self.parts.append(chunk)
+        if not self.jupyter:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            return
+        now = time.perf_counter()
+        if self.handle is None:
+            self.handle = display(StreamView("".join(self.parts)), display_id=True)
+            self.drawn = now
+        elif now - self.drawn >= self.redraw_every:
+            self.handle.update(StreamView("".join(self.parts)))
+            self.drawn = now
+
+    def settle(self) -> None:
+        """Done: the result, shown as the cell's value, takes the streamed text's place."""
+        if self.jupyter and self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+        elif not self.jupyter and self.parts:
+            print(flush=True)
+
+
+def _show_partial(sink: _Stream | None, partial) -> None:
+    """After Ctrl-C: the partial result stays on screen where the text was streaming."""
+    if partial is None:
+        return
+    if sink is not None and sink.jupyter and sink.handle is not None:
+        sink.handle.update(partial)
+    elif sink is not None and not sink.jupyter and sink.parts:
+        print("\n── " + partial.footer(), flush=True)  # the text itself is already on screen
+    else:
+        display(partial)

@@ -65,18 +65,32 @@ def reset_hwm() -> bool:
         return False
 
 
+def anon_bytes() -> int | None:
+    """RssAnon: the part of RSS that is not file pages (a mmapped checkpoint's pages are)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class PeakSampler:
-    """Samples RSS from a thread every ~2 ms (a check on VmHWM, and its stand-in where
-    clear_refs is not allowed)."""
+    """Samples RSS (and its anonymous part) from a thread every ~2 ms (a check on VmHWM,
+    and its stand-in where clear_refs is not allowed)."""
 
     def __init__(self) -> None:
         self.peak = rss_bytes()
+        self.peak_anon = anon_bytes() or 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes())
+            self.peak_anon = max(self.peak_anon, anon_bytes() or 0)
             time.sleep(0.002)
 
     def __enter__(self):
@@ -90,16 +104,17 @@ class PeakSampler:
 
 
 def measure_peak(fn):
-    """Run fn(); returns (its value, baseline RSS, peak RSS during it)."""
+    """Run fn(); returns (its value, baseline RSS, peak RSS during it, and the same two for
+    anonymous memory alone)."""
     gc.collect()
-    baseline = rss_bytes()
+    baseline, baseline_anon = rss_bytes(), anon_bytes()
     hwm_ok = reset_hwm()
     with PeakSampler() as sampler:
         value = fn()
     peak = sampler.peak
     if hwm_ok:
         peak = max(peak, hwm_bytes() or 0)
-    return value, baseline, peak
+    return value, baseline, peak, {"baseline_anon": baseline_anon, "peak_anon": sampler.peak_anon}
 
 
 # ---------------------------------------------------------------- model helpers
@@ -487,7 +502,9 @@ def job_memory(args: dict) -> dict:
         from llm_magic import MODEL_CACHE
 
         shell = new_shell()
-        _, baseline, peak = measure_peak(lambda: shell.run_line_magic("llm_load", f"{model_arg} --as bench --quiet"))
+        _, baseline, peak, anon = measure_peak(
+            lambda: shell.run_line_magic("llm_load", f"{model_arg} --as bench --quiet")
+        )
         out["weight_bytes"] = MODEL_CACHE.find("bench").info.memory_bytes
         out["dtype"] = MODEL_CACHE.find("bench").info.dtype
         out["unload_available"] = has_magic(shell, "line", "llm_unload")
@@ -505,7 +522,7 @@ def job_memory(args: dict) -> dict:
         def load():
             holder["m"], holder["t"] = plain_load(model_arg, dtype)
 
-        _, baseline, peak = measure_peak(load)
+        _, baseline, peak, anon = measure_peak(load)
         out["weight_bytes"] = weight_bytes(holder["m"])
         out["dtype"] = str(holder["m"].dtype).removeprefix("torch.")
         gc.collect()
@@ -513,7 +530,7 @@ def job_memory(args: dict) -> dict:
         holder.clear()
         gc.collect()
         out["unload_via"] = "del model, tokenizer; gc.collect()"
-    out.update(baseline=baseline, peak=peak, before_unload=before, after_unload=rss_bytes())
+    out.update(baseline=baseline, peak=peak, before_unload=before, after_unload=rss_bytes(), **anon)
     return out
 
 

@@ -241,6 +241,8 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[Row, Row, Row]
     if not g["available"]:
         stream.status = NOT_AVAILABLE
         stream.note = "%%llm_generate is not registered in this checkout"
+    elif "error" in g:
+        stream.status = f"error: {g['error']}"
     else:
         a, b = tps(g["llm_magic"]), tps(g["plain"])
         stream.llm_magic, stream.plain, stream.ratio = f"{a:.1f} tok/s", f"{b:.1f} tok/s", a / b
@@ -253,7 +255,10 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[Row, Row, Row]
     o = r["over"]
     if not o["available"]:
         over.status = NOT_AVAILABLE
-        over.note = o.get("error", "neither llm_magic.generate(over=...) nor %%llm_generate --over exists here")
+        if "error" in o:
+            over.status = f"error: {o['error']}"
+        else:
+            over.note = "neither llm_magic.generate(over=...) nor %%llm_generate --over exists here"
     else:
         a, b = tps(o["batched"]), tps(o["singles"])
         over.llm_magic, over.plain, over.ratio = f"{a:.1f} tok/s", f"{b:.1f} tok/s (8 singles)", a / b

@@ -309,7 +309,8 @@ def rows_dtype(env, path: str, label: str, args) -> tuple[Row, Row, dict]:
 def rows_memory(env, model_arg: str, plain_path: str, dtype: str, label: str, reps: int) -> tuple[Row, Row]:
     peak = Row("load_peak_rss", "peak RSS during load minus the RSS after imports, over weight bytes",
                "≤ 1.3×", model=label)
-    unload = Row("unload_rss_returned", "RSS returned by `%llm_unload`, over weight bytes", "≥ 0.8×", model=label)
+    unload = Row("unload_rss_returned", "RSS returned by `%llm_unload` (model used once), over weight bytes",
+                 "≥ 0.8×", model=label)
     runs = {"llm_magic": [], "plain": []}
     for i in range(reps):
         for side in (("llm_magic", "plain") if i % 2 == 0 else ("plain", "llm_magic")):

@@ -1,0 +1,556 @@
+"""llm_magic side by side with plain transformers, in one run.
+
+    .venv/bin/python bench/run.py            # full: SmolLM2-135M-Instruct + tiny GPT-2 (< 15 min on 2 cores)
+    .venv/bin/python bench/run.py --smoke    # tiny model only, one or two repetitions (~1 min)
+
+Writes BENCHMARKS.md (table with targets, the machine, versions) and results.json
+into --out (default: bench/ for a full run, a temporary folder for --smoke).
+Each measurement runs in a fresh process (bench/workers.py); this file only starts
+them, takes medians and ratios, and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKERS = HERE / "workers.py"
+TINY_HUB_ID = "llm-magic-bench/tiny-gpt2"
+NOT_AVAILABLE = "not available (API missing)"
+
+# The rows every run reports, in order (tests/test_bench_smoke.py checks them).
+ROW_NAMES = (
+    "import_load_ext",
+    "cache_hit",
+    "cold_load",
+    "hub_id_offline",
+    "gguf_second_load",
+    "generate_stream",
+    "dtype_default_vs_best",
+    "over_batch",
+    "decode_vs_bandwidth",
+    "load_peak_rss",
+    "unload_rss_returned",
+)
+
+
+@dataclass
+class Row:
+    name: str
+    metric: str
+    target: str
+    model: str = ""
+    llm_magic: str = ""  # the figure, formatted
+    plain: str = ""  # the plain-transformers figure it is compared with
+    ratio: float | None = None  # the number the target is checked on
+    status: str = ""  # PASS, MISS, REPORT, skipped (...), not available (...), error: ...
+    note: str = ""
+    data: dict = field(default_factory=dict)  # raw measurements
+
+
+# ---------------------------------------------------------------- running workers
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def worker_env(workdir: Path) -> dict:
+    env = dict(os.environ)
+    env["HF_HOME"] = str(workdir / "hf")
+    # "The Hub unreachable and no offline variable": the variables must not be set.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_HOME_OFFLINE"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def run_worker(name: str, args: dict, env: dict, timeout: float = 600) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(WORKERS), name, json.dumps(args)],
+        env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=timeout,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT "):])
+    raise WorkerError(f"worker {name} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def warm_file_cache(path: Path) -> None:
+    """Read every file once, so both sides of a load comparison find them in the page cache."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+# ---------------------------------------------------------------- formatting
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 0.1:
+        return f"{seconds * 1000:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_bytes(n: float | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def tps(runs: list[dict]) -> float | None:
+    """Median tokens/s over runs of {'tokens', 'seconds'}."""
+    return med([r["tokens"] / r["seconds"] for r in runs if r["seconds"] > 0])
+
+
+def judge(row: Row, ok: bool) -> None:
+    row.status = "PASS" if ok else "MISS"
+
+
+# ---------------------------------------------------------------- the rows
+
+def row_import(env, reps) -> Row:
+    row = Row("import_load_ext", "`import llm_magic` + `%load_ext llm_magic` (fresh process); torch imported?",
+              "≤ 0.3 s, no torch", model="–")
+    runs = [run_worker("import", {}, env) for _ in range(reps)]
+    secs = med([r["seconds"] for r in runs])
+    torch_in = any(r["torch"] or r["transformers"] for r in runs)
+    row.llm_magic = f"{fmt_s(secs)}; torch {'imported' if torch_in else 'not imported'}"
+    row.plain = "–"
+    row.ratio = secs
+    judge(row, secs <= 0.3 and not torch_in)
+    row.data = {"runs": runs}
+    return row
+
+
+def row_cold_load(env, path: str, dtype: str, label: str, reps: int) -> Row:
+    row = Row("cold_load", "cold load (new process, file cache warm) vs AutoModelForCausalLM + AutoTokenizer "
+              ".from_pretrained, same dtype", "≤ 1.05×", model=label)
+    warm_file_cache(Path(path))
+    runs = {"llm_magic": [], "plain": []}
+    for i in range(reps):  # alternate which side goes first
+        for side in (("llm_magic", "plain") if i % 2 == 0 else ("plain", "llm_magic")):
+            runs[side].append(run_worker("cold_load", {"side": side, "path": path, "dtype": dtype}, env))
+    a, b = med([r["seconds"] for r in runs["llm_magic"]]), med([r["seconds"] for r in runs["plain"]])
+    row.llm_magic, row.plain, row.ratio = fmt_s(a), fmt_s(b), a / b
+    judge(row, row.ratio <= 1.05)
+    row.note = f"dtype {runs['llm_magic'][0]['dtype']} on both sides; torch/transformers imported before timing"
+    row.data = runs
+    return row
+
+
+def row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: float) -> Row:
+    row = Row("hub_id_offline", "Hub id of a cached model, Hub unreachable, no offline variable, vs the folder by path",
+              "≤ 1.5× (plain transformers by id: ~60×)", model="tiny GPT-2")
+    runs = {"by_id": [], "by_path": [], "plain_by_path": []}
+    for i in range(reps):
+        order = (("by_id", TINY_HUB_ID), ("by_path", tiny_dir))
+        for key, target in (order if i % 2 == 0 else order[::-1]):
+            runs[key].append(run_worker("hub", {"side": "llm_magic", "target": target}, env))
+        if i < 2:  # a contrast only
+            runs["plain_by_path"].append(run_worker("hub", {"side": "plain", "target": tiny_dir}, env))
+    by_id, by_path = med([r["seconds"] for r in runs["by_id"]]), med([r["seconds"] for r in runs["by_path"]])
+    plain_path = med([r["seconds"] for r in runs["plain_by_path"]])
+    row.llm_magic = f"by id {fmt_s(by_id)} / by path {fmt_s(by_path)}"
+    row.ratio = by_id / by_path
+    judge(row, row.ratio <= 1.5)
+    if plain_by_id:  # once: it retries the unreachable Hub for about two minutes
+        started = time.perf_counter()
+        try:
+            r = run_worker("hub", {"side": "plain", "target": TINY_HUB_ID}, env, timeout=plain_timeout)
+            plain_id = r["seconds"]
+            row.plain = f"by id {fmt_s(plain_id)} ({plain_id / plain_path:.0f}× its by-path {fmt_s(plain_path)})"
+        except subprocess.TimeoutExpired:
+            plain_id = None
+            row.plain = f"by id > {plain_timeout:.0f} s (stopped) vs by path {fmt_s(plain_path)}"
+        except WorkerError as e:
+            plain_id = None
+            row.plain = f"by id failed after {time.perf_counter() - started:.0f} s: {str(e).splitlines()[-1][:120]}"
+        runs["plain_by_id_seconds"] = plain_id
+    else:
+        row.plain = f"by path {fmt_s(plain_path)}; by id not run (--smoke)"
+    row.note = "whole load in a new process (torch/transformers imported before timing); llm_magic's by-id load " \
+               "reads the cached snapshot without touching the network"
+    row.data = runs
+    return row
+
+
+def row_gguf(env, gguf: str | None, dtype: str, converted_now: float | None, reps: int, plain_reps: int) -> Row:
+    row = Row("gguf_second_load", "`.gguf` second load (new process, converted cache present) vs plain "
+              "transformers `gguf_file=` load", "≤ 0.15×", model="SmolLM2-135M-Instruct Q4_1")
+    if gguf is None:
+        row.status = "skipped (--smoke: tiny model only)"
+        return row
+    warm_file_cache(Path(gguf))
+    runs = {"llm_magic": [], "plain": []}
+    for i in range(max(reps, plain_reps)):
+        if i < reps:
+            runs["llm_magic"].append(run_worker("gguf", {"side": "llm_magic", "path": gguf, "dtype": dtype}, env))
+        if i < plain_reps:
+            runs["plain"].append(run_worker("gguf", {"side": "plain", "path": gguf, "dtype": dtype}, env))
+    a, b = med([r["seconds"] for r in runs["llm_magic"]]), med([r["seconds"] for r in runs["plain"]])
+    row.llm_magic, row.plain, row.ratio = fmt_s(a), fmt_s(b), a / b
+    judge(row, row.ratio <= 0.15)
+    row.note = f"dtype {dtype} on both sides" + (
+        f"; this run converted the .gguf first ({fmt_s(converted_now)}, once)" if converted_now else ""
+    )
+    row.data = runs
+    return row
+
+
+def rows_generate(env, model_arg: str, label: str, args) -> tuple[Row, Row, Row]:
+    hit = Row("cache_hit", "`%llm_load` cache hit (same request again)", "≤ 10 ms", model=label)
+    stream = Row("generate_stream", "`%%llm_generate` streaming tokens/s vs plain `model.generate`, batch 1, "
+                 f"same dtype, greedy, {args.new_tokens} new tokens", "≥ 0.95×", model=label)
+    over = Row("over_batch", "`--over` 8 prompts, aggregate tokens/s, vs 8 single generations",
+               "≥ 4×", model=label)
+    r = run_worker("generate", {
+        "model": model_arg, "new_tokens": args.new_tokens, "repeats": args.gen_repeats,
+        "over_new_tokens": args.over_new_tokens, "over_repeats": args.over_repeats,
+        "hit_repeats": 20,
+    }, env, timeout=1800)
+    secs = med(r["cache_hit_seconds"])
+    hit.llm_magic, hit.plain, hit.ratio = fmt_s(secs), "a new from_pretrained: see cold_load", secs
+    judge(hit, secs <= 0.010)
+    hit.note = f"median of {len(r['cache_hit_seconds'])}, max {fmt_s(max(r['cache_hit_seconds']))}"
+    hit.data = {"seconds": r["cache_hit_seconds"]}
+
+    g = r["generate"]
+    if not g["available"]:
+        stream.status = NOT_AVAILABLE
+        stream.note = "%%llm_generate is not registered in this checkout"
+    elif "error" in g:
+        stream.status = f"error: {g['error']}"
+    else:
+        a, b = tps(g["llm_magic"]), tps(g["plain"])
+        stream.llm_magic, stream.plain, stream.ratio = f"{a:.1f} tok/s", f"{b:.1f} tok/s", a / b
+        judge(stream, stream.ratio >= 0.95)
+        stream.note = (f"{g['new_tokens']} new tokens on both sides, dtype {r['dtype']}, same model object; end to end "
+                       "(template, tokenize, generate, decode)"
+                       + ("" if g.get("min_new_tokens_flag") else "; no --min-new-tokens flag: plain side matched "
+                          "llm_magic's token count"))
+        stream.data = g
+    o = r["over"]
+    if not o["available"]:
+        over.status = NOT_AVAILABLE
+        if "error" in o:
+            over.status = f"error: {o['error']}"
+        else:
+            over.note = "neither llm_magic.generate(over=...) nor %%llm_generate --over exists here"
+    else:
+        a, b = tps(o["batched"]), tps(o["singles"])
+        over.llm_magic, over.plain, over.ratio = f"{a:.1f} tok/s", f"{b:.1f} tok/s (8 singles)", a / b
+        judge(over, over.ratio >= 4)
+        over.note = f"via {o['via']}, {args.over_new_tokens} new tokens per prompt, batch size 8"
+        over.data = o
+    return hit, stream, over
+
+
+def rows_dtype(env, path: str, label: str, args) -> tuple[Row, Row, dict]:
+    dt = Row("dtype_default_vs_best", "default dtype's batch-1 decode tokens/s vs the best dtype here "
+             "(fp32 vs bf16, plain model.generate)", "≥ 0.9×", model=label)
+    bw = Row("decode_vs_bandwidth", "batch-1 decode tokens/s vs the memory-bandwidth limit "
+             "(measured read bandwidth ÷ weight bytes read per token)", "report; aim ≥ 40%", model=label)
+    r = run_worker("dtype", {
+        "path": path, "new_tokens": args.dtype_new_tokens, "batch8_new_tokens": args.batch8_new_tokens,
+        "repeats": args.dtype_repeats, "bandwidth_mb": args.bandwidth_mb,
+    }, env, timeout=1800)
+    table = {}
+    for d, runs in r["runs"].items():
+        table[d] = {"b1": tps(runs["b1"]), "b8": tps(runs["b8"]), "prefill": tps(runs["prefill"]),
+                    "bytes_per_token": runs["bytes_per_token"]}
+    default = r["default"]
+    best = max(table, key=lambda d: table[d]["b1"])
+    dt.llm_magic = f"{default}: {table[default]['b1']:.1f} tok/s"
+    dt.plain = f"best {best}: {table[best]['b1']:.1f} tok/s"
+    dt.ratio = table[default]["b1"] / table[best]["b1"]
+    judge(dt, dt.ratio >= 0.9)
+    other = [d for d in table if d != default][0]
+    dt.note = (f"default chosen: {default} ({r['reason']}). batch 8: {default} {table[default]['b8']:.1f} vs "
+               f"{other} {table[other]['b8']:.1f} tok/s; {r['prefill_len']}-token prefill: {default} "
+               f"{table[default]['prefill']:.0f} vs {other} {table[other]['prefill']:.0f} tok/s")
+    dt.data = {"raw": r, "medians": table}
+
+    bandwidth = r["bandwidth_bytes_per_s"]
+    per_token = table[default]["bytes_per_token"]
+    limit = bandwidth / per_token
+    bw.llm_magic = f"{table[default]['b1']:.1f} tok/s ({default})"
+    bw.plain = f"limit {limit:.1f} tok/s = {bandwidth / 1e9:.1f} GB/s ÷ {per_token / 1e6:.0f} MB"
+    bw.ratio = table[default]["b1"] / limit
+    judge(bw, bw.ratio >= 0.4)
+    bw.status = f"REPORT ({'aim met' if bw.ratio >= 0.4 else 'below aim'})"
+    bw.note = f"{bw.ratio:.0%} of the limit; read bandwidth from a {args.bandwidth_mb} MiB float32 torch sum, same run"
+    bw.data = {"bandwidth_bytes_per_s": bandwidth, "bytes_per_token": per_token, "limit_tps": limit}
+    return dt, bw, table
+
+
+def rows_memory(env, model_arg: str, plain_path: str, dtype: str, label: str, reps: int) -> tuple[Row, Row]:
+    peak = Row("load_peak_rss", "peak RSS during load minus the RSS after imports, over weight bytes",
+               "≤ 1.3×", model=label)
+    unload = Row("unload_rss_returned", "RSS returned by `%llm_unload` (model used once), over weight bytes",
+                 "≥ 0.8×", model=label)
+    runs = {"llm_magic": [], "plain": []}
+    for i in range(reps):
+        for side in (("llm_magic", "plain") if i % 2 == 0 else ("plain", "llm_magic")):
+            arg = model_arg if side == "llm_magic" else plain_path
+            runs[side].append(run_worker("memory", {"side": side, "model": arg, "dtype": dtype}, env))
+
+    def peak_ratio(r):
+        return (r["peak"] - r["baseline"]) / r["weight_bytes"]
+
+    def returned_ratio(r):
+        return (r["before_unload"] - r["after_unload"]) / r["weight_bytes"]
+
+    a, b = med([peak_ratio(r) for r in runs["llm_magic"]]), med([peak_ratio(r) for r in runs["plain"]])
+    w = runs["llm_magic"][0]["weight_bytes"]
+    peak.llm_magic, peak.plain, peak.ratio = f"{a:.2f}× ({fmt_bytes(a * w)})", f"{b:.2f}×", a
+    judge(peak, a <= 1.3)
+    anon = med([(r["peak_anon"] - r["baseline_anon"]) / r["weight_bytes"] for r in runs["llm_magic"]
+                if r.get("baseline_anon") is not None])
+    peak.note = (f"weights {fmt_bytes(w)} ({runs['llm_magic'][0]['dtype']}); plain = from_pretrained of the same "
+                 "folder" + (f"; anonymous memory alone (RSS without the checkpoint's mmapped file pages): "
+                             f"{anon:.2f}×" if anon is not None else ""))
+    peak.data = runs
+
+    a, b = med([returned_ratio(r) for r in runs["llm_magic"]]), med([returned_ratio(r) for r in runs["plain"]])
+    unload.plain = f"{b:.2f}× (del + gc.collect())"
+    if runs["llm_magic"][0]["unload_available"]:
+        unload.llm_magic, unload.ratio = f"{a:.2f}× ({fmt_bytes(a * w)})", a
+        judge(unload, a >= 0.8)
+    else:
+        unload.status = NOT_AVAILABLE
+        unload.llm_magic = f"(%unload_ext llm_magic instead: {a:.2f}×)"
+        unload.note = "%llm_unload is not registered in this checkout; %unload_ext (releases every model) measured instead"
+    unload.data = runs
+    return peak, unload
+
+
+# ---------------------------------------------------------------- machine and report
+
+def machine_info() -> dict:
+    info: dict = {"platform": platform.platform(), "python": platform.python_version()}
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and "cpu" not in info:
+                    info["cpu"] = value.strip()
+                if key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        info["cpu"] = platform.processor()
+    info["cores"] = os.cpu_count()
+    info["cores_usable"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info["flags"] = {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+    try:
+        info["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["ram_bytes"] = int(f.readline().split()[1]) * 1024
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("llm_magic", "torch", "transformers", "tokenizers", "huggingface_hub", "accelerate", "safetensors",
+                 "ipython", "gguf"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    if out["llm_magic"] is None:
+        sys.path.insert(0, str(ROOT))
+        import llm_magic
+
+        out["llm_magic"] = llm_magic.__version__
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        out["git"] = commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
+    return out
+
+
+def write_report(out: Path, rows: list[Row], machine: dict, vers: dict, meta: dict, dtype_table: dict | None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "machine": machine, "versions": vers, "rows": [asdict(r) for r in rows]}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
+
+    def ratio(r: Row) -> str:
+        if r.ratio is None:
+            return "–"
+        if r.name in ("import_load_ext", "cache_hit"):
+            return fmt_s(r.ratio)
+        if r.name == "decode_vs_bandwidth":
+            return f"{r.ratio:.0%}"
+        return f"{r.ratio:.2f}×"
+
+    lines = [
+        "# Benchmarks: llm_magic side by side with plain transformers",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']} in {meta['total_seconds']:.0f} s"
+        + (" — **smoke run: tiny model, few repetitions; the figures mean little**" if meta["smoke"] else "")
+        + ("" if meta.get("complete", True) else f" — **incomplete: {len(rows)} of {len(ROW_NAMES)} rows so far**")
+        + ".",
+        "Medians of repeated runs, warm-ups excluded; each load in its own fresh process. "
+        "Raw figures: `results.json` beside this file.",
+        "",
+        "| metric | model | llm_magic | plain transformers | ratio / value | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r.metric, r.model, r.llm_magic or "–", r.plain or "–", ratio(r), r.target, f"**{r.status}**"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "Notes:", ""]
+    lines += [f"- `{r.name}`: {r.note}" for r in rows if r.note]
+    if dtype_table:
+        lines += [
+            "", "## The CPU dtype decision, measured",
+            "",
+            "Plain `model.generate` (greedy, fixed new tokens) and one forward pass over the prompt, on the same "
+            "weights loaded in each dtype:",
+            "",
+            "| dtype | batch-1 decode tok/s | batch-8 decode tok/s (all sequences) | prefill tok/s | weight bytes read per token |",
+            "|---|---|---|---|---|",
+        ]
+        for d, t in dtype_table.items():
+            lines.append(f"| {d} | {t['b1']:.1f} | {t['b8']:.1f} | {t['prefill']:.0f} | {t['bytes_per_token'] / 1e6:.1f} MB |")
+    f = machine["flags"]
+    lines += [
+        "", "## Machine", "",
+        f"- CPU: {machine.get('cpu', '?')}, {machine['cores']} cores ({machine['cores_usable']} usable)",
+        "- flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in f.items()),
+        f"- RAM: {fmt_bytes(machine.get('ram_bytes'))}; load average at start: "
+        + ", ".join(f"{x:.2f}" for x in machine.get("load_average_at_start", ())),
+        f"- {machine['platform']}, Python {machine['python']}",
+        "", "## Versions", "",
+        "- " + ", ".join(f"{k} {v}" for k, v in vers.items() if v),
+        "",
+    ]
+    (out / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny model only, few repetitions (~1 min)")
+    p.add_argument("--out", type=Path, default=None, help="where to write BENCHMARKS.md and results.json")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (tiny model, HF_HOME); default: temporary")
+    p.add_argument("--plain-hub-timeout", type=float, default=150, help="stop plain transformers' by-id load after this")
+    args = p.parse_args(argv)
+    smoke = args.smoke
+    # Repetitions and sizes: the full run fits in < 15 min on 2 cores.
+    args.reps = 1 if smoke else 4  # cheap rows (import, hub)
+    args.load_reps = 1 if smoke else 3
+    args.new_tokens = 16 if smoke else 128
+    args.gen_repeats = 1 if smoke else 3
+    args.over_new_tokens = 8 if smoke else 32
+    args.over_repeats = 1 if smoke else 2
+    args.dtype_new_tokens = 8 if smoke else 32
+    args.batch8_new_tokens = 4 if smoke else 8
+    args.dtype_repeats = 1 if smoke else 3
+    args.bandwidth_mb = 64 if smoke else 1024
+    out = args.out or (Path(tempfile.mkdtemp(prefix="llm_magic_bench_out_")) if smoke else HERE)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llm_magic_bench_"))
+    env = worker_env(workdir)
+    started = time.perf_counter()
+    machine = machine_info()
+
+    gguf = None
+    if not smoke:
+        sys.path.insert(0, str(ROOT))
+        import llm_magic
+
+        gguf = llm_magic.demo_model()
+    log("preparing models" + (" (converting the .gguf if not yet converted)" if gguf else ""))
+    prep = run_worker("prepare", {"workdir": str(workdir), "tiny_hub_id": TINY_HUB_ID, "gguf": gguf}, env, timeout=900)
+    if smoke:
+        main_arg, main_folder, main_dtype, label = prep["tiny_dir"], prep["tiny_dir"], prep["tiny_dtype"], "tiny GPT-2"
+    else:
+        main_arg, main_folder, main_dtype = gguf, prep["gguf_folder"], prep["gguf_dtype"]
+        label = "SmolLM2-135M-Instruct"
+
+    rows: list[Row] = []
+    dtype_table = None
+    vers = versions()
+
+    def report() -> None:  # after every row, so an interrupted run still leaves its figures
+        rows.sort(key=lambda r: ROW_NAMES.index(r.name) if r.name in ROW_NAMES else len(ROW_NAMES))
+        meta = {
+            "command": "python bench/run.py" + (" --smoke" if smoke else ""),
+            "smoke": smoke,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "total_seconds": time.perf_counter() - started,
+            "complete": len(rows) == len(ROW_NAMES),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
+            "prepare": prep,
+        }
+        write_report(out, rows, machine, vers, meta, dtype_table)
+
+    def attempt(names: tuple[str, ...], fn):
+        log(f"measuring {', '.join(names)}")
+        try:
+            result = fn()
+            rows.extend(result if isinstance(result, tuple) else (result,))
+        except Exception as e:  # one broken row must not lose the others
+            for name in names:
+                rows.append(Row(name, name, "", status=f"error: {type(e).__name__}: {str(e)[-300:]}"))
+        log("  " + "; ".join(f"{r.name} {r.status}" for r in rows[-len(names):]))
+        report()
+
+    attempt(("import_load_ext",), lambda: row_import(env, args.reps))
+    attempt(("cold_load",), lambda: row_cold_load(env, main_folder, main_dtype, label + " (safetensors folder)",
+                                                  args.load_reps))
+    attempt(("hub_id_offline",), lambda: row_hub(env, prep["tiny_dir"], args.reps, not smoke, args.plain_hub_timeout))
+    attempt(("gguf_second_load",), lambda: row_gguf(env, gguf, main_dtype, prep.get("gguf_converted_now_seconds"),
+                                                    args.load_reps, 1 if smoke else 2))
+    attempt(("cache_hit", "generate_stream", "over_batch"), lambda: rows_generate(env, main_arg, label, args))
+
+    def dtype_rows():
+        nonlocal dtype_table
+        dt, bw, dtype_table = rows_dtype(env, main_folder, label, args)
+        return dt, bw
+
+    attempt(("dtype_default_vs_best", "decode_vs_bandwidth"), dtype_rows)
+    attempt(("load_peak_rss", "unload_rss_returned"),
+            lambda: rows_memory(env, main_arg, main_folder, main_dtype, label, 1 if smoke else 2))
+
+    report()
+    log(f"wrote {out / 'BENCHMARKS.md'} and {out / 'results.json'} in {time.perf_counter() - started:.0f} s")
+    print(out / "BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -348,12 +348,13 @@ def job_prepare(args: dict) -> dict:
     out["tiny_dtype"] = hardware.choose_dtype(hw, loading.checkpoint_dtype(str(tiny)), "auto", "auto").dtype
     if args.get("gguf"):
         path = args["gguf"]
-        had = (loading.converted_folder(path) / loading._CONVERTED_MARK).is_file()
+        dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
+        had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
         started = time.perf_counter()
-        folder = loading.convert_gguf(path, lambda m: print(m, file=sys.stderr))
+        folder = loading.convert_gguf(path, dtype, lambda m: print(m, file=sys.stderr))
         out["gguf_converted_now_seconds"] = None if had else time.perf_counter() - started
         out["gguf_folder"] = str(folder)
-        out["gguf_dtype"] = hardware.choose_dtype(hw, None, "auto", "auto").dtype
+        out["gguf_dtype"] = dtype
         out["gguf_checkpoint_dtype"] = loading.checkpoint_dtype(str(folder))
     return out
 

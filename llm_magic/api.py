@@ -150,7 +150,7 @@ def estimate(source: loading.Source, dtype: str) -> sizing.Estimate | None:
     then reports the broken file)."""
     converted = None
     if source.kind == "gguf":
-        folder = loading.converted_folder(source.path)
+        folder = loading.converted_folder(source.path, dtype)
         converted = folder if (folder / loading._CONVERTED_MARK).is_file() else None
     try:
         return sizing.estimate(source, dtype, converted)

@@ -154,29 +154,36 @@ def converted_cache_root() -> Path:
     return Path(base) / "llm_magic"
 
 
-def converted_folder(gguf_path: str) -> Path:
-    """The cache folder for one .gguf file, keyed by its path, size and mtime."""
+def converted_folder(gguf_path: str, dtype: str) -> Path:
+    """The cache folder for one .gguf file at one dtype, keyed by the file's path, size
+    and mtime."""
     st = os.stat(gguf_path)
     key = hashlib.sha256(f"{gguf_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return converted_cache_root() / "gguf" / f"{Path(gguf_path).stem}-{key}"
+    return converted_cache_root() / "gguf" / f"{Path(gguf_path).stem}-{key}-{dtype}"
 
 
-def convert_gguf(gguf_path: str, progress: Progress) -> Path:
-    """Dequantize a .gguf once into a safetensors folder; later loads take the fast path.
+def convert_gguf(gguf_path: str, dtype: str, progress: Progress) -> Path:
+    """Dequantize a .gguf once into a safetensors folder at `dtype`; later loads take the
+    fast path.
 
     transformers parses and dequantizes GGUF at every load (tens of seconds for 100 MB);
-    a plain safetensors folder loads in about two.
+    a plain safetensors folder loads in about two. The copy is kept at the dtype it is
+    loaded at: a float32 copy loaded as bf16 would hold both in memory while loading.
     """
-    target = converted_folder(gguf_path)
+    target = converted_folder(gguf_path, dtype)
     if (target / _CONVERTED_MARK).is_file():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    progress(f"converting {Path(gguf_path).name} to safetensors (once; later loads reuse it)…")
+    progress(f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…")
     folder, file = os.path.split(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, **{dtype_keyword(): torch.float32})
+    read_from = {"gguf_file": file}
+    widest = converted_folder(gguf_path, "float32")
+    if (widest / _CONVERTED_MARK).is_file():
+        folder, read_from = str(widest), {}  # same values, without parsing the .gguf again
+    tokenizer = AutoTokenizer.from_pretrained(folder, **read_from)
+    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): getattr(torch, dtype)})
     # Dequantized weights are plain tensors, but the model is still marked quantized and
     # save_pretrained refuses it: clear the marking.
     model.hf_quantizer = None
@@ -223,7 +230,7 @@ def load_model(
     started = time.perf_counter()
     where = source.path
     if source.kind == "gguf":
-        where = str(convert_gguf(source.path, progress))
+        where = str(convert_gguf(source.path, dtype.dtype, progress))
     remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
     if where is None:
         where = source.name
@@ -377,8 +384,8 @@ def failure_context(name: str, source: Source | None, dtype: str | None, device_
         ctx["kind"] = source.kind
         ctx["path"] = source.path
         if source.kind == "gguf":
-            converted = converted_folder(source.path)
-            folder = converted if converted.is_dir() else None
+            converted = converted_folder(source.path, dtype) if dtype else None
+            folder = converted if converted and converted.is_dir() else None
         elif source.path:
             folder = Path(source.path)
     else:

@@ -410,9 +410,16 @@ def test_generation_oom_is_diagnosed():
 def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
     # An interpreter without gguf: a None entry in sys.modules is how Python marks a
     # module as not importable (find_spec returns None, import raises ImportError).
+    from transformers.utils.import_utils import is_gguf_available
+
     monkeypatch.setitem(sys.modules, "gguf", None)
     monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path / "fresh"))  # not converted yet
-    error, text = fail(loaded, f"%llm_load {smollm2_gguf}")
+    is_gguf_available.cache_clear()  # transformers caches the answer for the process
+    try:
+        error, text = fail(loaded, f"%llm_load {smollm2_gguf}")
+    finally:
+        monkeypatch.undo()
+        is_gguf_available.cache_clear()  # later tests see gguf again
     assert isinstance(original(error), ImportError)
     assert "the optional package gguf is not installed" in text and "pip install 'gguf>=0.10'" in text
 

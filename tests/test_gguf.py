@@ -20,7 +20,7 @@ def test_gguf_converts_once_and_a_new_process_reuses_it(smollm2_gguf, tmp_path, 
     monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path / "cache"))
     messages: list[str] = []
     handle, card = llm_magic.load_with_card(smollm2_gguf, progress=messages.append)
-    target = converted_folder(smollm2_gguf)
+    target = converted_folder(smollm2_gguf, "bfloat16")
     assert any("converting" in m for m in messages)
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
     text = card.text()

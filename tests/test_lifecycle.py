@@ -295,7 +295,7 @@ def _bytes_read_by_process() -> int:
 def test_estimate_reads_no_tensor_data(smollm2_gguf):
     llm_magic.load(smollm2_gguf, device_map="cpu", dtype="bfloat16")  # make sure the converted folder exists
     MODEL_CACHE.clear()
-    folder = loading.converted_folder(smollm2_gguf)
+    folder = loading.converted_folder(smollm2_gguf, "bfloat16")
     shard = folder / "model.safetensors"
     for path, size in ((str(folder), shard.stat().st_size), (smollm2_gguf, os.path.getsize(smollm2_gguf))):
         source = loading.resolve_source(path)

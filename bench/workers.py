@@ -424,7 +424,7 @@ def job_generate(args: dict) -> dict:
         batch = {"batch_size": len(OVER_PROMPTS)} if accepts(api, "batch_size") else {}
 
         def batched():
-            return api("{prompt}", model="bench", over=OVER_PROMPTS, max_new_tokens=m, greedy=True, **batch, **extra)
+            return api("{item}", model="bench", over=OVER_PROMPTS, max_new_tokens=m, greedy=True, **batch, **extra)
 
         def singles():
             return [api(p, model="bench", max_new_tokens=m, greedy=True, **extra) for p in OVER_PROMPTS]
@@ -438,7 +438,7 @@ def job_generate(args: dict) -> dict:
         def batched():
             with capture_output():
                 return shell.run_cell_magic(
-                    "llm_generate", f"{flags} --over _bench_prompts --batch-size {len(OVER_PROMPTS)}", "{_bench_prompts}"
+                    "llm_generate", f"{flags} --over _bench_prompts --batch-size {len(OVER_PROMPTS)}", "{item}"
                 )
 
         def singles():

@@ -56,7 +56,8 @@ class Hardware:
         """Whether half-precision weights decode faster than fp32 on this CPU.
 
         Measured on AVX2 without native bf16 (bench/): batch-1 decode is memory-bound,
-        and bf16 weights, read at half the bytes, decode 1.6x faster than fp32.
+        and bf16 weights, read at half the bytes, decode 1.2-1.5x faster than fp32;
+        compute-bound work (long prompts, batches) is 3-5x faster in fp32 there.
         """
         return self.cpu_native_bf16 or "avx2" in self.cpu_flags
 
@@ -125,8 +126,8 @@ def choose_dtype(
     if hw.cpu_fast_half_kernels:
         return DtypeChoice(
             "bfloat16",
-            "no native bf16 on this CPU, but decoding is memory-bound and bf16 reads half the bytes: "
-            "1.6x fp32's tokens/s on AVX2; --dtype float32 suits long prompts",
+            "no native bf16 on this CPU, but one-prompt decoding is memory-bound and bf16 reads half the bytes: "
+            "1.2-1.5x fp32's tokens/s on AVX2; long prompts and --over batches run faster with --dtype float32",
         )
     widened = checkpoint_dtype in ("bfloat16", "float16")
     return DtypeChoice(

@@ -425,7 +425,7 @@ def test_a_failure_while_generating_is_explained_and_leaves_the_model_cached(she
     import torch
 
     # Out of memory cannot be produced on this machine: the model's forward raises the real
-    # class on the third token, inside the worker thread, as CUDA would.
+    # class on the third token, as CUDA would.
     forward, calls = tiny.model.forward, []
 
     def failing_forward(*args, **kwargs):
@@ -439,7 +439,6 @@ def test_a_failure_while_generating_is_explained_and_leaves_the_model_cached(she
     error = result.error_in_exec
     assert isinstance(error, GenerationError) and isinstance(error.__cause__, torch.OutOfMemoryError)
     assert "ran out of memory while generating" in captured.stdout and "--max-new-tokens" in captured.stdout
-    assert not [t for t in threading.enumerate() if t.name == "llm_magic-generate"]
     monkeypatch.undo()
     assert MODEL_CACHE.find("tiny") is tiny
     assert run(shell, "%%llm_generate --greedy --max-new-tokens 3\nThe capital of")[0].success
@@ -447,7 +446,7 @@ def test_a_failure_while_generating_is_explained_and_leaves_the_model_cached(she
 
 # --- Ctrl-C --------------------------------------------------------------------------------
 
-def test_interrupt_keeps_partial_text_and_joins_the_thread(tiny):
+def test_interrupt_keeps_partial_text_and_the_model(tiny):
     interrupted = []
 
     def on_text(chunk):
@@ -461,7 +460,6 @@ def test_interrupt_keeps_partial_text_and_joins_the_thread(tiny):
     partial = info.value.result
     assert partial.stop_reason == "interrupted" and 0 < partial.new_tokens < 240
     assert partial.text.startswith(interrupted[0])
-    assert not [t for t in threading.enumerate() if t.name == "llm_magic-generate"]  # no orphan thread
     again = llm_magic.generate("The capital of", greedy=True, max_new_tokens=8)  # still cached and usable
     assert again.stop_reason == "length"
 
@@ -507,12 +505,11 @@ def test_interrupt_in_a_real_kernel(smollm2_gguf):
         partial = final_text.split("\n── ")[0]
         assert partial.startswith(streamed.split("\n")[0]) and " 11, 12," in partial
         reply, outputs = execute(
-            "import threading\nfrom llm_magic import MODEL_CACHE\n"
-            "print(len(MODEL_CACHE), MODEL_CACHE.find('smol') is not None, 'ran_after' in dir(),"
-            " [t.name for t in threading.enumerate() if t.name == 'llm_magic-generate'])"
+            "from llm_magic import MODEL_CACHE\n"
+            "print(len(MODEL_CACHE), MODEL_CACHE.find('smol') is not None, 'ran_after' in dir())"
         )
         assert reply["content"]["status"] == "ok"  # the kernel lives
-        assert outputs == ["1 True False []\n"]
+        assert outputs == ["1 True False\n"]
         reply, _ = execute("%%llm_generate -m smol --greedy --max-new-tokens 8 --no-stream\nWhat is the capital of France?")
         assert reply["content"]["status"] == "ok"
     finally:

@@ -247,6 +247,10 @@ def load_model(
             ],
         )
     progress(f"reading weights of {source.name} ({dtype.dtype})…")
+    if device_map == "auto" and not max_memory and hardware.target_kind(hardware.probe(), device_map) == "cpu":
+        # No accelerator: "auto" places everything on the CPU anyway, and accelerate's
+        # planning costs ~10% of a small model's load time (bench/).
+        device_map = None
     model = AutoModelForCausalLM.from_pretrained(
         where,
         device_map=device_map,

@@ -183,7 +183,11 @@ def convert_gguf(gguf_path: str, dtype: str, progress: Progress) -> Path:
     if (widest / _CONVERTED_MARK).is_file():
         folder, read_from = str(widest), {}  # same values, without parsing the .gguf again
     tokenizer = AutoTokenizer.from_pretrained(folder, **read_from)
-    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): getattr(torch, dtype)})
+    # A .gguf is read at float32 (transformers warns that other dtypes cast every matmul),
+    # then cast once for saving.
+    read_as = torch.float32 if read_from else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): read_as})
+    model.to(getattr(torch, dtype))
     # Dequantized weights are plain tensors, but the model is still marked quantized and
     # save_pretrained refuses it: clear the marking.
     model.hf_quantizer = None

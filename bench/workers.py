@@ -446,7 +446,12 @@ def job_generate(args: dict) -> dict:
                 return [shell.run_cell_magic("llm_generate", flags, p) for p in OVER_PROMPTS]
     if over["available"]:
         try:
-            batched(), singles()  # warm-up
+            started = time.perf_counter()
+            first = batched()  # warm-up, excluded (it may pack the weights for batches, once)
+            over["first_batched_seconds"] = time.perf_counter() - started
+            items = getattr(first, "results", first)
+            over["products"] = getattr(items[0], "products", None) if isinstance(items, (list, tuple)) else None
+            singles()
             over.update(batched=[], singles=[])
             for _ in range(args["over_repeats"]):
                 for key, fn in (("batched", batched), ("singles", singles)):

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import errors, hardware, loading, sizing
-from .cache import MODEL_CACHE, LoadedModel, Released, nothing_left_on_failure
+from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .errors import GenerationError, LLMError, LoadError
 
@@ -110,10 +110,7 @@ def _load_with_card(
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
         fit, notes = preflight(source, choice.dtype, device_map, key, force, progress)  # raises when it won't fit
-        with nothing_left_on_failure():
-            model_obj, tokenizer, info = loading.load_model(
-                source, choice, device_map, trust_remote_code, progress, max_memory
-            )
+        model_obj, tokenizer, info = loading.load_model(source, choice, device_map, trust_remote_code, progress, max_memory)
         if source.kind == "hub" and not source.cached:
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
             key = (loading.resolve_source(model, revision).identity, *settings)
@@ -176,7 +173,7 @@ def preflight(
         reclaim: dict[str, int] = {}
         for v in victims:  # what the budget will unload first counts as free
             device = v.info.device.split(",")[0].strip()
-            reclaim[device] = reclaim.get(device, 0) + v.info.memory_bytes
+            reclaim[device] = reclaim.get(device, 0) + v.memory_bytes
         fit = sizing.check_fit(
             est, target, hardware.free_ram_bytes(), hardware.free_gpu_bytes() if target == "cuda" else None,
             device_map, reclaim,
@@ -200,7 +197,7 @@ def _fit_fixes(est: sizing.Estimate, target: str, device_map, victims: list[Load
         fixes.append(f"--dtype bfloat16 halves it to {format_bytes(est.bytes // 2)}")
     others = [e for e in MODEL_CACHE.entries() if e not in victims]
     if others:
-        each = ", ".join(f"%llm_unload {min(e.aliases) if e.aliases else e.name} frees {format_bytes(e.info.memory_bytes)}" for e in others)
+        each = ", ".join(f"%llm_unload {min(e.aliases) if e.aliases else e.name} frees {format_bytes(e.memory_bytes)}" for e in others)
         fixes.append(each + (" (or --all)" if len(others) > 1 else ""))
     if target == "cuda" and device_map != "auto":
         fixes.append("--device-map auto offloads the layers that do not fit to cpu (slower generation)")
@@ -229,7 +226,7 @@ def models() -> ModelsCard:
     current = MODEL_CACHE.current()
     rows = tuple(
         ModelRow(", ".join(sorted(e.aliases)), e.name, (e.info.revision or "")[:12], e.info.dtype, e.info.device,
-                 e.info.memory_bytes, now - e.last_used, e is current)
+                 e.memory_bytes, now - e.last_used, e is current, e.packed_bytes)
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
     gpus = ()
@@ -281,17 +278,34 @@ def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, devic
     """The exception to raise for a failed load: a LoadError explaining `e`, or `e`
     itself when it already explains itself (an LLMError) or is no error (Ctrl-C).
 
-    Either way the frames of e's traceback are cleared first: they hold the half-built
-    model as a local, and the exception outlives the cell (`sys.last_value`, `%llm_tb`).
+    Either way the frames of e's traceback are cleared first, and the memory released:
+    they hold the half-built model as a local, and the exception outlives the cell
+    (`sys.last_value`, `%llm_tb`).
     """
-    errors.release_frames(e)
+    clear_frames_of(e)
+    release_memory()
     if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
         return e
     context = loading.failure_context(model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision)
-    context["loaded"] = [(entry.info.name, entry.info.memory_bytes) for entry in MODEL_CACHE.entries()]
+    context["loaded"] = [(entry.info.name, entry.memory_bytes) for entry in MODEL_CACHE.entries()]
     return errors.diagnose_load(e, context)
 
 # --- generation ------------------------------------------------------------------------
+
+def _batch_weights(entry: LoadedModel):
+    """The weights packed for batched products (cpu_matmul) where the CPU emulates the
+    model's dtype: made at the first batched run, then kept with the entry and counted in
+    its memory; None where they don't help or don't fit (RAM, the cache's budget)."""
+    from . import cpu_matmul
+
+    dtype = str(entry.model.dtype).removeprefix("torch.")
+    if not cpu_matmul.emulated(hardware.probe(), entry.model.device.type, dtype):
+        return None
+    if entry.packed is None:
+        budget = MODEL_CACHE.memory_budget
+        entry.packed = cpu_matmul.pack(entry.model, budget - MODEL_CACHE.total_bytes() if budget else None)
+    return entry.packed
+
 
 def generate(
     prompt: str,
@@ -347,7 +361,8 @@ def generate(
     args = (entry.model, entry.tokenizer, entry.info)
     if over is not None:
         prompts = generation.fill_over(prompt, generation.items_of(over, "over="), namespace or {})
-        return generation.generate_many(*args, prompts, settings, batch_size=batch_size, on_progress=progress, on_prompt=on_prompt)
+        return generation.generate_many(*args, prompts, settings, batch_size=batch_size, on_progress=progress,
+                                        on_prompt=on_prompt, batch_weights=lambda: _batch_weights(entry))
     text = prompt if namespace is None else generation.fill(prompt, namespace)
     return generation.generate(*args, text, settings, on_text=stream, on_prompt=on_prompt)
 

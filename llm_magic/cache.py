@@ -13,9 +13,8 @@ import sys
 import time
 import traceback
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable
 
 
 @dataclass(eq=False)
@@ -28,10 +27,20 @@ class LoadedModel:
     info: Any  # loading.ModelInfo
     aliases: set[str] = field(default_factory=set)
     last_used: float = field(default_factory=time.time)
+    packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def packed_bytes(self) -> int:
+        return self.packed.nbytes if self.packed is not None else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """The model's footprint, plus the weights packed for batches if any."""
+        return self.info.memory_bytes + self.packed_bytes
 
     def __repr__(self) -> str:
         return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
@@ -62,7 +71,7 @@ class ModelCache:
         return list(self._entries.values())
 
     def total_bytes(self) -> int:
-        return sum(e.info.memory_bytes for e in self._entries.values())
+        return sum(e.memory_bytes for e in self._entries.values())
 
     def get(self, key: Hashable) -> LoadedModel | None:
         entry = self._entries.get(key)
@@ -132,7 +141,7 @@ class ModelCache:
                 continue
             victims.append(entry)
             count -= 1
-            total -= entry.info.memory_bytes
+            total -= entry.memory_bytes
         return victims
 
     def unload(self, entries: Iterable[LoadedModel]) -> "Released":
@@ -140,7 +149,7 @@ class ModelCache:
         history (`Out`, `_`, `_N`) and exception tracebacks that hold the model, then gc
         and the CUDA cache. Says whether the models are gone and, if not, what holds them."""
         entries = list(entries)
-        models = [(e.name, tuple(sorted(e.aliases)), e.info.memory_bytes) for e in entries]
+        models = [(e.name, tuple(sorted(e.aliases)), e.memory_bytes) for e in entries]
         refs = [weakref.ref(e.model) for e in entries if e.model is not None]
         targets = _owned(entries)
         for entry in entries:
@@ -277,19 +286,6 @@ def clear_frames_of(error: BaseException) -> None:
         if e.__traceback__ is not None:
             _clear(e.__traceback__)
         todo += [e.__cause__, e.__context__]
-
-
-@contextmanager
-def nothing_left_on_failure() -> Iterator[None]:
-    """Around a load: if it fails, the frames of its traceback (which hold the half-built
-    model as a local of `from_pretrained`) are cleared, so keeping the error in
-    `sys.last_value` for `%tb` keeps no weights alive."""
-    try:
-        yield
-    except BaseException as e:
-        clear_frames_of(e)
-        release_memory()
-        raise
 
 
 def release_memory() -> None:

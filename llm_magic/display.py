@@ -149,6 +149,7 @@ class ModelRow:
     memory_bytes: int
     idle_seconds: float  # since it was last used
     current: bool  # the default for %%llm_generate
+    packed_bytes: int = 0  # of memory_bytes: weights packed for batches (cpu_matmul)
 
 
 @dataclass(frozen=True, repr=False)
@@ -168,7 +169,8 @@ class ModelsCard:
     def table(self) -> list[tuple[str, ...]]:
         return [
             ("*" if m.current else "", m.alias or "-", m.name, m.revision or "-", m.dtype, m.device,
-             format_bytes(m.memory_bytes), format_ago(m.idle_seconds))
+             format_bytes(m.memory_bytes) + (f" ({format_bytes(m.packed_bytes)} packed for batches)" if m.packed_bytes else ""),
+             format_ago(m.idle_seconds))
             for m in self.models
         ]
 
@@ -294,6 +296,7 @@ class GenerationResult:
     stop_string: str | None = None
     notes: tuple[str, ...] = ()
     batch: tuple[int, int] | None = None  # (index of the batch, batch size) for --over runs
+    products: str | None = None  # batches on a CPU that emulates the dtype: which faster products ran
 
     def __str__(self) -> str:
         return self.text
@@ -326,6 +329,8 @@ class GenerationResult:
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "stop_reason": self.stop_reason,
+            "batch": self.batch,
+            "products": self.products,
         }
 
     def plain(self) -> str:

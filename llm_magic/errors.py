@@ -15,7 +15,7 @@ An error no rule recognises is still wrapped (LoadError/GenerationError with
 `cause=None`): the card then shows only what failed and the original type and message,
 never a guessed cause. Wrapping rather than re-raising keeps one exception type for
 callers (`except LoadError`) and one place where the half-loaded model's frames are
-released (`release_frames`).
+released (`cache.clear_frames_of`, called by the API before wrapping).
 
 `context` is a plain dict of facts about the user's request and the machine, gathered by
 the caller (`loading.failure_context`); every key is optional, so each rule says only
@@ -159,18 +159,6 @@ def original_line(exc: BaseException) -> str:
     if len(first) > 110:
         first = first[:107] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-def release_frames(exc: BaseException | None) -> None:
-    """Clear the locals of the finished frames in exc's chain of tracebacks.
-
-    A failure inside `from_pretrained` leaves the half-built model as a local of the
-    frames in the traceback; the exception (and `sys.last_value` in IPython) would keep
-    it alive. The traceback's file names and line numbers survive, so it still prints.
-    """
-    for link in chain(exc):
-        if link.__traceback__ is not None:
-            traceback.clear_frames(link.__traceback__)
 
 
 # --------------------------------------------------------------------------------------
@@ -551,7 +539,7 @@ def diagnose_load(exc: BaseException, context: Context | None = None) -> LLMErro
     """The LoadError to raise (`from exc`) for a failure while resolving or loading.
 
     An LLMError is returned as is (it already explains itself). The caller raises the
-    result `from exc`; `release_frames(exc)` drops the half-loaded model's frames.
+    result `from exc`, after `cache.clear_frames_of(exc)` dropped the half-loaded model's frames.
     """
     if isinstance(exc, LLMError):
         return exc

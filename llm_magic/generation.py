@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import cpu_matmul
 from .display import GenerationResult, GenerationResults
-from .errors import GenerationError, diagnose_generation, release_frames
+from .cache import clear_frames_of
+from .errors import GenerationError, diagnose_generation
 
 TextCallback = Callable[[str], None]
 PromptCallback = Callable[[str, int], None]  # (prompt as the model reads it, its token count)
@@ -257,6 +259,7 @@ class _Run:
     started: float
     ended: float
     interrupt: KeyboardInterrupt | None
+    products: str | None = None  # cpu_matmul's note, when it switched the batch's products
 
 
 def _special_ids(model, tokenizer) -> tuple[list[int], int]:
@@ -275,7 +278,7 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
 
 
 def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int | None, max_new: int,
-         pad_id: int, name: str, on_text: TextCallback | None = None) -> _Run:
+         pad_id: int, name: str, on_text: TextCallback | None = None, products: str | None = None) -> _Run:
     """One generate call over left-padded rows; streams row 0's text to `on_text` when
     given (batches of one only).
 
@@ -321,7 +324,7 @@ def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int 
         raise _explain(error, model, name, len(rows), width, max_new, context_limit(model, tokenizer))
     done = out if out is not None else watch.latest
     new_ids = done[:, width:].tolist() if done is not None else [[] for _ in rows]
-    return _Run(new_ids, watch.first_token_at, started, ended, interrupt)
+    return _Run(new_ids, watch.first_token_at, started, ended, interrupt, products)
 
 
 def _streamer_class():
@@ -345,7 +348,7 @@ def _explain(error: BaseException, model, name: str, rows: int, width: int, max_
     """The GenerationError for a failure on the worker (out of memory gets its fixes;
     one no rule recognises is shown plainly). Its frames are cleared first: they hold
     the model, and the exception outlives the cell (`sys.last_value`, `%llm_tb`)."""
-    release_frames(error)
+    clear_frames_of(error)
     context = {
         "model": name,
         "prompt_tokens": width,
@@ -408,7 +411,7 @@ def _results(tokenizer, info, run: _Run, prepared: Sequence[Prepared], settings:
             prompt_tokens=len(p.ids), new_tokens=len(ids), time_to_first_token=ttft if ids else None,
             seconds=seconds, tokens_per_second=len(ids) / seconds, stop_reason=reason, settings=recorded,
             seed=seed, model_id=info.name, revision=info.revision, dtype=info.dtype, device=info.device,
-            versions=versions, stop_string=stop, notes=notes, batch=batch,
+            versions=versions, stop_string=stop, notes=notes, batch=batch, products=run.products,
         ))
     return results
 
@@ -459,8 +462,10 @@ def auto_batch_size(model) -> int:
 
 
 def generate_many(model, tokenizer, info, prompts: Sequence[str], settings: Settings, *, batch_size: int | None = None,
-                  on_progress: ProgressCallback | None = None, on_prompt: PromptCallback | None = None) -> GenerationResults:
+                  on_progress: ProgressCallback | None = None, on_prompt: PromptCallback | None = None,
+                  batch_weights: Callable[[], Any] | None = None) -> GenerationResults:
     """Many prompts (already filled) → one result each, in order, in left-padded batches.
+    `batch_weights` gives the weights packed for batched products (cpu_matmul), or None.
 
     On Ctrl-C: the current batch stops; KeyboardInterrupt is raised with the results so
     far (finished batches, and the partial current one) as its `.result`.
@@ -480,17 +485,26 @@ def generate_many(model, tokenizer, info, prompts: Sequence[str], settings: Sett
     results = GenerationResults()
     if on_progress is not None:
         on_progress(0, len(chunks))
-    for index, chunk in enumerate(chunks):
-        max_new, notes = _budget(limit, max(len(p.ids) for p in chunk), settings)
-        # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
-        batch_seed = None if seed is None else seed + index
-        run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id, info.name)
-        results.extend(_results(tokenizer, info, run, chunk, settings, seed, max_new, eos_ids, notes, (index, len(chunk))))
-        if run.interrupt is not None:
-            run.interrupt.result = results
-            raise run.interrupt
-        if on_progress is not None:
-            on_progress(index + 1, len(chunks))
+    try:
+        batched = batch_weights is not None and size > 1 and len(prepared) > 1
+        packed = batch_weights() if batched else None  # after the progress bar appeared: packing takes a while
+        products = packed.note() if packed is not None else None
+        with cpu_matmul.packed_products(model, packed):
+            for index, chunk in enumerate(chunks):
+                max_new, notes = _budget(limit, max(len(p.ids) for p in chunk), settings)
+                # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
+                batch_seed = None if seed is None else seed + index
+                run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id, info.name,
+                           products=products)
+                results.extend(_results(tokenizer, info, run, chunk, settings, seed, max_new, eos_ids, notes,
+                                        (index, len(chunk))))
+                if run.interrupt is not None:
+                    raise run.interrupt
+                if on_progress is not None:
+                    on_progress(index + 1, len(chunks))
+    except KeyboardInterrupt as e:  # also while packing, before the first batch
+        e.result = results
+        raise
     return results
 
 

@@ -57,7 +57,8 @@ class Hardware:
 
         Measured on AVX2 without native bf16 (bench/): batch-1 decode is memory-bound,
         and bf16 weights, read at half the bytes, decode 1.2-1.5x faster than fp32;
-        compute-bound work (long prompts, batches) is 3-5x faster in fp32 there.
+        compute-bound work (long prompts) is 3-5x faster in fp32 there; `--over` batches
+        get fast products from cpu_matmul instead.
         """
         return self.cpu_native_bf16 or "avx2" in self.cpu_flags
 
@@ -127,7 +128,7 @@ def choose_dtype(
         return DtypeChoice(
             "bfloat16",
             "no native bf16 on this CPU, but one-prompt decoding is memory-bound and bf16 reads half the bytes: "
-            "1.2-1.5x fp32's tokens/s on AVX2; long prompts and --over batches run faster with --dtype float32",
+            "1.2-1.5x fp32's tokens/s on AVX2; long prompts run faster with --dtype float32",
         )
     widened = checkpoint_dtype in ("bfloat16", "float16")
     return DtypeChoice(

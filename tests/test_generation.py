@@ -332,7 +332,11 @@ def test_over_equals_single_runs_in_order(shell, tiny):
 
 
 @pytest.mark.slow
-def test_smollm2_over_equals_single_runs(smol):
+def test_smollm2_over_equals_single_runs(smollm2_gguf):
+    # In float32. In bf16 a batch and a single run may part where two tokens are nearly
+    # tied: "Italy" opens with "Il" (27.23) or "The" (27.14) in a float32 reference, and
+    # bf16's rounding moves these logits by ~0.5, in the batch and the single run alike.
+    llm_magic.load(smollm2_gguf, dtype="float32", alias="smol32")
     countries = ["France", "Japan", "Italy", "Egypt"]
     batch = llm_magic.generate("What is the capital of {item}?", over=countries, namespace={}, greedy=True, max_new_tokens=8)
     singles = [llm_magic.generate(f"What is the capital of {c}?", greedy=True, max_new_tokens=8) for c in countries]

@@ -1,0 +1,145 @@
+"""Batched products for half-precision weights on CPUs that emulate them: when they are
+used, that they compute what the native kernel computes, and that the model is left as it
+was. Real nn.Linear layers, real SmolLM2 for the end-to-end run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from IPython.utils.capture import capture_output
+
+import llm_magic
+from llm_magic import cpu_matmul, hardware
+from llm_magic.hardware import Hardware
+
+AVX2 = Hardware(cpu_flags=frozenset({"avx2", "fma"}))
+SAPPHIRE_RAPIDS = Hardware(cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"}))
+FBGEMM = cpu_matmul._fbgemm_fp16_available()
+
+
+@pytest.mark.parametrize("hw, device, dtype, expected", [
+    (AVX2, "cpu", "bfloat16", True),
+    (AVX2, "cpu", "float16", True),
+    (AVX2, "cpu", "float32", False),
+    (SAPPHIRE_RAPIDS, "cpu", "bfloat16", False),
+    (SAPPHIRE_RAPIDS, "cpu", "float16", False),
+    (AVX2, "cuda", "bfloat16", False),
+    (AVX2, "mps", "float16", False),
+])
+def test_which_products_are_emulated(hw, device, dtype, expected):
+    assert cpu_matmul.emulated(hw, device, dtype) is expected
+
+
+def small_model(dtype=torch.bfloat16) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(96, 160), torch.nn.GELU(), torch.nn.Linear(160, 48, bias=False)).to(dtype)
+
+
+def run_packed(model, x, packed=None):
+    packed = packed or cpu_matmul.pack(model)
+    with torch.inference_mode(), cpu_matmul.packed_products(model, packed):
+        return model(x), packed
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM: nothing is packed (tested below)")
+@pytest.mark.parametrize("rows", [1, 8, 300])
+def test_packed_products_compute_what_the_native_kernel_computes(rows):
+    model = small_model()
+    x = torch.randn(2, rows, 96).to(torch.bfloat16)
+    with torch.inference_mode():
+        native = model(x)
+        native_first = model[0](x)
+    packed_out, packed = run_packed(model, x)
+    assert set(packed.layers) == {"0", "2"} and packed.kept_native == 0
+    assert packed.nbytes == (96 * 160 + 160 * 48) * 2
+    assert "2 layers multiplied by fbgemm's fp16 GEMM" in packed.note()
+    assert packed_out.dtype == torch.bfloat16 and packed_out.shape == native.shape == (2, rows, 48)
+    # One layer: the same arithmetic in another summation order, so the outputs differ at
+    # most by the last bf16 step, and rarely.
+    first, _ = run_packed(model[0], x, cpu_matmul.pack(model[0]))
+    apart = (first.float() - native_first.float()).abs()
+    assert bool((apart <= native_first.float().abs() * 2**-7 + 1e-6).all())
+    assert float((apart > 0).float().mean()) < 0.05
+    # The whole model: close to the exact product (float64, rounded like the model between layers).
+    hidden = F.gelu(F.linear(x.double(), model[0].weight.double(), model[0].bias.double()).to(torch.bfloat16))
+    exact = F.linear(hidden.double(), model[2].weight.double())
+    assert torch.allclose(packed_out.double(), exact, rtol=2e-2, atol=2e-2)
+    assert torch.allclose(native.double(), exact, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
+def test_the_model_is_left_as_it_was_also_after_an_error():
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    packed = cpu_matmul.pack(model)
+    with pytest.raises(RuntimeError, match="inside"):
+        with cpu_matmul.packed_products(model, packed):
+            assert all("forward" in vars(m) for m in model if isinstance(m, torch.nn.Linear))
+            raise RuntimeError("inside the block")
+    assert not any("forward" in vars(m) for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.bfloat16 for k in before)
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
+def test_with_gradients_the_native_kernel_runs():
+    model = small_model()
+    x = torch.randn(8, 96).to(torch.bfloat16)
+    with cpu_matmul.packed_products(model, cpu_matmul.pack(model)):
+        y = model(x)  # grad mode on: the packed copy is inference-only
+    assert y.requires_grad
+    with torch.no_grad():
+        assert torch.equal(y.detach(), model(x))
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
+def test_a_weight_fp16_cannot_hold_stays_native():
+    model = small_model()
+    with torch.no_grad():
+        model[2].weight[0, 0] = 1e30  # a bf16 value far past fp16's range
+    x = torch.randn(8, 96).to(torch.bfloat16)
+    with torch.inference_mode():
+        native = model(x)
+    out, packed = run_packed(model, x)
+    assert set(packed.layers) == {"0"} and packed.kept_native == 1
+    assert "1 layers multiplied" in packed.note() and "1 layers kept native" in packed.note()
+    assert torch.isfinite(out).all() and torch.allclose(out.float(), native.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_nothing_is_packed_without_half_precision_or_room(monkeypatch):
+    assert cpu_matmul.pack(small_model(torch.float32)) is None  # float32: nothing emulated
+    assert cpu_matmul.pack(small_model(), room_bytes=1000) is None  # over the cache's budget
+    monkeypatch.setattr(cpu_matmul, "free_ram_bytes", lambda: 1000)  # a machine with no room for the copy
+    assert cpu_matmul.pack(small_model()) is None
+    model = small_model()
+    with cpu_matmul.packed_products(model, None):
+        assert not any("forward" in vars(m) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_smollm2_batches_pack_once_and_the_memory_is_counted(shell, smollm2_gguf):
+    shell.run_line_magic("llm_load", f"{smollm2_gguf} --as smol --dtype bfloat16 --quiet")
+    entry = llm_magic.MODEL_CACHE.find("smol")
+    batch = llm_magic.generate("What is the capital of {item}?", model="smol", over=["France", "Japan", "Italy"],
+                               namespace={}, greedy=True, max_new_tokens=8)
+    single = llm_magic.generate("What is the capital of France?", model="smol", greedy=True, max_new_tokens=8)
+    assert "Paris" in batch[0].text and "Tokyo" in batch[1].text
+    assert single.products is None  # one prompt: always the native kernel
+    assert not any("forward" in vars(m) for m in entry.model.modules())
+    if not (FBGEMM and cpu_matmul.emulated(hardware.probe(), "cpu", "bfloat16")):
+        assert entry.packed is None and all(r.products is None for r in batch)
+        return
+    packed = entry.packed
+    assert packed is not None and len(packed.layers) == 211 and packed.kept_native == 0  # 30 layers x 7 + lm_head
+    assert all(r.products == packed.note() for r in batch) and batch[0].metadata()["products"] == packed.note()
+    assert entry.memory_bytes == entry.info.memory_bytes + packed.nbytes
+    assert llm_magic.MODEL_CACHE.total_bytes() == entry.memory_bytes
+    card = llm_magic.models()
+    assert card.models[0].packed_bytes == packed.nbytes and "packed for batches" in card.text()
+    llm_magic.generate("{item}", model="smol", over=["a", "b"], namespace={}, greedy=True, max_new_tokens=2)
+    assert entry.packed is packed  # packed once, reused
+    with capture_output():
+        shell.run_line_magic("llm_unload", "smol")
+    assert len(llm_magic.MODEL_CACHE) == 0

@@ -301,6 +301,8 @@ def _batch_weights(entry: LoadedModel):
     dtype = str(entry.model.dtype).removeprefix("torch.")
     if not cpu_matmul.emulated(hardware.probe(), entry.model.device.type, dtype):
         return None
+    if entry.packed is not None and not entry.packed.current(entry.model):
+        entry.packed = None  # the weights changed since they were packed
     if entry.packed is None:
         budget = MODEL_CACHE.memory_budget
         entry.packed = cpu_matmul.pack(entry.model, budget - MODEL_CACHE.total_bytes() if budget else None)

@@ -56,6 +56,12 @@ class PackedWeights:
     seconds: float  # to pack them
     kept_native: int  # layers whose weights fp16 cannot hold
     dtype: str
+    stamps: dict[str, tuple[int, int]]  # each weight's (address, version) when packed
+
+    def current(self, model) -> bool:
+        """Whether the model's weights are still the ones packed: an in-place edit (a
+        fine-tuning step, load_state_dict) or a new tensor makes the copy stale."""
+        return _stamps(model, self.stamps) == self.stamps
 
     def note(self) -> str:
         kept = f"; {self.kept_native} layers kept native (fp16 cannot hold their weights)" if self.kept_native else ""
@@ -96,7 +102,22 @@ def pack(model, room_bytes: int | None = None) -> PackedWeights | None:
         return None
     dtype = str(next(iter(layers.values())).weight.dtype).removeprefix("torch.")
     return PackedWeights(exact, sum(layers[n].weight.numel() * 2 for n in exact), time.perf_counter() - started,
-                         len(layers) - len(exact), dtype)
+                         len(layers) - len(exact), dtype, _stamps(model, exact))
+
+
+def _stamps(model, names) -> dict[str, tuple[int, int]]:
+    stamps = {}
+    for name in names:
+        try:
+            weight = model.get_submodule(name).weight
+        except AttributeError:  # the layer is gone
+            continue
+        try:
+            version = weight._version
+        except RuntimeError:  # a tensor made under inference_mode keeps no version counter
+            version = -1
+        stamps[name] = (weight.data_ptr(), version)
+    return stamps
 
 
 @contextlib.contextmanager

@@ -108,6 +108,19 @@ def test_a_weight_fp16_cannot_hold_stays_native():
     assert torch.isfinite(out).all() and torch.allclose(out.float(), native.float(), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
+def test_a_packed_copy_knows_when_the_weights_changed():
+    model = small_model()
+    packed = cpu_matmul.pack(model)
+    assert packed.current(model)
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # in place, as an optimizer step or load_state_dict does
+    assert not packed.current(model)
+    packed = cpu_matmul.pack(model)
+    model[2].weight = torch.nn.Parameter(model[2].weight.detach().clone())  # a new tensor
+    assert not packed.current(model)
+
+
 def test_nothing_is_packed_without_half_precision_or_room(monkeypatch):
     assert cpu_matmul.pack(small_model(torch.float32)) is None  # float32: nothing emulated
     assert cpu_matmul.pack(small_model(), room_bytes=1000) is None  # over the cache's budget
@@ -140,6 +153,10 @@ def test_smollm2_batches_pack_once_and_the_memory_is_counted(shell, smollm2_gguf
     assert card.models[0].packed_bytes == packed.nbytes and "packed for batches" in card.text()
     llm_magic.generate("{item}", model="smol", over=["a", "b"], namespace={}, greedy=True, max_new_tokens=2)
     assert entry.packed is packed  # packed once, reused
+    with torch.no_grad():
+        entry.model.lm_head.weight.mul_(1)  # an in-place edit of the weights
+    llm_magic.generate("{item}", model="smol", over=["a", "b"], namespace={}, greedy=True, max_new_tokens=2)
+    assert entry.packed is not packed and entry.packed.current(entry.model)  # packed again
     with capture_output():
         shell.run_line_magic("llm_unload", "smol")
     assert len(llm_magic.MODEL_CACHE) == 0

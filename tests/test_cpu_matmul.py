@@ -84,6 +84,28 @@ def test_the_model_is_left_as_it_was_also_after_an_error():
 
 
 @pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
+def test_trained_like_weights_with_tiny_values_are_packed_and_stay_close():
+    # Trained bf16 weights (std ~0.02) hold values below fp16's normal range (2^-14):
+    # they become fp16 subnormals, off by at most 2^-25.
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(512, 256, bias=False)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.02)
+        layer.weight[0, :4] = torch.tensor([1e-7, -3e-6, 2e-5, 6e-5])
+    layer = layer.to(torch.bfloat16)
+    w = layer.weight.detach()
+    assert bool(((w != 0) & (w.abs() < 2**-14)).any())
+    assert float((w.to(torch.float16).float() - w.float()).abs().max()) <= 2**-25
+    x = torch.randn(8, 512).to(torch.bfloat16)
+    with torch.inference_mode():
+        native = layer(x)
+    out, packed = run_packed(layer, x)
+    assert packed is not None and len(packed.layers) == 1
+    apart = (out.float() - native.float()).abs()
+    assert bool((apart <= native.float().abs() * 2**-7 + 1e-6).all())
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
 def test_with_gradients_the_native_kernel_runs():
     model = small_model()
     x = torch.randn(8, 96).to(torch.bfloat16)

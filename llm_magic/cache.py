@@ -109,12 +109,17 @@ class ModelCache:
         entry.aliases.add(alias)
 
     def find(self, name: str) -> LoadedModel | None:
-        """An entry by alias, by the name it was loaded with, or None."""
+        """An entry by alias, by the name it was loaded with, by the last part of that
+        name (a file or folder of a path, the model of a Hub id: what the cards show),
+        or None. Among several, the one used last."""
         key = self._aliases.get(name)
         if key in self._entries:
             return self._entries[key]
-        matches = [e for e in self._entries.values() if e.info.name == name]
-        return max(matches, key=lambda e: e.last_used) if matches else None
+        for same in (lambda e: e.info.name == name, lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name):
+            matches = [e for e in self._entries.values() if same(e)]
+            if matches:
+                return max(matches, key=lambda e: e.last_used)
+        return None
 
     def current(self) -> LoadedModel | None:
         return self._entries.get(self.last)

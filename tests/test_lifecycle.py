@@ -122,6 +122,15 @@ def test_unload_names_a_user_variable_that_still_holds_the_model(shell, tiny_mod
     assert ref() is None
 
 
+def test_unload_by_the_name_the_cards_show(shell, tiny_model_dir):
+    shell.user_ns["path"] = str(tiny_model_dir)
+    ok(shell, "%llm_load $path")  # no alias: the cards name it by the folder
+    ref = model_ref(str(tiny_model_dir))
+    assert tiny_model_dir.name in ok(shell, "%llm_models").text()
+    card = ok(shell, f"%llm_unload {tiny_model_dir.name}")
+    assert card.freed and ref() is None and len(MODEL_CACHE) == 0
+
+
 def test_unload_unknown_name_lists_the_cached_ones(shell, tiny_model_dir):
     shell.user_ns["path"] = str(tiny_model_dir)
     ok(shell, "%llm_load $path --as tiny")

@@ -259,7 +259,6 @@ class _Run:
     started: float
     ended: float
     interrupt: KeyboardInterrupt | None
-    products: str | None = None  # cpu_matmul's note, when it switched the batch's products
 
 
 def _special_ids(model, tokenizer) -> tuple[list[int], int]:
@@ -278,7 +277,7 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
 
 
 def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int | None, max_new: int,
-         pad_id: int, name: str, on_text: TextCallback | None = None, products: str | None = None) -> _Run:
+         pad_id: int, name: str, on_text: TextCallback | None = None) -> _Run:
     """One generate call over left-padded rows; streams row 0's text to `on_text` when
     given (batches of one only).
 
@@ -324,7 +323,7 @@ def _run(model, tokenizer, rows: list[list[int]], settings: Settings, seed: int 
         raise _explain(error, model, name, len(rows), width, max_new, context_limit(model, tokenizer))
     done = out if out is not None else watch.latest
     new_ids = done[:, width:].tolist() if done is not None else [[] for _ in rows]
-    return _Run(new_ids, watch.first_token_at, started, ended, interrupt, products)
+    return _Run(new_ids, watch.first_token_at, started, ended, interrupt)
 
 
 def _streamer_class():
@@ -399,7 +398,8 @@ def _versions() -> dict:
 
 
 def _results(tokenizer, info, run: _Run, prepared: Sequence[Prepared], settings: Settings, seed, max_new: int,
-             eos_ids, notes: tuple[str, ...], batch: tuple[int, int] | None) -> list[GenerationResult]:
+             eos_ids, notes: tuple[str, ...], batch: tuple[int, int] | None,
+             products: str | None = None) -> list[GenerationResult]:
     seconds = max(run.ended - run.started, 1e-9)
     ttft = None if run.first_token_at is None else run.first_token_at - run.started
     recorded, versions = settings.recorded(), _versions()
@@ -411,7 +411,7 @@ def _results(tokenizer, info, run: _Run, prepared: Sequence[Prepared], settings:
             prompt_tokens=len(p.ids), new_tokens=len(ids), time_to_first_token=ttft if ids else None,
             seconds=seconds, tokens_per_second=len(ids) / seconds, stop_reason=reason, settings=recorded,
             seed=seed, model_id=info.name, revision=info.revision, dtype=info.dtype, device=info.device,
-            versions=versions, stop_string=stop, notes=notes, batch=batch, products=run.products,
+            versions=versions, stop_string=stop, notes=notes, batch=batch, products=products,
         ))
     return results
 
@@ -494,10 +494,9 @@ def generate_many(model, tokenizer, info, prompts: Sequence[str], settings: Sett
                 max_new, notes = _budget(limit, max(len(p.ids) for p in chunk), settings)
                 # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
                 batch_seed = None if seed is None else seed + index
-                run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id, info.name,
-                           products=products)
+                run = _run(model, tokenizer, [p.ids for p in chunk], settings, batch_seed, max_new, pad_id, info.name)
                 results.extend(_results(tokenizer, info, run, chunk, settings, seed, max_new, eos_ids, notes,
-                                        (index, len(chunk))))
+                                        (index, len(chunk)), products))
                 if run.interrupt is not None:
                     raise run.interrupt
                 if on_progress is not None:

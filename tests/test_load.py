@@ -35,7 +35,12 @@ def test_load_folder_shows_card(shell, tiny_model_dir):
     for label in ("parameters", "memory", "device", "dtype", "source", "loaded in", "cache"):
         assert label in text
     assert "device      cpu" in text
-    assert "bfloat16" in text and "no native bf16" in text
+    # What the policy chose for this host, whatever its CPU: the card states that choice and its reason.
+    from llm_magic import hardware, loading
+
+    choice = hardware.choose_dtype(hardware.probe(), loading.checkpoint_dtype(str(tiny_model_dir)))
+    assert f"dtype       {choice.dtype}  ({choice.reason})" in text
+    assert card.info.dtype == choice.dtype == str(MODEL_CACHE.current().model.dtype).removeprefix("torch.")
     assert "new · 1 model" in text
     assert card.info.num_params == sum(p.numel() for p in MODEL_CACHE.current().model.parameters())
     assert "reading weights" in captured.stderr  # progress while loading

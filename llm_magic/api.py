@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import errors, hardware, loading, sizing
+from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .errors import GenerationError, LLMError, LoadError
@@ -25,6 +27,7 @@ def load(
     progress: Callable[[str], None] | None = None,
     max_memory: dict | None = None,
     force: bool = False,
+    quiet: bool = False,
 ) -> LoadedModel:
     """Load MODEL (Hub id, `save_pretrained` folder or .gguf file) into the kernel's cache.
 
@@ -33,12 +36,13 @@ def load(
     `handle.model`, `handle.tokenizer`, `handle.info` (plain metadata); `load_card(handle)`
     describes it. A model that will not fit in free memory fails before any weights are
     read, unless `force=True`; past the cache's budget the least recently used model is
-    unloaded first.
+    unloaded first. `quiet=True`: nothing on stdout or stderr (no transformers bars or
+    warnings); failures still raise.
     """
     handle, _ = load_with_card(
         model, dtype=dtype, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
-        max_memory=max_memory, force=force,
+        max_memory=max_memory, force=force, quiet=quiet,
     )
     return handle
 
@@ -55,6 +59,7 @@ def load_with_card(
     progress: Callable[[str], None] | None = None,
     max_memory: dict | None = None,
     force: bool = False,
+    quiet: bool = False,
 ) -> tuple[LoadedModel, LoadCard]:
     """`load`, plus the card that says what it did (what `%llm_load` shows).
 
@@ -63,10 +68,12 @@ def load_with_card(
     attempt: dict = {}  # what was resolved before a failure, for the error card
     last = MODEL_CACHE.last
     try:
-        return _load_with_card(
-            model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
-            alias=alias, reload=reload, progress=progress, max_memory=max_memory, force=force, attempt=attempt,
-        )
+        with quiet_output.silenced() if quiet else contextlib.nullcontext():
+            return _load_with_card(
+                model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
+                alias=alias, reload=reload, progress=None if quiet else progress, max_memory=max_memory, force=force,
+                attempt=attempt,
+            )
     except BaseException as e:
         MODEL_CACHE.last = last
         failure = _load_failure(e, model, attempt, dtype, device_map, revision)

@@ -333,9 +333,9 @@ class GenerationResult:
             "products": self.products,
         }
 
-    def plain(self) -> str:
-        lines = [self.text.rstrip("\n"), "── " + self.footer()]
-        lines += [f"⚠ {note}" for note in self.notes]
+    def plain(self, with_text: bool = True) -> str:
+        lines = [self.text.rstrip("\n")] if with_text else []
+        lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self.notes]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -346,8 +346,14 @@ class GenerationResult:
             f"<div style='{_FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
         )
 
+    def text_already_shown(self) -> None:
+        """The text has just streamed to a terminal: the next display (Out[n]) shows the
+        footer only, so the answer is not printed twice. Later displays show it all."""
+        object.__setattr__(self, "_text_on_screen", True)
+
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": self.metadata()}
+        plain = self.plain(with_text=not self.__dict__.pop("_text_on_screen", False))
+        return {"text/plain": plain, "text/html": self.html()}, {"llm_magic": self.metadata()}
 
 
 class GenerationResults(list):

@@ -91,6 +91,16 @@ class LLMError(Exception):
         return lines
 
 
+def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+    """Make IPython show one line for this Ctrl-C instead of a traceback through torch
+    and transformers (hundreds of lines). It stays a KeyboardInterrupt, so the cell still
+    fails as interrupted and the cells queued after it do not run; `%llm_tb` still
+    prints the full traceback."""
+    line = f"KeyboardInterrupt: {message}"
+    interrupt._render_traceback_ = lambda: [line]  # IPython asks the instance (showtraceback)
+    return interrupt
+
+
 class LoadError(LLMError):
     """`%llm_load` / `llm_magic.load` failed."""
 

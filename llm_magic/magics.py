@@ -16,9 +16,10 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
 
 from . import api, generation, hardware, sizing
+from . import quiet as quiet_output
 from .cache import MODEL_CACHE
 from .display import BatchProgress, PromptView, StatusLine, StreamView
-from .errors import GenerationError, LLMError
+from .errors import GenerationError, LLMError, quiet_interrupt
 
 _DEFAULTS = generation.Settings()
 
@@ -115,6 +116,7 @@ class LLMMagics(Magics):
                 progress=progress,
                 max_memory=_parse_max_memory(args.max_memory),
                 force=args.force,
+                quiet=quiet,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
@@ -214,9 +216,8 @@ class LLMMagics(Magics):
                 )
         except KeyboardInterrupt as e:
             partial = getattr(e, "result", None)  # what was generated before Ctrl-C
-            if out is not None and partial is not None:
-                ns[out] = partial
             _show_partial(sink, partial)
+            quiet_interrupt(e, self._keep_partial(partial, out))
             raise  # the cell is interrupted: later queued cells must not run
         except Exception:
             if sink is not None:
@@ -224,9 +225,26 @@ class LLMMagics(Magics):
             raise
         if sink is not None:
             sink.settle()
+            if not sink.jupyter and sink.parts:
+                result.text_already_shown()  # in a terminal, Out[n] adds only the footer
         if out is not None:
             ns[out] = result
         return result  # shown once, as the cell's value; `_` and Out[n] hold it
+
+    def _keep_partial(self, partial, out: str | None) -> str:
+        """Keep an interrupted run's partial result where a finished one would be (`_`,
+        Out[n], and --out's variable); returns where, in words, for the interrupt line."""
+        if partial is None or (isinstance(partial, list) and not partial):
+            return "generation stopped before any text was made"
+        places = []
+        if out is not None:
+            self.shell.user_ns[out] = partial
+            places.append(out)
+        if self.shell.displayhook.do_full_cache:
+            self.shell.displayhook.update_user_ns(partial)
+            places += ["_", f"Out[{self.shell.displayhook.prompt_count}]"]
+        where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+        return f"generation stopped; the partial result is in {where}"
 
     @contextmanager
     def _batch_progress(self, jupyter: bool, items: int):
@@ -270,18 +288,11 @@ class LLMMagics(Magics):
         handle = display(StatusLine("starting"), display_id=True)
         # transformers' own bars would stay in the cell as stderr text: the status line
         # stands in for them while this load runs.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="IProgress not found")
-            from transformers.utils import logging as hf_logging
-
-            bars_were_on = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
+        with quiet_output.library_bars_off():
             try:
                 yield lambda message: handle.update(StatusLine(message))
             finally:
                 handle.update({"text/plain": ""}, raw=True)
-                if bars_were_on:
-                    hf_logging.enable_progress_bar()
 
 
 def _parse_max_memory(text: str | None) -> dict | None:

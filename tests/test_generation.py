@@ -7,6 +7,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import gc
+import io
 import logging
 import sys
 import threading
@@ -484,7 +485,7 @@ def test_interrupt_in_a_real_kernel(smollm2_gguf):
         # A raw counting prompt: SmolLM2 keeps counting, far past the interrupt.
         long_id = kc.execute("%%llm_generate --greedy --max-new-tokens 400 --raw\n1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
         next_id = kc.execute("ran_after = True")
-        streamed, final_text = None, None
+        streamed, final_text, shown_error = None, None, None
         deadline = time.time() + 300
         while time.time() < deadline:
             msg = kc.get_iopub_msg(timeout=300)
@@ -498,6 +499,8 @@ def test_interrupt_in_a_real_kernel(smollm2_gguf):
                     km.interrupt_kernel()
             elif kind == "update_display_data":
                 final_text = text
+            elif kind == "error":
+                shown_error = content["traceback"]
             elif kind == "status" and content["execution_state"] == "idle":
                 break
         assert streamed is not None, "no streamed text arrived"
@@ -508,6 +511,9 @@ def test_interrupt_in_a_real_kernel(smollm2_gguf):
         assert final_text is not None and "stopped: interrupted" in final_text
         partial = final_text.split("\n── ")[0]
         assert partial.startswith(streamed.split("\n")[0]) and " 11, 12," in partial
+        # One line under it instead of a traceback through torch (~5,400 px in JupyterLab).
+        assert shown_error is not None and len("\n".join(shown_error).splitlines()) == 1
+        assert "partial result is in _, Out[" in shown_error[0]
         reply, outputs = execute(
             "from llm_magic import MODEL_CACHE\n"
             "print(len(MODEL_CACHE), MODEL_CACHE.find('smol') is not None, 'ran_after' in dir())"
@@ -567,3 +573,71 @@ def test_quickstart_ends_with_smollm2_answering_paris():
     last = [c for c in notebook.cells if c.cell_type == "code"][-1]
     assert last.source.startswith("%%llm_generate --greedy --max-new-tokens 32")
     assert "Paris" in cell_text(last) and "stopped: eos" in cell_text(last)
+
+
+# --- a terminal: the text once, a quiet Ctrl-C ---------------------------------------------
+
+def test_a_terminal_shows_the_streamed_text_once_then_the_footer(shell, tiny):
+    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 16\nThe capital of")
+    text = result.result.text
+    assert text.strip() and captured.stdout.count(text.strip()) == 1  # Out[n] does not print it again
+    after = captured.stdout.split(text, 1)[1]
+    assert "── " in after and "stopped:" in after
+    assert shell.user_ns["_"] is result.result  # `_` and Out hold the whole result
+    again, captured = run(shell, "_")  # shown later, it is shown whole
+    assert text.strip() in captured.stdout and "stopped:" in captured.stdout
+
+
+class _InterruptOnWrite(io.StringIO):
+    """Captured stdout/stderr that presses Ctrl-C (from another thread, like a signal)
+    when `at` is first written: as the streamed text, or a batch's progress, reaches the screen."""
+
+    def __init__(self, at: str):
+        super().__init__()
+        self.at, self.pressed = at, False
+
+    def write(self, text):
+        written = super().write(text)
+        if not self.pressed and self.at in self.getvalue():
+            self.pressed = True
+            threading.Thread(target=_thread.interrupt_main).start()
+            time.sleep(0.5)  # let it land here, inside generate's callback
+        return written
+
+
+def _run_interrupted(shell, cell, stream="stdout", at=""):
+    watched, other = _InterruptOnWrite(at), io.StringIO()
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (watched, other) if stream == "stdout" else (other, watched)
+    try:
+        result = shell.run_cell(cell, store_history=True)
+    finally:
+        sys.stdout, sys.stderr = old
+    out = watched.getvalue() if stream == "stdout" else other.getvalue()
+    return result, out
+
+
+def test_ctrl_c_in_a_terminal_shows_the_partial_text_the_footer_and_one_line(shell, tiny):
+    result, out = _run_interrupted(shell, "%%llm_generate --greedy --max-new-tokens 2000 --out kept\nThe capital of")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)  # the cell failed as interrupted
+    partial = shell.user_ns["kept"]
+    assert partial.stop_reason == "interrupted" and shell.user_ns["_"] is partial
+    assert out.startswith(partial.text.rstrip("\n")[:20])
+    tail = out.split(partial.text.rstrip("\n"), 1)[1].strip("\n").splitlines()
+    assert len(tail) <= 3, tail  # the footer and one line, not a traceback through torch
+    assert "stopped: interrupted" in tail[0]
+    assert tail[-1].startswith("KeyboardInterrupt: generation stopped; the partial result is in kept, _, Out[")
+    assert "Traceback" not in out and "torch" not in out
+
+
+def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):
+    shell.user_ns["items"] = ["The capital of", "The quick", "Hello"]
+    cell = "%%llm_generate --over items --batch-size 1 --greedy --max-new-tokens 2000\n{item}"
+    result, out = _run_interrupted(shell, cell, stream="stderr", at="batch 1/3")  # the first item is done
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    partial = shell.user_ns["_"]
+    assert isinstance(partial, GenerationResults) and 1 <= len(partial) < 3
+    assert partial[0].stop_reason == "length"  # the finished item is kept whole
+    lines = out.strip("\n").splitlines()
+    assert lines[-1].startswith("KeyboardInterrupt: generation stopped; the partial result is in _, Out[")
+    assert "Traceback" not in out and len(lines) <= 2 * len(partial) + 3

@@ -82,8 +82,10 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     if text.lower().endswith(".gguf"):
         if not path.is_file():
             raise _missing_path(text, path)
+        _check_gguf(text, path)
         return Source("gguf", text, str(path.resolve()), revision)
     if path.is_dir():
+        _check_model_folder(text, path)
         return Source("folder", text, str(path.resolve()), revision)
     if path.exists() or not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise _missing_path(text, path)
@@ -120,6 +122,52 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     snapshot = repo / "snapshots" / commit
     # A snapshot without config.json is a partial download: let the Hub finish it.
     return snapshot if (snapshot / "config.json").is_file() else None
+
+
+_GGUF_MAGIC = b"GGUF"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # what from_pretrained reads from a folder
+
+
+def _check_gguf(text: str, path: Path) -> None:
+    """An empty or non-GGUF file, said as such before any reader fails on its bytes
+    ("unpack requires a buffer of 24 bytes" says nothing to a user)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise LoadError(f"{text}: empty file", "the file has 0 bytes: a download or copy that did not finish",
+                        [f"download or copy {path.name} again", "the demo model, offline: %llm_load $path  "
+                         "(path = llm_magic.demo_model())"])
+    if head[:4] != _GGUF_MAGIC:
+        if head.startswith(b"version https://git-lfs"):
+            cause = "it is a Git LFS pointer, not the file itself"
+            fixes = ["git lfs pull  (in the repository it came from)", "or download the file itself again"]
+        else:
+            kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
+            cause = f"a .gguf file starts with the bytes 'GGUF'; this one starts with {kind}: {head[:16]!r}"
+            fixes = [f"check what {path.name} is: file {path}", "download the .gguf again"]
+        raise LoadError(f"{text}: not a GGUF file (no GGUF magic)", cause, fixes)
+
+
+def visible_files(folder: Path) -> list[str]:
+    """The folder's entries a user would list (no .ipynb_checkpoints, .cache, dotfiles)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _check_model_folder(text: str, path: Path) -> None:
+    """A folder with neither config.json nor any weights is no model folder: say that,
+    rather than let the tokenizer loader fail first and be blamed."""
+    if (path / "config.json").is_file() or any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
+        return
+    files = visible_files(path)
+    fixes = []
+    ggufs = sorted(p for p in path.iterdir() if p.suffix == ".gguf")
+    fixes += [f"it holds a .gguf: %llm_load {ggufs[0]}"] if ggufs else []
+    inner = sorted(p.parent for p in path.glob("*/config.json"))
+    fixes += [f"a model folder inside it: %llm_load {inner[0]}"] if inner else []
+    fixes.append("a model folder is what save_pretrained writes: config.json, model.safetensors, tokenizer files")
+    fixes.append("offline, the demo model: %llm_load $path  (path = llm_magic.demo_model())")
+    raise LoadError(f"{text}: not a model folder: no config.json and no weights", None, fixes,
+                    [f"the folder holds: {', '.join(files[:8]) or 'nothing'}" + (" ..." if len(files) > 8 else "")])
 
 
 def _missing_path(text: str, path: Path) -> LoadError:
@@ -460,7 +508,7 @@ def _machine_facts() -> dict:
 
 
 def _folder_facts(folder: Path, dtype: str | None) -> dict:
-    facts: dict[str, Any] = {"files": sorted(p.name for p in folder.iterdir())}
+    facts: dict[str, Any] = {"files": visible_files(folder)}
     params, bad = 0, []
     for file in sorted(folder.glob("*.safetensors")):
         header, why = safetensors_header(file)

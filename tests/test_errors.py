@@ -283,10 +283,43 @@ def test_folder_without_tokenizer(loaded, tiny_model_dir, tmp_path):
     assert "tokenizer" in text and "save_pretrained(FOLDER)" in text
 
 
-def test_empty_folder(loaded, tmp_path):
-    (tmp_path / "empty").mkdir()
-    error, text = fail(loaded, f"%llm_load {tmp_path / 'empty'}")
-    assert "has no usable tokenizer files" in text and "the folder holds: nothing" in text
+@pytest.mark.parametrize("contents", [(), ("readme.txt",), ("readme.txt", ".ipynb_checkpoints/")])
+def test_a_folder_with_no_config_and_no_weights_is_not_a_model_folder(loaded, tmp_path, contents):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name in contents:
+        (folder / name.rstrip("/")).mkdir() if name.endswith("/") else (folder / name).write_text("hello")
+    error, text = fail(loaded, f"%llm_load {folder}")
+    assert f"{folder}: not a model folder: no config.json and no weights" in text
+    assert "tokenizer" not in text.split("→")[0]  # not blamed on the tokenizer
+    assert f"the folder holds: {'readme.txt' if contents else 'nothing'}" in text
+    assert ".ipynb_checkpoints" not in text and "save_pretrained" in text
+
+
+def test_a_folder_holding_a_gguf_points_to_it(loaded, tmp_path, smollm2_gguf):
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    os.symlink(smollm2_gguf, folder / "smol.gguf")
+    error, text = fail(loaded, f"%llm_load {folder}")
+    assert "not a model folder" in text and f"%llm_load {folder / 'smol.gguf'}" in text
+
+
+def test_an_empty_gguf_says_empty_file(loaded, tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"")
+    error, text = fail(loaded, f"%llm_load {tmp_path / 'x.gguf'}")
+    assert f"{tmp_path / 'x.gguf'}: empty file" in text and "0 bytes" in text
+    assert "unpack" not in text
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"These are my notes about models.\n" * 4, "starts with text"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 93000000\n", "Git LFS pointer"),
+    (bytes(range(200, 256)) * 2, "starts with binary data"),
+])
+def test_a_file_that_is_not_gguf_says_no_gguf_magic(loaded, tmp_path, content, says):
+    (tmp_path / "notes.gguf").write_bytes(content)
+    error, text = fail(loaded, f"%llm_load {tmp_path / 'notes.gguf'}")
+    assert "not a GGUF file (no GGUF magic)" in text and says in text
 
 
 # ------------------------------------------------------------------- 9. device maps

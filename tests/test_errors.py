@@ -110,9 +110,28 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id)
     assert "the Hub (https://huggingface.co) could not be reached" in text
     assert "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
     assert "did you mean: %llm_load llm-magic-tests/tiny-gpt2  (cached)" in text
-    assert "%llm_load ./path/to/folder" in text and "HF_HUB_OFFLINE=1" in text
+    assert "%llm_load ./folder" in text and "%llm_load ./model.gguf" in text
+    assert "HF_HUB_OFFLINE=1" not in text  # no help for a model that is not cached
     assert "no connection to the Hub: checked first" in text
     assert "%llm_tb" in text
+
+
+def test_the_readme_example_offline_points_to_the_demo_model(loaded, smollm2_gguf):
+    """The README's first %llm_load with no network: the card names the installed copy of
+    the same model, and no line is cut inside a word."""
+    error, text = fail(loaded, "%llm_load HuggingFaceTB/SmolLM2-135M-Instruct")
+    card = error._render_traceback_()
+    assert any(line.endswith(f"%llm_load {smollm2_gguf}") for line in card)
+    assert "HF_HUB_OFFLINE=1" not in text
+    shown = next(line for line in card if "LocalEntryNotFoundError" in line).split(": ", 1)[1].split()
+    words = str(original(error)).split()
+    assert shown[-1] == "…" and shown[:-1] == words[: len(shown) - 1]  # cut between words
+
+
+def test_an_offline_hub_id_close_to_a_loaded_model_names_it(shell, smollm2_gguf):
+    assert shell.run_cell(f"%llm_load {smollm2_gguf} --quiet").success
+    error, text = fail(shell, "%llm_load HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "already loaded in this kernel: SmolLM2-135M-Instruct.Q4_1.gguf" in text
 
 
 def test_hub_probe_gives_up_on_a_silent_endpoint(monkeypatch):

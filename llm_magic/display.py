@@ -8,6 +8,24 @@ import html
 from dataclasses import dataclass
 
 
+# Colours from JupyterLab's theme variables, so light and dark themes both read well;
+# the fallbacks serve classic Notebook, VS Code and static HTML (a white page).
+# Text keeps the theme's own colours; the accent colours mark only glyphs and borders,
+# since no single orange or red reads as text on both a white and a near-black page.
+DIM = "var(--jp-ui-font-color2, #666)"  # labels, footers, status lines
+TEXT = "var(--jp-content-font-color1, inherit)"
+BOX = "var(--jp-layout-color2, #f0f0f0)"  # the --show-prompt box
+OK_MARK = "var(--jp-success-color0, #2e7d32)"
+ERROR_MARK = "var(--jp-error-color1, #c62828)"
+WARN_MARK = "#b26a00"  # JupyterLab's warn colours are too light on white; this one is 3.9:1 there, 4.9:1 on dark
+
+
+def warning_html(note: str) -> str:
+    """A warning line: the theme's text colour, the ⚠ and a left rule in the warn colour."""
+    return (f"<div style='color:{TEXT};border-left:3px solid {WARN_MARK};padding-left:.4em'>"
+            f"<span style='color:{WARN_MARK}'>⚠</span> {html.escape(note)}</div>")
+
+
 def format_bytes(n: int | float | None) -> str:
     if n is None:
         return "?"
@@ -60,13 +78,13 @@ class Card:
 
     def html(self) -> str:
         e = html.escape
-        color = "#2e7d32" if self.ok else "#c62828"
+        color = OK_MARK if self.ok else ERROR_MARK
         mark = "✓" if self.ok else "✗"
         body = "".join(
-            f"<tr><td style='padding:0 1em 0 0;color:#666'>{e(label)}</td><td style='text-align:left'>{e(value)}</td></tr>"
+            f"<tr><td style='padding:0 1em 0 0;color:{DIM}'>{e(label)}</td><td style='text-align:left'>{e(value)}</td></tr>"
             for label, value in self.rows()
         )
-        notes = "".join(f"<div style='color:#b26a00'>⚠ {e(note)}</div>" for note in self.notes())
+        notes = "".join(warning_html(note) for note in self.notes())
         return (
             "<div style='font-family:monospace;font-size:90%;line-height:1.4'>"
             f"<div><b style='color:{color}'>{mark}</b> <b>{e(self.title())}</b></div>"
@@ -126,7 +144,7 @@ class StatusLine:
     message: str
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        return {"text/plain": f"… {self.message}", "text/html": f"<div style='font-family:monospace;color:#666'>… {html.escape(self.message)}</div>"}
+        return {"text/plain": f"… {self.message}", "text/html": f"<div style='font-family:monospace;color:{DIM}'>… {html.escape(self.message)}</div>"}
 
 
 def format_ago(seconds: float) -> str:
@@ -197,7 +215,7 @@ class ModelsCard:
     def html(self) -> str:
         e = html.escape
         cell = "<td style='padding:0 1em 0 0;text-align:left'>{}</td>"
-        head = "".join(f"<th style='padding:0 1em 0 0;text-align:left;color:#666'>{e(h)}</th>" for h in self._HEADER)
+        head = "".join(f"<th style='padding:0 1em 0 0;text-align:left;color:{DIM}'>{e(h)}</th>" for h in self._HEADER)
         body = "".join("<tr>" + "".join(cell.format(e(c)) for c in r) + "</tr>" for r in self.table())
         table = f"<table style='border:none'><tr>{head}</tr>{body}</table>" if self.models else ""
         summary = "".join(f"<div>{e(line)}</div>" for line in self.summary())
@@ -266,7 +284,7 @@ def _short(name: str) -> str:
 # while it runs. Plain values only: a result kept in `Out` must not keep a model alive.
 
 _TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
-_FOOTER_STYLE = "font-family:monospace;font-size:85%;color:#666;margin-top:.4em"
+_FOOTER_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.4em"
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -340,7 +358,7 @@ class GenerationResult:
 
     def html(self) -> str:
         e = html.escape
-        notes = "".join(f"<div style='color:#b26a00'>⚠ {e(n)}</div>" for n in self.notes)
+        notes = "".join(warning_html(n) for n in self.notes)
         return (
             f"<div><div style='{_TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
             f"<div style='{_FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
@@ -383,7 +401,7 @@ class GenerationResults(list):
     def html(self) -> str:
         e = html.escape
         rows = "".join(
-            f"<tr><td style='vertical-align:top;color:#666;padding-right:1em'>[{i}]</td>"
+            f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
             f"<td style='text-align:left'><div style='{_TEXT_STYLE}'>{e(r.text.strip())}</div>"
             f"<div style='{_FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}</div></td></tr>"
             for i, r in enumerate(self)
@@ -425,7 +443,8 @@ class PromptView:
         return {
             "text/plain": f"{head}\n{self.text}",
             "text/html": f"<div style='{_FOOTER_STYLE}'>{html.escape(head)}</div>"
-            f"<pre style='background:#f6f6f6;padding:.4em;margin:0 0 .4em 0;white-space:pre-wrap'>{html.escape(self.text)}</pre>",
+            f"<pre style='background:{BOX};color:{TEXT};padding:.4em;margin:0 0 .4em 0;white-space:pre-wrap'>"
+            f"{html.escape(self.text)}</pre>",
         }
 
 
@@ -445,7 +464,7 @@ class BatchProgress:
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         return {
             "text/plain": self.plain(),
-            "text/html": f"<div style='font-family:monospace;color:#666'><progress value='{self.done}' max='{self.total}'></progress>"
+            "text/html": f"<div style='font-family:monospace;color:{DIM}'><progress value='{self.done}' max='{self.total}'></progress>"
             f" batch {self.done}/{self.total} · {self.items} prompts</div>",
         }
 

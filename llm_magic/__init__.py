@@ -44,8 +44,15 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
-    tracebacks included): switching models never needs a kernel restart."""
-    from .magics import unwatch_shell
+    tracebacks included), remove the magics, and say so in one line: switching models
+    never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
+    from .display import format_bytes
+    from .magics import remove_magics, unwatch_shell
 
-    MODEL_CACHE.clear()
+    count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
+    released = MODEL_CACHE.clear()
     unwatch_shell(ipython)
+    remove_magics(ipython)
+    models = f"{count} model{'s' if count != 1 else ''}, {format_bytes(size)}" if count else "no model was loaded"
+    held = "" if released.freed else f" (still referenced by {', '.join(released.held_by) or 'another object'})"
+    print(f"llm_magic unloaded: {models} freed{held}; %load_ext llm_magic to use it again")

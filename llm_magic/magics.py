@@ -319,6 +319,18 @@ def watch_shell(shell) -> None:
     MODEL_CACHE.holders.append(_shell_holder(shell))
 
 
+def remove_magics(shell) -> None:
+    """Take LLMMagics' magics out of the shell (IPython has no call to unregister a
+    Magics class): `%llm_load` is unknown again until `%load_ext llm_magic`."""
+    manager = shell.magics_manager
+    instance = manager.registry.pop(LLMMagics.__name__, None)
+    for kind, names in LLMMagics.magics.items():
+        table = manager.magics[kind]
+        for name in names:
+            if getattr(table.get(name), "__self__", None) is instance:
+                del table[name]
+
+
 def unwatch_shell(shell) -> None:
     mine = (shell.user_ns, shell.user_ns_hidden)
     MODEL_CACHE.namespaces[:] = [ns for ns in MODEL_CACHE.namespaces if not any(ns is m for m in mine)]

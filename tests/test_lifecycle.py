@@ -405,3 +405,23 @@ def test_budget_from_ipython_config_applies_when_the_extension_loads(shell):
     shell.config.LLMMagics.memory_budget = "2GB"
     ok(shell, "%load_ext llm_magic")
     assert (MODEL_CACHE.max_models, MODEL_CACHE.memory_budget) == (3, 2 * 10**9)
+
+
+def test_unload_ext_says_what_it_freed_in_one_line_and_removes_the_magics(shell, tiny_model_dir):
+    from IPython.core.error import UsageError
+    from IPython.utils.capture import capture_output
+
+    ok(shell, f"%llm_load {tiny_model_dir} --quiet")
+    size = MODEL_CACHE.total_bytes()
+    with capture_output() as out:
+        ok(shell, "%unload_ext llm_magic")
+    from llm_magic.display import format_bytes
+
+    assert out.stdout.splitlines() == [f"llm_magic unloaded: 1 model, {format_bytes(size)} freed; "
+                                       "%load_ext llm_magic to use it again"]
+    for line in ("%llm_load x", "%llm_models", "%%llm_generate\nhi"):
+        with capture_output():
+            result = shell.run_cell(line)
+        assert isinstance(result.error_in_exec, UsageError), line  # the magics are gone
+    ok(shell, "%load_ext llm_magic")  # and come back
+    ok(shell, "%llm_models")

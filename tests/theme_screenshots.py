@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # this checkout's llm_magic
 from test_display_themes import CARDS, THEMES, card_html  # noqa: E402
 
 

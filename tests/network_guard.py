@@ -55,9 +55,12 @@ class NetworkGuard:
     """Install once per process; `begin(test)` names the test now running, `take()`
     returns (and forgets) what was refused since the last call."""
 
-    def __init__(self, log_path: str | Path | None = None) -> None:
+    def __init__(self, log_path: str | Path | None = None, *, writes_log: bool = False) -> None:
         self.test = "<outside any test>"
+        # The session reads the log its subprocesses write; the session itself keeps its
+        # refusals in memory.
         self.log_path = Path(log_path) if log_path else None
+        self.writes_log = writes_log
         self._refused: list[str] = []
         self._log_offset = 0
         self._lock = threading.Lock()
@@ -134,7 +137,7 @@ class NetworkGuard:
                    "tests may only reach 127.0.0.0/8, ::1 and localhost (see tests/loopback.py)")
         with self._lock:
             self._refused.append(message)
-        if self.log_path is not None:
+        if self.writes_log and self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as log:
                 log.write(message.replace("\n", " ") + "\n")
         raise NetworkGuardError(message)
@@ -154,7 +157,7 @@ class NetworkGuard:
                 log.seek(self._log_offset)
                 lines = log.read().splitlines()
                 self._log_offset = log.tell()
-            found += [line for line in lines if line not in found]
+            found += lines
         return found
 
 
@@ -165,13 +168,17 @@ def cover_subprocesses(env: dict, log_path: str | Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE_DIR), env.get("PYTHONPATH")]))
 
 
+SUBPROCESS_GUARD: NetworkGuard | None = None  # in a subprocess: the guard its sitecustomize installed
+
+
 def install_in_subprocess() -> NetworkGuard | None:
     """Called by the sitecustomize of a subprocess: the guard, named after the test that
     started the process, logging to the session's file."""
     log_path = os.environ.get(LOG_VARIABLE)
     if not log_path:
         return None
-    guard = NetworkGuard(log_path)
+    global SUBPROCESS_GUARD
+    guard = SUBPROCESS_GUARD = NetworkGuard(log_path, writes_log=True)
     command = " ".join(getattr(sys, "argv", None) or ["python"])[:120]
     guard.test = f"{os.environ.get(TEST_VARIABLE, '<outside any test>')} (subprocess {os.getpid()}: {command})"
     guard.install()

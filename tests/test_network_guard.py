@@ -110,21 +110,30 @@ def test_is_loopback():
     assert not any(is_loopback(h) for h in (DOC_ADDRESS, DOC_ADDRESS_V6, HUB_NAME, "localhost.example"))
 
 
+# Run first in a subprocess: the real lookups of the guard installed there (and only
+# there: without it, this fails before any lookup) become recorders.
+RECORD_IN_SUBPROCESS = (
+    "import os, socket, sys\n"
+    "guard = sys.modules['_llm_magic_network_guard'].SUBPROCESS_GUARD\n"
+    "lookups = []\n"
+    "guard.real_getaddrinfo = guard.real_gethostbyname = lambda *args: lookups.append(args)\n"
+)
+
+
 def test_subprocesses_are_guarded_and_reported(network_guard_on, request):
     """A Python subprocess of a test installs the guard at start-up (sitecustomize) and
     logs its refusals where the session reads them, naming the test."""
-    script = (
-        "import socket\n"
+    script = RECORD_IN_SUBPROCESS + (
         "try:\n"
         f"    socket.getaddrinfo({HUB_NAME!r}, 443)\n"
         "except AssertionError as e:\n"
         "    print('REFUSED', type(e).__name__)\n"
         "socket.getaddrinfo('localhost', 443)\n"
-        "print('LOOPBACK OK')\n"
+        "print('LOOKUPS', lookups)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "REFUSED NetworkGuardError" in out.stdout and "LOOPBACK OK" in out.stdout
+    assert "REFUSED NetworkGuardError" in out.stdout and "LOOKUPS [('localhost', 443)]" in out.stdout
     refused = network_guard_on.take()
     assert len(refused) == 1 and request.node.nodeid in refused[0] and "subprocess" in refused[0]
 
@@ -136,7 +145,7 @@ def test_the_session_hub_is_on_loopback():
     assert not any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"))
 
 
-def test_notebook_kernels_get_the_loopback_hub_and_the_guard(tmp_path):
+def test_notebook_kernels_get_the_loopback_hub_and_the_guard(network_guard_on, tmp_path):
     """Kernels started by nbclient (as the example notebooks are run) inherit the loopback
     HF_ENDPOINT, no proxy, and the guard."""
     import nbformat
@@ -144,8 +153,7 @@ def test_notebook_kernels_get_the_loopback_hub_and_the_guard(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from run_notebook import cell_text, run
 
-    source = (
-        "import os, socket, sys\n"
+    source = RECORD_IN_SUBPROCESS + (
         "print('ENDPOINT', os.environ['HF_ENDPOINT'])\n"
         "print('PROXY', [v for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') if os.environ.get(v)])\n"
         "print('GUARD', '_llm_magic_network_guard' in sys.modules)\n"
@@ -153,12 +161,11 @@ def test_notebook_kernels_get_the_loopback_hub_and_the_guard(tmp_path):
         f"    socket.gethostbyname({HUB_NAME!r})\n"
         "except AssertionError as e:\n"
         "    print('REFUSED', type(e).__name__)\n"
+        "print('LOOKUPS', lookups)\n"
     )
     path = tmp_path / "probe.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), path)
     text = cell_text(run(path, timeout=120).cells[0])
     assert f"ENDPOINT {os.environ['HF_ENDPOINT']}" in text and is_loopback(os.environ["HF_ENDPOINT"].split("//")[1].rsplit(":", 1)[0])
-    assert "PROXY []" in text and "GUARD True" in text and "REFUSED NetworkGuardError" in text
-    import conftest
-
-    assert any(HUB_NAME in line and "subprocess" in line for line in conftest.NETWORK_GUARD.take())
+    assert "PROXY []" in text and "GUARD True" in text and "REFUSED NetworkGuardError" in text and "LOOKUPS []" in text
+    assert any(HUB_NAME in line and "subprocess" in line for line in network_guard_on.take())

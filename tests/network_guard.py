@@ -4,9 +4,10 @@ While installed it wraps `socket.socket.connect`/`connect_ex` and the name looku
 (`socket.getaddrinfo`, `gethostbyname`, `gethostbyname_ex`): a target that is not loopback
 (127.0.0.0/8, ::1, `localhost`) is refused before the real call, so no packet and no DNS
 query leaves, and the attempt is recorded with the test that made it. Unix and other
-non-IP sockets pass. The guard raises `NetworkGuardError`, and because code under test may
-swallow that (a probe thread, an `except Exception`), tests/conftest.py also fails the test
-at teardown for every attempt recorded during it.
+non-IP sockets pass, and so does a lookup of the wildcard a server binds (0.0.0.0, ::).
+The guard raises `NetworkGuardError`, and because code under test may swallow that (a probe
+thread, an `except Exception`), tests/conftest.py also fails the test at teardown for every
+attempt recorded during it.
 
 Subprocesses (kernels started by nbclient, `python -c` checks, the benchmark's workers)
 inherit the environment: `cover_subprocesses` puts a `sitecustomize` on their PYTHONPATH
@@ -25,7 +26,7 @@ from pathlib import Path
 LOG_VARIABLE = "LLM_MAGIC_NETWORK_GUARD_LOG"  # set: subprocesses install the guard and log here
 TEST_VARIABLE = "LLM_MAGIC_NETWORK_GUARD_TEST"  # the test running, for subprocesses' messages
 SITE_DIR = Path(__file__).with_name("network_guard_site")
-_LOCAL_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
+_LOCAL_NAMES = frozenset({"localhost", "localhost."})  # answered from /etc/hosts, never DNS
 
 
 class NetworkGuardError(AssertionError):
@@ -49,6 +50,14 @@ def is_loopback(host) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def _is_wildcard(host) -> bool:
+    """0.0.0.0 or ::, which a server resolves to bind every local interface."""
+    try:
+        return ipaddress.ip_address(str(host)).is_unspecified
+    except ValueError:
+        return False
 
 
 class NetworkGuard:
@@ -129,7 +138,7 @@ class NetworkGuard:
             self._refuse(f"{call} {address!r}")
 
     def _check_host(self, host, call: str) -> None:
-        if not is_loopback(host):
+        if not (is_loopback(host) or _is_wildcard(host)):
             self._refuse(f"{call} {host!r}")
 
     def _refuse(self, attempt: str) -> None:

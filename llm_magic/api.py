@@ -12,6 +12,7 @@ from . import errors, hardware, loading, sizing
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
+from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
 
 
@@ -122,6 +123,7 @@ def _load_with_card(
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
             key = (loading.resolve_source(model, revision).identity, *settings)
         entry = LoadedModel(key, model_obj, tokenizer, info)
+        entry.engine = TransformersEngine(entry)
         del model_obj, tokenizer
         notes += [_budget_note(r) for r in MODEL_CACHE.put(entry)]
     if alias:
@@ -299,23 +301,6 @@ def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, devic
 
 # --- generation ------------------------------------------------------------------------
 
-def _batch_weights(entry: LoadedModel):
-    """The weights packed for batched products (cpu_matmul) where the CPU emulates the
-    model's dtype: made at the first batched run, then kept with the entry and counted in
-    its memory; None where they don't help or don't fit (RAM, the cache's budget)."""
-    from . import cpu_matmul
-
-    dtype = str(entry.model.dtype).removeprefix("torch.")
-    if not cpu_matmul.emulated(hardware.probe(), entry.model.device.type, dtype):
-        return None
-    if entry.packed is not None and not entry.packed.current(entry.model):
-        entry.packed = None  # the weights changed since they were packed
-    if entry.packed is None:
-        budget = MODEL_CACHE.memory_budget
-        entry.packed = cpu_matmul.pack(entry.model, budget - MODEL_CACHE.total_bytes() if budget else None)
-    return entry.packed
-
-
 def generate(
     prompt: str,
     *,
@@ -348,7 +333,7 @@ def generate(
     piece of text as it is generated (single prompts). Ctrl-C stops generating and raises
     KeyboardInterrupt carrying the partial result as `.result`.
     """
-    from . import generation
+    from . import generation, prompts
 
     entry = _generation_model(model)
     given = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k)
@@ -366,14 +351,13 @@ def generate(
             fixes=["write the prompt in the cell, under the %%llm_generate line", "llm_magic.generate('What is the capital of France?')"],
         )
     if namespace is not None and settings.system:
-        settings = replace(settings, system=generation.fill(settings.system, namespace, "--system"))
-    args = (entry.model, entry.tokenizer, entry.info)
+        settings = replace(settings, system=prompts.fill(settings.system, namespace, "--system"))
     if over is not None:
-        prompts = generation.fill_over(prompt, generation.items_of(over, "over="), namespace or {})
-        return generation.generate_many(*args, prompts, settings, batch_size=batch_size, on_progress=progress,
-                                        on_prompt=on_prompt, batch_weights=lambda: _batch_weights(entry))
-    text = prompt if namespace is None else generation.fill(prompt, namespace)
-    return generation.generate(*args, text, settings, on_text=stream, on_prompt=on_prompt)
+        texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
+        return generation.generate_many(entry.engine, texts, settings, batch_size=batch_size, on_progress=progress,
+                                        on_prompt=on_prompt)
+    text = prompt if namespace is None else prompts.fill(prompt, namespace)
+    return generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt)
 
 
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
@@ -398,7 +382,7 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
                 ["loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet",
                  f"%llm_load {model} --as NAME loads it"],
             )
-    if entry.model is None:
+    if entry.engine is None:
         raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
     MODEL_CACHE.touch(entry)
     return entry

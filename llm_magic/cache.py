@@ -28,6 +28,7 @@ class LoadedModel:
     aliases: set[str] = field(default_factory=set)
     last_used: float = field(default_factory=time.time)
     packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
+    engine: Any = None  # engines.Engine: what generates with this model; None once unloaded
 
     @property
     def name(self) -> str:
@@ -192,6 +193,7 @@ class ModelCache:
         # Callers may still hold the handle: empty it so it no longer pins the weights.
         entry.model = None
         entry.tokenizer = None
+        entry.engine = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ def _owned(entries: Iterable[LoadedModel]) -> dict[int, Any]:
     owned: dict[int, Any] = {}
     for e in entries:
         owned[id(e)] = e
+        if e.engine is not None:
+            owned[id(e.engine)] = e.engine
         if e.tokenizer is not None:
             owned[id(e.tokenizer)] = e.tokenizer
         if e.model is not None:

@@ -315,6 +315,8 @@ class GenerationResult:
     notes: tuple[str, ...] = ()
     batch: tuple[int, int] | None = None  # (index of the batch, batch size) for --over runs
     products: str | None = None  # batches on a CPU that emulates the dtype: which faster products ran
+    engine: dict | None = None  # engines.Engine.describe(): which engine made it (and where)
+    error: str | None = None  # an --over item that failed on its own: why (the others stand)
 
     def __str__(self) -> str:
         return self.text
@@ -349,6 +351,8 @@ class GenerationResult:
             "stop_reason": self.stop_reason,
             "batch": self.batch,
             "products": self.products,
+            "engine": self.engine,
+            "error": self.error,
         }
 
     def plain(self, with_text: bool = True) -> str:

@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, generation, hardware, sizing
+from . import api, generation, hardware, prompts, sizing
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE
 from .display import BatchProgress, PromptView, StatusLine, StreamView
@@ -185,7 +185,7 @@ class LLMMagics(Magics):
             if name not in ns:
                 raise GenerationError(f"--over {name}: no variable named {name!r}",
                                       fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"])
-            over = generation.items_of(ns[name], f"--over {name}")
+            over = prompts.items_of(ns[name], f"--over {name}")
         jupyter = getattr(self.shell, "kernel", None) is not None
         sink = _Stream(jupyter) if over is None and self.stream and not args.no_stream else None
         system = _unquote(args.system) if args.system is not None else self.system

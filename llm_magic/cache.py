@@ -281,6 +281,21 @@ def _clear(tb) -> None:
     # clear() leaves it filled: reading f_locals again syncs it, dropping the cleared names.
     for frame, _ in traceback.walk_tb(tb):
         frame.f_locals
+    # An exception caught in one frame and raised again from a caller (Ctrl-C kept by
+    # the engine, re-raised with the partial result) keeps the catching frame's callers
+    # alive through f_back, finished but not in the traceback: clear them too, up to
+    # the first one still running.
+    in_tb = {id(frame) for frame, _ in traceback.walk_tb(tb)}
+    for frame, _ in traceback.walk_tb(tb):
+        back = frame.f_back
+        while back is not None and id(back) not in in_tb:
+            try:
+                back.clear()
+            except RuntimeError:  # still running: it and its callers are live
+                break
+            back.f_locals
+            in_tb.add(id(back))
+            back = back.f_back
 
 
 def clear_frames_of(error: BaseException) -> None:

@@ -628,6 +628,8 @@ def test_ctrl_c_in_a_terminal_shows_the_partial_text_the_footer_and_one_line(she
     assert "stopped: interrupted" in tail[0]
     assert tail[-1].startswith("KeyboardInterrupt: generation stopped; the partial result is in kept, _, Out[")
     assert "Traceback" not in out and "torch" not in out
+    del tiny
+    assert shell.run_line_magic("llm_unload", "tiny").freed  # the kept interrupt pins no model
 
 
 def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):

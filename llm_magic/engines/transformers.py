@@ -120,13 +120,30 @@ def render_text(tokenizer, request: Request) -> tuple[str, bool]:
     return rendered, False  # the template writes the special tokens itself
 
 
+# How a config names the positions its model reads. transformers itself asks for
+# `max_position_embeddings` (generation clamps max_length to it), which most configs answer
+# through their attribute_map (GPT-2's n_positions, GPT-J's n_positions, ...); the others
+# name it their own way: MPT's max_seq_len (the size of its ALiBi bias table), a decoder's
+# max_target_positions (Whisper), ChatGLM's seq_length. Configs with none (BLOOM's ALiBi,
+# Mamba's state) set no limit.
+_LENGTH_FIELDS = ("max_position_embeddings", "max_seq_len", "max_target_positions", "max_sequence_length",
+                  "seq_length", "n_positions", "n_ctx")
+
+
 def context_limit(model, tokenizer) -> int | None:
-    """How many positions (prompt + new tokens) the model reads, if it says."""
+    """How many positions (prompt + new tokens) the model reads, if it says: from its
+    (text, decoder) config as transformers reads it, else the tokenizer's model_max_length."""
     config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    configs = [config]
+    try:  # multimodal and encoder-decoder configs keep the text decoder's length inside
+        configs.insert(0, config.get_text_config(decoder=True))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    for cfg in configs:
+        for name in _LENGTH_FIELDS:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
     value = getattr(tokenizer, "model_max_length", None)
     return value if isinstance(value, int) and 0 < value < 10**8 else None  # huge = "not set"
 

@@ -26,6 +26,9 @@ def warning_html(note: str) -> str:
             f"<span style='color:{WARN_MARK}'>⚠</span> {html.escape(note)}</div>")
 
 
+NO_TEMPLATE = "none — prompts are continued as plain text"
+
+
 def format_bytes(n: int | float | None) -> str:
     if n is None:
         return "?"
@@ -125,6 +128,8 @@ class LoadCard(Card):
             rows.append(("revision", i.revision[:12]))
         if i.trust_remote_code:
             rows.append(("remote code", "trusted (--trust-remote-code)"))
+        if getattr(i, "chat_template", None) is False:
+            rows.append(("chat template", NO_TEMPLATE))
         what = "loaded in" if self.cache_state != "cached" else "cache hit"
         n = self.cache_models
         rows.append((what, format_seconds(self.seconds)))

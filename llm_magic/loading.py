@@ -66,6 +66,7 @@ class ModelInfo:
     trust_remote_code: bool = False
     converted_from: str | None = None  # the .gguf file, for a converted model
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
@@ -367,6 +368,7 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         trust_remote_code=trust_remote_code,
         converted_from=source.path if source.kind == "gguf" else None,
         warnings=tuple(warnings),
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
 
 

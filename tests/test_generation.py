@@ -136,7 +136,7 @@ def test_unknown_name_is_an_error_naming_it(shell, tiny):
 
 
 def test_system_raw_show_prompt_and_out(shell, tiny):
-    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 3 --system 'Be brief.' --show-prompt --out res\nHello")
+    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 3 --raw --system 'Be brief.' --show-prompt --out res\nHello")
     assert result.success
     assert shell.user_ns["res"] is result.result is shell.user_ns["_"]
     assert result.result.rendered_prompt == "Be brief.\n\nHello"  # no template: system text first
@@ -643,3 +643,24 @@ def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):
     lines = out.strip("\n").splitlines()
     assert lines[-1].startswith("KeyboardInterrupt: generation stopped; the partial result is in _, Out[")
     assert "Traceback" not in out and len(lines) <= 2 * len(partial) + 3
+
+
+# --- a model without a chat template ---------------------------------------------------------
+
+def test_no_chat_template_is_said_on_the_card_in_the_result_and_for_system(shell, tiny_model_dir):
+    result, captured = run(shell, f"%llm_load {tiny_model_dir} --as base")
+    assert "chat template  none — prompts are continued as plain text" in captured.stdout
+    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 3\nHello")
+    assert any(n.startswith("no chat template: the prompt was continued as plain text") for n in result.result.notes)
+    assert "⚠ no chat template" in captured.stdout
+    result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 3 --system 'Be brief.'\nHello")
+    assert isinstance(result.error_in_exec, GenerationError)
+    assert "--system: tiny-gpt2 has no chat template, so it has no system role" in captured.stdout
+    assert "--raw sends the system text" in captured.stdout
+    result, _ = run(shell, "%%llm_generate --greedy --max-new-tokens 3 --raw --system 'Be brief.'\nHello")
+    assert result.success and result.result.notes == ()  # --raw asked for plain text: nothing to say
+
+
+def test_smollm2_has_a_template_and_says_nothing_about_it(shell, smollm2_gguf):
+    result, captured = run(shell, f"%llm_load {smollm2_gguf}")
+    assert "chat template" not in captured.stdout

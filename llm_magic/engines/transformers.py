@@ -42,9 +42,18 @@ class TransformersEngine:
 
     def render(self, request: Request) -> Rendered:
         tokenizer = self.entry.tokenizer
+        templated = bool(getattr(tokenizer, "chat_template", None))
+        if not templated and not request.raw and request.system:
+            raise GenerationError(
+                f"--system: {_short(self.info.name)} has no chat template, so it has no system role",
+                "without a template the prompt is continued as plain text: a system text would only be more text "
+                "to continue",
+                ["write the instruction into the prompt itself",
+                 "--raw sends the system text, a blank line, then the prompt, as plain text"])
         text, special = render_text(tokenizer, request)
         ids = tokenizer(text, add_special_tokens=special)["input_ids"]
-        return Rendered(request, text, len(ids), list(ids))
+        notes = () if templated or request.raw else (NO_TEMPLATE_NOTE,)
+        return Rendered(request, text, len(ids), list(ids), notes=notes)
 
     def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
             on_text: TextCallback | None = None) -> Run:
@@ -96,6 +105,13 @@ class TransformersEngine:
 
 
 # --- prompts -----------------------------------------------------------------------
+
+NO_TEMPLATE_NOTE = "no chat template: the prompt was continued as plain text (a base model completes text, it does not answer)"
+
+
+def _short(name: str) -> str:
+    return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
+
 
 def render_text(tokenizer, request: Request) -> tuple[str, bool]:
     """(the prompt as the model will read it, whether tokenizing adds special tokens).

@@ -128,6 +128,46 @@ def _budget(limit: int | None, rows: Sequence[Rendered], settings: Settings) -> 
     return settings.max_new_tokens, ()
 
 
+def _unused_seed(settings: Settings) -> tuple[str, ...]:
+    """Greedy decoding makes no random choice: a seed given with it changes nothing."""
+    if settings.greedy and settings.seed is not None:
+        return (f"--seed {settings.seed} is unused: greedy decoding makes no random choices",)
+    return ()
+
+
+class _StopHeldBack:
+    """Streams text as the result will store it: with --stop, the tail that may be the
+    start of a stop string is held back until it is known not to be one, and nothing
+    from a stop string on is shown (the engine still sees the whole text to stop on)."""
+
+    def __init__(self, on_text: TextCallback, stops: Sequence[str]):
+        self.on_text, self.stops = on_text, tuple(stops)
+        self.seen, self.shown, self.stopped = "", 0, False
+        self.hold = max(len(s) for s in self.stops) - 1
+
+    def __call__(self, chunk: str) -> None:
+        if self.stopped:
+            return
+        self.seen += chunk
+        hits = [self.seen.find(s) for s in self.stops if s in self.seen]
+        if hits:
+            self.stopped = True
+            self._show(min(hits))
+        else:
+            self._show(max(len(self.seen) - self.hold, self.shown))
+
+    def _show(self, upto: int) -> None:
+        if upto > self.shown:
+            self.on_text(self.seen[self.shown:upto])
+            self.shown = upto
+
+    def finish(self, text: str) -> None:
+        """The end: show what the stored text has beyond what was shown (the held tail)."""
+        if text.startswith(self.seen[: self.shown]) and len(text) > self.shown:
+            self.on_text(text[self.shown:])
+            self.shown = len(text)
+
+
 def _seed(settings: Settings) -> int | None:
     """The seed to use: the given one, or for sampling a fresh one (recorded, so any
     sampled text can be reproduced)."""
@@ -150,9 +190,12 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
         on_prompt(rendered.shown, rendered.tokens)
     max_new, notes = _budget(limit, [rendered], settings)
     seed = _seed(settings)
-    run = engine.run([rendered], seed, max_new, settings, on_text)
-    run.notes = notes + run.notes
+    shown = _StopHeldBack(on_text, settings.stop) if on_text is not None and settings.stop else on_text
+    run = engine.run([rendered], seed, max_new, settings, shown)
+    run.notes = notes + _unused_seed(settings) + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
+    if isinstance(shown, _StopHeldBack):
+        shown.finish(result.text)
     if run.interrupt is not None:
         run.interrupt.result = result
         raise run.interrupt
@@ -178,6 +221,7 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
     groups = engine.run_many(rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress)
     try:
         for index, (indices, run) in enumerate(groups):
+            run.notes = _unused_seed(settings) + run.notes
             done = _results(engine, run, [rows[i] for i in indices], settings, seed, (index, len(indices)))
             for i, result in zip(indices, done):
                 slots[i] = result

@@ -226,6 +226,21 @@ def test_stop_string_cuts_the_text_and_stops_early(shell, tiny):
     assert r.text == free.text[: free.text.find(stop)]
     # Generation ended on the token that completed the stop string.
     assert r.token_ids == free.token_ids[: index + 1]
+    # The streamed text is the stored text: the stop string is not shown, then dropped.
+    chunks = []
+    again = llm_magic.generate("The quick brown", seed=seed, max_new_tokens=30, stop=[stop, "\n"], stream=chunks.append)
+    assert "".join(chunks) == again.text == r.text
+
+
+def test_greedy_with_a_seed_says_the_seed_is_unused(shell, tiny):
+    result, captured = run(shell, "%%llm_generate --greedy --seed 7 --max-new-tokens 3\nHello")
+    assert "--seed 7 is unused: greedy decoding makes no random choices" in result.result.notes
+    assert "--seed 7 is unused" in captured.stdout
+    result, _ = run(shell, "%%llm_generate --seed 7 --max-new-tokens 3\nHello")
+    assert not any("unused" in n for n in result.result.notes)
+    shell.user_ns["items"] = ["a", "b"]
+    result, _ = run(shell, "%%llm_generate --over items --greedy --seed 7 --max-new-tokens 2\n{item}")
+    assert all("--seed 7 is unused: greedy decoding makes no random choices" in r.notes for r in result.result)
 
 
 @pytest.mark.slow

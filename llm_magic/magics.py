@@ -3,6 +3,7 @@ wraps the result for display; the logic lives in the other modules."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 import time
@@ -75,9 +76,9 @@ class LLMMagics(Magics):
         "--dtype",
         default=None,
         help="auto (hardware decides), bfloat16, float16, float32 (aliases bf16, fp16, fp32). "
-        "Default: LLMMagics.dtype.",
+        "Default: auto (LLMMagics.dtype).",
     )
-    @argument("--device-map", default=None, help="auto, cpu, cuda, cuda:1, mps, ... Default: LLMMagics.device_map.")
+    @argument("--device-map", default=None, help="auto, cpu, cuda, cuda:1, mps, ... Default: auto (LLMMagics.device_map).")
     @argument("--revision", default=None, help="Branch, tag or commit of a Hub model.")
     @argument(
         "--max-memory",
@@ -95,7 +96,7 @@ class LLMMagics(Magics):
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
-        args = parse_argstring(self.llm_load, line)
+        args = _parse(self.llm_load, line)
         dtype = args.dtype or self.dtype
         try:
             hardware.normalize_dtype(dtype)
@@ -126,7 +127,7 @@ class LLMMagics(Magics):
     def llm_models(self, line: str = ""):
         """List the cached models (alias, id, revision, dtype, device, memory, last used),
         their total, free RAM and GPU memory, and the budget."""
-        parse_argstring(self.llm_models, line)
+        _parse(self.llm_models, line)
         return api.models()
 
     @magic_arguments()
@@ -136,7 +137,7 @@ class LLMMagics(Magics):
     def llm_unload(self, line: str):
         """Unload a cached model and free its memory for real: the cache, output history
         (Out, _) and tracebacks let go of it; the card says how much memory came back."""
-        args = parse_argstring(self.llm_unload, line)
+        args = _parse(self.llm_unload, line)
         if args.all == bool(args.name):
             from IPython.core.error import UsageError
 
@@ -144,17 +145,17 @@ class LLMMagics(Magics):
         return api.unload(_unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
-    @magic_arguments()
+    @magic_arguments(name="%llm_generate")  # IPython writes one "%" before it: a cell magic's usage reads %%
     @argument("-m", "--model", default=None, help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.")
-    @argument("--max-new-tokens", type=int, default=None, help="At most this many new tokens. Default: LLMMagics.max_new_tokens.")
-    @argument("--temperature", type=float, default=None, help="Sampling temperature, above 0. Default: LLMMagics.temperature.")
+    @argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {_DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens).")
+    @argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {_DEFAULTS.temperature} (LLMMagics.temperature).")
     @argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
-              "Default: LLMMagics.top_p.")
-    @argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0: all). Default: LLMMagics.top_k.")
+              f"Default: {_DEFAULTS.top_p} (LLMMagics.top_p).")
+    @argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {_DEFAULTS.top_k} (LLMMagics.top_k).")
     @argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
               "Default: a fresh one, shown with the result.")
-    @argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: LLMMagics.greedy.")
-    @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: LLMMagics.system.")
+    @argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy).")
+    @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: none (LLMMagics.system).")
     @argument("--raw", action="store_true", help="Send the cell as it is, without the chat template.")
     @argument("--no-stream", action="store_true", help="Show the text only when it is complete.")
     @argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted).")
@@ -163,8 +164,10 @@ class LLMMagics(Magics):
     @argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it.")
     @argument("--over", default=None, help="Run the cell once per item of this list variable, {item} standing for the item; "
               "returns one result per item.")
-    @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: LLMMagics.batch_size "
-              "(0: 8 on CPU, 32 on a GPU).")
+    @argument("--no-fill", action="store_true", help="Send the cell as written: no {name} filling (for pasted code "
+              "full of braces; {{ stays {{).")
+    @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
+              "32 on a GPU (LLMMagics.batch_size).")
     @cell_magic
     def llm_generate(self, line: str, cell: str):
         """Generate from the cell's text with a loaded model (the chat template applied
@@ -172,7 +175,7 @@ class LLMMagics(Magics):
         notebook's variables; `{{` and `}}` are literal braces. The text streams in as it
         is generated; Ctrl-C stops it, keeping what was generated. Returns the result
         (`.text`, token counts, timings, settings)."""
-        args = parse_argstring(self.llm_generate, line)
+        args = _parse(self.llm_generate, line)
         ns = self.shell.user_ns
         out = _unquote(args.out) if args.out else None
         if out is not None and not out.isidentifier():
@@ -180,6 +183,10 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--out {out}: not a variable name")
         over = None
+        if args.over is not None and args.no_fill:
+            from IPython.core.error import UsageError
+
+            raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
         if args.over is not None:
             name = _unquote(args.over)
             if name not in ns:
@@ -206,7 +213,7 @@ class LLMMagics(Magics):
                 result = api.generate(
                     cell.strip("\n"),
                     model=_unquote(args.model) if args.model else None,
-                    namespace=ns,
+                    namespace=None if args.no_fill else ns,
                     over=over,
                     batch_size=_pick(args.batch_size, self.batch_size) or None,
                     stream=sink,
@@ -293,6 +300,24 @@ class LLMMagics(Magics):
                 yield lambda message: handle.update(StatusLine(message))
             finally:
                 handle.update({"text/plain": ""}, raw=True)
+
+
+def _parse(magic, line: str):
+    """parse_argstring, with "did you mean" for a mistyped flag."""
+    from IPython.core.error import UsageError
+
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as e:
+        unknown = re.search(r"unrecognized arguments: (.*)", str(e))
+        options = [o for action in magic.parser._actions for o in action.option_strings if o.startswith("--")]
+        hints = []
+        for word in (unknown.group(1).split() if unknown else []):
+            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+            hints += [f"{word}: did you mean {close[0]}?"] if close else []
+        if hints:
+            raise UsageError(f"{e}\n" + "\n".join(hints)) from None
+        raise
 
 
 def _parse_max_memory(text: str | None) -> dict | None:

@@ -172,6 +172,31 @@ def test_help_lists_the_options(shell):
     for flag in ("--model", "--max-new-tokens", "--temperature", "--top-p", "--top-k", "--seed", "--greedy", "--system",
                  "--raw", "--no-stream", "--out", "--stop", "--show-prompt", "--over", "--batch-size"):
         assert flag in text, flag
+    assert "%%llm_generate [-m MODEL]" in text  # a cell magic's usage, with its two %
+    flat = " ".join(text.split())
+    assert "Default: 256 (LLMMagics.max_new_tokens)" in flat and "Default: 0.7 (LLMMagics.temperature)" in flat
+    assert "Default: LLMMagics" not in flat  # every default shows its value
+
+
+def test_a_mistyped_flag_gets_a_did_you_mean(shell, tiny):
+    from IPython.core.error import UsageError
+
+    result, captured = run(shell, "%%llm_generate --temprature 0.5\nHi")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "--temprature: did you mean --temperature?" in captured.stderr + captured.stdout
+    result, captured = run(shell, "%llm_load x --dtpye bf16")
+    assert "--dtpye: did you mean --dtype?" in captured.stderr + captured.stdout
+
+
+def test_no_fill_sends_braces_as_written(shell, tiny):
+    code = "def f(d):\n    return {k: v for k, v in d.items()}  # {not_a_name}"
+    result, _ = run(shell, f"%%llm_generate --no-fill --greedy --max-new-tokens 2\n{code}")
+    assert result.success and result.result.prompt == code
+    result, captured = run(shell, f"%%llm_generate --greedy --max-new-tokens 2\n{code}")
+    assert isinstance(result.error_in_exec, GenerationError)  # filled by default: k is no variable
+    shell.user_ns["items"] = ["a"]
+    result, _ = run(shell, "%%llm_generate --no-fill --over items\n{item}")
+    assert "cannot go with --no-fill" in str(result.error_in_exec)
 
 
 # --- sampling and seeds ------------------------------------------------------------------

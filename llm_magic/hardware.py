@@ -122,13 +122,15 @@ def choose_dtype(
         )
     if kind == "mps":
         return DtypeChoice("float16", "Apple GPU (MPS): float16 is its fast path")
+    # float16 on a CPU is emulated and slow: a float16 checkpoint is cast (same width).
+    cast = "; cast from the float16 checkpoint (float16 is emulated on CPUs)" if checkpoint_dtype == "float16" else ""
     if hw.cpu_native_bf16:
-        return DtypeChoice("bfloat16", "CPU has native bf16 (AMX / AVX512-BF16)")
+        return DtypeChoice("bfloat16", "CPU has native bf16 (AMX / AVX512-BF16)" + cast)
     if hw.cpu_fast_half_kernels:
         return DtypeChoice(
             "bfloat16",
             "no native bf16 on this CPU, but one-prompt decoding is memory-bound and bf16 reads half the bytes: "
-            "1.2-1.5x fp32's tokens/s on AVX2; long prompts run faster with --dtype float32",
+            "1.2-1.5x fp32's tokens/s on AVX2; long prompts run faster with --dtype float32" + cast,
         )
     widened = checkpoint_dtype in ("bfloat16", "float16")
     return DtypeChoice(

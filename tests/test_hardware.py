@@ -53,6 +53,13 @@ def test_avx2_cpu_default_is_bf16_for_memory_bound_decode():
     assert choice.warning is None
 
 
+@pytest.mark.parametrize("cpu", ["AMX_CPU", "AVX2_CPU"])
+def test_a_float16_checkpoint_cast_to_bf16_on_a_cpu_says_so(cpu):
+    choice = choose_dtype(globals()[cpu], "float16")
+    assert choice.dtype == "bfloat16" and "cast from the float16 checkpoint" in choice.reason
+    assert "float16 checkpoint" not in choose_dtype(globals()[cpu], "bfloat16").reason
+
+
 def test_cpu_without_fast_half_kernels_gets_float32_and_says_it_widened():
     choice = choose_dtype(OLD_CPU, "bfloat16")
     assert choice.dtype == "float32"

@@ -253,6 +253,7 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
     if all:
         entries = MODEL_CACHE.entries()
     else:
+        _refuse_ambiguous(name, "%llm_unload", LLMError)
         entry = MODEL_CACHE.find(name) if name else None
         if entry is None:
             cached = sorted({a for e in MODEL_CACHE.entries() for a in e.aliases} | {e.name for e in MODEL_CACHE.entries()})
@@ -277,6 +278,21 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
         cache_models=len(MODEL_CACHE),
         cache_bytes=MODEL_CACHE.total_bytes(),
     )
+
+
+def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> None:
+    """Ask, rather than pick one silently, when NAME means several cached models."""
+    several = MODEL_CACHE.ambiguous(name) if name else []
+    if not several:
+        return
+    described = [f"{e.info.dtype} on {e.info.device}" + (f" (as {', '.join(sorted(e.aliases))})" if e.aliases else "")
+                 for e in several]
+    aliased = next((min(e.aliases) for e in several if e.aliases), None)
+    fixes = [f"{what} {aliased}  (an alias names one)"] if aliased else []
+    fixes.append(f"give each an alias: %llm_load {several[0].name} --dtype {several[0].info.dtype} --as NAME")
+    if what == "%llm_unload":
+        fixes.append("%llm_unload --all unloads every one")
+    raise error(f"{what} {name}: {len(several)} cached models have that name", "; ".join(described), fixes)
 
 
 def _hashable(value):
@@ -373,6 +389,7 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
                 ["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load $path  (path = llm_magic.demo_model(), offline)"],
             )
     else:
+        _refuse_ambiguous(model, "-m", GenerationError)
         entry = MODEL_CACHE.find(model)
         if entry is None:
             loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]

@@ -122,6 +122,17 @@ class ModelCache:
                 return max(matches, key=lambda e: e.last_used)
         return None
 
+    def ambiguous(self, name: str) -> list[LoadedModel]:
+        """The entries NAME could mean when it is no alias and names more than one (the
+        same file at two dtypes, two folders with one last part); else []."""
+        if self._aliases.get(name) in self._entries:
+            return []
+        for same in (lambda e: e.info.name == name, lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name):
+            matches = [e for e in self._entries.values() if same(e)]
+            if matches:
+                return matches if len(matches) > 1 else []
+        return []
+
     def current(self) -> LoadedModel | None:
         return self._entries.get(self.last)
 

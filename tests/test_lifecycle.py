@@ -425,3 +425,22 @@ def test_unload_ext_says_what_it_freed_in_one_line_and_removes_the_magics(shell,
         assert isinstance(result.error_in_exec, UsageError), line  # the magics are gone
     ok(shell, "%load_ext llm_magic")  # and come back
     ok(shell, "%llm_models")
+
+
+def test_one_name_for_two_cached_models_asks_which(shell, tiny_model_dir):
+    from IPython.utils.capture import capture_output
+
+    from llm_magic import GenerationError, LLMError
+
+    ok(shell, f"%llm_load {tiny_model_dir} --dtype float32 --quiet")
+    ok(shell, f"%llm_load {tiny_model_dir} --dtype bfloat16 --as half --quiet")
+    for line, error_type in (("%llm_unload tiny-gpt2", LLMError), ("%%llm_generate -m tiny-gpt2 --max-new-tokens 2\nHi", GenerationError)):
+        with capture_output() as out:
+            result = cell(shell, line)
+        assert isinstance(result.error_in_exec, error_type), line
+        assert "2 cached models have that name" in out.stdout
+        assert "float32 on cpu" in out.stdout and "bfloat16 on cpu (as half)" in out.stdout
+    assert len(MODEL_CACHE) == 2  # nothing unloaded on a guess
+    card = ok(shell, "%llm_unload half")  # an alias names one
+    assert len(card.models) == 1 and len(MODEL_CACHE) == 1
+    ok(shell, "%llm_unload tiny-gpt2")  # one left: no question

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import sys
 import time
 from dataclasses import replace
@@ -393,11 +394,17 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
         entry = MODEL_CACHE.find(model)
         if entry is None:
             loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]
+            names = sorted({a for e in MODEL_CACHE.entries() for a in e.aliases}
+                           | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in MODEL_CACHE.entries()})
+            close = difflib.get_close_matches(model, names, n=1, cutoff=0.6)
+            fixes = [f"did you mean: -m {close[0]}"] if close else []
+            fixes.append("loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet")
+            fixes.append(f"to load a model under that name: %llm_load MODEL --as {model}" if model.isidentifier()
+                         else f"if {model} is a model to load: %llm_load {model}")
             raise GenerationError(
                 f"-m {model}: no loaded model has that name",
                 "-m takes an alias (--as NAME) or the name a model was loaded with",
-                ["loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet",
-                 f"%llm_load {model} --as NAME loads it"],
+                fixes,
             )
     if entry.engine is None:
         raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])

@@ -333,6 +333,10 @@ def test_unknown_model_lists_the_loaded_ones(shell, tiny):
     result, captured = run(shell, "%%llm_generate -m smol\nHi")
     assert isinstance(result.error_in_exec, GenerationError)
     assert "loaded: tiny" in captured.stdout
+    assert "%llm_load smol" not in captured.stdout  # no load of a name that is no model
+    assert "%llm_load MODEL --as smol" in captured.stdout
+    result, captured = run(shell, "%%llm_generate -m tinny\nHi")
+    assert "did you mean: -m tiny" in captured.stdout
 
 
 def test_prompt_longer_than_the_context_gives_count_and_limit(shell, tiny):

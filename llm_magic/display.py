@@ -191,7 +191,7 @@ class ModelsCard:
 
     def table(self) -> list[tuple[str, ...]]:
         return [
-            ("*" if m.current else "", m.alias or "-", m.name, m.revision or "-", m.dtype, m.device,
+            ("*" if m.current else "", m.alias or "-", _short(m.name), m.revision or "-", m.dtype, m.device,
              format_bytes(m.memory_bytes) + (f" ({format_bytes(m.packed_bytes)} packed for batches)" if m.packed_bytes else ""),
              format_ago(m.idle_seconds))
             for m in self.models
@@ -199,8 +199,9 @@ class ModelsCard:
 
     def summary(self) -> list[str]:
         n = len(self.models)
+        marked = any(m.current for m in self.models)
         lines = [f"{n} model{'s' if n != 1 else ''} cached, {format_bytes(self.total_bytes)} in all"
-                 + ("  (* = default for %%llm_generate)" if n else "")]
+                 + ("  (* = default for %%llm_generate)" if marked else "")]
         if self.max_models or self.memory_budget:
             limits = [f"{self.max_models} model{'s' if self.max_models != 1 else ''}" if self.max_models else "",
                       format_bytes(self.memory_budget) if self.memory_budget else ""]
@@ -211,17 +212,28 @@ class ModelsCard:
             lines.append("free: " + " · ".join(free))
         return lines
 
+    def paths(self) -> list[str]:
+        """Where the models whose short name hides a path come from (under the table,
+        which stays narrow)."""
+        return [f"{_short(m.name)}: {m.name}" for m in self.models if _short(m.name) != m.name]
+
     def text(self) -> str:
         rows = [self._HEADER] + self.table() if self.models else []
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))] if rows else []
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join(lines + self.summary())
+        return "\n".join(lines + self.summary() + ["from " + p for p in self.paths()])
 
     def html(self) -> str:
         e = html.escape
-        cell = "<td style='padding:0 1em 0 0;text-align:left'>{}</td>"
-        head = "".join(f"<th style='padding:0 1em 0 0;text-align:left;color:{DIM}'>{e(h)}</th>" for h in self._HEADER)
-        body = "".join("<tr>" + "".join(cell.format(e(c)) for c in r) + "</tr>" for r in self.table())
+        # No wrapping inside a cell (a name cut mid-word, "last / used"); the full path is
+        # the short name's tooltip.
+        cell = "<td style='padding:0 1em 0 0;text-align:left;white-space:nowrap'{}>{}</td>"
+        head = "".join(f"<th style='padding:0 1em 0 0;text-align:left;color:{DIM};white-space:nowrap'>{e(h)}</th>"
+                       for h in self._HEADER)
+        body = "".join(
+            "<tr>" + "".join(cell.format(f" title='{e(m.name, quote=True)}'" if i == 2 else "", e(c))
+                             for i, c in enumerate(r)) + "</tr>"
+            for m, r in zip(self.models, self.table()))
         table = f"<table style='border:none'><tr>{head}</tr>{body}</table>" if self.models else ""
         summary = "".join(f"<div>{e(line)}</div>" for line in self.summary())
         return f"<div style='font-family:monospace;font-size:90%;line-height:1.4'>{table}{summary}</div>"

@@ -444,3 +444,19 @@ def test_one_name_for_two_cached_models_asks_which(shell, tiny_model_dir):
     card = ok(shell, "%llm_unload half")  # an alias names one
     assert len(card.models) == 1 and len(MODEL_CACHE) == 1
     ok(shell, "%llm_unload tiny-gpt2")  # one left: no question
+
+
+def test_llm_models_stays_narrow_and_marks_a_default_only_when_there_is_one(shell, tiny_model_dir):
+    ok(shell, f"%llm_load {tiny_model_dir} --as first --dtype float32 --quiet")
+    ok(shell, f"%llm_load {tiny_model_dir} --as second --quiet")
+    text = ok(shell, "%llm_models").text()
+    table = text.split("\n2 models cached")[0]
+    assert str(tiny_model_dir) not in table and "tiny-gpt2" in table  # the short name in the table
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert f"from tiny-gpt2: {tiny_model_dir}" in text  # the full path, under it
+    assert "(* = default" in text
+    html = ok(shell, "%llm_models")._repr_mimebundle_()["text/html"]
+    assert f"title='{tiny_model_dir}'" in html and "white-space:nowrap" in html
+    ok(shell, "%llm_unload second")  # the default goes
+    text = ok(shell, "%llm_models").text()
+    assert not any(line.startswith("*") for line in text.splitlines()) and "(* = default" not in text

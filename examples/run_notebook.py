@@ -17,7 +17,10 @@ from nbclient import NotebookClient
 def run(path: str | Path, timeout: int = 600) -> nbformat.NotebookNode:
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    # The kernel listens on 127.0.0.1 only; ipykernel's warning about unencrypted TCP would
+    # open every run's output, so its application log shows errors only.
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     client.execute()
     return notebook
 

@@ -33,3 +33,17 @@ def test_quickstart_notebook_loads_smollm2_and_shows_the_card():
         assert len(html) == 1 and "LlamaForCausalLM" in html[0]
         assert "…" not in cell_text(cell)
         assert "Loading weights" not in cell_text(cell) and "IProgress" not in cell_text(cell)
+
+
+def test_run_notebook_output_starts_with_the_cells_not_a_kernel_warning(tmp_path):
+    import subprocess
+
+    import nbformat
+
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), path)
+    done = subprocess.run([sys.executable, str(EXAMPLES / "run_notebook.py"), str(path)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["In: print(6 * 7)", "42"]
+    assert "IPKernelApp" not in done.stderr and "without encryption" not in done.stderr

@@ -337,6 +337,7 @@ def generate(
     stream: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_prompt: Callable[[str, int], None] | None = None,
+    on_start: Callable[[tuple[str, ...]], None] | None = None,
 ) -> GenerationResult | GenerationResults:
     """Generate from PROMPT with a cached model; returns the result (`.text` and stats).
 
@@ -374,7 +375,7 @@ def generate(
         return generation.generate_many(entry.engine, texts, settings, batch_size=batch_size, on_progress=progress,
                                         on_prompt=on_prompt)
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
-    return generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt)
+    return generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt, on_start=on_start)
 
 
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:

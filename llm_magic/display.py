@@ -442,12 +442,16 @@ class StreamView:
     """The text so far, while a generation streams (a display updated in place)."""
 
     text: str
+    notes: tuple[str, ...] = ()  # said before the text (max_new_tokens lowered, ...)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        status = "… generating (Ctrl-C / interrupt stops it, keeping the text)"
+        status = ("… generating" if self.text else "… waiting for the first token") + \
+            " (Ctrl-C / interrupt stops it, keeping the text)"
         return {
-            "text/plain": f"{self.text}\n{status}",
-            "text/html": f"<div><div style='{_TEXT_STYLE}'>{html.escape(self.text)}</div>"
+            "text/plain": "\n".join([f"⚠ {n}" for n in self.notes] + [self.text, status] if self.text
+                                    else [f"⚠ {n}" for n in self.notes] + [status]),
+            "text/html": "".join(warning_html(n) for n in self.notes)
+            + f"<div><div style='{_TEXT_STYLE}'>{html.escape(self.text)}</div>"
             f"<div style='{_FOOTER_STYLE}'>{html.escape(status)}</div></div>",
         }
 

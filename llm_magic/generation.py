@@ -177,7 +177,8 @@ def _seed(settings: Settings) -> int | None:
 
 
 def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_text: TextCallback | None = None,
-             on_prompt: PromptCallback | None = None) -> GenerationResult:
+             on_prompt: PromptCallback | None = None,
+             on_start: Callable[[tuple[str, ...]], None] | None = None) -> GenerationResult:
     """One prompt (already filled, or a Request of chat messages) → one result, streamed
     to `on_text` chunk by chunk.
 
@@ -189,6 +190,8 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
     if on_prompt is not None:
         on_prompt(rendered.shown, rendered.tokens)
     max_new, notes = _budget(limit, [rendered], settings)
+    if on_start is not None:  # before the first token: a status line, and the notes said first
+        on_start(notes + _unused_seed(settings))
     seed = _seed(settings)
     shown = _StopHeldBack(on_text, settings.stop) if on_text is not None and settings.stop else on_text
     run = engine.run([rendered], seed, max_new, settings, shown)

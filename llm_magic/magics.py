@@ -208,6 +208,7 @@ class LLMMagics(Magics):
             stop=[_unescape(_unquote(s)) for s in args.stop or []],
         )
         on_prompt = (lambda text, tokens: display(PromptView(text, tokens))) if args.show_prompt else None
+        waiting = _Waiting(jupyter) if over is None and sink is None else None  # --no-stream: a status line
         try:
             with self._batch_progress(jupyter, len(over) if over is not None else 0) as progress:
                 result = api.generate(
@@ -219,9 +220,12 @@ class LLMMagics(Magics):
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
+                    on_start=(sink or waiting).start if over is None else None,
                     **settings,
                 )
         except KeyboardInterrupt as e:
+            if waiting is not None:
+                waiting.done()
             partial = getattr(e, "result", None)  # what was generated before Ctrl-C
             _show_partial(sink, partial)
             quiet_interrupt(e, self._keep_partial(partial, out))
@@ -229,7 +233,11 @@ class LLMMagics(Magics):
         except Exception:
             if sink is not None:
                 sink.settle()  # no "generating…" left above the error card
+            if waiting is not None:
+                waiting.done()
             raise
+        if waiting is not None:
+            waiting.done()
         if sink is not None:
             sink.settle()
             if not sink.jupyter and sink.parts:
@@ -418,6 +426,19 @@ class _Stream:
         self.handle = None
         self.drawn = 0.0
 
+    notes: tuple[str, ...] = ()
+
+    def start(self, notes: tuple[str, ...]) -> None:
+        """Before the first token (a prompt takes seconds to read): say so, and say the
+        notes (max_new_tokens lowered...) now rather than after the text."""
+        self.notes = notes
+        if not self.jupyter:
+            for note in notes:
+                print(f"⚠ {note}", file=sys.stderr, flush=True)
+            return
+        self.handle = display(StreamView("", notes), display_id=True)
+        self.drawn = time.perf_counter()
+
     def __call__(self, chunk: str) -> None:
         self.parts.append(chunk)
         if not self.jupyter:
@@ -426,10 +447,10 @@ class _Stream:
             return
         now = time.perf_counter()
         if self.handle is None:
-            self.handle = display(StreamView("".join(self.parts)), display_id=True)
+            self.handle = display(StreamView("".join(self.parts), self.notes), display_id=True)
             self.drawn = now
-        elif now - self.drawn >= self.redraw_every:
-            self.handle.update(StreamView("".join(self.parts)))
+        elif now - self.drawn >= self.redraw_every or len(self.parts) == 1:
+            self.handle.update(StreamView("".join(self.parts), self.notes))
             self.drawn = now
 
     def settle(self) -> None:
@@ -438,6 +459,29 @@ class _Stream:
             self.handle.update({"text/plain": ""}, raw=True)
         elif not self.jupyter and self.parts:
             print(flush=True)
+
+
+class _Waiting:
+    """--no-stream: a status line while the whole text is made (blanked when done), and
+    the notes said first."""
+
+    def __init__(self, jupyter: bool):
+        self.jupyter = jupyter
+        self.handle = None
+
+    def start(self, notes: tuple[str, ...]) -> None:
+        message = "generating; the text shows when it is complete (Ctrl-C stops it)"
+        if not self.jupyter:
+            for note in notes:
+                print(f"⚠ {note}", file=sys.stderr, flush=True)
+            print(f"… {message}", file=sys.stderr, flush=True)
+            return
+        self.handle = display(StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True)
+
+    def done(self) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+            self.handle = None
 
 
 def _show_partial(sink: _Stream | None, partial) -> None:

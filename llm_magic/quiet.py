@@ -42,15 +42,17 @@ def silenced() -> Iterator[None]:
     """Nothing on stdout or stderr from this thread's libraries while the block runs:
     their bars off, their log level at errors, warnings ignored, and what they still
     write (the .gguf reader's own tqdm bar) caught and dropped. Failures still raise."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
     sink = io.StringIO()
-    with library_bars_off(), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    # Silenced before the first import too: importing transformers imports tqdm.auto,
+    # which warns "IProgress not found" in a kernel without ipywidgets.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
-        hf_logging.set_verbosity_error()
-        try:
-            yield
-        finally:
-            hf_logging.set_verbosity(level)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        with library_bars_off():
+            hf_logging.set_verbosity_error()
+            try:
+                yield
+            finally:
+                hf_logging.set_verbosity(level)

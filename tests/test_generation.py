@@ -708,3 +708,52 @@ def test_no_chat_template_is_said_on_the_card_in_the_result_and_for_system(shell
 def test_smollm2_has_a_template_and_says_nothing_about_it(shell, smollm2_gguf):
     result, captured = run(shell, f"%llm_load {smollm2_gguf}")
     assert "chat template" not in captured.stdout
+
+
+# --- feedback before the first token, and a quiet load, in a real kernel ----------------------
+
+def test_a_terminal_says_the_lowered_budget_before_the_text(shell, tiny):
+    both = io.StringIO()  # stdout and stderr in one, to see the order
+    old = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = both
+    try:
+        prompt = " ".join(["dog"] * 200)
+        result = shell.run_cell(f"%%llm_generate --greedy --max-new-tokens 100\n{prompt}", store_history=True)
+    finally:
+        sys.stdout, sys.stderr = old
+    text = both.getvalue()
+    assert result.success and text.startswith("⚠ max_new_tokens lowered from 100 to")
+    assert text.index("max_new_tokens lowered") < text.index(result.result.text.strip()[:10])
+
+
+@pytest.mark.slow
+def test_a_kernel_shows_status_before_the_first_token_and_a_quiet_load_shows_nothing(tiny_model_dir):
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        def execute(code):
+            msg_id = kc.execute(code)
+            _reply(kc, msg_id, 300)
+            shown = []
+            while True:
+                msg = kc.get_iopub_msg(timeout=60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    return shown
+                if msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+                    content = msg["content"]
+                    shown.append((msg["msg_type"], content.get("text") or content.get("data", {}).get("text/plain", "")))
+
+        assert execute(f"%load_ext llm_magic\n%llm_load {tiny_model_dir} --quiet") == []  # nothing at all
+        prompt = " ".join(["dog"] * 200)
+        for flags in ("--no-stream", ""):
+            shown = execute(f"%%llm_generate {flags} --greedy --max-new-tokens 100\n{prompt}")
+            kind, first = shown[0]
+            assert kind == "display_data", shown
+            assert ("generating; the text shows when it is complete" if flags else "waiting for the first token") in first
+            assert "max_new_tokens lowered from 100 to" in first  # said first, not only after the text
+            assert shown[-1][0] == "execute_result" and "stopped:" in shown[-1][1]
+    finally:
+        km.shutdown_kernel(now=True)

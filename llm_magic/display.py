@@ -128,8 +128,6 @@ class LoadCard(Card):
             rows.append(("revision", i.revision[:12]))
         if i.trust_remote_code:
             rows.append(("remote code", "trusted (--trust-remote-code)"))
-        if getattr(i, "chat_template", None) is False:
-            rows.append(("chat template", NO_TEMPLATE))
         what = "loaded in" if self.cache_state != "cached" else "cache hit"
         n = self.cache_models
         rows.append((what, format_seconds(self.seconds)))
@@ -139,7 +137,8 @@ class LoadCard(Card):
         return rows
 
     def notes(self) -> list[str]:
-        return list(self.budget_notes) + list(self.info.warnings)
+        template = [f"chat template: {NO_TEMPLATE}"] if getattr(self.info, "chat_template", None) is False else []
+        return list(self.budget_notes) + list(self.info.warnings) + template
 
 
 @dataclass(frozen=True, repr=False)

@@ -412,7 +412,7 @@ def test_result_metadata_and_escaped_html(shell, tiny):
     assert meta["model"] == tiny.info.name and meta["dtype"] == tiny.info.dtype and meta["seed"] == 3
     assert meta["settings"]["temperature"] == 0.7 and meta["settings"]["max_new_tokens"] == 4
     assert set(meta["versions"]) >= {"torch", "transformers", "python", "llm_magic"}
-    footer = data["text/plain"].splitlines()[-1]
+    footer = next(line for line in data["text/plain"].splitlines() if line.startswith("── "))  # notes follow it
     for part in ("prompt tokens", "new", "first token", "tokens/s", "stopped:"):
         assert part in footer
     nasty = dataclasses.replace(r, text="<script>alert(1)</script>")
@@ -695,7 +695,7 @@ def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):
 
 def test_no_chat_template_is_said_on_the_card_in_the_result_and_for_system(shell, tiny_model_dir):
     result, captured = run(shell, f"%llm_load {tiny_model_dir} --as base")
-    assert "chat template  none — prompts are continued as plain text" in captured.stdout
+    assert "⚠ chat template: none — prompts are continued as plain text" in captured.stdout
     result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 3\nHello")
     assert any(n.startswith("no chat template: the prompt was continued as plain text") for n in result.result.notes)
     assert "⚠ no chat template" in captured.stdout

@@ -72,7 +72,7 @@ def dead_pid() -> int:
 # --------------------------------------------------------------- 1. a damaged copy heals
 
 
-@pytest.mark.parametrize("damage", ["truncated", "weights deleted", "marker deleted"])
+@pytest.mark.parametrize("damage", ["truncated", "weights deleted", "marker deleted", "tokenizer deleted"])
 def test_a_damaged_copy_is_converted_again_and_answers_as_before(tiny_gguf, cache, damage):
     handle, _, messages = load(tiny_gguf)
     before = answer(handle)
@@ -83,6 +83,8 @@ def test_a_damaged_copy_is_converted_again_and_answers_as_before(tiny_gguf, cach
         os.truncate(weights, weights.stat().st_size // 2)
     elif damage == "weights deleted":
         weights.unlink()
+    elif damage == "tokenizer deleted":
+        (folder / "tokenizer_config.json").unlink()
     else:
         (folder / gguf_cache.MARK).unlink()
     assert gguf_cache.problem(folder) is not None

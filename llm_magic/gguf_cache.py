@@ -80,8 +80,16 @@ def problem(folder: Path) -> str | None:
         return "it is missing"
     if not (folder / MARK).is_file():
         return f"{MARK} is missing: the conversion did not finish"
-    if not (folder / "config.json").is_file():
-        return "config.json is missing"
+    try:
+        written = json.loads((folder / MARK).read_text()).get("files") or {"config.json": None}
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{MARK} is unreadable ({type(e).__name__})"
+    for name, size in written.items():  # every file the conversion wrote, at its size
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if size is not None and not name.endswith(".safetensors") and path.stat().st_size != size:
+            return f"{name}: {path.stat().st_size} bytes, {size} were written"
     try:
         index = folder / _INDEX
         names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
@@ -111,7 +119,7 @@ def _process_gone(pid: int, since: float) -> bool:
 
     A PID the system has since given to a newer process (started after the folder was
     last written) counts as gone; a zombie too. A process of another user is alive."""
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # on Windows, os.kill(pid, 0) would send a Ctrl-C
         return False
     try:
         os.kill(pid, 0)
@@ -162,6 +170,7 @@ def _discard(folder: Path) -> None:
     deleted copy under the real name; a kernel killed meanwhile leaves a leftover that
     `remove_leftovers` takes."""
     aside = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)  # this process's own, from a removal that stopped halfway
     try:
         os.rename(folder, aside)
     except FileNotFoundError:
@@ -364,7 +373,9 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        mark = {"gguf": gguf_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": dtype, "converted": time.time()}
+        files = {f.name: f.stat().st_size for f in partial.iterdir() if f.is_file()}
+        mark = {"gguf": gguf_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": dtype, "converted": time.time(),
+                "files": files}
         (partial / MARK).write_text(json.dumps(mark))
         del model
         try:

@@ -132,8 +132,10 @@ def test_a_partial_folder_of_a_dead_process_is_removed_at_the_next_load(tiny_ggu
     stale = cache / f"{name}.partial-{dead_pid()}"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\0" * 4096)
+    deleting = cache / f"{name}.old-{dead_pid()}"  # a kernel killed while it deleted a copy
+    deleting.mkdir()
     _, text, messages = load(tiny_gguf)  # the copy is sound: no conversion, and still swept
-    assert not stale.exists()
+    assert not stale.exists() and not deleting.exists()
     assert not any("converting" in m for m in messages)
     assert f"removed {stale.name}, left by a conversion whose process is gone" in text
 

@@ -193,11 +193,11 @@ def available() -> Available:
 def hub_models(problems: list[str] | None = None) -> tuple[HubModel, ...]:
     """The model repositories of the local Hugging Face cache, read by huggingface_hub's
     own scanner (so a change of the cache's layout is the library's concern)."""
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
     from huggingface_hub.utils import CacheNotFound
 
     try:
-        info = scan_cache_dir()
+        info = scan_cache_dir(constants.HF_HUB_CACHE)  # the folder the card names
     except CacheNotFound:
         return ()
     if problems is not None:

@@ -447,8 +447,8 @@ def _folder_facts(folder: Path, dtype: str | None) -> dict:
         try:
             header, _ = sizing.read_safetensors_header(file)
         except (OSError, ValueError) as e:
-            reason = str(e).removeprefix(f"{file}: ")
-            bad.append(f"{file} ({file.stat().st_size} bytes; {reason})")
+            reason = str(e).removeprefix(f"{file}: ").removeprefix("Error while deserializing header: ")
+            bad.append(f"{file} ({file.stat().st_size} bytes: {reason})")
             continue
         for key, value in header.items():
             if key != "__metadata__":

@@ -56,6 +56,7 @@ def _matcher_for(shell):
             return {"completions": [], "suppress": False}
         fragment, completions = found
         # Ours are the answers in a magic's line: a file or Python name would be wrong there.
+        # (IPython lets a matcher suppress the others only when it has completions.)
         return {"completions": completions, "matched_fragment": fragment, "suppress": bool(completions), "ordered": True}
 
     return llm_magic_matcher

@@ -62,7 +62,8 @@ def pretrained_models() -> list:
 
 def corrupt_copy(src: Path, dst: Path) -> Path:
     """A copy whose shard has a valid header with one tensor's shape transposed: the model
-    object is built, then loading its weights fails (a real corrupt-shard failure)."""
+    object is built, then loading its weights fails (a real corrupt-shard failure).
+    Edited by hand: the safetensors library writes only consistent files."""
     shutil.copytree(src, dst)
     shard = dst / "model.safetensors"
     raw = shard.read_bytes()
@@ -299,7 +300,8 @@ def test_damaged_safetensors_header_is_a_value_error_with_the_librarys_reason(ti
         sizing.read_safetensors_header(damaged)
     header, size = sizing.read_safetensors_header(tiny_model_dir / "model.safetensors")
     assert header["__metadata__"] == {"format": "pt"} and header["transformer.wte.weight"]["dtype"] == "F32"
-    first = json.loads((tiny_model_dir / "model.safetensors").read_bytes()[8:size])  # the header, exactly
+    # The size against the format's definition (8-byte length, then that much JSON).
+    first = json.loads((tiny_model_dir / "model.safetensors").read_bytes()[8:size])
     assert {k: v["shape"] for k, v in first.items() if k != "__metadata__"} == {
         k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 

@@ -37,7 +37,7 @@ class Estimate:
     dtype: str
     source: str  # "safetensors" or "gguf"
     files: tuple[str, ...]
-    header_bytes_read: int  # all that was read from disk to make the estimate
+    header_bytes_read: int  # the size of the headers the estimate comes from (no tensor data is read)
     conversion_bytes: int = 0  # RAM a not-yet-converted .gguf takes while it is converted (fp32)
 
     @property

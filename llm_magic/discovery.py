@@ -9,14 +9,13 @@ MODEL answers in milliseconds on a fresh kernel).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .display import format_bytes
+from .display import CommandsCard, format_bytes
 
 # The weights files transformers loads from a snapshot; one of them (or the shards an index
 # names) must be there for the snapshot to load without the network.
@@ -109,7 +108,7 @@ class Available:
         return out + ([self.demo.line] if self.demo else [])
 
     def _sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
-        """(heading, [(what, facts, %llm_load line)]) for the text and HTML renderings."""
+        """(heading, [(what, facts, %llm_load line)]) for the card."""
         sections = []
         if self.loaded:
             sections.append(("loaded in this kernel (a cache hit: no disk read)", [
@@ -132,35 +131,18 @@ class Available:
                 ("SmolLM2-135M-Instruct (Q4_1 .gguf)", f"{format_bytes(self.demo.size_bytes)}, {self.demo.path}", self.demo.line)]))
         return sections
 
+    def card(self) -> CommandsCard:
+        sections = tuple((heading, tuple(rows)) for heading, rows in self._sections())
+        return CommandsCard("What this machine can load now, offline", sections, self.problems)
+
     def text(self) -> str:
-        lines = ["What this machine can load now, offline"]
-        for heading, rows in self._sections():
-            lines.append(f"{heading}:")
-            if not rows:
-                lines.append("  (none)")
-            for what, facts, line in rows:
-                lines += [f"  {what}  ·  {facts}", f"      {line}"]
-        lines += [f"⚠ {p}" for p in self.problems]
-        return "\n".join(lines)
+        return self.card().text()
 
     def html(self) -> str:
-        e = html.escape
-        parts = ["<div style='font-family:monospace;font-size:90%;line-height:1.4'>",
-                 "<div><b>What this machine can load now, offline</b></div>"]
-        for heading, rows in self._sections():
-            parts.append(f"<div style='margin-top:.4em;color:#666'>{e(heading)}</div>")
-            body = "".join(
-                f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
-                f"<td style='padding:0 1em 0 0;text-align:left;color:#666'>{e(facts)}</td>"
-                f"<td style='text-align:left'><code>{e(line)}</code></td></tr>"
-                for what, facts, line in rows
-            ) or "<tr><td style='padding:0 1em'>(none)</td></tr>"
-            parts.append(f"<table style='border:none'>{body}</table>")
-        parts += [f"<div style='color:#b26a00'>⚠ {e(p)}</div>" for p in self.problems]
-        return "".join(parts) + "</div>"
+        return self.card().html()
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        return {"text/plain": self.text(), "text/html": self.html()}
+        return self.card()._repr_mimebundle_()
 
     def __repr__(self) -> str:
         return self.text()

@@ -80,6 +80,7 @@ def test_hub_models_with_revisions_sizes_and_completeness(written_cache):
     assert not partial.complete and partial.revisions[0].missing == ("weights (model.safetensors)",)
     assert by_id(found, SHARDED).revisions[0].missing == ("model-00002-of-00002.safetensors",)
 
+    assert found.lines().index(main.line) + 1 == found.lines().index(v1.line)
     text = found.text()
     assert f"%llm_load {TWO_REVS}\n" in text and f"%llm_load {TWO_REVS} --revision v1" in text
     assert "incomplete: lacks weights (model.safetensors) (needs the network)" in text

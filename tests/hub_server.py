@@ -16,6 +16,13 @@ from urllib.parse import unquote
 
 _RESOLVE = re.compile(r"^/(?P<repo>.+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
+# The repositories of the `hf_written_cache` fixture (conftest.py).
+TWO_REVS = "discovery-tests/two-revisions"  # main complete, v1 with config.json only
+PARTIAL = "discovery-tests/partial"  # config.json only: an interrupted download
+SHARDED = "discovery-tests/sharded"  # an index naming two shards, one of them missing
+HOLDOUT = "holdout-org/tiny-cached"  # for the completion of `%llm_load holdout-`
+MAIN, V1 = "a" * 40, "b" * 40
+
 
 class LoopbackHub:
     """`repos[repo_id][revision] = (commit, {filename: bytes})`; a revision is a branch,
@@ -89,3 +96,30 @@ def download(hub: LoopbackHub, repo_id: str, revision: str, filenames, cache_dir
         path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, endpoint=hub.endpoint,
                                etag_timeout=5)
     return Path(path).parent
+
+
+def write_test_repos(model_dir: Path, cache_dir: Path) -> dict:
+    """The repositories above, downloaded into `cache_dir` by hf_hub_download; returns
+    the files served and the snapshot folders."""
+    import json
+
+    files = folder_files(model_dir)
+    config_v1 = json.dumps({**json.loads(files["config.json"]), "n_layer": 1}).encode()
+    index = json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                                       "b": "model-00002-of-00002.safetensors"}}).encode()
+    sharded = {"config.json": files["config.json"], "model.safetensors.index.json": index,
+               "model-00001-of-00002.safetensors": files["model.safetensors"]}
+    with LoopbackHub() as hub:
+        hub.add(TWO_REVS, MAIN, files, refs=("main",))
+        hub.add(TWO_REVS, V1, {**files, "config.json": config_v1}, refs=("v1",))
+        hub.add(PARTIAL, "c" * 40, files, refs=("main",))
+        hub.add(SHARDED, "d" * 40, sharded, refs=("main",))
+        hub.add(HOLDOUT, "e" * 40, files, refs=("main",))
+        snapshots = {
+            TWO_REVS: download(hub, TWO_REVS, "main", files, cache_dir),
+            "v1": download(hub, TWO_REVS, "v1", ["config.json"], cache_dir),
+            PARTIAL: download(hub, PARTIAL, "main", ["config.json"], cache_dir),
+            SHARDED: download(hub, SHARDED, "main", sharded, cache_dir),
+            HOLDOUT: download(hub, HOLDOUT, "main", files, cache_dir),
+        }
+    return {"files": files, "snapshots": snapshots}

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
+from hub_server import HOLDOUT, TWO_REVS, V1
 from IPython.core.completer import provisionalcompleter
-from test_discovery import HOLDOUT, TWO_REVS, V1, written_cache  # noqa: F401  (the fixture)
 
 from llm_magic import completion
 

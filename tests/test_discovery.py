@@ -13,48 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hub_server import LoopbackHub, download, folder_files
+from hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHub
 
 import llm_magic
 from llm_magic import MODEL_CACHE, loading
-
-TWO_REVS = "discovery-tests/two-revisions"  # main complete, v1 with config.json only
-PARTIAL = "discovery-tests/partial"  # config.json only: an interrupted download
-SHARDED = "discovery-tests/sharded"  # an index naming two shards, one of them missing
-HOLDOUT = "holdout-org/tiny-cached"  # for the completion of `%llm_load holdout-`
-MAIN, V1 = "a" * 40, "b" * 40
-
-
-def hub_cache() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-@pytest.fixture(scope="module")
-def written_cache(tiny_model_dir) -> dict:
-    """Repositories downloaded into HF_HOME by huggingface_hub's own hf_hub_download."""
-    files = folder_files(tiny_model_dir)
-    config_v1 = json.dumps({**json.loads(files["config.json"]), "n_layer": 1}).encode()
-    index = json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                       "b": "model-00002-of-00002.safetensors"}}).encode()
-    sharded = {"config.json": files["config.json"], "model.safetensors.index.json": index,
-               "model-00001-of-00002.safetensors": files["model.safetensors"]}
-    with LoopbackHub() as hub:
-        hub.add(TWO_REVS, MAIN, files, refs=("main",))
-        hub.add(TWO_REVS, V1, {**files, "config.json": config_v1}, refs=("v1",))
-        hub.add(PARTIAL, "c" * 40, files, refs=("main",))
-        hub.add(SHARDED, "d" * 40, sharded, refs=("main",))
-        hub.add(HOLDOUT, "e" * 40, files, refs=("main",))
-        snapshots = {
-            TWO_REVS: download(hub, TWO_REVS, "main", files, hub_cache()),
-            "v1": download(hub, TWO_REVS, "v1", ["config.json"], hub_cache()),
-            PARTIAL: download(hub, PARTIAL, "main", ["config.json"], hub_cache()),
-            SHARDED: download(hub, SHARDED, "main", sharded, hub_cache()),
-            HOLDOUT: download(hub, HOLDOUT, "main", files, hub_cache()),
-        }
-    return {"files": files, "snapshots": snapshots}
-
 
 def by_id(available, repo_id):
     return next(m for m in available.hub if m.repo_id == repo_id)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import errors, gguf_cache, hardware, loading, sizing
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
+from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
@@ -152,7 +153,7 @@ def estimate(source: loading.Source, dtype: str) -> sizing.Estimate | None:
     converted = gguf_cache.usable_copy(source.path, dtype) if source.kind == "gguf" else None
     try:
         return sizing.estimate(source, dtype, converted)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ImportError):  # ImportError: no gguf package
         return None
 
 

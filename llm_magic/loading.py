@@ -15,14 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import gguf_cache, hardware
+from . import gguf_cache, hardware, sizing
 from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
 
 # A Hub id is "name" or "org/name"; anything else that does not exist on disk is a bad path.
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -105,20 +104,18 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
 
 
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot folder of `repo_id` at `revision` (default main), or None."""
-    from huggingface_hub import constants
+    """The local snapshot folder of `repo_id` at `revision` (default main), or None.
 
-    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
-    rev = revision or "main"
-    commit = rev if _COMMIT.match(rev) else None
-    if commit is None:
-        ref = repo / "refs" / rev
-        if not ref.is_file():
-            return None
-        commit = ref.read_text().strip()
-    snapshot = repo / "snapshots" / commit
-    # A snapshot without config.json is a partial download: let the Hub finish it.
-    return snapshot if (snapshot / "config.json").is_file() else None
+    huggingface_hub's own cache lookup resolves the branch or tag to its commit; a
+    snapshot without config.json is a partial download: the Hub must finish it."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except HFValidationError:  # not a valid repo id: nothing of it can be cached
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def _missing_path(text: str, path: Path) -> LoadError:
@@ -326,24 +323,6 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
-    """(header, None) for a sound .safetensors file, (None, why) for a damaged one.
-    Reads only the header: 8 bytes of length, then that much JSON."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or n > size - 8:
-                return None, "header length beyond the end of the file"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        return None, f"unreadable header ({type(e).__name__})"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    if 8 + n + max(ends, default=0) != size:
-        return None, f"{size} bytes, the header describes {8 + n + max(ends, default=0)}"
-    return header, None
-
-
 def failure_context(name: str, source: Source | None, dtype: str | None, device_map, revision: str | None) -> dict:
     """Facts about a failed load for errors.diagnose_load; each gathered on its own so
     one that cannot be read leaves the others."""
@@ -378,8 +357,10 @@ def failure_context(name: str, source: Source | None, dtype: str | None, device_
 def _hub_facts() -> dict:
     from huggingface_hub import constants
 
+    from .discovery import hub_models
+
     cache = Path(constants.HF_HUB_CACHE)
-    repos = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")) if cache.is_dir() else []
+    repos = [m.repo_id for m in hub_models()]
     disks = []
     for label, where in (("HF_HOME", constants.HF_HOME), ("LLM_MAGIC_CACHE", str(converted_cache_root()))):
         existing = Path(where)
@@ -424,9 +405,11 @@ def _folder_facts(folder: Path, dtype: str | None) -> dict:
     facts: dict[str, Any] = {"files": sorted(p.name for p in folder.iterdir())}
     params, bad = 0, []
     for file in sorted(folder.glob("*.safetensors")):
-        header, why = safetensors_header(file)
-        if header is None:
-            bad.append(f"{file} ({why})")
+        try:
+            header, _ = sizing.read_safetensors_header(file)
+        except (OSError, ValueError) as e:
+            reason = str(e).removeprefix(f"{file}: ").removeprefix("Error while deserializing header: ")
+            bad.append(f"{file} ({file.stat().st_size} bytes: {reason})")
             continue
         for key, value in header.items():
             if key != "__metadata__":

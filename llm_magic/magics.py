@@ -69,7 +69,8 @@ class LLMMagics(Magics):
     batch_size = Int(0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU).").tag(config=True)
 
     @magic_arguments()
-    @argument("model", help="Hub id (org/name), a save_pretrained folder, or a .gguf file.")
+    @argument("model", nargs="?", default=None,
+              help="Hub id (org/name), a save_pretrained folder, or a .gguf file. Without it: what this machine can load now.")
     @argument(
         "--dtype",
         default=None,
@@ -95,6 +96,8 @@ class LLMMagics(Magics):
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
         args = parse_argstring(self.llm_load, line)
+        if args.model is None:
+            return api.available()
         dtype = args.dtype or self.dtype
         try:
             hardware.normalize_dtype(dtype)

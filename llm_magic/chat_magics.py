@@ -52,7 +52,7 @@ class ChatMagics(Magics):
               "(one per model, named after it).")
     @argument("--system", default=None, help="Set the conversation's system message (filled like the cell).")
     @argument("--new", action="store_true", help="Start the conversation over (its turns and system message go).")
-    @argument("--retry", action="store_true", help="Ask the last question again: a new answer replaces the last one.")
+    @argument("--retry", action="store_true", help="%%llm_chat --retry: ask the last question again; a new answer replaces the last one.")
     @generation_flags
     @argument("--show", nargs="?", const="", default=None, metavar="CONV",
               help="%%llm_chat --show [CONV]: show the conversation (default: the one used last).")
@@ -79,7 +79,8 @@ class ChatMagics(Magics):
             raise UsageError("%%llm_chat takes the message in the cell below it (two %); "
                              "%llm_chat takes --show, --list, --reset or --retry")
         if args.retry and cell is not None and cell.strip():
-            raise UsageError("--retry asks the last question again: leave the cell empty, or drop --retry to ask this one")
+            raise UsageError("--retry asks the last question again: %llm_chat --retry (one %, no cell), "
+                             "or drop --retry to ask this cell's question")
         return self._ask(args, cell or "")
 
     def _manage(self, args):

@@ -207,7 +207,7 @@ def ask(conversation: Conversation, engine: Engine, text: str, settings, *, cell
         if not text or not text.strip():
             raise GenerationError("the message is empty: nothing to send to the model",
                                   fixes=["write the message in the cell, under the %%llm_chat line",
-                                         "%%llm_chat --retry asks the last question again"])
+                                         "%llm_chat --retry asks the last question again"])
         index, note = conversation.place(cell_id)
         if note:
             notes.append(note)

@@ -62,6 +62,10 @@ def test_without_cell_ids_turns_append(shell, tiny):
     chat(shell, "hello")
     chat(shell, "hello")
     assert users() == ["hello", "hello"]
+    chat(shell, "from a cell", cell_id="a")
+    with capture_output():  # a silent run (no pre_run_cell event) must not pass for cell "a"
+        assert shell.run_cell("%%llm_chat --greedy --max-new-tokens 2\nsilently", silent=True).success
+    assert users() == ["hello", "hello", "from a cell", "silently"]
 
 
 def test_an_error_leaves_the_conversation_as_it_was(shell, tiny):

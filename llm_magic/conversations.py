@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .engines import Engine, Request
 from .errors import GenerationError, LLMError
@@ -51,12 +51,6 @@ class Conversation:
         """The conversation as chat messages: the system one (if any), then user and assistant in turn."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [m for turn in self.turns for m in turn.messages()]
-
-    def __len__(self) -> int:
-        return len(self.turns)
-
-    def __iter__(self) -> Iterator[Turn]:
-        return iter(self.turns)
 
     def reset(self, system: str | None = None) -> None:
         """Start over: no turns, and the given system message (or none). In place, so every

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
+from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError, diagnose_generation, diagnose_load  # noqa: E402
 
-__all__ = ["load", "load_with_card", "generate", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError",
+__all__ = ["available", "load", "load_with_card", "generate", "chat", "conversation", "Conversation", "models", "unload", "demo_model",
+           "LLMError", "LoadError", "GenerationError",
            "__version__"]
 
 
@@ -36,22 +38,33 @@ def demo_model() -> str:
 
 
 def load_ipython_extension(ipython) -> None:
+    from . import completion
+    from .chat_magics import ChatMagics, watch_cells
     from .magics import LLMMagics, watch_shell
 
-    ipython.register_magics(LLMMagics)
+    settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
+    ipython.register_magics(settings)
+    ipython.register_magics(ChatMagics(ipython, settings))
     watch_shell(ipython)
+    watch_cells(ipython)
+    completion.register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
+    from . import completion
+    from .chat_magics import unwatch_cells
     from .display import format_bytes
     from .magics import remove_magics, unwatch_shell
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     released = MODEL_CACHE.clear()
+    CONVERSATIONS.clear()
     unwatch_shell(ipython)
+    unwatch_cells(ipython)
+    completion.unregister(ipython)
     remove_magics(ipython)
     models = f"{count} model{'s' if count != 1 else ''}, {format_bytes(size)}" if count else "no model was loaded"
     held = "" if released.freed else f" (still referenced by {', '.join(released.held_by) or 'another object'})"

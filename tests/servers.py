@@ -189,3 +189,16 @@ class KeyProxy:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def smoke_request(server: ServerProcess, timeout: float = 120.0) -> None:
+    """One tiny completion: raises RuntimeError (with the log) if the server dies on it."""
+    body = json.dumps({"model": served_ids(server.url)[0], "prompt": "Hi", "max_tokens": 1}).encode()
+    request = urllib.request.Request(server.url + "/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            reply.read()
+    except (urllib.error.URLError, OSError) as e:
+        time.sleep(0.5)
+        state = f"exit code {server.process.poll()}" if server.process.poll() is not None else "still running"
+        raise RuntimeError(f"{type(e).__name__}: {e} ({state}); log tail:\n{server.tail(600)}") from e

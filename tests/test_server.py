@@ -153,15 +153,17 @@ def test_streaming_shows_text_before_the_end_and_reports_usage(loaded):
     assert f"{result.prompt_tokens} prompt tokens · {result.new_tokens} new" in footer and "served" in footer
 
 
-def test_raw_system_stop_and_show_prompt(loaded):
+def test_raw_system_and_show_prompt(loaded):
     shell, entry, _ = loaded
     result, out = run(shell, "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is")
     assert result.success, result.error_in_exec
+    assert shell.user_ns["r"] is result.result
     assert "sent as is to /v1/completions" in result.result.notes
-    assert "The capital of France is" in out.stdout
+    assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
     system, out = run(shell, "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
                              + QUESTION)
-    assert system.success and '"role": "system"' in out.stdout and "Answer in French." in out.stdout
+    shown = out.outputs[0].data["text/plain"]
+    assert system.success and "messages as sent" in shown and '"role": "system"' in shown and "Answer in French." in shown
 
 
 def test_ctrl_c_mid_stream_keeps_the_partial_text(loaded):
@@ -313,3 +315,34 @@ def test_read_timeout_gives_a_card(shell, transformers_server):
         assert "did not answer within 0.5 s" in text
     finally:
         server_engine.DEFAULTS.timeout = old
+
+
+# --- the example notebook --------------------------------------------------------------
+
+def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(transformers_server, monkeypatch, tmp_path):
+    """examples/server.ipynb in a real kernel, through a key-checking proxy: the key comes
+    from OPENAI_API_KEY (the default variable) and appears nowhere in the saved notebook."""
+    import sys
+
+    import nbformat
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from run_notebook import cell_text, run as run_notebook
+
+    proxy = servers.KeyProxy(transformers_server.url, KEY)
+    monkeypatch.setenv("LLM_MAGIC_SERVER_URL", proxy.url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    try:
+        notebook = run_notebook(Path(__file__).resolve().parents[1] / "examples" / "server.ipynb")
+    finally:
+        proxy.stop()
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    texts = {c.source.splitlines()[0]: cell_text(c) for c in code}
+    card = texts["%llm_load --server $url --as remote"]
+    assert f"served at {proxy.url}" in card and "from $OPENAI_API_KEY" in card
+    assert "Paris" in texts["%%llm_generate -m remote --greedy --max-new-tokens 12"]
+    assert "3 results in 3 requests" in texts["%%llm_generate -m remote --over countries --greedy --max-new-tokens 8 --out answers"]
+    assert "nothing is listening at 127.0.0.1:9" in texts["%llm_load --server http://127.0.0.1:9/v1"]
+    saved = tmp_path / "server.ipynb"
+    nbformat.write(notebook, saved)
+    assert KEY not in saved.read_text()

@@ -256,6 +256,8 @@ def test_a_web_server_that_is_not_an_openai_api(shell):
         text = fail(shell, f"%llm_load --server {web.url}")
         assert "is not an OpenAI-compatible API" in text and "an HTML page" in text
         assert "/v1" in text  # the fix names the usual base path
+        tls = fail(shell, f"%llm_load --server https://127.0.0.1:{web.port}/v1")  # TLS spoken to a plain-HTTP server
+        assert "TLS handshake with 127.0.0.1" in tls and "write http://" in tls
     finally:
         web.stop()
 

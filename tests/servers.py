@@ -141,11 +141,16 @@ def static_http_server() -> ServerProcess:
 
 class KeyProxy:
     """A tiny real HTTP proxy on loopback that forwards to `upstream` only requests whose
-    `Authorization: Bearer KEY` matches, and answers 401 otherwise (as OpenAI does)."""
+    `Authorization: Bearer KEY` matches, and answers 401 otherwise (as OpenAI does).
+    With `busy=N` (and no key), the first N POSTs get 429 "busy" with Retry-After: 0."""
 
-    def __init__(self, upstream: str, key: str):
+    def __init__(self, upstream: str, key: str | None = None, busy: int = 0):
         upstream = upstream.rstrip("/")
-        expected = f"Bearer {key}"
+        expected = f"Bearer {key}" if key else None
+        proxy = self
+        self.busy_left = busy
+        self.refused = 0
+        lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -153,8 +158,26 @@ class KeyProxy:
             def log_message(self, *args):  # quiet
                 pass
 
+            def _reply(self, status: int, body: bytes, headers: dict) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _forward(self):
-                if self.headers.get("Authorization") != expected:
+                if self.command == "POST":
+                    with lock:
+                        busy = proxy.busy_left > 0
+                        proxy.busy_left -= busy
+                        proxy.refused += busy
+                    if busy:
+                        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                        body = json.dumps({"error": {"message": "Server busy, try again.", "type": "rate_limit"}}).encode()
+                        self._reply(429, body, {"Content-Type": "application/json", "Retry-After": "0"})
+                        return
+                if expected is not None and self.headers.get("Authorization") != expected:
                     body = json.dumps({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
                                                  "code": "invalid_api_key"}}).encode()
                     self.send_response(401)

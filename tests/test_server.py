@@ -220,6 +220,23 @@ def test_over_one_item_failing_leaves_the_others(llama_server, shell):
     assert "1 failed ([1])" in results.summary()
 
 
+def test_over_retries_a_busy_server_then_reports_it(shell, transformers_server):
+    """A real proxy answers 429 to the first requests: they are retried and succeed; a
+    server that stays busy gives the rate-limit card once the retries are spent."""
+    shell.user_ns["seqs"] = SEQUENCES[:2]
+    proxy = servers.KeyProxy(transformers_server.url, busy=3)
+    try:
+        shell.run_line_magic("llm_load", f"--server {proxy.url} --as busy --quiet")
+        result, _ = run(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}")
+        assert result.success, result.error_in_exec
+        assert proxy.refused == 3 and not result.result.failed and all(r.new_tokens > 0 for r in result.result)
+        proxy.busy_left = 10**6
+        text = fail(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}", GenerationError, 60)
+        assert "rate-limiting requests (429)" in text and "--concurrency" in text
+    finally:
+        proxy.stop()
+
+
 # --- failures, produced for real ----------------------------------------------------------
 
 def fail(shell, cell: str, error_type=LoadError, seconds: float = 5.0) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import available, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError, diagnose_generation, diagnose_load  # noqa: E402
 
-__all__ = ["load", "load_with_card", "generate", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError",
+__all__ = ["available", "load", "load_with_card", "generate", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError",
            "__version__"]
 
 
@@ -36,16 +36,20 @@ def demo_model() -> str:
 
 
 def load_ipython_extension(ipython) -> None:
+    from . import completion
     from .magics import LLMMagics, watch_shell
 
     ipython.register_magics(LLMMagics)
     watch_shell(ipython)
+    completion.register(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included): switching models never needs a kernel restart."""
+    from . import completion
     from .magics import unwatch_shell
 
     MODEL_CACHE.clear()
     unwatch_shell(ipython)
+    completion.unregister(ipython)

@@ -296,6 +296,81 @@ class UnloadCard(Card):
                 "delete that reference to free it"]
 
 
+@dataclass(frozen=True, repr=False)
+class DiskCard(Card):
+    """`%llm_models --disk` / `%llm_unload --disk`: the converted copies of .gguf files on
+    disk (gguf_cache.ConvertedCopy values), their sizes and sources; what was deleted."""
+
+    folder: str  # where the copies live
+    copies: tuple = ()  # what is there now
+    deleted: tuple = ()  # what this call deleted
+    free_bytes: int | None = None  # on the copies' disk
+
+    def title(self) -> str:
+        if self.deleted:
+            names = ", ".join(c.name for c in self.deleted)
+            return f"deleted {names} ({format_bytes(sum(c.size_bytes for c in self.deleted))} freed)"
+        n = len(self.copies)
+        return f"{n} converted .gguf cop{'y' if n == 1 else 'ies'}, {format_bytes(sum(c.size_bytes for c in self.copies))} on disk"
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [(c.name, f"{format_bytes(c.size_bytes)}  {c.dtype}  from {c.gguf or '?'}{_source_state(c)}") for c in self.copies]
+        free = f"  ({format_bytes(self.free_bytes)} free)" if self.free_bytes is not None else ""
+        return rows + [("folder", self.folder + free)]
+
+    def notes(self) -> list[str]:
+        return [f"{c.name}: damaged ({c.problem}); the next load converts it again" for c in self.copies if c.problem]
+
+
+def _source_state(copy) -> str:
+    if not copy.gguf:
+        return ""
+    if not copy.source_exists:
+        return "  (the .gguf is gone)"
+    return "" if copy.source_matches else "  (the .gguf changed since: the next load converts it again)"
+
+
+@dataclass(frozen=True, repr=False)
+class CommandsCard:
+    """Sections of things to act on, each row (what, facts, the command that does it):
+    what `%llm_load` with no MODEL shows."""
+
+    title: str
+    sections: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]  # (heading, rows)
+    warnings: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        lines = [self.title]
+        for heading, rows in self.sections:
+            lines.append(f"{heading}:")
+            if not rows:
+                lines.append("  (none)")
+            for what, facts, command in rows:
+                lines += [f"  {what}  ·  {facts}", f"      {command}"]
+        return "\n".join(lines + [f"⚠ {w}" for w in self.warnings])
+
+    def html(self) -> str:
+        e = html.escape
+        parts = [f"<div><b>{e(self.title)}</b></div>"]
+        for heading, rows in self.sections:
+            parts.append(f"<div style='margin-top:.4em;color:#666'>{e(heading)}</div>")
+            body = "".join(
+                f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
+                f"<td style='padding:0 1em 0 0;text-align:left;color:#666'>{e(facts)}</td>"
+                f"<td style='text-align:left'><code>{e(command)}</code></td></tr>"
+                for what, facts, command in rows
+            ) or "<tr><td style='padding:0 1em'>(none)</td></tr>"
+            parts.append(f"<table style='border:none'>{body}</table>")
+        parts += [f"<div style='color:#b26a00'>⚠ {e(w)}</div>" for w in self.warnings]
+        return "<div style='font-family:monospace;font-size:90%;line-height:1.4'>" + "".join(parts) + "</div>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return {"text/plain": self.text(), "text/html": self.html()}
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
 def _short(name: str) -> str:
     """A Hub id as is; a path by its last part."""
     return name if "/" not in name or not name.startswith(("/", ".", "~")) else name.rstrip("/").rsplit("/", 1)[-1]

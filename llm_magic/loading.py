@@ -6,25 +6,22 @@ stay fast, so the heavy imports live inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hardware
+from . import gguf_cache, hardware, sizing
 from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
 
 # A Hub id is "name" or "org/name"; anything else that does not exist on disk is a bad path.
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_CONVERTED_MARK = "llm_magic_gguf.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ class ModelInfo:
     trust_remote_code: bool = False
     converted_from: str | None = None  # the .gguf file, for a converted model
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    load_notes: tuple[str, ...] = ()  # what this load did on the way (a copy converted again): its card only
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
@@ -81,7 +79,7 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     path = Path(text).expanduser()
     if text.lower().endswith(".gguf"):
         if not path.is_file():
-            raise _missing_path(text, path)
+            raise _missing_gguf(text, path)
         return Source("gguf", text, str(path.resolve()), revision)
     if path.is_dir():
         return Source("folder", text, str(path.resolve()), revision)
@@ -106,20 +104,18 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
 
 
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot folder of `repo_id` at `revision` (default main), or None."""
-    from huggingface_hub import constants
+    """The local snapshot folder of `repo_id` at `revision` (default main), or None.
 
-    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
-    rev = revision or "main"
-    commit = rev if _COMMIT.match(rev) else None
-    if commit is None:
-        ref = repo / "refs" / rev
-        if not ref.is_file():
-            return None
-        commit = ref.read_text().strip()
-    snapshot = repo / "snapshots" / commit
-    # A snapshot without config.json is a partial download: let the Hub finish it.
-    return snapshot if (snapshot / "config.json").is_file() else None
+    huggingface_hub's own cache lookup resolves the branch or tag to its commit; a
+    snapshot without config.json is a partial download: the Hub must finish it."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except HFValidationError:  # not a valid repo id: nothing of it can be cached
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def _missing_path(text: str, path: Path) -> LoadError:
@@ -131,6 +127,23 @@ def _missing_path(text: str, path: Path) -> LoadError:
     if _HUB_ID.match(text.lstrip("./~")):
         fixes.append(f"for the Hub id, drop the path prefix: %llm_load {text.lstrip('./~')}")
     return LoadError(f"{text}: no such file or folder", "the path does not exist", fixes)
+
+
+def _missing_gguf(text: str, path: Path) -> LoadError:
+    """A .gguf that is gone: where it was looked for, and the converted copies it left
+    (plain safetensors folders that load without it)."""
+    error = _missing_path(text, path)
+    left = [c for c in gguf_cache.converted_copies() if c.gguf == str(path.resolve()) and c.problem is None]
+    if not left:
+        return error
+    d = error.diagnosis
+    return LoadError(
+        f"{text}: the .gguf file is gone",
+        f"nothing is at {path.resolve()}; {len(left)} converted cop{'y' if len(left) == 1 else 'ies'} of it remain in the cache",
+        [f"put the .gguf back at {path.resolve()} (or give its new path)",
+         f"or load the converted copy, a plain safetensors folder: %llm_load {left[0].folder}",
+         f"or delete the copies: %llm_unload --disk {path.name}", *d.fixes[:1]],
+    )
 
 
 def checkpoint_dtype(folder: str | None) -> str | None:
@@ -145,69 +158,10 @@ def checkpoint_dtype(folder: str | None) -> str | None:
     return str(value) if value else None
 
 
-def converted_cache_root() -> Path:
-    """Where converted .gguf models are kept: $LLM_MAGIC_CACHE or ~/.cache/llm_magic."""
-    env = os.environ.get("LLM_MAGIC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llm_magic"
-
-
-def converted_folder(gguf_path: str, dtype: str) -> Path:
-    """The cache folder for one .gguf file at one dtype, keyed by the file's path, size
-    and mtime."""
-    st = os.stat(gguf_path)
-    key = hashlib.sha256(f"{gguf_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return converted_cache_root() / "gguf" / f"{Path(gguf_path).stem}-{key}-{dtype}"
-
-
-def convert_gguf(gguf_path: str, dtype: str, progress: Progress) -> Path:
-    """Dequantize a .gguf once into a safetensors folder at `dtype`; later loads take the
-    fast path.
-
-    transformers parses and dequantizes GGUF at every load (tens of seconds for 100 MB);
-    a plain safetensors folder loads in about two. The copy is kept at the dtype it is
-    loaded at: a float32 copy loaded as bf16 would hold both in memory while loading.
-    """
-    target = converted_folder(gguf_path, dtype)
-    if (target / _CONVERTED_MARK).is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress(f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…")
-    folder, file = os.path.split(gguf_path)
-    read_from = {"gguf_file": file}
-    widest = converted_folder(gguf_path, "float32")
-    if (widest / _CONVERTED_MARK).is_file():
-        folder, read_from = str(widest), {}  # same values, without parsing the .gguf again
-    tokenizer = AutoTokenizer.from_pretrained(folder, **read_from)
-    # A .gguf is read at float32 (transformers warns that other dtypes cast every matmul),
-    # then cast once for saving.
-    read_as = torch.float32 if read_from else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): read_as})
-    model.to(getattr(torch, dtype))
-    # Dequantized weights are plain tensors, but the model is still marked quantized and
-    # save_pretrained refuses it: clear the marking.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        (partial / _CONVERTED_MARK).write_text(json.dumps({"gguf": gguf_path}))
-        del model
-        try:
-            os.replace(partial, target)  # atomic: another kernel sees all of it or nothing
-        except OSError:
-            if not (target / _CONVERTED_MARK).is_file():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+# The converted-copy cache lives in gguf_cache; these names stay for callers of loading.
+converted_cache_root = gguf_cache.cache_root
+converted_folder = gguf_cache.converted_folder
+_CONVERTED_MARK = gguf_cache.MARK
 
 
 def dtype_keyword() -> str:
@@ -225,16 +179,20 @@ def load_model(
     trust_remote_code: bool = False,
     progress: Progress | None = None,
     max_memory: dict | None = None,
+    reconvert: bool = False,
 ) -> tuple[Any, Any, ModelInfo]:
-    """Read tokenizer and weights; returns (model, tokenizer, info)."""
+    """Read tokenizer and weights; returns (model, tokenizer, info). A .gguf is read from
+    its converted copy, made first when missing or damaged, or again with `reconvert`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress = progress or (lambda message: None)
     started = time.perf_counter()
     where = source.path
+    notes: tuple[str, ...] = ()
     if source.kind == "gguf":
-        where = str(convert_gguf(source.path, dtype.dtype, progress))
+        folder, notes = gguf_cache.ensure_converted(source.path, dtype.dtype, progress, reconvert)
+        where = str(folder)
     remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
     if where is None:
         where = source.name
@@ -267,7 +225,7 @@ def load_model(
     if source.kind == "hub" and not source.cached:
         where = str(cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
-    return model, tokenizer, info
+    return model, tokenizer, replace(info, load_notes=notes)
 
 
 def _is_empty(tokenizer) -> bool:
@@ -365,24 +323,6 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
-    """(header, None) for a sound .safetensors file, (None, why) for a damaged one.
-    Reads only the header: 8 bytes of length, then that much JSON."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or n > size - 8:
-                return None, "header length beyond the end of the file"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        return None, f"unreadable header ({type(e).__name__})"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    if 8 + n + max(ends, default=0) != size:
-        return None, f"{size} bytes, the header describes {8 + n + max(ends, default=0)}"
-    return header, None
-
-
 def failure_context(name: str, source: Source | None, dtype: str | None, device_map, revision: str | None) -> dict:
     """Facts about a failed load for errors.diagnose_load; each gathered on its own so
     one that cannot be read leaves the others."""
@@ -417,8 +357,10 @@ def failure_context(name: str, source: Source | None, dtype: str | None, device_
 def _hub_facts() -> dict:
     from huggingface_hub import constants
 
+    from .discovery import hub_models
+
     cache = Path(constants.HF_HUB_CACHE)
-    repos = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")) if cache.is_dir() else []
+    repos = [m.repo_id for m in hub_models()]
     disks = []
     for label, where in (("HF_HOME", constants.HF_HOME), ("LLM_MAGIC_CACHE", str(converted_cache_root()))):
         existing = Path(where)
@@ -463,9 +405,11 @@ def _folder_facts(folder: Path, dtype: str | None) -> dict:
     facts: dict[str, Any] = {"files": sorted(p.name for p in folder.iterdir())}
     params, bad = 0, []
     for file in sorted(folder.glob("*.safetensors")):
-        header, why = safetensors_header(file)
-        if header is None:
-            bad.append(f"{file} ({why})")
+        try:
+            header, _ = sizing.read_safetensors_header(file)
+        except (OSError, ValueError) as e:
+            reason = str(e).removeprefix(f"{file}: ").removeprefix("Error while deserializing header: ")
+            bad.append(f"{file} ({file.stat().st_size} bytes: {reason})")
             continue
         for key, value in header.items():
             if key != "__metadata__":

@@ -1,17 +1,16 @@
 """Before any weights are read: how many bytes will the model need, and will they fit?
 
-The size comes from file headers only: a safetensors shard starts with an 8-byte length
-and a JSON table of tensor names, dtypes and shapes; a GGUF file lists its tensors'
-shapes before their data. No tensor data is read, so the check takes milliseconds even
-for a model of many gigabytes, and a model that cannot fit fails in a second instead of
-after minutes of loading.
+The size comes from file headers only, read by each format's own library (`safetensors`,
+`gguf`): a safetensors shard starts with a table of tensor names, dtypes and shapes; a
+GGUF file lists its tensors' shapes before their data. No tensor data is read, so the
+check is quick even for a model of many gigabytes, and a model that cannot fit fails in
+seconds instead of after minutes of loading.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,6 @@ _SAFETENSORS_BYTES = {
 }
 _FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; a bigger "header" is a corrupt file
 
 # Room left beside the weights for activations, the KV cache and the runtime (CUDA context,
 # tokenizer): a model that only just fits would fail at its first generation.
@@ -39,7 +37,7 @@ class Estimate:
     dtype: str
     source: str  # "safetensors" or "gguf"
     files: tuple[str, ...]
-    header_bytes_read: int  # all that was read from disk to make the estimate
+    header_bytes_read: int  # the size of the headers the estimate comes from (no tensor data is read)
     conversion_bytes: int = 0  # RAM a not-yet-converted .gguf takes while it is converted (fp32)
 
     @property
@@ -96,16 +94,26 @@ def estimate_safetensors(folder: str | Path, dtype: str) -> Estimate | None:
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the number of bytes read to get it."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length > _MAX_HEADER:
-            raise ValueError(f"{path}: header length {length} is not plausible (corrupt file?)")
-        text = f.read(length)
-    return json.loads(text), 8 + len(text)
+    """The tensor table of a safetensors file ({name: {"dtype", "shape"}}, plus
+    "__metadata__") and the size of its header, through the safetensors library.
+
+    `safe_open` memory-maps the file and parses only the header; no tensor data is read.
+    It refuses a damaged or truncated file outright (it checks that the tensors cover the
+    file exactly), raised here as ValueError carrying the library's reason."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            table: dict = {"__metadata__": f.metadata() or {}}
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                table[name] = {"dtype": tensor.get_dtype(), "shape": tensor.get_shape()}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: {e}") from e
+    # The data fills the file after the header (the library checked it): what precedes
+    # the data is the header.
+    data = sum(_product(v["shape"]) * _SAFETENSORS_BYTES.get(v["dtype"], 0) for k, v in table.items() if k != "__metadata__")
+    return table, Path(path).stat().st_size - data
 
 
 def estimate_gguf(path: str | Path, dtype: str) -> Estimate:
@@ -115,49 +123,16 @@ def estimate_gguf(path: str | Path, dtype: str) -> Estimate:
     return Estimate(params * _DTYPE_BYTES[dtype], params, dtype, "gguf", (str(path),), read, conversion_bytes=params * 4)
 
 
-# GGUF metadata value types -> fixed width in bytes (8: string, 9: array are variable).
-_GGUF_WIDTH = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
 def read_gguf_tensor_counts(path: str | Path) -> tuple[int, int]:
-    """(elements in all tensors, bytes read) from a GGUF v2/v3 header.
+    """(elements in all tensors, size of the header in bytes) through the gguf package's
+    reader. `GGUFReader` memory-maps the file and builds its tensor table from the header;
+    no tensor data is read. It does decode every metadata value on the way (SmolLM2's
+    49k-token vocabulary: about 2 s), which only a .gguf's first load pays, beside its
+    conversion (tens of seconds): later loads size the converted safetensors copy."""
+    from gguf import GGUFReader
 
-    Walks the metadata (skipping values) and the tensor table sequentially and stops where
-    the tensor data begins. `gguf.GGUFReader` would do it too, but it decodes every
-    metadata value (a 49k-token vocabulary takes it seconds); this takes milliseconds."""
-    with open(path, "rb") as f:
-        magic, version, n_tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
-        if magic != b"GGUF" or version < 2:
-            raise ValueError(f"{path}: not a GGUF v2/v3 file (magic {magic!r}, version {version})")
-
-        def skip_string() -> None:
-            (n,) = struct.unpack("<Q", f.read(8))
-            f.seek(n, 1)
-
-        def skip_value(kind: int) -> None:
-            if kind == 8:
-                skip_string()
-            elif kind == 9:
-                item, count = struct.unpack("<IQ", f.read(12))
-                if item in _GGUF_WIDTH:
-                    f.seek(_GGUF_WIDTH[item] * count, 1)
-                else:
-                    for _ in range(count):
-                        skip_value(item)
-            else:
-                f.seek(_GGUF_WIDTH[kind], 1)
-
-        for _ in range(n_kv):
-            skip_string()
-            (kind,) = struct.unpack("<I", f.read(4))
-            skip_value(kind)
-        total = 0
-        for _ in range(n_tensors):
-            skip_string()
-            (n_dims,) = struct.unpack("<I", f.read(4))
-            total += _product(struct.unpack(f"<{n_dims}Q", f.read(8 * n_dims)))
-            f.seek(12, 1)  # ggml type (u32) and data offset (u64)
-        return total, f.tell()
+    reader = GGUFReader(str(path))
+    return sum(int(t.n_elements) for t in reader.tensors), int(reader.data_offset)
 
 
 def estimate(source, dtype: str, converted: str | Path | None = None) -> Estimate | None:

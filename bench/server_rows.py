@@ -112,7 +112,7 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
 
 
 def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64, repeats: int = 3,
-                concurrency: int = 16) -> list[Row]:
+                concurrency: int = 16, threads: int | None = None) -> list[Row]:
     """Start the server, measure both rows, stop it."""
     import llm_magic
     from llm_magic import loading
@@ -124,7 +124,7 @@ def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64
     folder = loading.converted_folder(Path(gguf), "bfloat16")
     llm_magic.unload(all=True)
     log("starting transformers serve --continuous-batching")
-    server = servers.transformers_serve(folder, dtype="bfloat16", continuous_batching=True)
+    server = servers.transformers_serve(folder, dtype="bfloat16", continuous_batching=True, threads=threads)
     try:
         model = servers.served_ids(server.url)[0]
         llm_magic.load(server=server.url, alias="bench_server")
@@ -148,9 +148,10 @@ def main(argv=None) -> int:
     p.add_argument("--stream-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (1 on a busy shared machine)")
     p.add_argument("--out", type=Path, default=HERE / "server_results.json")
     args = p.parse_args(argv)
-    rows = server_rows(args.prompts, args.new_tokens, args.stream_tokens, args.repeats, args.concurrency)
+    rows = server_rows(args.prompts, args.new_tokens, args.stream_tokens, args.repeats, args.concurrency, args.threads)
     for r in rows:
         print(f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  ratio {r.ratio}  {r.note}")
     from dataclasses import asdict

@@ -74,7 +74,7 @@ def problem(folder: Path) -> str | None:
     Cheap: the marker, every weights file the index names (or model.safetensors), and
     each file's size against its header (8 bytes of length, the JSON header, then the
     data its offsets describe). No tensor data is read."""
-    from .loading import safetensors_header
+    from .sizing import read_safetensors_header
 
     if not folder.is_dir():
         return "it is missing"
@@ -98,9 +98,10 @@ def problem(folder: Path) -> str | None:
     for name in names:
         if not (folder / name).is_file():
             return f"{name} is missing"
-        header, why = safetensors_header(folder / name)
-        if header is None:
-            return f"{name}: {why}"
+        try:
+            read_safetensors_header(folder / name)  # the library checks the header against the file's size
+        except (OSError, ValueError) as e:
+            return f"{name}: {str(e).rsplit(': ', 1)[-1]}"
     return None
 
 

@@ -96,15 +96,16 @@ def _transformers_cli() -> list[str]:
 
 
 def transformers_serve(model_dir: str | Path, dtype: str = "bfloat16", continuous_batching: bool = True,
-                       timeout: float = 300.0) -> ServerProcess:
+                       timeout: float = 300.0, threads: int | None = None) -> ServerProcess:
     """`transformers serve` pinned to a local folder. The paged KV cache is kept small:
-    by default it takes a share of the machine's memory."""
+    by default it takes a share of the machine's memory. `threads` sets OMP_NUM_THREADS."""
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
     port = free_port()
     cmd = _transformers_cli() + ["serve", str(model_dir), "--host", HOST, "--port", str(port), "--dtype", dtype,
                                  "--device", "cpu", "--log-level", "warning"]
     if continuous_batching:
         cmd += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "256"]
-    return ServerProcess("transformers-serve", cmd, port).wait_ready(timeout=timeout)
+    return ServerProcess("transformers-serve", cmd, port, env=env).wait_ready(timeout=timeout)
 
 
 def llama_cpp_server(gguf: str | Path, api_key: str | None = None, n_ctx: int = 512, timeout: float = 180.0) -> ServerProcess:

@@ -48,7 +48,8 @@ def smollm2_folder(smollm2_gguf) -> Path:
 @pytest.fixture(scope="session")
 def transformers_server(smollm2_folder):
     pytest.importorskip("fastapi")
-    proc = servers.transformers_serve(smollm2_folder, dtype="bfloat16", continuous_batching=True)
+    # One OpenMP thread: on a shared machine, spinning OpenMP teams made it 10× slower here.
+    proc = servers.transformers_serve(smollm2_folder, dtype="bfloat16", continuous_batching=True, threads=1)
     yield proc
     proc.stop()
 
@@ -302,7 +303,7 @@ def test_api_key_checked_by_a_real_proxy_never_shows(shell, transformers_server,
 
 
 def test_server_killed_mid_stream_keeps_the_partial_text(shell, smollm2_folder):
-    doomed = servers.transformers_serve(smollm2_folder, continuous_batching=False)
+    doomed = servers.transformers_serve(smollm2_folder, continuous_batching=False, threads=1)
     try:
         shell.run_line_magic("llm_load", f"--server {doomed.url} --as doomed --quiet")
         pieces = []

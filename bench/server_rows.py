@@ -48,11 +48,16 @@ def _raw_stream(client, model: str, n: int) -> dict:
 def _ours_stream(model_alias: str, n: int) -> dict:
     import llm_magic
 
-    pieces = []
+    first = []
+
+    def on_text(piece):
+        if not first:
+            first.append(time.perf_counter())
+
     started = time.perf_counter()
-    result = llm_magic.generate(QUESTION, model=model_alias, greedy=True, max_new_tokens=n, stream=pieces.append)
-    ended = time.perf_counter()  # the whole call, as the cell sees it (not only the engine's own timing)
-    return {"tokens": result.new_tokens, "seconds": ended - started, "ttft": result.time_to_first_token}
+    result = llm_magic.generate(QUESTION, model=model_alias, greedy=True, max_new_tokens=n, stream=on_text)
+    ended = time.perf_counter()  # the whole call and its first piece, as the cell sees them
+    return {"tokens": result.new_tokens, "seconds": ended - started, "ttft": first[0] - started}
 
 
 def row_server_stream(url: str, model: str, new_tokens: int, repeats: int) -> Row:
@@ -64,9 +69,11 @@ def row_server_stream(url: str, model: str, new_tokens: int, repeats: int) -> Ro
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
     ours, raw = [], []
     _raw_stream(client, model, 4)  # warm-up: the server's first request compiles/allocates
-    for _ in range(repeats):  # interleaved: drift on a shared machine hits both alike
-        raw.append(_raw_stream(client, model, new_tokens))
-        ours.append(_ours_stream("bench_server", new_tokens))
+    for i in range(repeats):  # interleaved, alternating who goes first: drift on a shared machine hits both alike
+        pair = [lambda: raw.append(_raw_stream(client, model, new_tokens)),
+                lambda: ours.append(_ours_stream("bench_server", new_tokens))]
+        for measure in (pair if i % 2 == 0 else pair[::-1]):
+            measure()
     tps = lambda runs: statistics.median(r["tokens"] / r["seconds"] for r in runs)  # noqa: E731
     ttft = lambda runs: statistics.median(r["ttft"] for r in runs)  # noqa: E731
     row.llm_magic = f"{tps(ours):.1f} tokens/s, first token {fmt_s(ttft(ours))}"
@@ -112,7 +119,7 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
 
 
 def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64, repeats: int = 3,
-                concurrency: int = 16, threads: int | None = None) -> list[Row]:
+                concurrency: int = 16, threads: int | None = None, only: tuple[str, ...] | None = None) -> list[Row]:
     """Start the server, measure both rows, stop it."""
     import llm_magic
     from llm_magic import loading
@@ -129,8 +136,9 @@ def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64
         model = servers.served_ids(server.url)[0]
         llm_magic.load(server=server.url, alias="bench_server")
         rows = []
-        for name, fn in (("server_stream", lambda: row_server_stream(server.url, model, stream_tokens, repeats)),
-                         ("server_over", lambda: row_server_over(server.url, model, prompts, new_tokens, concurrency))):
+        chosen = [("server_stream", lambda: row_server_stream(server.url, model, stream_tokens, repeats)),
+                   ("server_over", lambda: row_server_over(server.url, model, prompts, new_tokens, concurrency))]
+        for name, fn in [(n, f) for n, f in chosen if only is None or n in only]:
             log(f"measuring {name}")
             try:
                 rows.append(fn())
@@ -149,9 +157,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (1 on a busy shared machine)")
+    p.add_argument("--only", nargs="*", default=None, help="server_stream and/or server_over")
     p.add_argument("--out", type=Path, default=HERE / "server_results.json")
     args = p.parse_args(argv)
-    rows = server_rows(args.prompts, args.new_tokens, args.stream_tokens, args.repeats, args.concurrency, args.threads)
+    rows = server_rows(args.prompts, args.new_tokens, args.stream_tokens, args.repeats, args.concurrency, args.threads, args.only)
     for r in rows:
         print(f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  ratio {r.ratio}  {r.note}")
     from dataclasses import asdict

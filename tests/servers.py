@@ -99,7 +99,8 @@ def transformers_serve(model_dir: str | Path, dtype: str = "bfloat16", continuou
                        timeout: float = 300.0, threads: int | None = None) -> ServerProcess:
     """`transformers serve` pinned to a local folder. The paged KV cache is kept small:
     by default it takes a share of the machine's memory. `threads` sets OMP_NUM_THREADS."""
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
+    # The CLI asks pypi.org for a newer version unless told not to: loopback only here.
+    env = {"HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     port = free_port()
     cmd = _transformers_cli() + ["serve", str(model_dir), "--host", HOST, "--port", str(port), "--dtype", dtype,
                                  "--device", "cpu", "--log-level", "warning"]
@@ -217,8 +218,9 @@ class KeyProxy:
 
 def smoke_request(server: ServerProcess, timeout: float = 120.0) -> None:
     """One tiny completion: raises RuntimeError (with the log) if the server dies on it."""
-    body = json.dumps({"model": served_ids(server.url)[0], "prompt": "Hi", "max_tokens": 1}).encode()
-    request = urllib.request.Request(server.url + "/completions", data=body, headers={"Content-Type": "application/json"})
+    body = json.dumps({"model": served_ids(server.url)[0], "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "What is the capital of France?"}]}).encode()
+    request = urllib.request.Request(server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             reply.read()

@@ -144,6 +144,7 @@ class ServerEngine:
         started = time.perf_counter()
         completions: list[Completion] = []
         first_token_at = None
+        notes: tuple[str, ...] = ()
         for row in rows:
             streamed = _Streamed()
             try:
@@ -160,7 +161,10 @@ class ServerEngine:
                 raise error from e
             completions.append(streamed.completion(None))
             first_token_at = first_token_at or streamed.first_at
-        return Run(completions, started, time.perf_counter(), first_token_at, notes=self._notes(settings))
+            if streamed.usage is None:
+                notes += ("the server reported no usage while streaming: new tokens counted as streamed pieces, "
+                          "prompt tokens unknown (0)",)
+        return Run(completions, started, time.perf_counter(), first_token_at, notes=self._notes(settings) + notes)
 
     def _notes(self, settings) -> tuple[str, ...]:
         if self.top_k_refused and settings.top_k and not settings.greedy:

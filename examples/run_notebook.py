@@ -11,15 +11,49 @@ import sys
 from pathlib import Path
 
 import nbformat
+from jupyter_client import AsyncKernelManager
+from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
+from traitlets import default
 
 
 def run(path: str | Path, timeout: int = 600) -> nbformat.NotebookNode:
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = lab_client(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     return notebook
+
+
+def lab_client(notebook: nbformat.NotebookNode, **options) -> NotebookClient:
+    """A NotebookClient that sends each cell's id with its execution request, as JupyterLab
+    and Notebook 7 do (the request's metadata `cellId`; nbclient itself sends none), so
+    the kernel knows which cell runs (`%%llm_chat` replaces a re-run cell's own turn)."""
+    client = NotebookClient(notebook, kernel_name="python3", kernel_manager_class=_LabKernelManager, **options)
+
+    def note_cell(cell, cell_index):
+        client.kc.cell_id = cell.get("id")
+
+    client.on_cell_execute = note_cell  # called just before each cell's execute request
+    return client
+
+
+class _LabKernelClient(AsyncKernelClient):
+    cell_id: str | None = None
+
+    def execute(self, code, silent=False, store_history=True, user_expressions=None, allow_stdin=None, stop_on_error=True):
+        content = {"code": code, "silent": silent, "store_history": store_history,
+                   "user_expressions": user_expressions or {},
+                   "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin, "stop_on_error": stop_on_error}
+        msg = self.session.msg("execute_request", content, metadata={"cellId": self.cell_id} if self.cell_id else None)
+        self.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+
+class _LabKernelManager(AsyncKernelManager):
+    @default("client_factory")
+    def _lab_client(self):
+        return _LabKernelClient
 
 
 def cell_text(cell) -> str:

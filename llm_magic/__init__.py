@@ -11,11 +11,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import available, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
+from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError, diagnose_generation, diagnose_load  # noqa: E402
 
-__all__ = ["available", "load", "load_with_card", "generate", "models", "unload", "demo_model", "LLMError", "LoadError", "GenerationError",
+__all__ = ["available", "load", "load_with_card", "generate", "chat", "conversation", "Conversation", "models", "unload", "demo_model",
+           "LLMError", "LoadError", "GenerationError",
            "__version__"]
 
 
@@ -37,10 +39,14 @@ def demo_model() -> str:
 
 def load_ipython_extension(ipython) -> None:
     from . import completion
+    from .chat_magics import ChatMagics, watch_cells
     from .magics import LLMMagics, watch_shell
 
-    ipython.register_magics(LLMMagics)
+    settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
+    ipython.register_magics(settings)
+    ipython.register_magics(ChatMagics(ipython, settings))
     watch_shell(ipython)
+    watch_cells(ipython)
     completion.register(ipython)
 
 
@@ -48,8 +54,11 @@ def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included): switching models never needs a kernel restart."""
     from . import completion
+    from .chat_magics import unwatch_cells
     from .magics import unwatch_shell
 
     MODEL_CACHE.clear()
+    CONVERSATIONS.clear()
     unwatch_shell(ipython)
+    unwatch_cells(ipython)
     completion.unregister(ipython)

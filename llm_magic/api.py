@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from . import errors, gguf_cache, hardware, loading, sizing
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
@@ -13,6 +13,9 @@ from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL 
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
+
+if TYPE_CHECKING:
+    from .conversations import Conversation
 
 
 def load(
@@ -353,15 +356,8 @@ def generate(
     from . import generation, prompts
 
     entry = _generation_model(model)
-    given = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k)
-    settings = generation.Settings(
-        **{k: v for k, v in given.items() if v is not None},
-        seed=seed,
-        stop=(stop,) if isinstance(stop, str) else tuple(stop),
-        system=system or None,
-        raw=raw,
-    )
-    settings.check()
+    settings = _settings(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, stop=stop, system=system, raw=raw)
     if not prompt or not prompt.strip():
         raise GenerationError(
             "the prompt is empty: nothing to send to the model",
@@ -375,6 +371,22 @@ def generate(
                                         on_prompt=on_prompt)
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
     return generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt)
+
+
+def _settings(*, max_new_tokens, greedy, temperature, top_p, top_k, seed, stop, system, raw):
+    """Settings from the given values, the unset ones (None) taking Settings' defaults; checked."""
+    from . import generation
+
+    given = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k)
+    settings = generation.Settings(
+        **{k: v for k, v in given.items() if v is not None},
+        seed=seed,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        system=system or None,
+        raw=raw,
+    )
+    settings.check()
+    return settings
 
 
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
@@ -403,3 +415,111 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
         raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
     MODEL_CACHE.touch(entry)
     return entry
+
+
+# --- conversations -----------------------------------------------------------------------
+
+def chat(
+    text: str | None = None,
+    *,
+    conversation: "str | Conversation | None" = None,
+    model: str | LoadedModel | None = None,
+    system: str | None = None,
+    default_system: str | None = None,
+    new: bool = False,
+    retry: bool = False,
+    cell_id: str | None = None,
+    max_history: int = 0,
+    max_new_tokens: int | None = None,
+    greedy: bool | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] = (),
+    namespace: Mapping[str, Any] | None = None,
+    stream: Callable[[str], None] | None = None,
+    on_prompt: Callable[[str, int], None] | None = None,
+):
+    """The next turn of a conversation: TEXT answered with the history before it; returns
+    the answer (a result like `generate`'s, with `.conversation` and `.messages`).
+
+    conversation: a name (made when new), a Conversation (e.g. `Conversation.load(path)`),
+    or None for the model's own conversation (one per model, named after it). model: as
+    in `generate`; None: the conversation's model, else the current one. system: set the
+    conversation's system message; default_system: the one a conversation starting with
+    this turn gets when `system` is not given. new: start the conversation over. retry: ask the last
+    question again (TEXT unused), replacing its answer. cell_id: the notebook cell the
+    turn comes from: a later turn from the same cell replaces it and drops the turns after
+    it. max_history: send at most this many earlier turns (0: as many as the context
+    holds, oldest left out first). Ctrl-C: the partial answer is kept in the conversation
+    (marked interrupted) and carried by the KeyboardInterrupt as `.result`.
+    """
+    from . import conversations, prompts
+
+    conv, entry = _chat_target(conversation, model)
+    settings = _settings(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, stop=stop, system=None, raw=False)
+    if system is None and default_system and (new or not conv.turns and not conv.system):
+        system = default_system
+    if system is not None and namespace is not None:
+        system = prompts.fill(system, namespace, "--system")
+    if not retry and text is not None and namespace is not None:
+        text = prompts.fill(text, namespace)
+    if new:
+        conv.reset()
+    if system is not None:
+        conv.system = system or None
+    conversations.CONVERSATIONS.last = conv.name
+    return conversations.ask(conv, entry.engine, text or "", settings, cell_id=cell_id, retry=retry,
+                             max_history=max_history, on_text=stream, on_prompt=on_prompt)
+
+
+def conversation(name: str | None = None) -> "Conversation":
+    """The conversation called NAME (or the model of that name's own conversation); None:
+    the one used last. Its `.messages` are the {"role", "content"} dicts chat APIs take;
+    `.save(path)` writes it as JSON, `Conversation.load(path)` reads it back."""
+    from .conversations import CONVERSATIONS
+
+    found = CONVERSATIONS.current() if name is None else CONVERSATIONS.get(name)
+    if found is None and name is not None:
+        entry = MODEL_CACHE.find(name)
+        found = CONVERSATIONS.get(model_label(entry)) if entry is not None else None
+    if found is None:
+        names = CONVERSATIONS.names()
+        raise LLMError(
+            f"no conversation named {name!r}" if name else "no conversation yet",
+            "conversations: " + ", ".join(names) if names else "%%llm_chat or llm_magic.chat starts one",
+            ["%llm_chat --list"] if names else ["llm_magic.chat('Hello!')", "%%llm_chat (then the message in the cell)"],
+        )
+    return found
+
+
+def model_label(entry: LoadedModel) -> str:
+    """The name a model's own conversation takes: its alias, else the last part of its name
+    (what the cards show; `-m` accepts both)."""
+    return min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _chat_target(conversation, model) -> tuple["Conversation", LoadedModel]:
+    """(the conversation, the model to answer with)."""
+    from .conversations import CONVERSATIONS, Conversation
+
+    if isinstance(conversation, Conversation):
+        conv = CONVERSATIONS.add(conversation)
+    else:
+        conv = CONVERSATIONS.get(conversation) if conversation is not None else None
+    if model is None and conv is not None and conv.model is not None:
+        entry = MODEL_CACHE.find(conv.model)
+        if entry is None:
+            raise GenerationError(
+                f"conversation {conv.name!r} was with {conv.model}, which is not loaded",
+                fixes=[f"%llm_load MODEL --as {conv.model}", "-m NAME answers it with another loaded model"],
+            )
+        entry = _generation_model(entry)
+    else:
+        entry = _generation_model(model)
+    if conv is None:
+        conv = CONVERSATIONS.open(conversation or model_label(entry))
+    conv.model = model_label(entry)
+    return conv, entry

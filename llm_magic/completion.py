@@ -132,15 +132,16 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
 def _models(prefix: str) -> list[SimpleCompletion]:
     """What `%llm_load MODEL` may take: loaded models, cached Hub ids, converted .gguf
     originals and the demo model, then .gguf files and folders on disk."""
-    from . import discovery
+    from . import discovery, gguf_cache
 
     found: dict[str, str] = {}
     for e in MODEL_CACHE.entries():
         found.setdefault(e.name, "loaded")
     for repo_id in _hub_ids():
         found.setdefault(repo_id, "hub cache")
-    for gguf, _ in discovery.converted_copies():
-        found.setdefault(gguf, "gguf (converted)")
+    for copy in gguf_cache.converted_copies():
+        if copy.gguf and copy.source_exists:
+            found.setdefault(copy.gguf, "gguf (converted)")
     demo = discovery.demo()
     if demo is not None:
         found.setdefault(demo.path, "demo model")

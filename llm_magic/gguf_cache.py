@@ -74,6 +74,8 @@ def problem(folder: Path) -> str | None:
     Cheap: the marker, every weights file the index names (or model.safetensors), and
     each file's size against its header (8 bytes of length, the JSON header, then the
     data its offsets describe). No tensor data is read."""
+    from .sizing import read_safetensors_header
+
     if not folder.is_dir():
         return "it is missing"
     if not (folder / MARK).is_file():
@@ -96,29 +98,11 @@ def problem(folder: Path) -> str | None:
     for name in names:
         if not (folder / name).is_file():
             return f"{name} is missing"
-        header, why = _safetensors_header(folder / name)
-        if header is None:
-            return f"{name}: {why}"
+        try:
+            read_safetensors_header(folder / name)  # the library refuses a file its header does not cover exactly
+        except (OSError, ValueError) as e:
+            return f"{name}: {e}"
     return None
-
-
-def _safetensors_header(path: Path) -> tuple[dict | None, str | None]:
-    """(header, None) for a sound .safetensors file, (None, why) for a damaged one.
-    Reads only the header: 8 bytes of length, then that much JSON. (Was
-    loading.safetensors_header, which the discovery merge removed.)"""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or n > size - 8:
-                return None, "header length beyond the end of the file"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        return None, f"unreadable header ({type(e).__name__})"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    if 8 + n + max(ends, default=0) != size:
-        return None, f"{size} bytes, the header describes {8 + n + max(ends, default=0)}"
-    return header, None
 
 
 def usable_copy(gguf_path: str, dtype: str) -> Path | None:

@@ -22,6 +22,30 @@ from .errors import GenerationError, LLMError
 
 _DEFAULTS = generation.Settings()
 
+# The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
+_GENERATION_FLAGS = [
+    argument("--max-new-tokens", type=int, default=None, help="At most this many new tokens. Default: LLMMagics.max_new_tokens."),
+    argument("--temperature", type=float, default=None, help="Sampling temperature, above 0. Default: LLMMagics.temperature."),
+    argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
+             "Default: LLMMagics.top_p."),
+    argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0: all). Default: LLMMagics.top_k."),
+    argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
+             "Default: a fresh one, shown with the result."),
+    argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: LLMMagics.greedy."),
+    argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
+    argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted)."),
+    argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
+             "Repeatable; \\n and \\t stand for newline and tab."),
+    argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."),
+]
+
+
+def generation_flags(magic):
+    """Add the generating flags to a magic (under its other @argument lines, in this order)."""
+    for flag in reversed(_GENERATION_FLAGS):
+        magic = flag(magic)
+    return magic
+
 
 @magics_class
 class LLMMagics(Magics):
@@ -67,6 +91,8 @@ class LLMMagics(Magics):
     )
     system = Unicode("", help="Default --system message of %%llm_generate (empty: the chat template's own).").tag(config=True)
     batch_size = Int(0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU).").tag(config=True)
+    max_history = Int(0, help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
+                      "the oldest are left out first).").tag(config=True)
 
     # Server models (%llm_load --server URL).
     server = Unicode("", help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).").tag(config=True)
@@ -174,21 +200,9 @@ class LLMMagics(Magics):
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
     @magic_arguments()
     @argument("-m", "--model", default=None, help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.")
-    @argument("--max-new-tokens", type=int, default=None, help="At most this many new tokens. Default: LLMMagics.max_new_tokens.")
-    @argument("--temperature", type=float, default=None, help="Sampling temperature, above 0. Default: LLMMagics.temperature.")
-    @argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
-              "Default: LLMMagics.top_p.")
-    @argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0: all). Default: LLMMagics.top_k.")
-    @argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
-              "Default: a fresh one, shown with the result.")
-    @argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: LLMMagics.greedy.")
+    @generation_flags
     @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: LLMMagics.system.")
     @argument("--raw", action="store_true", help="Send the cell as it is, without the chat template.")
-    @argument("--no-stream", action="store_true", help="Show the text only when it is complete.")
-    @argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted).")
-    @argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
-              "Repeatable; \\n and \\t stand for newline and tab.")
-    @argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it.")
     @argument("--over", default=None, help="Run the cell once per item of this list variable, {item} standing for the item; "
               "returns one result per item.")
     @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: LLMMagics.batch_size "
@@ -204,11 +218,7 @@ class LLMMagics(Magics):
         (`.text`, token counts, timings, settings)."""
         args = parse_argstring(self.llm_generate, line)
         ns = self.shell.user_ns
-        out = _unquote(args.out) if args.out else None
-        if out is not None and not out.isidentifier():
-            from IPython.core.error import UsageError
-
-            raise UsageError(f"--out {out}: not a variable name")
+        out = out_name(args.out)
         over = None
         if args.over is not None:
             name = _unquote(args.over)
@@ -219,21 +229,12 @@ class LLMMagics(Magics):
         jupyter = getattr(self.shell, "kernel", None) is not None
         sink = _Stream(jupyter) if over is None and self.stream and not args.no_stream else None
         system = _unquote(args.system) if args.system is not None else self.system
-        settings = dict(
-            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
-            greedy=args.greedy or self.greedy,
-            temperature=_pick(args.temperature, self.temperature),
-            top_p=_pick(args.top_p, self.top_p),
-            top_k=_pick(args.top_k, self.top_k),
-            seed=args.seed,
-            system=system or None,
-            raw=args.raw,
-            stop=[_unescape(_unquote(s)) for s in args.stop or []],
-        )
-        on_prompt = (lambda text, tokens: display(PromptView(text, tokens))) if args.show_prompt else None
-        try:
+        settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
+        on_prompt = prompt_shower(args.show_prompt)
+
+        def call():
             with self._batch_progress(jupyter, len(over) if over is not None else 0) as progress:
-                result = api.generate(
+                return api.generate(
                     cell.strip("\n"),
                     model=_unquote(args.model) if args.model else None,
                     namespace=ns,
@@ -244,26 +245,25 @@ class LLMMagics(Magics):
                     on_prompt=on_prompt,
                     **settings,
                 )
-        except KeyboardInterrupt as e:
-            partial = getattr(e, "result", None)  # what was generated before Ctrl-C
-            if out is not None and partial is not None:
-                ns[out] = partial
-            _show_partial(sink, partial)
-            raise  # the cell is interrupted: later queued cells must not run
-        except Exception as e:
-            partial = getattr(e, "result", None)  # a server that dropped mid-stream: keep its text
-            if partial is not None:
-                if out is not None:
-                    ns[out] = partial
-                _show_partial(sink, partial)
-            elif sink is not None:
-                sink.settle()  # no "generating…" left above the error card
-            raise
-        if sink is not None:
-            sink.settle()
-        if out is not None:
-            ns[out] = result
-        return result  # shown once, as the cell's value; `_` and Out[n] hold it
+
+        return run_streamed(call, sink, out, ns)  # shown once, as the cell's value; `_` and Out[n] hold it
+
+    def generation_settings(self, args) -> dict:
+        """The sampling settings of a generating cell (the generation_flags): each flag
+        given, else its trait."""
+        return dict(
+            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
+            greedy=args.greedy or self.greedy,
+            temperature=_pick(args.temperature, self.temperature),
+            top_p=_pick(args.top_p, self.top_p),
+            top_k=_pick(args.top_k, self.top_k),
+            seed=args.seed,
+            stop=[_unescape(_unquote(s)) for s in args.stop or []],
+        )
+
+    def stream_sink(self, args) -> "_Stream | None":
+        """Where the text streams (None: shown only when complete, --no-stream)."""
+        return _Stream(getattr(self.shell, "kernel", None) is not None) if self.stream and not args.no_stream else None
 
     @contextmanager
     def _batch_progress(self, jupyter: bool, items: int):
@@ -394,6 +394,48 @@ def _unquote(text: str) -> str:
 def _pick(flag, trait):
     """A flag's value when given (even 0), else the trait's."""
     return trait if flag is None else flag
+
+
+def out_name(text: str | None) -> str | None:
+    """The variable of --out, refused when it is not a name."""
+    out = _unquote(text) if text else None
+    if out is not None and not out.isidentifier():
+        from IPython.core.error import UsageError
+
+        raise UsageError(f"--out {out}: not a variable name")
+    return out
+
+
+def prompt_shower(show: bool):
+    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
+    return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
+
+
+def run_streamed(call, sink: "_Stream | None", out: str | None, ns: dict):
+    """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
+    the partial result stays on screen (and in `out`) and the interrupt goes on."""
+    try:
+        result = call()
+    except KeyboardInterrupt as e:
+        partial = getattr(e, "result", None)  # what was generated before Ctrl-C
+        if out is not None and partial is not None:
+            ns[out] = partial
+        _show_partial(sink, partial)
+        raise  # the cell is interrupted: later queued cells must not run
+    except Exception as e:
+        partial = getattr(e, "result", None)  # a server that dropped mid-stream: its text stays
+        if partial is not None:
+            if out is not None:
+                ns[out] = partial
+            _show_partial(sink, partial)
+        elif sink is not None:
+            sink.settle()  # no "generating…" left above the error card
+        raise
+    if sink is not None:
+        sink.settle()
+    if out is not None:
+        ns[out] = result
+    return result
 
 
 def _unescape(text: str) -> str:

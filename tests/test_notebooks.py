@@ -33,3 +33,16 @@ def test_quickstart_notebook_loads_smollm2_and_shows_the_card():
         assert len(html) == 1 and "LlamaForCausalLM" in html[0]
         assert "…" not in cell_text(cell)
         assert "Loading weights" not in cell_text(cell) and "IProgress" not in cell_text(cell)
+
+
+def test_chat_notebook_remembers_and_resets():
+    notebook = run(EXAMPLES / "chat.ipynb")
+    told, asked = _cells_with(notebook, "%%llm_chat")
+    assert "pineapple" in cell_text(asked).split("\n── ")[0].lower()  # said a turn earlier, recalled
+    messages = cell_text(_cells_with(notebook, "conversation.messages")[0])
+    assert messages.count("'role': 'user'") == 2 and messages.count("'role': 'assistant'") == 2
+    shown = _cells_with(notebook, "%llm_chat --show")[0]
+    html = [o["data"]["text/html"] for o in shown.outputs if "text/html" in o.get("data", {})]
+    assert "[2] assistant" in cell_text(shown) and len(html) == 1 and "secret code word" in html[0]
+    assert cell_text(_cells_with(notebook, "Conversation.load")[0]).strip() == "True"
+    assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")

@@ -481,6 +481,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to write BENCHMARKS.md and results.json")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (tiny model, HF_HOME); default: temporary")
     p.add_argument("--plain-hub-timeout", type=float, default=150, help="stop plain transformers' by-id load after this")
+    p.add_argument("--server", action="store_true", help="also the server rows (bench/server_rows.py: starts transformers serve)")
     args = p.parse_args(argv)
     smoke = args.smoke
     # Repetitions and sizes: the full run fits in < 15 min on 2 cores.
@@ -525,7 +526,7 @@ def main(argv=None) -> int:
             "smoke": smoke,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "total_seconds": time.perf_counter() - started,
-            "complete": len(rows) == len(ROW_NAMES),
+            "complete": {r.name for r in rows} >= set(ROW_NAMES),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
             "prepare": prep,
         }
@@ -558,6 +559,11 @@ def main(argv=None) -> int:
     attempt(("dtype_default_vs_best", "decode_vs_bandwidth"), dtype_rows)
     attempt(("load_peak_rss", "unload_rss_returned"),
             lambda: rows_memory(env, main_arg, main_folder, main_dtype, label, 1 if smoke else 2))
+
+    if args.server:
+        from server_rows import server_rows
+
+        attempt(("server_stream", "server_over"), lambda: tuple(server_rows(16 if smoke else 64, 8 if smoke else 16)))
 
     report()
     log(f"wrote {out / 'BENCHMARKS.md'} and {out / 'results.json'} in {time.perf_counter() - started:.0f} s")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def load(
-    model: str,
+    model: str | None = None,
     *,
     dtype: str = "auto",
     device_map: str | dict = "auto",
@@ -34,8 +34,16 @@ def load(
     max_memory: dict | None = None,
     force: bool = False,
     quiet: bool = False,
+    server: str | None = None,
+    api_key_env: str | None = None,
+    timeout: float | None = None,
 ) -> LoadedModel:
     """Load MODEL (Hub id, `save_pretrained` folder or .gguf file) into the kernel's cache.
+
+    With `server="http://host:8000/v1"`: MODEL as served by that OpenAI-compatible server
+    (vLLM, SGLang, TGI, llama.cpp, Ollama, `transformers serve`), or the one it serves when
+    MODEL is None; `api_key_env` names the variable holding its key (default
+    OPENAI_API_KEY when set), `timeout` the seconds to wait for a reply.
 
     The same request again returns the same handle from the cache in milliseconds.
     `max_memory` ({"cpu": "2GB", 0: "20GB"}) caps what device_map="auto" puts on each device.
@@ -48,13 +56,13 @@ def load(
     handle, _ = load_with_card(
         model, dtype=dtype, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
-        max_memory=max_memory, force=force, quiet=quiet,
+        max_memory=max_memory, force=force, quiet=quiet, server=server, api_key_env=api_key_env, timeout=timeout,
     )
     return handle
 
 
 def load_with_card(
-    model: str,
+    model: str | None = None,
     *,
     dtype: str = "auto",
     device_map: str | dict = "auto",
@@ -66,11 +74,27 @@ def load_with_card(
     max_memory: dict | None = None,
     force: bool = False,
     quiet: bool = False,
+    server: str | None = None,
+    api_key_env: str | None = None,
+    timeout: float | None = None,
 ) -> tuple[LoadedModel, LoadCard]:
     """`load`, plus the card that says what it did (what `%llm_load` shows).
 
     A failure raises LoadError (the original chained as __cause__), leaves the cache as
     it was and keeps no reference to a half-loaded model."""
+    if server:
+        from . import serving
+
+        last = MODEL_CACHE.last
+        try:
+            return serving.load_with_card(model, server, api_key_env=api_key_env, alias=alias, reload=reload,
+                                          timeout=timeout, progress=progress)
+        except BaseException:
+            MODEL_CACHE.last = last
+            raise
+    if model is None:
+        raise LoadError("no model given", fixes=["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                 "%llm_load --server http://HOST:8000/v1  (a model on a server)"])
     attempt: dict = {}  # what was resolved before a failure, for the error card
     last = MODEL_CACHE.last
     try:

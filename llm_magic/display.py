@@ -142,6 +142,46 @@ class LoadCard(Card):
 
 
 @dataclass(frozen=True, repr=False)
+class ServerCard(Card):
+    """What `%llm_load --server URL` did: the served model, the server and what it says
+    about itself, the round trip, and the cache. Never the key: only its variable's name."""
+
+    info: object  # serving.ServerInfo
+    cache_state: str
+    cache_models: int
+    cache_bytes: int
+    seconds: float
+    aliases: tuple[str, ...] = ()
+    concurrency: int = 16
+    timeout: float = 300.0
+
+    def title(self) -> str:
+        alias = f"  (as {', '.join(self.aliases)})" if self.aliases else ""
+        return f"{_short_name(self.info.name)}  →  served at {self.info.url}{alias}"
+
+    def rows(self) -> list[tuple[str, str]]:
+        i = self.info
+        facts = [f"{k} {v}" for k, v in i.entry.items() if k not in ("id", "object", "created") and isinstance(v, (str, int, float))]
+        rows = [("model", i.name + (f"  ({', '.join(facts)})" if facts else ""))]
+        others = [m.get("id") for m in i.served if m.get("id") != i.name]
+        if others:
+            rows.append(("also served", ", ".join(others[:6]) + (" ..." if len(others) > 6 else "")))
+        rows.append(("server", i.url + (f"  ({i.server})" if i.server else "")))
+        if i.context_length:
+            rows.append(("context", f"{i.context_length} tokens"))
+        rows.append(("api key", f"from ${i.api_key_env}" if i.api_key_env else "none sent"))
+        rows.append(("round trip", format_seconds(i.latency) + "  (GET /models)"))
+        rows.append(("requests", f"--over sends {self.concurrency} at once · timeout {self.timeout:g} s"))
+        n = self.cache_models
+        rows.append(("loaded in" if self.cache_state != "cached" else "cache hit", format_seconds(self.seconds)))
+        rows.append(("cache", f"{self.cache_state} · {n} model{'s' if n != 1 else ''}, {format_bytes(self.cache_bytes)} in all"))
+        return rows
+
+    def notes(self) -> list[str]:
+        return list(self.info.warnings)
+
+
+@dataclass(frozen=True, repr=False)
 class StatusLine:
     """A one-line progress message; a display updated in place shows the current one."""
 
@@ -191,7 +231,7 @@ class ModelsCard:
     def table(self) -> list[tuple[str, ...]]:
         return [
             ("*" if m.current else "", m.alias or "-", _short(m.name), m.revision or "-", m.dtype, m.device,
-             format_bytes(m.memory_bytes) + (f" ({format_bytes(m.packed_bytes)} packed for batches)" if m.packed_bytes else ""),
+             (format_bytes(m.memory_bytes) if m.memory_bytes else "–") + (f" ({format_bytes(m.packed_bytes)} packed for batches)" if m.packed_bytes else ""),
              format_ago(m.idle_seconds))
             for m in self.models
         ]
@@ -448,12 +488,12 @@ class GenerationResult:
 
     def plain(self, with_text: bool = True) -> str:
         lines = [self.text.rstrip("\n")] if with_text else []
-        lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self.notes]
+        lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self.notes + ((self.error,) if self.error else ())]
         return "\n".join(lines)
 
     def html(self) -> str:
         e = html.escape
-        notes = "".join(warning_html(n) for n in self.notes)
+        notes = "".join(warning_html(n) for n in self.notes + ((self.error,) if self.error else ()))
         return (
             f"<div><div style='{_TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
             f"<div style='{_FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
@@ -472,25 +512,55 @@ class GenerationResult:
 class GenerationResults(list):
     """The results of a `--over` run: one GenerationResult per item, in order."""
 
+    wall_seconds: float | None = None  # the whole run, start to end (set by generation.generate_many)
+
     @property
     def texts(self) -> list[str]:
         return [r.text for r in self]
 
+    @property
+    def failed(self) -> list[int]:
+        """The items whose request failed on its own (their `.error` says why)."""
+        return [i for i, r in enumerate(self) if r.error is not None]
+
+    def to_pandas(self):
+        """One row per item: item, text, prompt/new tokens, stop reason, seconds, error
+        (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from .errors import LLMError
+
+            raise LLMError("results.to_pandas() needs pandas", fixes=["pip install pandas"]) from None
+        return pd.DataFrame([
+            {"item": i, "prompt": r.prompt, "text": r.text, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+             "stop_reason": r.stop_reason, "seconds": r.seconds, "error": r.error}
+            for i, r in enumerate(self)
+        ])
+
     def summary(self) -> str:
         batches = {r.batch[0] for r in self if r.batch is not None}
         seconds = sum({r.batch[0]: r.seconds for r in self if r.batch is not None}.values())
+        if self.wall_seconds is not None:  # concurrent requests overlap: the sum would overstate
+            seconds = self.wall_seconds
         new = sum(r.new_tokens for r in self)
         rate = new / seconds if seconds > 0 else 0.0
         interrupted = sum(r.stop_reason == "interrupted" for r in self)
         tail = f" · {interrupted} interrupted" if interrupted else ""
+        if self.failed:
+            tail += f" · {len(self.failed)} failed ({', '.join(f'[{i}]' for i in self.failed[:8])}{' ...' if len(self.failed) > 8 else ''})"
         model = f" · {_short_name(self[0].model_id)} {self[0].dtype}" if self else ""
+        groups = f"{len(batches)} batch{'es' if len(batches) != 1 else ''}"
+        if self and (self[0].engine or {}).get("engine") == "server":
+            groups = f"{len(self)} requests"
         return (
-            f"{len(self)} results in {len(batches)} batch{'es' if len(batches) != 1 else ''} · {new} new tokens · "
+            f"{len(self)} results in {groups} · {new} new tokens · "
             f"{format_seconds(seconds)} · {rate:.1f} tokens/s in all{tail}{model}"
         )
 
     def plain(self) -> str:
-        parts = [f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}" for i, r in enumerate(self)]
+        parts = [f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}" + (f" · {r.error}" if r.error else "")
+                 for i, r in enumerate(self)]
         return "\n".join(parts + ["── " + self.summary()])
 
     def html(self) -> str:
@@ -498,7 +568,7 @@ class GenerationResults(list):
         rows = "".join(
             f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
             f"<td style='text-align:left'><div style='{_TEXT_STYLE}'>{e(r.text.strip())}</div>"
-            f"<div style='{_FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}</div></td></tr>"
+            f"<div style='{_FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}{e(' · ' + r.error) if r.error else ''}</div></td></tr>"
             for i, r in enumerate(self)
         )
         return f"<div><table style='border:none'>{rows}</table><div style='{_FOOTER_STYLE}'>{e(self.summary())}</div></div>"
@@ -535,10 +605,10 @@ class PromptView:
     """The prompt exactly as the model reads it (`--show-prompt`)."""
 
     text: str
-    tokens: int
+    tokens: int | None
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        head = f"prompt ({self.tokens} tokens):"
+        head = f"prompt ({self.tokens} tokens):" if self.tokens is not None else "prompt (messages as sent; the server counts the tokens):"
         return {
             "text/plain": f"{head}\n{self.text}",
             "text/html": f"<div style='{_FOOTER_STYLE}'>{html.escape(head)}</div>"

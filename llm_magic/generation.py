@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import secrets
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -194,7 +195,13 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
         on_start(notes + _unused_seed(settings))
     seed = _seed(settings)
     shown = _StopHeldBack(on_text, settings.stop) if on_text is not None and settings.stop else on_text
-    run = engine.run([rendered], seed, max_new, settings, shown)
+    try:
+        run = engine.run([rendered], seed, max_new, settings, shown)
+    except GenerationError as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+        partial = getattr(e, "run", None)
+        if partial is not None:
+            (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
+        raise
     run.notes = notes + _unused_seed(settings) + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     if isinstance(shown, _StopHeldBack):
@@ -221,6 +228,7 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
             on_prompt(r.shown, r.tokens)
     seed = _seed(settings)
     slots: list[GenerationResult | None] = [None] * len(rows)
+    started = time.perf_counter()
     groups = engine.run_many(rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress)
     try:
         for index, (indices, run) in enumerate(groups):
@@ -235,4 +243,6 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
-    return GenerationResults(slots)
+    results = GenerationResults(slots)
+    results.wall_seconds = time.perf_counter() - started
+    return results

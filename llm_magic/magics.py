@@ -8,7 +8,6 @@ import re
 import sys
 import time
 import traceback
-import warnings
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -96,9 +95,28 @@ class LLMMagics(Magics):
     max_history = Int(0, help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
                       "the oldest are left out first).").tag(config=True)
 
+    # Server models (%llm_load --server URL).
+    server = Unicode("", help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).").tag(config=True)
+    api_key_env = Unicode("", help="Default --api-key-env of %llm_load: the variable holding the server's key "
+                          "(empty: OPENAI_API_KEY when set, else no key).").tag(config=True)
+    concurrency = Int(16, help="Requests in flight for %%llm_generate --over on a server model (--concurrency).").tag(config=True)
+    request_timeout = Float(300.0, help="Seconds to wait for a server's reply (each request; connecting: at most 10 s).").tag(config=True)
+
+    @observe("concurrency", "request_timeout")
+    def _apply_server_defaults(self, change):
+        # Kept with the server engine, so llm_magic.generate() from plain Python honours it too.
+        from .engines.server import DEFAULTS
+
+        setattr(DEFAULTS, {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]], change["new"])
+
     @magic_arguments()
     @argument("model", nargs="?", default=None,
-              help="Hub id (org/name), a save_pretrained folder, or a .gguf file. Without it: what this machine can load now.")
+              help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
+              "serves (left out: the one it serves). Without it and without --server: what this machine can load now.")
+    @argument("--server", default=None, help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
+              "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: LLMMagics.server.")
+    @argument("--api-key-env", default=None, help="The environment variable holding the server's key (its name, never "
+              "the key). Default: LLMMagics.api_key_env, else OPENAI_API_KEY when set.")
     @argument(
         "--dtype",
         default=None,
@@ -124,7 +142,7 @@ class LLMMagics(Magics):
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
         args = _parse(self.llm_load, line)
-        if args.model is None:
+        if args.model is None and not (args.server or self.server):
             return api.available()
         dtype = args.dtype or self.dtype
         try:
@@ -134,9 +152,10 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
-        with self._status(quiet) as progress, _verbose_errors(args.verbose):
+        server = _unquote(args.server or self.server) or None
+        with self._status(quiet, local=server is None) as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
-                _unquote(args.model),
+                _unquote(args.model) if args.model else None,
                 dtype=dtype,
                 device_map=args.device_map or self.device_map,
                 revision=args.revision,
@@ -147,6 +166,8 @@ class LLMMagics(Magics):
                 max_memory=_parse_max_memory(args.max_memory),
                 force=args.force,
                 quiet=quiet,
+                server=server,
+                api_key_env=_unquote(args.api_key_env or self.api_key_env) or None,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
@@ -190,6 +211,8 @@ class LLMMagics(Magics):
               "full of braces; {{ stays {{).")
     @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
               "32 on a GPU (LLMMagics.batch_size).")
+    @argument("--concurrency", type=int, default=None, help="Requests in flight with --over on a server model. "
+              "Default: LLMMagics.concurrency.")
     @cell_magic
     def llm_generate(self, line: str, cell: str):
         """Generate from the cell's text with a loaded model (the chat template applied
@@ -225,7 +248,7 @@ class LLMMagics(Magics):
                     model=_unquote(args.model) if args.model else None,
                     namespace=None if args.no_fill else ns,
                     over=over,
-                    batch_size=_pick(args.batch_size, self.batch_size) or None,
+                    batch_size=_pick(args.concurrency, _pick(args.batch_size, self.batch_size)) or None,
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
@@ -281,7 +304,7 @@ class LLMMagics(Magics):
         print("".join(traceback.format_exception(type(error), error, error.__traceback__)), file=sys.stderr)
 
     @contextmanager
-    def _status(self, quiet: bool):
+    def _status(self, quiet: bool, local: bool = True):
         """A progress callback: one status line updated in place in Jupyter, lines on
         stderr in a terminal; in Jupyter the line is blanked when done, and the card
         (the magic's value) follows it."""
@@ -292,6 +315,12 @@ class LLMMagics(Magics):
             yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
             return
         handle = display(StatusLine("starting"), display_id=True)
+        if not local:  # a server model: no transformers to import, no bars to hide
+            try:
+                yield lambda message: handle.update(StatusLine(message))
+            finally:
+                handle.update({"text/plain": ""}, raw=True)
+            return
         # transformers' own bars would stay in the cell as stderr text: the status line
         # stands in for them while this load runs.
         with quiet_output.library_bars_off():
@@ -431,8 +460,13 @@ def run_streamed(call, sink: "_Stream | None", out: str | None, shell, waiting: 
         _show_partial(sink, partial)
         quiet_interrupt(e, _keep_partial(shell, partial, out))
         raise  # the cell is interrupted: later queued cells must not run
-    except Exception:
-        if sink is not None:
+    except Exception as e:
+        partial = getattr(e, "result", None)  # a server that dropped mid-stream: its text stays
+        if partial is not None:
+            if out is not None:
+                shell.user_ns[out] = partial
+            _show_partial(sink, partial)
+        elif sink is not None:
             sink.settle()  # no "generating…" left above the error card
         if waiting is not None:
             waiting.done()

@@ -1,0 +1,358 @@
+"""The server engine: any OpenAI-compatible endpoint (vLLM, SGLang, TGI, llama.cpp's
+server, Ollama, `transformers serve`) through the official `openai` client.
+
+The server applies the chat template (`/v1/chat/completions`); `raw` text goes to
+`/v1/completions` as it is. A single prompt streams (usage reported in the last chunk);
+Ctrl-C closes the stream at once and keeps the text so far. `--over` sends the prompts
+concurrently from a thread pool so the server's continuous batching does the work, with
+back-off on 429/503 and each item failing on its own.
+
+The API key is read from the environment variable the user named, when a client is made,
+and lives only inside the client: never in a result, a card, a log line or the notebook.
+
+`openai` is imported inside the functions: `import llm_magic` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import GenerationError, diagnose_server
+from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
+
+
+@dataclass
+class Defaults:
+    """Defaults for server models, set from the LLMMagics traits (`%config`) or in Python."""
+
+    concurrency: int = 16  # requests in flight for --over
+    timeout: float = 300.0  # seconds to wait for data from the server (read), per request
+    connect_timeout: float = 10.0  # seconds to open a connection
+    retries: int = 4  # for 429 and 503, with exponential back-off
+
+
+DEFAULTS = Defaults()
+
+_RETRIED = (429, 503)  # busy, rate-limited, still loading: worth another try
+
+
+def public_url(url: str) -> str:
+    """The URL without user:password, safe to show and record."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a server model is, and how to reach it: everything but the key itself."""
+
+    url: str  # the base URL the client posts to (ends in /v1 for most servers)
+    api_key_env: str | None  # the variable holding the key, read when a client is made
+    timeout: float | None = None  # read timeout; None: DEFAULTS.timeout
+    connect_timeout: float | None = None
+
+    def key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def client(self, read_timeout: float | None = None):
+        """A fresh `openai.OpenAI` client (no built-in retries: a closed port fails at once)."""
+        import openai
+
+        read = read_timeout or self.timeout or DEFAULTS.timeout
+        connect = min(self.connect_timeout or DEFAULTS.connect_timeout, read)
+        # A server without keys takes any; the client refuses to send none at all.
+        return openai.OpenAI(base_url=self.url, api_key=self.key() or "none", max_retries=0,
+                             timeout=openai.Timeout(read, connect=connect))
+
+    def scrub(self, error: BaseException) -> BaseException:
+        """The error with the key cut out of its message, should a server echo it back."""
+        key = self.key()
+        for e in _links(error):
+            if key and key in str(e):
+                e.args = tuple(a.replace(key, "***") if isinstance(a, str) else a for a in e.args)
+                if isinstance(getattr(e, "message", None), str):
+                    e.message = e.message.replace(key, "***")
+        return error
+
+
+def _links(error: BaseException | None) -> list[BaseException]:
+    out = []
+    while error is not None and error not in out:
+        out.append(error)
+        error = error.__cause__ or error.__context__
+    return out
+
+
+class ServerEngine:
+    """Generation with a model served over the OpenAI-compatible API."""
+
+    kind = "server"
+
+    def __init__(self, info, connection: Connection) -> None:
+        self._info = info  # serving.ServerInfo
+        self.connection = connection
+        self.top_k_refused = False  # learned from the server: it rejects top_k
+        self._client = None
+
+    @property
+    def info(self):
+        return self._info
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self.connection.client()
+        return self._client
+
+    def describe(self) -> dict[str, Any]:
+        import openai
+
+        facts = {"engine": self.kind, "server": public_url(self.connection.url), "served_model": self._info.name,
+                 "client": f"openai {openai.__version__}"}
+        if self._info.server:
+            facts["server_software"] = self._info.server
+        return facts
+
+    def context_limit(self) -> int | None:
+        return self._info.context_length
+
+    def render(self, request: Request) -> Rendered:
+        if request.raw:
+            text = "\n\n".join(m["content"] for m in request.messages)
+            return Rendered(request, text, None, ("completions", text), ("sent as is to /v1/completions",))
+        messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
+        shown = json.dumps(messages, ensure_ascii=False, indent=1)
+        return Rendered(request, shown, None, ("chat", messages))
+
+    # --- one prompt, streamed ----------------------------------------------------------
+
+    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
+            on_text: TextCallback | None = None) -> Run:
+        """Each row streamed in turn (one, from %%llm_generate). Ctrl-C closes the stream
+        at once: the text so far is the partial completion."""
+        started = time.perf_counter()
+        completions: list[Completion] = []
+        first_token_at = None
+        notes: tuple[str, ...] = ()
+        for row in rows:
+            streamed = _Streamed()
+            try:
+                self._stream(row, seed, max_new, settings, on_text, streamed)
+            except KeyboardInterrupt as e:
+                completions.append(streamed.completion("interrupted"))
+                return Run(completions, started, time.perf_counter(), first_token_at or streamed.first_at, e)
+            except Exception as e:
+                error = self._explain(e, row, max_new)
+                if streamed.parts:  # the server dropped mid-stream: keep what came
+                    partial = streamed.completion("error")
+                    partial.error = str(error)
+                    error.run = Run(completions + [partial], started, time.perf_counter(), streamed.first_at)
+                raise error from e
+            completions.append(streamed.completion(None))
+            first_token_at = first_token_at or streamed.first_at
+            if streamed.usage is None:
+                notes += ("the server reported no usage while streaming: new tokens counted as streamed pieces, "
+                          "prompt tokens unknown (0)",)
+        return Run(completions, started, time.perf_counter(), first_token_at, notes=self._notes(settings) + notes)
+
+    def _notes(self, settings) -> tuple[str, ...]:
+        if self.top_k_refused and settings.top_k and not settings.greedy:
+            return (f"this server takes no top_k: sampled without --top-k {settings.top_k}",)
+        return ()
+
+    def _stream(self, row: Rendered, seed, max_new: int, settings, on_text, streamed: "_Streamed") -> None:
+        endpoint, body = self._body(row, seed, max_new, settings)
+        body.update(stream=True, stream_options={"include_usage": True})
+        stream = None
+        try:
+            stream = self._create(self.client, endpoint, body)
+            for chunk in stream:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    streamed.usage = usage
+                for choice in chunk.choices or ():
+                    piece = choice.delta.content if endpoint == "chat" else choice.text
+                    if piece:
+                        if streamed.first_at is None:
+                            streamed.first_at = time.perf_counter()
+                        streamed.parts.append(piece)
+                        streamed.pieces += 1
+                        if on_text is not None:
+                            on_text(piece)
+                    if choice.finish_reason:
+                        streamed.finish = choice.finish_reason
+        finally:
+            if stream is not None:
+                stream.close()  # Ctrl-C or an error: the server sees the client leave and stops
+
+    # --- many prompts, concurrently ------------------------------------------------------
+
+    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings, budget: Budget,
+                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+        """Every row its own request, `batch_size` (or DEFAULTS.concurrency) in flight at
+        once; yields ([index], run) as each finishes. A row that fails after its retries is
+        a completion with `error` set, and the others go on; if every row fails, the first
+        failure is raised as the card."""
+        size = batch_size or DEFAULTS.concurrency
+        if size < 1:
+            raise GenerationError(f"--concurrency {size}: must be at least 1", fixes=["--concurrency 16", "leave it out"])
+        max_new, notes = budget(rows)
+        client = self.connection.client()  # its own connection pool, closed when the run ends
+        pool = ThreadPoolExecutor(max_workers=min(size, len(rows)), thread_name_prefix="llm_magic-server")
+        done, failures = 0, []
+        try:
+            if on_progress is not None:
+                on_progress(0, len(rows))
+            pending = {
+                pool.submit(self._one, client, row, None if seed is None else seed + i, max_new, settings): i
+                for i, row in enumerate(rows)
+            }
+            while pending:
+                finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)  # a short wait: Ctrl-C gets through
+                for future in finished:
+                    i = pending.pop(future)
+                    run, error = future.result()
+                    run.notes = notes + self._notes(settings)
+                    if error is not None:
+                        failures.append(error)
+                    done += 1
+                    yield [i], run
+                    if on_progress is not None:
+                        on_progress(done, len(rows))
+            if failures and len(failures) == len(rows):
+                raise failures[0]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            client.close()  # requests still in flight end now (Ctrl-C): their connections close
+
+    def _one(self, client, row: Rendered, seed, max_new: int, settings) -> tuple[Run, GenerationError | None]:
+        """One row's request, retried on 429/503 with back-off; never raises."""
+        started = time.perf_counter()
+        for attempt in range(DEFAULTS.retries + 1):
+            try:
+                completion = self._complete(client, row, seed, max_new, settings)
+                return Run([completion], started, time.perf_counter()), None
+            except Exception as e:
+                status = getattr(e, "status_code", None)
+                if status in _RETRIED and attempt < DEFAULTS.retries:
+                    time.sleep(_backoff(e, attempt))
+                    continue
+                error = self._explain(e, row, max_new)
+                error.__cause__ = e
+                failed = Completion("", 0, "error", error=str(error))
+                return Run([failed], started, time.perf_counter()), error
+        raise AssertionError("unreachable")
+
+    def _complete(self, client, row: Rendered, seed, max_new: int, settings) -> Completion:
+        endpoint, body = self._body(row, seed, max_new, settings)
+        reply = self._create(client, endpoint, body)
+        choice = reply.choices[0]
+        text = (choice.message.content or "") if endpoint == "chat" else (choice.text or "")
+        usage = getattr(reply, "usage", None)
+        new = getattr(usage, "completion_tokens", None)
+        reason, stop_string = _stop_reason(choice.finish_reason, choice, settings)
+        return Completion(text, new if new is not None else 0, reason, stop_string,
+                          prompt_tokens=getattr(usage, "prompt_tokens", None))
+
+    # --- the request -------------------------------------------------------------------
+
+    def _body(self, row: Rendered, seed, max_new: int, settings) -> tuple[str, dict]:
+        endpoint, content = row.payload
+        body: dict[str, Any] = {"model": self._info.name, "max_tokens": max_new}
+        body["messages" if endpoint == "chat" else "prompt"] = content
+        if settings.greedy:
+            body["temperature"] = 0.0  # the OpenAI API's greedy decoding
+        else:
+            body.update(temperature=settings.temperature, top_p=settings.top_p)
+            if settings.top_k and not self.top_k_refused:
+                body["extra_body"] = {"top_k": settings.top_k}  # not in OpenAI's API; vLLM, llama.cpp, SGLang take it
+        if seed is not None:
+            body["seed"] = seed
+        if settings.stop:
+            body["stop"] = list(settings.stop)
+        return endpoint, body
+
+    def _create(self, client, endpoint: str, body: dict):
+        api = client.chat.completions if endpoint == "chat" else client.completions
+        try:
+            return api.create(**body)
+        except Exception as e:
+            said = f"{e} {getattr(e, 'body', '')}"
+            if "extra_body" in body and getattr(e, "status_code", None) in (400, 422) and "top_k" in said:
+                self.top_k_refused = True  # this server takes no top_k: sample without it
+                return api.create(**{k: v for k, v in body.items() if k != "extra_body"})
+            raise
+
+    def _explain(self, error: BaseException, row: Rendered, max_new: int) -> GenerationError:
+        self.connection.scrub(error)
+        context = {
+            "stage": "generate",
+            "model": self._info.name,
+            "url": public_url(self.connection.url),
+            "api_key_env": self.connection.api_key_env,
+            "timeout": self.connection.timeout or DEFAULTS.timeout,
+            "max_new_tokens": max_new,
+            "label": row.request.label,
+            "served": [m.get("id") for m in self._info.served],
+        }
+        return diagnose_server(error, context, GenerationError)
+
+
+class _Streamed:
+    """What came through one stream so far."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.pieces = 0
+        self.first_at: float | None = None
+        self.usage = None
+        self.finish: str | None = None
+
+    def completion(self, reason: str | None) -> Completion:
+        usage = self.usage
+        new = getattr(usage, "completion_tokens", None)
+        prompt = getattr(usage, "prompt_tokens", None)
+        if reason is None:
+            reason, stop_string = _stop_reason(self.finish, None, None)
+        else:
+            stop_string = None
+        # Without usage (interrupted, or a server that does not report it): one token per streamed piece.
+        return Completion("".join(self.parts), new if new is not None else self.pieces, reason, stop_string,
+                          prompt_tokens=prompt)
+
+
+def _stop_reason(finish: str | None, choice, settings) -> tuple[str, str | None]:
+    """The server's finish_reason in llm_magic's words. "stop" covers both the end of the
+    answer and a stop string; vLLM says which in `stop_reason`."""
+    if finish == "length":
+        return "length", None
+    said = getattr(choice, "stop_reason", None) if choice is not None else None
+    if isinstance(said, str) and settings is not None and said in settings.stop:
+        return "stop string", said
+    if finish == "stop":
+        return "stop", None
+    return finish or "stop", None
+
+
+def _backoff(error: BaseException, attempt: int) -> float:
+    """Seconds before retrying: the server's Retry-After when it gives one (capped), else
+    0.5, 1, 2, 4 s with jitter."""
+    response = getattr(error, "response", None)
+    after = response.headers.get("retry-after") if response is not None else None
+    try:
+        if after is not None:
+            return min(float(after), 30.0)
+    except ValueError:
+        pass
+    return 0.5 * 2**attempt * (0.75 + random.random() / 2)

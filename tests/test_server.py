@@ -1,0 +1,372 @@
+"""Server models (`%llm_load --server URL`) against REAL OpenAI-compatible servers started
+here on 127.0.0.1: `transformers serve --continuous-batching` and llama.cpp's server,
+both serving SmolLM2-135M-Instruct. The same tests run against both (`server`).
+
+Every failure in the catalogue is produced for real: a closed port, a wrong model name, a
+`python -m http.server` URL, a server killed mid-stream, a key checked by a tiny real proxy.
+Token counts are kept small: the servers run on the CPU, next to the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from IPython.utils.capture import capture_output
+
+import llm_magic
+from llm_magic import MODEL_CACHE, GenerationError, LoadError
+from llm_magic.engines import server as server_engine
+
+import servers
+
+pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+KEY = "sk-llm-magic-test-0123456789abcdef"  # a made-up key the proxy checks: it must never show
+
+
+# --- servers, started once per session --------------------------------------------------
+
+@pytest.fixture(scope="session")
+def smollm2_folder(smollm2_gguf) -> Path:
+    """SmolLM2 as the bfloat16 folder llm_magic converts the .gguf into (what local
+    `%llm_load` runs), so `transformers serve` serves the very same weights."""
+    from llm_magic import loading
+
+    handle = llm_magic.load(smollm2_gguf, dtype="bfloat16")
+    folder = loading.converted_folder(Path(smollm2_gguf), "bfloat16")
+    llm_magic.unload(all=True)
+    del handle
+    assert (folder / "config.json").is_file()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def transformers_server(smollm2_folder):
+    pytest.importorskip("fastapi")
+    # One OpenMP thread: on a shared machine, spinning OpenMP teams made it 10× slower here.
+    proc = servers.transformers_serve(smollm2_folder, dtype="bfloat16", continuous_batching=True, threads=1)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2_gguf):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("sse_starlette")
+    proc = servers.llama_cpp_server(smollm2_gguf)
+    try:
+        servers.smoke_request(proc)
+    except RuntimeError as e:
+        proc.stop()
+        pytest.skip(f"llama.cpp's server cannot answer on this machine: {e}")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(params=["transformers", "llama.cpp"])
+def server(request):
+    return request.getfixturevalue("transformers_server" if request.param == "transformers" else "llama_server")
+
+
+@pytest.fixture
+def loaded(shell, server):
+    card = shell.run_line_magic("llm_load", f"--server {server.url} --as srv")
+    return shell, MODEL_CACHE.find("srv"), card
+
+
+def run(shell, cell):
+    with capture_output() as captured:
+        result = shell.run_cell(cell, store_history=True)
+    return result, captured
+
+
+def cache_state():
+    return sorted((str(e.key), tuple(sorted(e.aliases))) for e in MODEL_CACHE.entries())
+
+
+# --- loading: the card, the cache ------------------------------------------------------
+
+def test_load_card_lists_and_unloads(loaded, server):
+    shell, entry, card = loaded
+    served = servers.served_ids(server.url)
+    assert entry.info.name == served[0] and entry.model is None and entry.memory_bytes == 0
+    text = card.text()
+    assert f"served at {server.url}" in text and served[0] in text
+    assert "round trip" in text and "api key     none sent" in text and "cache       new" in text
+    again = shell.run_line_magic("llm_load", f"--server {server.url}")
+    assert again.cache_state == "cached" and "cache hit" in again.text()
+    assert MODEL_CACHE.find("srv") is entry and len(MODEL_CACHE) == 1
+    models = shell.run_line_magic("llm_models", "").text()
+    assert "srv" in models and server.url in models
+    shell.run_line_magic("llm_unload", "srv")
+    assert len(MODEL_CACHE) == 0 and entry.engine is None
+
+
+def test_model_named_explicitly_is_the_same_entry(shell, server):
+    served = servers.served_ids(server.url)[0]
+    a = llm_magic.load(served, server=server.url)
+    b = llm_magic.load(server=server.url)
+    assert a is b
+
+
+# --- generation ---------------------------------------------------------------------
+
+def test_transformers_serve_greedy_equals_local_greedy(shell, transformers_server, smollm2_gguf):
+    """The same bf16 weights, greedy, in the kernel and behind `transformers serve`."""
+    shell.run_line_magic("llm_load", f"{smollm2_gguf} --dtype bfloat16 --as local --quiet")
+    local, _ = run(shell, f"%%llm_generate -m local --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
+    shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as remote --quiet")
+    remote, _ = run(shell, f"%%llm_generate -m remote --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
+    assert remote.success, remote.error_in_exec
+    assert "Paris" in remote.result.text
+    assert remote.result.text == local.result.text
+    assert remote.result.engine["engine"] == "server" and remote.result.device == transformers_server.url
+
+
+def test_llama_cpp_greedy_equals_the_raw_openai_client(shell, llama_server):
+    import openai
+
+    shell.run_line_magic("llm_load", f"--server {llama_server.url} --quiet")
+    result, _ = run(shell, f"%%llm_generate --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
+    client = openai.OpenAI(base_url=llama_server.url, api_key="none", timeout=120, max_retries=0)
+    served = servers.served_ids(llama_server.url)[0]
+    reply = client.chat.completions.create(model=served, messages=[{"role": "user", "content": QUESTION}],
+                                           temperature=0.0, max_tokens=8)
+    assert result.result.text == reply.choices[0].message.content
+
+
+def test_streaming_shows_text_before_the_end_and_reports_usage(loaded):
+    shell, entry, _ = loaded
+    pieces = []
+    result = llm_magic.generate(QUESTION, model="srv", greedy=True, max_new_tokens=8,
+                                stream=lambda piece: pieces.append((time.perf_counter(), piece)))
+    ended = time.perf_counter()
+    assert len(pieces) >= 2 and pieces[0][0] < pieces[-1][0] < ended
+    assert "".join(p for _, p in pieces) == result.text
+    assert 0 < result.new_tokens <= 8
+    if any("no usage" in n for n in result.notes):  # llama_cpp.server streams no usage: one token per piece, said so
+        assert result.new_tokens == len(pieces)
+    else:  # the server's usage (stream_options include_usage)
+        assert result.prompt_tokens > 5
+    assert result.time_to_first_token is not None
+    footer = result.footer()
+    assert f"{result.prompt_tokens} prompt tokens · {result.new_tokens} new" in footer and "served" in footer
+
+
+def test_raw_system_and_show_prompt(loaded):
+    shell, entry, _ = loaded
+    result, out = run(shell, "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is")
+    assert result.success, result.error_in_exec
+    assert shell.user_ns["r"] is result.result
+    assert "sent as is to /v1/completions" in result.result.notes
+    assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
+    system, out = run(shell, "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
+                             + QUESTION)
+    shown = out.outputs[0].data["text/plain"]
+    assert system.success and "messages as sent" in shown and '"role": "system"' in shown and "Answer in French." in shown
+
+
+def test_ctrl_c_mid_stream_keeps_the_partial_text(loaded):
+    shell, entry, _ = loaded
+    pieces = []
+
+    def interrupt_after_first(piece):
+        pieces.append(piece)
+        raise KeyboardInterrupt
+
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        llm_magic.generate("Write a long story about a dragon.", model="srv", greedy=True, max_new_tokens=200,
+                           stream=interrupt_after_first)
+    partial = caught.value.result
+    assert partial.stop_reason == "interrupted" and partial.text == pieces[0] and len(pieces) == 1
+    assert partial.new_tokens < 200
+    assert time.perf_counter() - started < 120  # generous: the stream closed, 200 tokens were not waited for
+    after = llm_magic.generate(QUESTION, model="srv", greedy=True, max_new_tokens=3)  # the server still answers
+    assert after.new_tokens > 0
+
+
+# --- --over -----------------------------------------------------------------------------
+
+SEQUENCES = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "January, February, March,"]
+
+
+def test_over_keeps_the_order_and_converts_to_pandas(loaded):
+    shell, entry, _ = loaded
+    shell.user_ns["seqs"] = SEQUENCES
+    result, _ = run(shell, "%%llm_generate --over seqs --raw --greedy --max-new-tokens 3 --concurrency 3\n{item}")
+    assert result.success, result.error_in_exec
+    results = result.result
+    singles = [llm_magic.generate(s, model="srv", raw=True, greedy=True, max_new_tokens=3).text for s in SEQUENCES]
+    assert results.texts == singles
+    assert [r.prompt for r in results] == SEQUENCES
+    frame = results.to_pandas()
+    assert list(frame["text"]) == singles and list(frame["item"]) == [0, 1, 2]
+    assert set(frame.columns) >= {"new_tokens", "stop_reason", "seconds", "error"}
+    assert "3 results in 3 requests" in results.summary()
+
+
+def test_over_one_item_failing_leaves_the_others(llama_server, shell):
+    """llama.cpp's server is started with a 512-token context: one item past it fails on
+    its own (the server's own 400), the others stand."""
+    shell.run_line_magic("llm_load", f"--server {llama_server.url} --quiet")
+    shell.user_ns["docs"] = ["1, 2, 3,", "word " * 700, "a, b, c,"]
+    result, _ = run(shell, "%%llm_generate --over docs --raw --greedy --max-new-tokens 3\n{item}")
+    assert result.success, result.error_in_exec
+    results = result.result
+    assert results.failed == [1]
+    assert results[1].stop_reason == "error" and "context" in results[1].error
+    assert results[0].new_tokens > 0 and results[2].new_tokens > 0
+    assert "1 failed ([1])" in results.summary()
+
+
+def test_over_retries_a_busy_server_then_reports_it(shell, transformers_server):
+    """A real proxy answers 429 to the first requests: they are retried and succeed; a
+    server that stays busy gives the rate-limit card once the retries are spent."""
+    shell.user_ns["seqs"] = SEQUENCES[:2]
+    proxy = servers.KeyProxy(transformers_server.url, busy=3)
+    try:
+        shell.run_line_magic("llm_load", f"--server {proxy.url} --as busy --quiet")
+        result, _ = run(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}")
+        assert result.success, result.error_in_exec
+        assert proxy.refused == 3 and not result.result.failed and all(r.new_tokens > 0 for r in result.result)
+        proxy.busy_left = 10**6
+        text = fail(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}", GenerationError, 60)
+        assert "rate-limiting requests (429)" in text and "--concurrency" in text
+    finally:
+        proxy.stop()
+
+
+# --- failures, produced for real ----------------------------------------------------------
+
+def fail(shell, cell: str, error_type=LoadError, seconds: float = 5.0) -> str:
+    """Run a failing cell: it fails with a short card within `seconds`, the cache as it was."""
+    before = cache_state()
+    started = time.perf_counter()
+    result, out = run(shell, cell)
+    took = time.perf_counter() - started
+    assert result.success is False
+    assert isinstance(result.error_in_exec, error_type), repr(result.error_in_exec)
+    assert cache_state() == before
+    text = out.stdout + out.stderr
+    assert "Traceback (most recent call last)" not in text
+    assert took < seconds, f"{took:.1f} s"
+    return text
+
+
+def test_closed_port(shell):
+    url = f"http://127.0.0.1:{servers.closed_port()}/v1"
+    text = fail(shell, f"%llm_load --server {url}")
+    assert "nothing is listening at 127.0.0.1" in text and "connection refused" in text
+    assert shell.run_cell("1 + 1").result == 2  # the kernel lives
+
+
+def test_wrong_model_name_lists_the_served_ones(shell, transformers_server):
+    served = servers.served_ids(transformers_server.url)[0]
+    text = fail(shell, f"%llm_load no-such-model --server {transformers_server.url}")
+    assert "does not serve 'no-such-model'" in text and served in text
+
+
+def test_a_web_server_that_is_not_an_openai_api(shell):
+    web = servers.static_http_server()
+    try:
+        text = fail(shell, f"%llm_load --server {web.url}")
+        assert "is not an OpenAI-compatible API" in text and "an HTML page" in text
+        assert "/v1" in text  # the fix names the usual base path
+        tls = fail(shell, f"%llm_load --server https://127.0.0.1:{web.port}/v1")  # TLS spoken to a plain-HTTP server
+        assert "TLS handshake with 127.0.0.1" in tls and "write http://" in tls
+    finally:
+        web.stop()
+
+
+def test_api_key_checked_by_a_real_proxy_never_shows(shell, transformers_server, monkeypatch, tmp_path):
+    proxy = servers.KeyProxy(transformers_server.url, KEY)
+    try:
+        text = fail(shell, f"%llm_load --server {proxy.url}")
+        assert "wants an API key, and none was sent" in text and "--api-key-env" in text
+        monkeypatch.setenv("LLM_MAGIC_TEST_KEY", "sk-wrong-key")
+        text = fail(shell, f"%llm_load --server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY")
+        assert "refused the key in $LLM_MAGIC_TEST_KEY" in text and "sk-wrong-key" not in text
+        monkeypatch.setenv("LLM_MAGIC_TEST_KEY", KEY)
+        result, out = run(shell, f"%llm_load --server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY --as keyed")
+        assert result.success, result.error_in_exec
+        gen, gen_out = run(shell, "%%llm_generate -m keyed --greedy --max-new-tokens 3 --no-stream\nHello")
+        assert gen.success, gen.error_in_exec
+        models, models_out = run(shell, "%llm_models")
+        shown = [out.stdout, gen_out.stdout, models_out.stdout, result.result.text(), result.result.html(),
+                 repr(gen.result.metadata()), gen.result.html(), models.result.html(), repr(MODEL_CACHE.find("keyed").info)]
+        assert all(KEY not in s for s in shown)
+        assert "from $LLM_MAGIC_TEST_KEY" in result.result.text()
+    finally:
+        proxy.stop()
+
+
+def test_server_killed_mid_stream_keeps_the_partial_text(shell, smollm2_folder):
+    doomed = servers.transformers_serve(smollm2_folder, continuous_batching=False, threads=1)
+    try:
+        shell.run_line_magic("llm_load", f"--server {doomed.url} --as doomed --quiet")
+        pieces = []
+
+        def kill_after_first(piece):
+            pieces.append(piece)
+            if len(pieces) == 1:
+                doomed.kill()
+
+        with pytest.raises(GenerationError) as caught:
+            llm_magic.generate("Write a long story about a dragon.", model="doomed", greedy=True, max_new_tokens=200,
+                               stream=kill_after_first)
+        card = "\n".join(caught.value._render_traceback_())
+        assert "closed the connection before the answer was complete" in card
+        partial = caught.value.result
+        assert partial.stop_reason == "error" and partial.text == "".join(pieces) and partial.text
+    finally:
+        doomed.stop()
+
+
+def test_read_timeout_gives_a_card(shell, transformers_server):
+    """A reply slower than the timeout: 200 tokens in 0.5 s is more than any CPU does."""
+    old = server_engine.DEFAULTS.timeout
+    shell.run_line_magic("config", "LLMMagics.request_timeout = 0.5")
+    try:
+        shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as slow --quiet --reload")
+        shell.user_ns["one"] = ["Write a long story about a dragon."]
+        text = fail(shell, "%%llm_generate -m slow --over one --greedy --max-new-tokens 200\n{item}", GenerationError, 30)
+        assert "did not answer within 0.5 s" in text
+    finally:
+        server_engine.DEFAULTS.timeout = old
+
+
+# --- the example notebook --------------------------------------------------------------
+
+def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(transformers_server, monkeypatch, tmp_path):
+    """examples/server.ipynb in a real kernel, through a key-checking proxy: the key comes
+    from OPENAI_API_KEY (the default variable) and appears nowhere in the saved notebook."""
+    import sys
+
+    import nbformat
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from run_notebook import cell_text, run as run_notebook
+
+    proxy = servers.KeyProxy(transformers_server.url, KEY)
+    monkeypatch.setenv("LLM_MAGIC_SERVER_URL", proxy.url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    try:
+        notebook = run_notebook(Path(__file__).resolve().parents[1] / "examples" / "server.ipynb")
+    finally:
+        proxy.stop()
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    texts = {c.source.splitlines()[0]: cell_text(c) for c in code}
+    card = texts["%llm_load --server $url --as remote"]
+    assert f"served at {proxy.url}" in card and "from $OPENAI_API_KEY" in card
+    assert "Paris" in texts["%%llm_generate -m remote --greedy --max-new-tokens 12"]
+    assert "3 results in 3 requests" in texts["%%llm_generate -m remote --over countries --greedy --max-new-tokens 8 --out answers"]
+    assert "nothing is listening at 127.0.0.1:9" in texts["%llm_load --server http://127.0.0.1:9/v1"]
+    saved = tmp_path / "server.ipynb"
+    nbformat.write(notebook, saved)
+    assert KEY not in saved.read_text()

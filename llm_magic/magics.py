@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, Union, observe, validate
 
 from . import api, generation, hardware, prompts, sizing
 from .cache import MODEL_CACHE
@@ -34,6 +34,8 @@ class LLMMagics(Magics):
     quiet = Bool(False, help="Load without progress or card unless asked (as --quiet on every %llm_load).").tag(
         config=True
     )
+    engine = CaselessStrEnum(("transformers", "llama.cpp"), "transformers",
+                             help="Default --engine of %llm_load: transformers, or llama.cpp (.gguf files only).").tag(config=True)
     max_models = Int(
         0, help="The most models the cache holds (0: no limit); loading one more unloads the least recently used."
     ).tag(config=True)
@@ -90,6 +92,11 @@ class LLMMagics(Magics):
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
     @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
+    @argument("--engine", choices=("transformers", "llama.cpp"), default=None,
+              help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
+              "quantized; needs llm_magic[llama-cpp]). Default: LLMMagics.engine.")
+    @argument("--quantize", choices=("nf4", "fp4", "int8"), default=None,
+              help="Load the linear layers in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes.")
     @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
     @line_magic
     def llm_load(self, line: str):
@@ -115,6 +122,8 @@ class LLMMagics(Magics):
                 progress=progress,
                 max_memory=_parse_max_memory(args.max_memory),
                 force=args.force,
+                engine=args.engine or self.engine,
+                quantize=args.quantize,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card

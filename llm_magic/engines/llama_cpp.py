@@ -257,7 +257,16 @@ def load(source, progress=None):
     threads = physical_cores()
     if progress:
         progress(f"opening {os.path.basename(source.path)} with llama.cpp ({threads} threads)…")
-    llm = llama_cpp.Llama(model_path=source.path, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    try:
+        llm = llama_cpp.Llama(model_path=source.path, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
+        raise LoadError(
+            f"{os.path.basename(source.path)}: llama.cpp could not open the file",
+            "it is not a GGUF model this llama.cpp can read: truncated or damaged, or an architecture it does not know",
+            [f"check the file: {os.path.getsize(source.path)} bytes at {source.path}",
+             "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
+             "or leave out --engine: transformers reads .gguf files of the architectures it knows"],
+        ) from e
     if llm.metadata.get("tokenizer.chat_template") and llm.chat_format != "chat_template.default":
         # llama-cpp-python took a built-in look-alike for this template: use the file's own.
         llm.chat_format = "chat_template.default"

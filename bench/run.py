@@ -169,6 +169,16 @@ def row_cold_load(env, path: str, dtype: str, label: str, reps: int) -> Row:
 
 
 def row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: float) -> Row:
+    """The Hub unreachable without a packet leaving this machine: the workers' HF_ENDPOINT
+    is a socket on 127.0.0.1, started here, that accepts and never answers."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from loopback import SilentServer, loopback_env
+
+    with SilentServer() as hub:
+        return _row_hub(loopback_env(dict(env), hub.url), tiny_dir, reps, plain_by_id, plain_timeout)
+
+
+def _row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: float) -> Row:
     row = Row("hub_id_offline", "Hub id of a cached model, Hub unreachable, no offline variable, vs the folder by path",
               "≤ 1.5× (plain transformers by id: ~60×)", model="tiny GPT-2")
     runs = {"by_id": [], "by_path": [], "plain_by_path": []}

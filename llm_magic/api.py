@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from . import errors, hardware, loading, sizing
+from . import errors, gguf_cache, hardware, loading, sizing
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
 from .engines.transformers import TransformersEngine
@@ -124,8 +124,9 @@ def _load_with_card(
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
         fit, notes = preflight(source, choice.dtype, device_map, key, force, progress, quantize=quantize)  # raises when it won't fit
-        model_obj, tokenizer, info = loading.load_model(source, choice, device_map, trust_remote_code, progress, max_memory,
-                                                        quantize)
+        model_obj, tokenizer, info = loading.load_model(
+            source, choice, device_map, trust_remote_code, progress, max_memory, reconvert=reload, quantize=quantize)
+        notes += info.load_notes
         if source.kind == "hub" and not source.cached:
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
             key = (loading.resolve_source(model, revision).identity, *settings)
@@ -225,10 +226,7 @@ def estimate(source: loading.Source, dtype: str, quantize: str | None = None) ->
     """The bytes `source` will take at `dtype`, from file headers only; None when no local
     file tells (a Hub id not downloaded yet) or a header is unreadable (the load itself
     then reports the broken file)."""
-    converted = None
-    if source.kind == "gguf":
-        folder = loading.converted_folder(source.path, dtype)
-        converted = folder if (folder / loading._CONVERTED_MARK).is_file() else None
+    converted = gguf_cache.usable_copy(source.path, dtype) if source.kind == "gguf" else None
     try:
         est = sizing.estimate(source, dtype, converted)
         return sizing.quantized(est, quantize) if est and quantize else est

@@ -34,10 +34,10 @@ def machine_id() -> str:
 
 
 def _file(identity: str) -> Path:
-    from .loading import converted_cache_root
+    from .gguf_cache import cache_root
 
     key = hashlib.sha256(f"{identity}\0{machine_id()}".encode()).hexdigest()[:16]
-    return converted_cache_root() / "speed" / f"{key}.json"
+    return cache_root() / "speed" / f"{key}.json"
 
 
 def label(info) -> str:

@@ -258,6 +258,40 @@ class UnloadCard(Card):
                 "delete that reference to free it"]
 
 
+@dataclass(frozen=True, repr=False)
+class DiskCard(Card):
+    """`%llm_models --disk` / `%llm_unload --disk`: the converted copies of .gguf files on
+    disk (gguf_cache.ConvertedCopy values), their sizes and sources; what was deleted."""
+
+    folder: str  # where the copies live
+    copies: tuple = ()  # what is there now
+    deleted: tuple = ()  # what this call deleted
+    free_bytes: int | None = None  # on the copies' disk
+
+    def title(self) -> str:
+        if self.deleted:
+            names = ", ".join(c.name for c in self.deleted)
+            return f"deleted {names} ({format_bytes(sum(c.size_bytes for c in self.deleted))} freed)"
+        n = len(self.copies)
+        return f"{n} converted .gguf cop{'y' if n == 1 else 'ies'}, {format_bytes(sum(c.size_bytes for c in self.copies))} on disk"
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows = [(c.name, f"{format_bytes(c.size_bytes)}  {c.dtype}  from {c.gguf or '?'}{_source_state(c)}") for c in self.copies]
+        free = f"  ({format_bytes(self.free_bytes)} free)" if self.free_bytes is not None else ""
+        return rows + [("folder", self.folder + free)]
+
+    def notes(self) -> list[str]:
+        return [f"{c.name}: damaged ({c.problem}); the next load converts it again" for c in self.copies if c.problem]
+
+
+def _source_state(copy) -> str:
+    if not copy.gguf:
+        return ""
+    if not copy.source_exists:
+        return "  (the .gguf is gone)"
+    return "" if copy.source_matches else "  (the .gguf changed since: the next load converts it again)"
+
+
 def _short(name: str) -> str:
     """A Hub id as is; a path by its last part."""
     return name if "/" not in name or not name.startswith(("/", ".", "~")) else name.rstrip("/").rsplit("/", 1)[-1]

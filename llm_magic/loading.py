@@ -6,7 +6,6 @@ stay fast, so the heavy imports live inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hardware
+from . import gguf_cache, hardware
 from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
@@ -24,7 +23,6 @@ Progress = Callable[[str], None]
 # A Hub id is "name" or "org/name"; anything else that does not exist on disk is a bad path.
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_CONVERTED_MARK = "llm_magic_gguf.json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,7 @@ class ModelInfo:
     trust_remote_code: bool = False
     converted_from: str | None = None  # the .gguf file, for a converted model
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    load_notes: tuple[str, ...] = ()  # what this load did on the way (a copy converted again): its card only
     engine: str = "transformers"  # engines/: what generates with it
     details: tuple[tuple[str, str], ...] = ()  # more card rows (engine, quantization, context, threads)
 
@@ -83,7 +82,7 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     path = Path(text).expanduser()
     if text.lower().endswith(".gguf"):
         if not path.is_file():
-            raise _missing_path(text, path)
+            raise _missing_gguf(text, path)
         return Source("gguf", text, str(path.resolve()), revision)
     if path.is_dir():
         return Source("folder", text, str(path.resolve()), revision)
@@ -135,6 +134,23 @@ def _missing_path(text: str, path: Path) -> LoadError:
     return LoadError(f"{text}: no such file or folder", "the path does not exist", fixes)
 
 
+def _missing_gguf(text: str, path: Path) -> LoadError:
+    """A .gguf that is gone: where it was looked for, and the converted copies it left
+    (plain safetensors folders that load without it)."""
+    error = _missing_path(text, path)
+    left = [c for c in gguf_cache.converted_copies() if c.gguf == str(path.resolve()) and c.problem is None]
+    if not left:
+        return error
+    d = error.diagnosis
+    return LoadError(
+        f"{text}: the .gguf file is gone",
+        f"nothing is at {path.resolve()}; {len(left)} converted cop{'y' if len(left) == 1 else 'ies'} of it remain in the cache",
+        [f"put the .gguf back at {path.resolve()} (or give its new path)",
+         f"or load the converted copy, a plain safetensors folder: %llm_load {left[0].folder}",
+         f"or delete the copies: %llm_unload --disk {path.name}", *d.fixes[:1]],
+    )
+
+
 def checkpoint_dtype(folder: str | None) -> str | None:
     """The dtype recorded in the folder's config.json, if any (no weights are read)."""
     if folder is None:
@@ -147,69 +163,10 @@ def checkpoint_dtype(folder: str | None) -> str | None:
     return str(value) if value else None
 
 
-def converted_cache_root() -> Path:
-    """Where converted .gguf models are kept: $LLM_MAGIC_CACHE or ~/.cache/llm_magic."""
-    env = os.environ.get("LLM_MAGIC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llm_magic"
-
-
-def converted_folder(gguf_path: str, dtype: str) -> Path:
-    """The cache folder for one .gguf file at one dtype, keyed by the file's path, size
-    and mtime."""
-    st = os.stat(gguf_path)
-    key = hashlib.sha256(f"{gguf_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return converted_cache_root() / "gguf" / f"{Path(gguf_path).stem}-{key}-{dtype}"
-
-
-def convert_gguf(gguf_path: str, dtype: str, progress: Progress) -> Path:
-    """Dequantize a .gguf once into a safetensors folder at `dtype`; later loads take the
-    fast path.
-
-    transformers parses and dequantizes GGUF at every load (tens of seconds for 100 MB);
-    a plain safetensors folder loads in about two. The copy is kept at the dtype it is
-    loaded at: a float32 copy loaded as bf16 would hold both in memory while loading.
-    """
-    target = converted_folder(gguf_path, dtype)
-    if (target / _CONVERTED_MARK).is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    progress(f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…")
-    folder, file = os.path.split(gguf_path)
-    read_from = {"gguf_file": file}
-    widest = converted_folder(gguf_path, "float32")
-    if (widest / _CONVERTED_MARK).is_file():
-        folder, read_from = str(widest), {}  # same values, without parsing the .gguf again
-    tokenizer = AutoTokenizer.from_pretrained(folder, **read_from)
-    # A .gguf is read at float32 (transformers warns that other dtypes cast every matmul),
-    # then cast once for saving.
-    read_as = torch.float32 if read_from else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): read_as})
-    model.to(getattr(torch, dtype))
-    # Dequantized weights are plain tensors, but the model is still marked quantized and
-    # save_pretrained refuses it: clear the marking.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        (partial / _CONVERTED_MARK).write_text(json.dumps({"gguf": gguf_path}))
-        del model
-        try:
-            os.replace(partial, target)  # atomic: another kernel sees all of it or nothing
-        except OSError:
-            if not (target / _CONVERTED_MARK).is_file():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+# The converted-copy cache lives in gguf_cache; these names stay for callers of loading.
+converted_cache_root = gguf_cache.cache_root
+converted_folder = gguf_cache.converted_folder
+_CONVERTED_MARK = gguf_cache.MARK
 
 
 def dtype_keyword() -> str:
@@ -227,18 +184,22 @@ def load_model(
     trust_remote_code: bool = False,
     progress: Progress | None = None,
     max_memory: dict | None = None,
+    reconvert: bool = False,
     quantize: str | None = None,
 ) -> tuple[Any, Any, ModelInfo]:
-    """Read tokenizer and weights (quantized by bitsandbytes with `quantize`: nf4, fp4,
-    int8); returns (model, tokenizer, info)."""
+    """Read tokenizer and weights; returns (model, tokenizer, info). A .gguf is read from
+    its converted copy, made first when missing or damaged, or again with `reconvert`.
+    `quantize` (nf4, fp4, int8) loads the linear layers quantized by bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     progress = progress or (lambda message: None)
     started = time.perf_counter()
     where = source.path
+    notes: tuple[str, ...] = ()
     if source.kind == "gguf":
-        where = str(convert_gguf(source.path, dtype.dtype, progress))
+        folder, notes = gguf_cache.ensure_converted(source.path, dtype.dtype, progress, reconvert)
+        where = str(folder)
     remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
     if where is None:
         where = source.name
@@ -275,7 +236,7 @@ def load_model(
     if quantize:
         info = replace(info, num_params=_quantized_param_count(model),
                        details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),))
-    return model, tokenizer, info
+    return model, tokenizer, replace(info, load_notes=notes)
 
 
 # --quantize: bitsandbytes' 4-bit (NF4, FP4) and 8-bit (LLM.int8) linear layers.

@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, generation, hardware, prompts, sizing
+from . import api, generation, gguf_cache, hardware, prompts, sizing
 from .cache import MODEL_CACHE
 from .display import BatchProgress, PromptView, StatusLine, StreamView
 from .errors import GenerationError, LLMError
@@ -129,16 +129,19 @@ class LLMMagics(Magics):
         return None if quiet else card
 
     @magic_arguments()
+    @argument("--disk", action="store_true", help="List the converted copies of .gguf files on disk instead (sizes, sources).")
     @line_magic
     def llm_models(self, line: str = ""):
         """List the cached models (alias, id, revision, dtype, device, memory, last used),
         their total, free RAM and GPU memory, and the budget."""
-        parse_argstring(self.llm_models, line)
-        return api.models()
+        args = parse_argstring(self.llm_models, line)
+        return gguf_cache.disk_card() if args.disk else api.models()
 
     @magic_arguments()
     @argument("name", nargs="?", default=None, help="The alias or the name the model was loaded with.")
     @argument("--all", action="store_true", help="Unload every cached model.")
+    @argument("--disk", action="store_true", help="Delete converted .gguf copies from disk instead: NAME (as %%llm_models "
+              "--disk lists it, or the .gguf's file name) or --all.")
     @line_magic
     def llm_unload(self, line: str):
         """Unload a cached model and free its memory for real: the cache, output history
@@ -148,6 +151,8 @@ class LLMMagics(Magics):
             from IPython.core.error import UsageError
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
+        if args.disk:
+            return gguf_cache.disk_card(tuple(gguf_cache.delete_copies(_unquote(args.name or ""), all=args.all)))
         return api.unload(_unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's

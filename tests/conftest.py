@@ -29,6 +29,61 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(Path(__file__).parent))
 
+# ---- Network: nothing leaves this machine (issue 16) ---------------------------------
+# The Hub endpoint is a closed port on 127.0.0.1 for the whole session (set here, before
+# anything imports huggingface_hub, which reads HF_ENDPOINT once), with no proxy in the
+# way; subprocesses and nbclient's kernels inherit it. The guard refuses any connection
+# or name lookup aimed elsewhere, in this process and (through a sitecustomize) in the
+# Python subprocesses the tests start, and fails the test that tried.
+import loopback  # noqa: E402
+import network_guard  # noqa: E402
+
+HUB_REFUSES = loopback.ClosedPort()
+loopback.loopback_env(os.environ, HUB_REFUSES.url)
+NETWORK_GUARD = network_guard.NetworkGuard(_ROOT / "network-guard.log")
+network_guard.cover_subprocesses(os.environ, NETWORK_GUARD.log_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def network_guard_on():
+    NETWORK_GUARD.install()
+    yield NETWORK_GUARD
+    NETWORK_GUARD.uninstall()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    NETWORK_GUARD.begin(item.nodeid)  # before any fixture of the test runs
+
+
+@pytest.fixture(autouse=True)
+def _only_loopback_traffic(network_guard_on):
+    yield
+    refused = network_guard_on.take()
+    if refused:
+        pytest.fail("\n".join(refused), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def closed_endpoint() -> str:
+    """A Hub endpoint that refuses every connection (the session's HF_ENDPOINT)."""
+    return HUB_REFUSES.url
+
+
+@pytest.fixture(scope="session")
+def silent_endpoint():
+    """A Hub endpoint that accepts connections and never answers (`.url`, `.accepted`)."""
+    with loopback.SilentServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hub_error_endpoint() -> str:
+    """A Hub endpoint that answers with the Hub's error statuses (see loopback.HubErrorServer)."""
+    with loopback.HubErrorServer() as server:
+        yield server.url
+# ---- end of network --------------------------------------------------------------------
+
 from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
 
 TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"

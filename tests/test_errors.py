@@ -99,15 +99,19 @@ def chain_types(error: BaseException) -> list[str]:
 # ---------------------------------------------------------------- 1. Hub unreachable
 
 
-def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id):
+def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id, closed_endpoint):
+    """The session's Hub (HF_ENDPOINT, tests/conftest.py) is a closed port on loopback:
+    what a user sees when the Hub cannot be reached, without a packet leaving."""
     assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
     import transformers  # noqa: F401  (its import time is not the failure's)
+    from huggingface_hub import constants
 
+    assert constants.ENDPOINT == closed_endpoint
     started = time.perf_counter()
     error, text = fail(loaded, "%llm_load llm-magic-tests/tiny-gpt3")
     assert time.perf_counter() - started <= 5.0  # the issue's hard limit
     assert "LocalEntryNotFoundError" in chain_types(error)
-    assert "the Hub (https://huggingface.co) could not be reached" in text
+    assert f"the Hub ({closed_endpoint}) could not be reached" in text
     assert "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
     assert "did you mean: %llm_load llm-magic-tests/tiny-gpt2  (cached)" in text
     assert "%llm_load ./path/to/folder" in text and "HF_HUB_OFFLINE=1" in text
@@ -115,15 +119,34 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id)
     assert "%llm_tb" in text
 
 
-def test_hub_probe_gives_up_on_a_silent_endpoint(monkeypatch):
+def test_hub_probe_gives_up_on_a_silent_endpoint(monkeypatch, silent_endpoint):
     from huggingface_hub import constants
 
     from llm_magic import loading
 
-    monkeypatch.setattr(constants, "ENDPOINT", "https://10.255.255.1")  # non-routable: never answers
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint.url)  # accepts, never answers
+    before = silent_endpoint.accepted
+    started = time.perf_counter()
     assert loading.hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - started < 3.0  # gave up on its own, not on a refusal
+    assert silent_endpoint.accepted > before  # it did connect: the silence is what it gave up on
+
+
+def test_hub_probe_fails_at_once_on_a_refused_connection(closed_endpoint):
+    from llm_magic import loading
+
+    started = time.perf_counter()
+    assert loading.hub_reachable(timeout=30) is False
+    assert time.perf_counter() - started < 10.0  # refused: no waiting for the timeout
+
+
+def test_hub_probe_counts_an_error_status_as_reachable(monkeypatch, hub_error_endpoint):
+    from huggingface_hub import constants
+
+    from llm_magic import loading
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub_error_endpoint)  # answers 404 to everything
+    assert loading.hub_reachable(timeout=5) is True
 
 
 # ------------------------------------------------------- 2. Hub HTTP errors (no Hub here)
@@ -135,7 +158,7 @@ def _hub_error(status: int, code: str | None):
     import httpx2
     from huggingface_hub.utils import hf_raise_for_status
 
-    url = "https://huggingface.co/org/model/resolve/main/config.json"
+    url = os.environ["HF_ENDPOINT"] + "/org/model/resolve/main/config.json"  # never requested: a Response's label
     response = httpx2.Response(status, headers={"X-Error-Code": code} if code else {}, request=httpx2.Request("HEAD", url))
     try:
         hf_raise_for_status(response)
@@ -513,43 +536,7 @@ def test_errors_notebook_runs_and_shows_cards():
 # ------------------------------------- 2 again, end to end: a Hub that answers with errors
 
 
-class _FakeHub:
-    """A local HTTP server that answers every request the way the Hub answers for a
-    missing repository, a gated one, or a missing revision (status + X-Error-Code)."""
-
-    def __enter__(self):
-        import http.server
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _answer(self):
-                path = self.path
-                if "/org/gated/" in path:
-                    status, code = 403, "GatedRepo"
-                elif "/org/model/" in path and "/v9/" in path:
-                    status, code = 404, "RevisionNotFound"
-                else:
-                    status, code = 404, "RepoNotFound"
-                self.send_response(status)
-                self.send_header("X-Error-Code", code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_HEAD = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_hub_http_errors_end_to_end(tmp_path):
+def test_hub_http_errors_end_to_end(tmp_path, hub_error_endpoint):
     """Real huggingface_hub and transformers code against a Hub that answers with errors
     (the endpoint is read when huggingface_hub is imported: hence a fresh process)."""
     import subprocess
@@ -563,9 +550,8 @@ def test_hub_http_errors_end_to_end(tmp_path):
         "        print('\\n'.join(e.card_lines()))\n"
         "        print('CHAIN', [type(x).__name__ for x in llm_magic.errors.chain(e)])\n"
     )
-    with _FakeHub() as endpoint:
-        env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, HF_ENDPOINT=hub_error_endpoint, HF_HOME=str(tmp_path / "hf"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     cards = out.stdout.split("✗ ")[1:]
     assert len(cards) == 3, out.stdout

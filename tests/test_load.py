@@ -99,7 +99,7 @@ def test_hub_id_not_cached_goes_to_the_hub(tiny_hub_id, monkeypatch):
     from llm_magic import loading
     from llm_magic.loading import resolve_source
 
-    # This machine cannot reach the Hub: an id that is not cached fails at once.
+    # The session's Hub is a closed port on 127.0.0.1 (conftest): an id that is not cached fails at once.
     with pytest.raises(LocalEntryNotFoundError):
         resolve_source("llm-magic-tests/not-cached-anywhere")
     # Where the Hub answers, the id is left for from_pretrained to download.

@@ -69,3 +69,70 @@ def lay_out_as_hub_cache(model_dir: Path, hub_cache: Path, repo_id: str) -> Path
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def build_tiny_gguf(path: Path, tokenizer_dir: Path, layers: int = 2, width: int = 64, ffn: int = 128) -> Path:
+    """Write a tiny random Llama as a .gguf (float32 tensors) with the GGUF writer of the
+    `gguf` package, its BPE tokenizer taken from `tokenizer_dir` (tokenizer.json).
+
+    transformers reads it as it reads a real .gguf (config, tokenizer and tensors from the
+    file) in a fraction of a second: conversion tests need not dequantize SmolLM2.
+    `width` and `ffn` make it bigger where a test needs a conversion that takes a while."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    import json
+
+    import gguf
+    import numpy as np
+
+    spec = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]
+    tokens = [t for t, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    heads, kv_heads, vocab = 4, 2, len(tokens)
+    kv_width = width // heads * kv_heads
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_file_type(0)  # all float32
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * vocab)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    writer.add_add_bos_token(False)
+    rng = np.random.default_rng(0)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+
+    tensor("token_embd.weight", vocab, width)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(width, np.float32))
+        tensor(f"blk.{i}.attn_q.weight", width, width)
+        tensor(f"blk.{i}.attn_k.weight", kv_width, width)
+        tensor(f"blk.{i}.attn_v.weight", kv_width, width)
+        tensor(f"blk.{i}.attn_output.weight", width, width)
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(width, np.float32))
+        tensor(f"blk.{i}.ffn_gate.weight", ffn, width)
+        tensor(f"blk.{i}.ffn_up.weight", ffn, width)
+        tensor(f"blk.{i}.ffn_down.weight", width, ffn)
+    writer.add_tensor("output_norm.weight", np.ones(width, np.float32))
+    tensor("output.weight", vocab, width)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(path)
+    return path

@@ -110,7 +110,8 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
-        with self._status(quiet) as progress, _verbose_errors(args.verbose):
+        engine = args.engine or self.engine
+        with self._status(quiet, hf_bars=engine != "llama.cpp") as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
                 _unquote(args.model),
                 dtype=dtype,
@@ -122,7 +123,7 @@ class LLMMagics(Magics):
                 progress=progress,
                 max_memory=_parse_max_memory(args.max_memory),
                 force=args.force,
-                engine=args.engine or self.engine,
+                engine=engine,
                 quantize=args.quantize,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
@@ -271,7 +272,7 @@ class LLMMagics(Magics):
         print("".join(traceback.format_exception(type(error), error, error.__traceback__)), file=sys.stderr)
 
     @contextmanager
-    def _status(self, quiet: bool):
+    def _status(self, quiet: bool, hf_bars: bool = True):
         """A progress callback: one status line updated in place in Jupyter, lines on
         stderr in a terminal; in Jupyter the line is blanked when done, and the card
         (the magic's value) follows it."""
@@ -282,6 +283,12 @@ class LLMMagics(Magics):
             yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
             return
         handle = display(StatusLine("starting"), display_id=True)
+        if not hf_bars:  # llama.cpp: no transformers to import (2 s) just to hush its bars
+            try:
+                yield lambda message: handle.update(StatusLine(message))
+            finally:
+                handle.update({"text/plain": ""}, raw=True)
+            return
         # transformers' own bars would stay in the cell as stderr text: the status line
         # stands in for them while this load runs.
         with warnings.catch_warnings():

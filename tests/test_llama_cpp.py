@@ -134,12 +134,20 @@ def test_unload_closes_the_llama_and_frees_it(shell, smollm2_gguf):
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --engine llama.cpp --as lc --quiet")
     llm = MODEL_CACHE.find("lc").model
     ref = weakref.ref(llm)
-    state = llm._stack  # its native model and context, released by close()
+    native = llm._stack  # frees llama.cpp's model and context when closed
     del llm
     card = shell.run_line_magic("llm_unload", "lc")
     gc.collect()
     assert card.freed and ref() is None and len(MODEL_CACHE) == 0
-    assert not state._exit_callbacks  # every native free ran
+    assert not native._exit_callbacks  # every native free ran
+
+
+def test_unload_frees_llama_cpp_memory_even_while_a_variable_holds_the_llama(shell, smollm2_gguf):
+    shell.run_line_magic("llm_load", f"{smollm2_gguf} --engine llama.cpp --as lc --quiet")
+    shell.user_ns["kept"] = MODEL_CACHE.find("lc").model
+    card = shell.run_line_magic("llm_unload", "lc")
+    assert not card.freed and card.held_by == ("kept",)  # the Python object lives on, and the card says so...
+    assert not shell.user_ns["kept"]._stack._exit_callbacks  # ...but its native memory was released
 
 
 def test_a_bad_gguf_file_gives_a_card(tmp_path):

@@ -341,8 +341,8 @@ def _trained_context(path: str) -> int | None:
                     skip(kind)
                 if "arch" in found and f"{found['arch']}.context_length" in found:
                     return int(found[f"{found['arch']}.context_length"])
-    except (OSError, struct.error, KeyError):
-        return None
+    except (OSError, struct.error, KeyError, ValueError, OverflowError, MemoryError):  # a damaged header
+        return None  # llama.cpp itself then says what is wrong with the file
     return None
 
 

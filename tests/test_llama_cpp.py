@@ -30,12 +30,12 @@ def handle(smollm2_gguf):
     return llm_magic.load(smollm2_gguf, engine="llama.cpp", alias="lc")
 
 
-def raw_chat(path: str, handle, messages, max_tokens: int) -> str:
-    """What a user writes without llm_magic: same file, threads and context."""
+def raw_chat(path: str, handle, messages, max_tokens: int) -> tuple[str, dict]:
+    """What a user writes without llm_magic (same file, threads and context): the text and its usage."""
     llm = llama_cpp.Llama(model_path=path, n_ctx=handle.model.n_ctx(), n_threads=handle.model.n_threads, verbose=False)
     try:
         out = llm.create_chat_completion(messages=messages, temperature=0, max_tokens=max_tokens)
-        return out["choices"][0]["message"]["content"]
+        return out["choices"][0]["message"]["content"], out["usage"]
     finally:
         llm.close()
 
@@ -69,8 +69,9 @@ def test_llama_cpp_load_imports_no_torch(smollm2_gguf):
 def test_greedy_text_equals_raw_create_chat_completion(handle, smollm2_gguf):
     result = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=48)
     assert result.new_tokens > 5 and result.engine["engine"] == "llama.cpp"
-    assert result.text == raw_chat(smollm2_gguf, handle, [{"role": "user", "content": PROMPT}], 48)
-    assert result.prompt_tokens == len(handle.engine.render(Request(({"role": "user", "content": PROMPT},))).payload)
+    text, usage = raw_chat(smollm2_gguf, handle, [{"role": "user", "content": PROMPT}], 48)
+    assert result.text == text
+    assert result.prompt_tokens == usage["prompt_tokens"]  # the same prompt tokens, counted before generating
 
 
 def test_multi_turn_messages_match_raw_llama_cpp(handle, smollm2_gguf):
@@ -83,7 +84,7 @@ def test_multi_turn_messages_match_raw_llama_cpp(handle, smollm2_gguf):
     settings = generation.Settings(greedy=True, max_new_tokens=24)
     result = generation.generate(handle.engine, Request(messages), settings)
     assert "Name a colour." in result.rendered_prompt and "Blue." in result.rendered_prompt
-    assert result.text == raw_chat(smollm2_gguf, handle, [dict(m) for m in messages], 24)
+    assert result.text == raw_chat(smollm2_gguf, handle, [dict(m) for m in messages], 24)[0]
 
 
 def test_streaming_pieces_make_the_text(handle):
@@ -94,7 +95,7 @@ def test_streaming_pieces_make_the_text(handle):
 
 def test_stop_string_cuts_the_text(handle):
     full = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=32).text
-    word = full.split()[3]
+    word = " ".join(full.split()[3:5])  # two words: more than one token, so a prefix could stream early
     pieces: list[str] = []
     cut = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=32, stop=word, stream=pieces.append)
     assert cut.stop_reason == "stop string" and cut.stop_string == word

@@ -33,10 +33,12 @@ def test_quantized_tiny_model_loads_smaller_and_generates(shell, tiny_model_dir,
     assert result.new_tokens == 4
 
 
-def test_int8_generation_does_not_flood_the_output(shell, tiny_model_dir, capfd):
+def test_int8_generation_does_not_flood_the_output(shell, tiny_model_dir, caplog):
     shell.run_line_magic("llm_load", f"{tiny_model_dir} --dtype bfloat16 --quantize int8 --quiet")
-    shell.run_cell_magic("llm_generate", "--greedy --max-new-tokens 4 --no-stream", "The capital")
-    assert "inputs will be cast" not in capfd.readouterr().err
+    with caplog.at_level("WARNING"):
+        shell.run_cell_magic("llm_generate", "--greedy --max-new-tokens 4 --no-stream", "The capital")
+    # bitsandbytes logs this at every 8-bit product; the card says it once instead.
+    assert not [r for r in caplog.records if "inputs will be cast" in r.getMessage()]
 
 
 def test_the_fit_check_estimates_the_quantized_size_from_headers(tiny_model_dir):

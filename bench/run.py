@@ -598,6 +598,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (tiny model, HF_HOME); default: temporary")
     p.add_argument("--only", nargs="+", default=None, metavar="ROW",
                    help="measure only these rows (and the rows measured with them), e.g. llamacpp_decode")
+    p.add_argument("--engine-new-tokens", type=int, default=None, help="new tokens per decode in the engine rows (128)")
+    p.add_argument("--engine-repeats", type=int, default=None, help="repetitions in the engine rows (3)")
     p.add_argument("--plain-hub-timeout", type=float, default=150, help="stop plain transformers' by-id load after this")
     args = p.parse_args(argv)
     smoke = args.smoke
@@ -612,8 +614,8 @@ def main(argv=None) -> int:
     args.batch8_new_tokens = 4 if smoke else 8
     args.dtype_repeats = 1 if smoke else 3
     args.bandwidth_mb = 64 if smoke else 1024
-    args.engine_new_tokens = 128
-    args.engine_repeats = 3
+    args.engine_new_tokens = args.engine_new_tokens or 128
+    args.engine_repeats = args.engine_repeats or 3
     out = args.out or (Path(tempfile.mkdtemp(prefix="llm_magic_bench_out_")) if smoke else HERE)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llm_magic_bench_"))
     env = worker_env(workdir)

@@ -338,7 +338,7 @@ def job_prepare(args: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
 
-    from llm_magic import hardware, loading
+    from llm_magic import gguf_cache, hardware, loading
 
     out: dict = {}
     tiny = build_tiny_gpt2(Path(args["workdir"]) / "tiny-gpt2")
@@ -351,7 +351,7 @@ def job_prepare(args: dict) -> dict:
         dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
         had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
         started = time.perf_counter()
-        folder = loading.convert_gguf(path, dtype, lambda m: print(m, file=sys.stderr))
+        folder, _notes = gguf_cache.ensure_converted(path, dtype, lambda m: print(m, file=sys.stderr))
         out["gguf_converted_now_seconds"] = None if had else time.perf_counter() - started
         out["gguf_folder"] = str(folder)
         out["gguf_dtype"] = dtype

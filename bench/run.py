@@ -42,6 +42,13 @@ ROW_NAMES = (
     "decode_vs_bandwidth",
     "load_peak_rss",
     "unload_rss_returned",
+    # issue 13: llama.cpp for .gguf, 4-bit loading
+    "llamacpp_decode",
+    "llamacpp_vs_raw",
+    "llamacpp_load",
+    "nf4_memory",
+    "nf4_decode",
+    "decode_bandwidth_engines",
 )
 
 
@@ -360,6 +367,115 @@ def rows_memory(env, model_arg: str, plain_path: str, dtype: str, label: str, re
     return peak, unload
 
 
+ENGINE_ROWS = ("llamacpp_decode", "llamacpp_vs_raw", "llamacpp_load", "nf4_memory", "nf4_decode", "decode_bandwidth_engines")
+
+
+def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -> tuple[Row, ...]:
+    """llama.cpp on the .gguf against transformers on the same file, raw llama-cpp-python,
+    and the converted load; NF4 against bf16; each engine's share of the bandwidth limit."""
+    import importlib.util
+
+    label = "SmolLM2-135M-Instruct Q4_1"
+    n = args.engine_new_tokens
+    decode = Row("llamacpp_decode", f"`.gguf` batch-1 decode, `--engine llama.cpp` vs plain transformers `model.generate` "
+                 f"on the same file (bf16), greedy, {n} new tokens, end to end", "≥ 3.5×", model=label)
+    raw = Row("llamacpp_vs_raw", "`--engine llama.cpp` decode vs raw llama-cpp-python `create_chat_completion(stream=True)`, "
+              "same threads and context", "≥ 0.9×", model=label)
+    load = Row("llamacpp_load", "`.gguf` load with `--engine llama.cpp` vs today's second (converted) load, new process",
+               "≤ 0.5×", model=label)
+    mem = Row("nf4_memory", "`--quantize nf4` footprint vs bf16 (`get_memory_footprint`)", "≤ 0.45×", model=label)
+    nf4 = Row("nf4_decode", f"NF4 batch-1 decode tokens/s vs bf16, plain `model.generate`, {n} new tokens",
+              "report", model=label)
+    bw = Row("decode_bandwidth_engines", "batch-1 decode as a share of the memory-bandwidth limit, per engine "
+             "(measured read bandwidth ÷ weight bytes read per token)", "report", model=label)
+    rows = (decode, raw, load, mem, nf4, bw)
+    if gguf is None:
+        for r in rows:
+            r.status = "skipped (--smoke: needs the SmolLM2 .gguf)"
+        return rows
+    have_llama = importlib.util.find_spec("llama_cpp") is not None
+    have_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    common = {"gguf": gguf, "new_tokens": n, "repeats": args.engine_repeats}
+    sides: dict = {}
+    for side in ("llamacpp", "transformers", "plain") + (("nf4",) if have_bnb else ()):
+        if side == "llamacpp" and not have_llama:
+            continue
+        log(f"  decode: {side}")
+        sides[side] = run_worker("engine_decode", {**common, "side": side}, env, timeout=1200)
+    if have_llama:
+        log("  decode: raw llama-cpp-python")
+        sides["raw"] = run_worker("engine_decode", {**common, "side": "raw", "threads": sides["llamacpp"]["threads"],
+                                                    "n_ctx": sides["llamacpp"]["n_ctx"]}, env, timeout=1200)
+    rate = {k: tps(v["runs"]) for k, v in sides.items()}
+
+    if have_llama:
+        decode.llm_magic = f"{rate['llamacpp']:.1f} tok/s (llama.cpp, {sides['llamacpp']['threads']} threads)"
+        decode.plain = f"{rate['plain']:.1f} tok/s (bf16)"
+        decode.ratio = rate["llamacpp"] / rate["plain"]
+        judge(decode, decode.ratio >= 3.5)
+        decode.note = (f"llm_magic's own transformers engine on the file: {rate['transformers']:.1f} tok/s, so llama.cpp is "
+                       f"{rate['llamacpp'] / rate['transformers']:.1f}× it; plain side = the converted bf16 weights (what "
+                       "transformers' `gguf_file=` load dequantizes to). Q4_1 arithmetic is not the dequantized model's: "
+                       f"texts differ (llama.cpp: {sides['llamacpp']['text_start'][:50]!r}…)")
+        raw.llm_magic = decode.llm_magic
+        raw.plain = f"{rate['raw']:.1f} tok/s"
+        raw.ratio = rate["llamacpp"] / rate["raw"]
+        judge(raw, raw.ratio >= 0.9)
+        raw_default = tps(sides["raw"]["default_runs"])
+        raw.note = (f"both streaming, {sides['llamacpp']['threads']} threads, n_ctx {sides['llamacpp']['n_ctx']}; raw with its "
+                    f"defaults (`Llama(model_path)`: {sides['raw']['default_threads']} thread(s), n_ctx "
+                    f"{sides['raw']['default_n_ctx']}): {raw_default:.1f} tok/s")
+        raw.data = {k: sides[k] for k in ("llamacpp", "raw")}
+        decode.data = {k: sides[k] for k in ("llamacpp", "transformers", "plain")}
+
+        warm_file_cache(Path(gguf))
+        runs = {"llamacpp": [], "converted": []}
+        for i in range(args.load_reps):
+            runs["llamacpp"].append(run_worker("llamacpp_load", {"gguf": gguf}, env))
+            if i < 3:
+                runs["converted"].append(run_worker("gguf", {"side": "llm_magic", "path": gguf, "dtype": "bfloat16"}, env))
+        a, b = med([r["seconds"] for r in runs["llamacpp"]]), med([r["seconds"] for r in runs["converted"]])
+        load.llm_magic, load.plain, load.ratio = fmt_s(a), f"{fmt_s(b)} (converted bf16 copy)", a / b
+        judge(load, load.ratio <= 0.5)
+        load.note = (f"library imports before timing on both sides (llama_cpp: {fmt_s(med([r['import_seconds'] for r in runs['llamacpp']]))}; "
+                     "torch + transformers take seconds more)"
+                     + (f"; this run converted the .gguf first ({fmt_s(converted_seconds)}, once)" if converted_seconds else ""))
+        load.data = runs
+    else:
+        for r in (decode, raw, load):
+            r.status = 'skipped (llama-cpp-python not installed: pip install "llm_magic[llama-cpp]")'
+
+    if have_bnb:
+        m_nf4, m_bf16 = sides["nf4"]["memory_bytes"], sides["plain"]["memory_bytes"]
+        mem.llm_magic, mem.plain, mem.ratio = fmt_bytes(m_nf4) + " (nf4)", fmt_bytes(m_bf16) + " (bf16)", m_nf4 / m_bf16
+        judge(mem, mem.ratio <= 0.45)
+        mem.note = "embeddings (tied output head) stay bf16; the linear layers take 4 bits + one fp32 scale per 64"
+        nf4.llm_magic, nf4.plain, nf4.ratio = f"{rate['nf4']:.1f} tok/s", f"{rate['plain']:.1f} tok/s (bf16)", rate["nf4"] / rate["plain"]
+        nf4.status = "REPORT"
+        nf4.data = {k: sides[k] for k in ("nf4", "plain")}
+    else:
+        for r in (mem, nf4):
+            r.status = 'skipped (bitsandbytes not installed: pip install "llm_magic[quantize]")'
+
+    bandwidth = run_worker("bandwidth", {"megabytes": args.bandwidth_mb}, env)["bandwidth_bytes_per_s"]
+    shares = {}
+    for k, v in sides.items():
+        if k == "raw":
+            continue
+        limit = bandwidth / v["bytes_per_token"]
+        shares[k] = (rate[k] / limit, limit, v["bytes_per_token"])
+    names = {"llamacpp": "llama.cpp Q4_1", "transformers": "transformers engine bf16", "plain": "plain bf16", "nf4": "NF4"}
+    bw.llm_magic = "; ".join(f"{names[k]} {s[0]:.0%} ({rate[k]:.0f} of {s[1]:.0f} tok/s)" for k, s in shares.items())
+    bw.plain = f"{bandwidth / 1e9:.1f} GB/s read"
+    lead = "llamacpp" if "llamacpp" in shares else "transformers"
+    bw.ratio = shares[lead][0]
+    bw.status = "REPORT"
+    bw.note = ("bytes per token: " + ", ".join(f"{names[k]} {s[2] / 1e6:.0f} MB" for k, s in shares.items())
+               + f"; the ratio column is {names[lead]}'s share")
+    bw.data = {"bandwidth_bytes_per_s": bandwidth, "shares": shares}
+    return rows
+
+
 # ---------------------------------------------------------------- machine and report
 
 def machine_info() -> dict:
@@ -424,7 +540,7 @@ def write_report(out: Path, rows: list[Row], machine: dict, vers: dict, meta: di
             return "–"
         if r.name in ("import_load_ext", "cache_hit"):
             return fmt_s(r.ratio)
-        if r.name == "decode_vs_bandwidth":
+        if r.name in ("decode_vs_bandwidth", "decode_bandwidth_engines"):
             return f"{r.ratio:.0%}"
         return f"{r.ratio:.2f}×"
 
@@ -480,6 +596,10 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model only, few repetitions (~1 min)")
     p.add_argument("--out", type=Path, default=None, help="where to write BENCHMARKS.md and results.json")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (tiny model, HF_HOME); default: temporary")
+    p.add_argument("--only", nargs="+", default=None, metavar="ROW",
+                   help="measure only these rows (and the rows measured with them), e.g. llamacpp_decode")
+    p.add_argument("--engine-new-tokens", type=int, default=None, help="new tokens per decode in the engine rows (128)")
+    p.add_argument("--engine-repeats", type=int, default=None, help="repetitions in the engine rows (3)")
     p.add_argument("--plain-hub-timeout", type=float, default=150, help="stop plain transformers' by-id load after this")
     p.add_argument("--server", action="store_true", help="also the server rows (bench/server_rows.py: starts transformers serve)")
     args = p.parse_args(argv)
@@ -495,6 +615,8 @@ def main(argv=None) -> int:
     args.batch8_new_tokens = 4 if smoke else 8
     args.dtype_repeats = 1 if smoke else 3
     args.bandwidth_mb = 64 if smoke else 1024
+    args.engine_new_tokens = args.engine_new_tokens or 128
+    args.engine_repeats = args.engine_repeats or 3
     out = args.out or (Path(tempfile.mkdtemp(prefix="llm_magic_bench_out_")) if smoke else HERE)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llm_magic_bench_"))
     env = worker_env(workdir)
@@ -522,7 +644,7 @@ def main(argv=None) -> int:
     def report() -> None:  # after every row, so an interrupted run still leaves its figures
         rows.sort(key=lambda r: ROW_NAMES.index(r.name) if r.name in ROW_NAMES else len(ROW_NAMES))
         meta = {
-            "command": "python bench/run.py" + (" --smoke" if smoke else ""),
+            "command": "python bench/run.py" + (" --smoke" if smoke else "") + (f" --only {' '.join(args.only)}" if args.only else ""),
             "smoke": smoke,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "total_seconds": time.perf_counter() - started,
@@ -533,6 +655,8 @@ def main(argv=None) -> int:
         write_report(out, rows, machine, vers, meta, dtype_table)
 
     def attempt(names: tuple[str, ...], fn):
+        if args.only and not set(names) & set(args.only):
+            return
         log(f"measuring {', '.join(names)}")
         try:
             result = fn()
@@ -564,6 +688,7 @@ def main(argv=None) -> int:
         from server_rows import server_rows
 
         attempt(("server_stream", "server_over"), lambda: tuple(server_rows(16 if smoke else 64, 8 if smoke else 16)))
+    attempt(ENGINE_ROWS, lambda: rows_engines(env, gguf, prep.get("gguf_converted_now_seconds"), args))
 
     report()
     log(f"wrote {out / 'BENCHMARKS.md'} and {out / 'results.json'} in {time.perf_counter() - started:.0f} s")

@@ -338,7 +338,7 @@ def job_prepare(args: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
 
-    from llm_magic import hardware, loading
+    from llm_magic import gguf_cache, hardware, loading
 
     out: dict = {}
     tiny = build_tiny_gpt2(Path(args["workdir"]) / "tiny-gpt2")
@@ -351,7 +351,7 @@ def job_prepare(args: dict) -> dict:
         dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
         had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
         started = time.perf_counter()
-        folder = loading.convert_gguf(path, dtype, lambda m: print(m, file=sys.stderr))
+        folder, _notes = gguf_cache.ensure_converted(path, dtype, lambda m: print(m, file=sys.stderr))
         out["gguf_converted_now_seconds"] = None if had else time.perf_counter() - started
         out["gguf_folder"] = str(folder)
         out["gguf_dtype"] = dtype
@@ -554,6 +554,117 @@ def job_memory(args: dict) -> dict:
         out["unload_via"] = "del model, tokenizer; gc.collect()"
     out.update(baseline=baseline, peak=peak, before_unload=before, after_unload=rss_bytes(), **anon)
     return out
+
+
+# ---------------------------------------------------------------- engines and quantization (issue 13)
+
+def gguf_data_bytes(path: str) -> int:
+    """Bytes of tensor data in a .gguf (the file less its header): what llama.cpp reads
+    per decoded token (SmolLM2's output head is its tied embedding, read whole)."""
+    from llm_magic.sizing import read_gguf_tensor_counts
+
+    _params, header = read_gguf_tensor_counts(path)
+    return os.path.getsize(path) - header
+
+
+def job_engine_decode(args: dict) -> dict:
+    """Batch-1 greedy decode of STORY_PROMPT, `new_tokens` tokens, end to end, one side
+    per process (torch's spinning threads must not slow llama.cpp's, nor the reverse):
+    llm_magic's llama.cpp engine, raw llama-cpp-python, llm_magic's transformers engine,
+    plain transformers (bf16) and plain transformers on llm_magic's NF4 weights."""
+    side, gguf, n, reps = args["side"], args["gguf"], args["new_tokens"], args["repeats"]
+    out: dict = {"side": side, "runs": []}
+    if side in ("llamacpp", "transformers"):
+        if side == "transformers":
+            import_heavy()
+        else:
+            import llama_cpp  # noqa: F401  (imported before timing, as torch is for the others)
+        import llm_magic
+
+        started = time.perf_counter()
+        handle = llm_magic.load(gguf, engine="llama.cpp" if side == "llamacpp" else "transformers")
+        out["load_seconds"] = time.perf_counter() - started
+        out["memory_bytes"] = handle.info.memory_bytes
+        out["label"] = f"{handle.info.engine} {handle.info.dtype}"
+
+        def once(count):
+            pieces: list[str] = []
+            started = time.perf_counter()
+            r = llm_magic.generate(STORY_PROMPT, model=handle, greedy=True, max_new_tokens=count, stream=pieces.append)
+            return r.new_tokens, time.perf_counter() - started, r.text
+
+        if side == "llamacpp":
+            llm = handle.model
+            out["threads"], out["n_ctx"] = llm.n_threads, llm.n_ctx()
+            out["bytes_per_token"] = gguf_data_bytes(gguf)
+        else:
+            out["bytes_per_token"] = bytes_read_per_token(handle.model)
+    elif side == "raw":
+        import llama_cpp
+
+        threads, n_ctx = args["threads"], args["n_ctx"]
+        llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_threads=threads, verbose=False)
+        default = llama_cpp.Llama(model_path=gguf, verbose=False)  # what a user writes without arguments
+        out["default_threads"], out["default_n_ctx"] = default.n_threads, default.n_ctx()
+        messages = [{"role": "user", "content": STORY_PROMPT}]
+
+        counts: dict = {}
+
+        def once(count, model=llm):
+            if (id(model), count) not in counts:  # a stream does not report usage: ask once, untimed
+                usage = model.create_chat_completion(messages, temperature=0, max_tokens=count)["usage"]
+                counts[id(model), count] = usage["completion_tokens"]
+            started = time.perf_counter()
+            text = "".join(c["choices"][0]["delta"].get("content", "") or "" for c in
+                           model.create_chat_completion(messages, temperature=0, max_tokens=count, stream=True))
+            return counts[id(model), count], time.perf_counter() - started, text
+
+        once(8, default)
+        out["default_runs"] = []
+        for _ in range(reps):
+            tokens, seconds, _ = once(n, default)
+            out["default_runs"].append({"tokens": tokens, "seconds": seconds})
+    else:  # plain transformers, bf16 or llm_magic's nf4 weights
+        import_heavy()
+        import llm_magic
+
+        handle = llm_magic.load(gguf, dtype="bfloat16", quantize="nf4" if side == "nf4" else None)
+        if side == "plain":  # the same converted weights, loaded the plain way
+            model, tok = plain_load(handle.info.source, "bfloat16")
+            llm_magic.unload(all=True)
+        else:
+            model, tok = handle.model, handle.tokenizer
+        out["memory_bytes"] = weight_bytes(model)
+        out["bytes_per_token"] = bytes_read_per_token(model)
+
+        def once(count):
+            tokens, seconds, text = plain_generate(model, tok, [STORY_PROMPT], count)
+            return tokens, seconds, text
+
+    once(8)  # warm-up, excluded
+    for _ in range(reps):
+        tokens, seconds, text = once(n)
+        out["runs"].append({"tokens": tokens, "seconds": seconds})
+    out["text_start"] = text[:120]
+    return out
+
+
+def job_bandwidth(args: dict) -> dict:
+    return {"bandwidth_bytes_per_s": read_bandwidth(args.get("megabytes", 1024))}
+
+
+def job_llamacpp_load(args: dict) -> dict:
+    """One `--engine llama.cpp` load in a fresh process (llama_cpp imported before timing,
+    as torch and transformers are for the converted load it is compared with)."""
+    started = time.perf_counter()
+    import llama_cpp  # noqa: F401
+
+    imported = time.perf_counter() - started
+    import llm_magic
+
+    started = time.perf_counter()
+    handle = llm_magic.load(args["gguf"], engine="llama.cpp")
+    return {"seconds": time.perf_counter() - started, "import_seconds": imported, "memory_bytes": handle.info.memory_bytes}
 
 
 JOBS = {name[4:]: fn for name, fn in globals().items() if name.startswith("job_")}

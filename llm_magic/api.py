@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import sys
 import time
 from dataclasses import replace
@@ -37,6 +38,8 @@ def load(
     server: str | None = None,
     api_key_env: str | None = None,
     timeout: float | None = None,
+    engine: str = "transformers",
+    quantize: str | None = None,
 ) -> LoadedModel:
     """Load MODEL (Hub id, `save_pretrained` folder or .gguf file) into the kernel's cache.
 
@@ -52,11 +55,15 @@ def load(
     read, unless `force=True`; past the cache's budget the least recently used model is
     unloaded first. `quiet=True`: nothing on stdout or stderr (no transformers bars or
     warnings); failures still raise.
+    `engine="llama.cpp"` runs a .gguf as it is with llama-cpp-python
+    (`handle.model` is then the `llama_cpp.Llama`); `quantize` ("nf4", "fp4", "int8")
+    loads the linear layers quantized by bitsandbytes.
     """
     handle, _ = load_with_card(
         model, dtype=dtype, device_map=device_map, revision=revision,
         trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
         max_memory=max_memory, force=force, quiet=quiet, server=server, api_key_env=api_key_env, timeout=timeout,
+        engine=engine, quantize=quantize,
     )
     return handle
 
@@ -77,6 +84,8 @@ def load_with_card(
     server: str | None = None,
     api_key_env: str | None = None,
     timeout: float | None = None,
+    engine: str = "transformers",
+    quantize: str | None = None,
 ) -> tuple[LoadedModel, LoadCard]:
     """`load`, plus the card that says what it did (what `%llm_load` shows).
 
@@ -102,7 +111,7 @@ def load_with_card(
             return _load_with_card(
                 model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
                 alias=alias, reload=reload, progress=None if quiet else progress, max_memory=max_memory, force=force,
-                attempt=attempt,
+                attempt=attempt, engine=engine, quantize=quantize,
             )
     except BaseException as e:
         MODEL_CACHE.last = last
@@ -125,8 +134,11 @@ def _load_with_card(
     max_memory: dict | None,
     force: bool,
     attempt: dict,
+    engine: str = "transformers",
+    quantize: str | None = None,
 ) -> tuple[LoadedModel, LoadCard]:
     started = time.perf_counter()
+    _check_engine(model, engine, quantize)
     try:
         requested = hardware.normalize_dtype(dtype)
     except ValueError as e:
@@ -134,11 +146,13 @@ def _load_with_card(
     if alias is not None and not alias.isidentifier():
         raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
     source = attempt["source"] = loading.resolve_source(model, revision)
+    if engine == "llama.cpp":
+        return _load_llama_cpp(source, alias, reload, progress, force, started)
     choice = hardware.choose_dtype(
         hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
     )
     attempt["dtype"] = choice.dtype
-    settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}))
+    settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}), quantize)
     key = (source.identity, *settings)
 
     entry = None if reload else MODEL_CACHE.get(key)
@@ -146,9 +160,9 @@ def _load_with_card(
     fit, notes = None, []
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
-        fit, notes = preflight(source, choice.dtype, device_map, key, force, progress)  # raises when it won't fit
+        fit, notes = preflight(source, choice.dtype, device_map, key, force, progress, quantize=quantize)  # raises when it won't fit
         model_obj, tokenizer, info = loading.load_model(
-            source, choice, device_map, trust_remote_code, progress, max_memory, reconvert=reload)
+            source, choice, device_map, trust_remote_code, progress, max_memory, reconvert=reload, quantize=quantize)
         notes += info.load_notes
         if source.kind == "hub" and not source.cached:
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
@@ -156,6 +170,56 @@ def _load_with_card(
         entry = LoadedModel(key, model_obj, tokenizer, info)
         entry.engine = TransformersEngine(entry)
         del model_obj, tokenizer
+        notes += [_budget_note(r) for r in MODEL_CACHE.put(entry)]
+    if alias:
+        MODEL_CACHE.alias(entry, alias)
+    seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
+    return entry, load_card(entry, state, seconds, fit, tuple(notes))
+
+
+def _check_engine(model: str, engine: str, quantize: str | None) -> None:
+    """Refuse an unknown engine or quantization, or a missing optional package, before anything is read."""
+    if engine not in ("transformers", "llama.cpp"):
+        raise LoadError(f"--engine {engine}: no such engine", fixes=["--engine transformers (the default)",
+                                                                    "--engine llama.cpp runs a .gguf file as it is"])
+    if quantize is None:
+        return
+    if quantize not in loading.QUANTIZE_CHOICES:
+        raise LoadError(f"--quantize {quantize}: not one of {', '.join(loading.QUANTIZE_CHOICES)}",
+                        fixes=["--quantize nf4 (4-bit, the smallest that keeps quality)", "--quantize int8"])
+    if engine == "llama.cpp":
+        raise LoadError(f"--quantize {quantize} with --engine llama.cpp: llama.cpp runs the file as quantized in it",
+                        fixes=["leave out --quantize: the .gguf is quantized already", "leave out --engine to quantize with bitsandbytes"])
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LoadError(
+            f"could not load {model} with --quantize {quantize}",
+            "the optional package bitsandbytes is not installed (it holds the 4-bit and 8-bit layers)",
+            ['pip install "llm_magic[quantize]"  (or: pip install bitsandbytes)',
+             "then restart the kernel and run %llm_load again", "or leave out --quantize"],
+        )
+
+
+def _load_llama_cpp(source: loading.Source, alias: str | None, reload: bool, progress, force: bool,
+                    started: float) -> tuple[LoadedModel, LoadCard]:
+    """`--engine llama.cpp`: the .gguf opened by llama.cpp as it is (no conversion, no torch)."""
+    from .engines import llama_cpp
+
+    if source.kind != "gguf" or not llama_cpp.available():
+        llama_cpp.load(source)  # raises the LoadError that says why
+    key = (source.identity, "llama.cpp")
+    entry = None if reload else MODEL_CACHE.get(key)
+    state, fit, notes = "cached", None, []
+    if entry is None:
+        state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
+        size = os.path.getsize(source.path)  # the weights are mapped as they are in the file
+        est = sizing.Estimate(size, 0, "gguf", "gguf", (source.path,), 0)
+        fit, notes = preflight(source, "gguf", "cpu", key, force, progress, est=est, target="cpu")
+        llm, info = llama_cpp.load(source, progress)
+        entry = LoadedModel(key, llm, None, info)
+        entry.engine = llama_cpp.LlamaCppEngine(entry)
+        del llm
         notes += [_budget_note(r) for r in MODEL_CACHE.put(entry)]
     if alias:
         MODEL_CACHE.alias(entry, alias)
@@ -175,29 +239,44 @@ def load_card(
         aliases=tuple(sorted(entry.aliases)),
         fit=fit,
         budget_notes=notes,
+        extra_rows=entry.info.details + _llama_cpp_hint(entry),
     )
+
+
+def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
+    """For a .gguf loaded with transformers while llama-cpp-python is installed: how much
+    faster llama.cpp decodes it, as measured here (decode_speed), else that it can."""
+    from . import decode_speed
+    from .engines import llama_cpp
+
+    if entry.info.kind != "gguf" or entry.info.engine != "transformers" or not llama_cpp.available():
+        return ()
+    return (("llama.cpp", decode_speed.llama_cpp_hint(str(entry.key[0]), entry.info)),)
 
 
 # ------------------------------------------------------------ before loading: size and room
 
 
-def estimate(source: loading.Source, dtype: str) -> sizing.Estimate | None:
+def estimate(source: loading.Source, dtype: str, quantize: str | None = None) -> sizing.Estimate | None:
     """The bytes `source` will take at `dtype`, from file headers only; None when no local
     file tells (a Hub id not downloaded yet) or a header is unreadable (the load itself
     then reports the broken file)."""
     converted = gguf_cache.usable_copy(source.path, dtype) if source.kind == "gguf" else None
     try:
-        return sizing.estimate(source, dtype, converted)
+        est = sizing.estimate(source, dtype, converted)
+        return sizing.quantized(est, quantize) if est and quantize else est
     except (OSError, ValueError, KeyError, TypeError, ImportError):  # ImportError: no gguf package
         return None
 
 
 def preflight(
-    source: loading.Source, dtype: str, device_map, key, force: bool = False, progress: Callable[[str], None] | None = None
+    source: loading.Source, dtype: str, device_map, key, force: bool = False, progress: Callable[[str], None] | None = None,
+    *, quantize: str | None = None, est: sizing.Estimate | None = None, target: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """The fit verdict for the card, after making room within the budget. Raises LoadError,
-    before anything is unloaded or read, when the model will not fit (unless `force`)."""
-    est = estimate(source, dtype)
+    before anything is unloaded or read, when the model will not fit (unless `force`).
+    `est` and `target` given: no estimate from headers, no hardware probe (no torch import)."""
+    est = est or estimate(source, dtype, quantize)
     adding = key not in MODEL_CACHE
     victims = MODEL_CACHE.over_budget(est.bytes if est else 0, adding=adding, keep=MODEL_CACHE.peek(key))
     verdict = None
@@ -205,8 +284,7 @@ def preflight(
         verdict = "not checked: no local files give the size before download" if source.path is None else (
             "not checked: no safetensors headers to read the size from")
     else:
-        hw = hardware.probe()
-        target = hardware.target_kind(hw, device_map)
+        target = target or hardware.target_kind(hardware.probe(), device_map)
         reclaim: dict[str, int] = {}
         for v in victims:  # what the budget will unload first counts as free
             device = v.info.device.split(",")[0].strip()
@@ -239,7 +317,7 @@ def _fit_fixes(est: sizing.Estimate, target: str, device_map, victims: list[Load
     if target == "cuda" and device_map != "auto":
         fixes.append("--device-map auto offloads the layers that do not fit to cpu (slower generation)")
     else:
-        fixes.append("a quantized or smaller model (e.g. 4-bit with bitsandbytes on CUDA)")
+        fixes.append("--quantize nf4 loads the linear layers in 4 bits (bitsandbytes), or a smaller model")
     fixes.append("--force loads anyway (the system may swap, or kill the kernel)")
     return fixes
 
@@ -395,7 +473,13 @@ def generate(
         return generation.generate_many(entry.engine, texts, settings, batch_size=batch_size, on_progress=progress,
                                         on_prompt=on_prompt)
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
-    return generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt, on_start=on_start)
+    result = generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt, on_start=on_start)
+    if entry.info.kind == "gguf":
+        from . import decode_speed
+
+        decode_speed.note_result(entry, result)  # for the card's engine comparison
+    return result
+
 
 
 def _settings(*, max_new_tokens, greedy, temperature, top_p, top_k, seed, stop, system, raw):

@@ -201,6 +201,11 @@ class ModelCache:
                 del self._aliases[alias]
         if self.last == entry.key:
             self.last = None
+        # An engine holding memory outside Python (llama.cpp) frees it now, whoever still
+        # refers to its objects.
+        close = getattr(entry.engine, "close", None)
+        if close is not None:
+            close()
         # Callers may still hold the handle: empty it so it no longer pins the weights.
         entry.model = None
         entry.tokenizer = None

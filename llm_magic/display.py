@@ -107,6 +107,7 @@ class LoadCard(Card):
     aliases: tuple[str, ...] = ()
     fit: str | None = None  # the pre-flight verdict ("fits on cpu: needs ..."), new loads only
     budget_notes: tuple[str, ...] = ()  # models the budget unloaded to make room
+    extra_rows: tuple[tuple[str, str], ...] = ()  # engine, quantization, context, threads, hints
 
     def title(self) -> str:
         alias = f"  (as {', '.join(self.aliases)})" if self.aliases else ""
@@ -128,6 +129,7 @@ class LoadCard(Card):
             rows.append(("revision", i.revision[:12]))
         if i.trust_remote_code:
             rows.append(("remote code", "trusted (--trust-remote-code)"))
+        rows += list(self.extra_rows)
         what = "loaded in" if self.cache_state != "cached" else "cache hit"
         n = self.cache_models
         rows.append((what, format_seconds(self.seconds)))

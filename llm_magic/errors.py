@@ -359,7 +359,7 @@ def _oom_cuda(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
     if ctx.get("dtype") == "float32":
         fixes.append("half the memory: --dtype bfloat16 (or float16 on GPUs older than Ampere)")
     fixes.append("offload what does not fit: --device-map auto, with max_memory={0: '10GiB', 'cpu': '30GiB'} in llm_magic.load")
-    fixes.append("8/4-bit weights: pip install bitsandbytes; load with BitsAndBytesConfig(load_in_4bit=True)")
+    fixes.append("4-bit weights: %llm_load MODEL --quantize nf4 (bitsandbytes)")
     return Diagnosis(
         _what(ctx), "the GPU ran out of memory while loading the weights" + _dtype_note(ctx), fixes, details
     )

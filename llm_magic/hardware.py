@@ -256,3 +256,24 @@ def cuda_memory() -> dict[str, tuple[int, int]]:
         f"cuda:{i}": (int(torch.cuda.memory_allocated(i)), int(torch.cuda.memory_reserved(i)))
         for i in range(torch.cuda.device_count())
     }
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads of one core count once):
+    llama.cpp decodes fastest with one thread per physical core."""
+    allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            block: dict[str, str] = {}
+            for line in [*f, ""]:
+                key, _, value = line.partition(":")
+                if key.strip():
+                    block[key.strip()] = value.strip()
+                    continue
+                if block.get("processor", "").isdigit() and int(block["processor"]) in allowed:
+                    cores.add((block.get("physical id", "0"), block.get("core id", block["processor"])))
+                block = {}
+    except OSError:
+        pass
+    return len(cores) or len(allowed) or 1

@@ -65,6 +65,8 @@ class ModelInfo:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
     load_notes: tuple[str, ...] = ()  # what this load did on the way (a copy converted again): its card only
+    engine: str = "transformers"  # engines/: what generates with it
+    details: tuple[tuple[str, str], ...] = ()  # more card rows (engine, quantization, context, threads)
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
@@ -229,9 +231,11 @@ def load_model(
     progress: Progress | None = None,
     max_memory: dict | None = None,
     reconvert: bool = False,
+    quantize: str | None = None,
 ) -> tuple[Any, Any, ModelInfo]:
     """Read tokenizer and weights; returns (model, tokenizer, info). A .gguf is read from
-    its converted copy, made first when missing or damaged, or again with `reconvert`."""
+    its converted copy, made first when missing or damaged, or again with `reconvert`.
+    `quantize` (nf4, fp4, int8) loads the linear layers quantized by bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -268,13 +272,69 @@ def load_model(
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
         **({"max_memory": max_memory} if max_memory else {}),
+        **({"quantization_config": quantization_config(quantize, dtype.dtype)} if quantize else {}),
         **remote,
     )
     seconds = time.perf_counter() - started
     if source.kind == "hub" and not source.cached:
         where = str(cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
+    if quantize:
+        info = replace(info, num_params=_quantized_param_count(model),
+                       details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),))
     return model, tokenizer, replace(info, load_notes=notes)
+
+
+# --quantize: bitsandbytes' 4-bit (NF4, FP4) and 8-bit (LLM.int8) linear layers.
+QUANTIZE_CHOICES = ("nf4", "fp4", "int8")
+
+
+def quantization_config(quantize: str, compute_dtype: str):
+    """The BitsAndBytesConfig for `quantize`; the matrix products run in `compute_dtype`
+    (the dtype the hardware policy chose). bitsandbytes quantizes every nn.Linear but the
+    output head; embeddings and norms stay at `compute_dtype`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "int8":
+        import logging
+
+        logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if not any(isinstance(f, _SameWarningOnce) for f in logger.filters):
+            logger.addFilter(_SameWarningOnce())
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
+
+
+def _quantized_param_count(model) -> int:
+    """Parameters as the model has them: a 4-bit weight counts its packed bytes in
+    numel(), its quant_state keeps the real shape."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None and hasattr(state, "shape") else p.numel()
+    return total
+
+
+class _SameWarningOnce:
+    """A logging filter: LLM.int8 warns at every matrix product that it casts its inputs
+    to float16 (hundreds of lines per generation); the card says it once instead."""
+
+    def filter(self, record) -> bool:
+        return "inputs will be cast" not in record.getMessage()
+
+
+def quantization_label(quantize: str, compute_dtype: str) -> str:
+    import importlib.metadata as md
+
+    kind = {"nf4": "4-bit NF4", "fp4": "4-bit FP4", "int8": "8-bit LLM.int8"}[quantize]
+    try:
+        version = " " + md.version("bitsandbytes")
+    except md.PackageNotFoundError:
+        version = ""
+    compute = ", inputs cast to float16 for the 8-bit products" if quantize == "int8" else f", computing in {compute_dtype}"
+    return f"{quantize}: {kind} linear layers (bitsandbytes{version}){compute}"
 
 
 def _is_empty(tokenizer) -> bool:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Float, Int, TraitError, Unicode, Union, observe, validate
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, Union, observe, validate
 
 from . import api, generation, gguf_cache, hardware, prompts, sizing
 from . import quiet as quiet_output
@@ -59,6 +59,8 @@ class LLMMagics(Magics):
     quiet = Bool(False, help="Load without progress or card unless asked (as --quiet on every %llm_load).").tag(
         config=True
     )
+    engine = CaselessStrEnum(("transformers", "llama.cpp"), "transformers",
+                             help="Default --engine of %llm_load: transformers, or llama.cpp (.gguf files only).").tag(config=True)
     max_models = Int(
         0, help="The most models the cache holds (0: no limit); loading one more unloads the least recently used."
     ).tag(config=True)
@@ -137,6 +139,11 @@ class LLMMagics(Magics):
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
     @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
+    @argument("--engine", choices=("transformers", "llama.cpp"), default=None,
+              help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
+              "quantized; needs llm_magic[llama-cpp]). Default: LLMMagics.engine.")
+    @argument("--quantize", choices=("nf4", "fp4", "int8"), default=None,
+              help="Load the linear layers in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes.")
     @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
     @line_magic
     def llm_load(self, line: str):
@@ -153,7 +160,8 @@ class LLMMagics(Magics):
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
         server = _unquote(args.server or self.server) or None
-        with self._status(quiet, local=server is None) as progress, _verbose_errors(args.verbose):
+        engine = args.engine or self.engine
+        with self._status(quiet, hf_bars=server is None and engine != "llama.cpp") as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
                 _unquote(args.model) if args.model else None,
                 dtype=dtype,
@@ -168,6 +176,8 @@ class LLMMagics(Magics):
                 quiet=quiet,
                 server=server,
                 api_key_env=_unquote(args.api_key_env or self.api_key_env) or None,
+                engine=engine,
+                quantize=args.quantize,
             )
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
@@ -304,7 +314,7 @@ class LLMMagics(Magics):
         print("".join(traceback.format_exception(type(error), error, error.__traceback__)), file=sys.stderr)
 
     @contextmanager
-    def _status(self, quiet: bool, local: bool = True):
+    def _status(self, quiet: bool, hf_bars: bool = True):
         """A progress callback: one status line updated in place in Jupyter, lines on
         stderr in a terminal; in Jupyter the line is blanked when done, and the card
         (the magic's value) follows it."""
@@ -315,7 +325,7 @@ class LLMMagics(Magics):
             yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
             return
         handle = display(StatusLine("starting"), display_id=True)
-        if not local:  # a server model: no transformers to import, no bars to hide
+        if not hf_bars:  # a server model or llama.cpp: no transformers to import just to hush its bars
             try:
                 yield lambda message: handle.update(StatusLine(message))
             finally:

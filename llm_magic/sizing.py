@@ -238,3 +238,34 @@ def _explicit_gpu(dm: str | None) -> str | None:
     if dm.isdigit():
         return f"cuda:{dm}"
     return None
+
+
+# ------------------------------------------------------------------ --quantize (bitsandbytes)
+
+# Bytes per parameter of a quantized linear weight: 4-bit packs two per byte plus one fp32
+# absmax per block of 64 (bitsandbytes' default, no double quantization); LLM.int8 one
+# byte plus one fp32 scale per row (counted per element here: rows are long).
+_QUANTIZED_BYTES = {"nf4": 0.5 + 4 / 64, "fp4": 0.5 + 4 / 64, "int8": 1.0}
+# Kept at the compute dtype: embeddings and the output head (bitsandbytes converts
+# nn.Linear layers only, and transformers leaves the head out), norms and biases.
+_NOT_QUANTIZED = re.compile(r"(embed|wte|wpe|lm_head|output\.weight$|norm|ln_|bias$)")
+
+
+def quantized(est: Estimate, quantize: str) -> Estimate:
+    """`est` with the linear weights (2-D, not embeddings or the head) at the bytes
+    `quantize` gives them, from the safetensors headers again (ms). An estimate from a
+    .gguf not converted yet stays as it is: an overestimate, on the safe side."""
+    if est.source != "safetensors":
+        return est
+    width = _DTYPE_BYTES[est.dtype]
+    saved = 0.0
+    for shard in est.files:
+        header, _ = read_safetensors_header(Path(shard))
+        for name, entry in header.items():
+            if name == "__metadata__" or len(entry["shape"]) != 2 or entry["dtype"] not in _FLOATING:
+                continue
+            if _NOT_QUANTIZED.search(name):
+                continue
+            saved += _product(entry["shape"]) * (width - _QUANTIZED_BYTES[quantize])
+    return Estimate(int(est.bytes - saved), est.num_params, est.dtype, est.source + f" ({quantize})", est.files,
+                    est.header_bytes_read, est.conversion_bytes)

@@ -27,6 +27,12 @@ EXPECTED_ROWS = [
     "decode_vs_bandwidth",
     "load_peak_rss",
     "unload_rss_returned",
+    "llamacpp_decode",
+    "llamacpp_vs_raw",
+    "llamacpp_load",
+    "nf4_memory",
+    "nf4_decode",
+    "decode_bandwidth_engines",
 ]
 # Rows that need only what the foundation provides: they must produce a figure.
 MEASURED_ROWS = {"import_load_ext", "cache_hit", "cold_load", "hub_id_offline", "dtype_default_vs_best",

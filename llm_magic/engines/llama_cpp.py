@@ -1,0 +1,369 @@
+"""The llama.cpp engine: a `.gguf` run as it is, quantized, in the kernel.
+
+`llama-cpp-python` (the optional extra `llm_magic[llama-cpp]`) maps the file and runs
+llama.cpp's own kernels on its quantized weights: no dequantizing, no conversion, a load
+in about a second, and several times the decode speed of the dequantized transformers
+model on a CPU. `handle.model` is the `llama_cpp.Llama` object.
+
+The prompt: the GGUF's own chat template, rendered with the formatter llama-cpp-python's
+`create_chat_completion` uses for it (`Jinja2ChatFormatter` over the template in the
+file's metadata), then tokenized as that handler does it. Rendering here rather than
+calling `create_chat_completion` gives the exact prompt tokens before generating (the
+context budget, `--show-prompt`) and the new token ids while generating (counts, stop
+strings, an interrupt that keeps what was made), and the tokens are the same: greedy text
+equals `create_chat_completion(temperature=0)` for the same messages (tests check it).
+A file without a template (or `--raw`) gets the text as it is, as `create_completion` does.
+
+llama.cpp in-process runs one sequence at a time here, so `--over` runs its prompts one
+after another (progress after each).
+
+Nothing here imports llama_cpp (or torch) at module level.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from importlib import metadata as _metadata
+from typing import Any, Iterator, Sequence
+
+from ..errors import GenerationError, LoadError, diagnose_generation
+from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
+
+KIND = "llama.cpp"
+INSTALL = 'pip install "llm_magic[llama-cpp]"'
+# The KV cache grows with the context: a model trained on 128k positions would reserve
+# gigabytes. Up to this many positions are kept (the card says when it is less).
+MAX_CONTEXT = 4096
+
+
+class LlamaCppEngine:
+    """Generation with a cached `llama_cpp.Llama`, read through the cache entry so that
+    unloading leaves it holding nothing."""
+
+    kind = KIND
+
+    def __init__(self, entry) -> None:
+        self.entry = entry  # cache.LoadedModel; .model is the Llama object
+        self._formatter = None
+
+    @property
+    def info(self):
+        return self.entry.info
+
+    def describe(self) -> dict[str, Any]:
+        llm = self.entry.model
+        return {"engine": self.kind, "llama_cpp_python": _version(), "threads": getattr(llm, "n_threads", None),
+                "quantization": dict(self.entry.info.details).get("quantization")}
+
+    def context_limit(self) -> int | None:
+        return self.entry.model.n_ctx()
+
+    def close(self) -> None:
+        """Free the model and its context now (llama.cpp memory is not Python memory:
+        `Llama.close()` releases it whether or not a reference lingers)."""
+        llm = self.entry.model
+        if llm is not None:
+            llm.close()
+
+    # --- prompts ---------------------------------------------------------------------
+
+    def render(self, request: Request) -> Rendered:
+        llm = self.entry.model
+        formatter = None if request.raw else self._chat_formatter()
+        if formatter is None:
+            text = "\n\n".join(m["content"] for m in request.messages)
+            # As create_completion tokenizes a text prompt: the model's bos, then the text.
+            bos = [llm.token_bos()] if llm._model.add_bos_token() and llm.token_bos() != -1 else []
+            ids = bos + (llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else [])
+            return Rendered(request, text, len(ids) if text else 0, ids)
+        from jinja2 import TemplateError
+
+        try:
+            formatted = formatter(messages=[dict(m) for m in request.messages])
+        except (TemplateError, ValueError) as e:  # the template's raise_exception raises ValueError
+            fixes = ["--raw sends the text without the chat template"]
+            if request.system:
+                fixes.insert(0, "leave out --system: some templates take no system message")
+            raise GenerationError("the model's chat template refused the prompt", str(e), fixes) from e
+        # As llama-cpp-python's chat handler tokenizes it: the template wrote the special tokens.
+        ids = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+        return Rendered(request, formatted.prompt, len(ids), ids)
+
+    def _chat_formatter(self):
+        """The formatter create_chat_completion uses for this file's own template (None
+        when the file has none). llama-cpp-python swaps a few well-known templates for
+        built-in look-alikes; `load` points it back at the file's template, so both paths
+        use the same one."""
+        if self._formatter is None:
+            llm = self.entry.model
+            template = llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                return None
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = llm.token_eos(), llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+        return self._formatter
+
+    # --- generating ------------------------------------------------------------------
+
+    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
+            on_text: TextCallback | None = None) -> Run:
+        """One row after another (llama.cpp runs one sequence at a time here); streams
+        to `on_text` when given. Ctrl-C stops at the next token, keeping the text so far."""
+        started = time.perf_counter()
+        completions: list[Completion] = []
+        first_token_at = None
+        interrupt = None
+        for index, row in enumerate(rows):
+            done, first, interrupt = self._one(row, seed, max_new, settings, on_text if index == 0 else None)
+            completions.append(done)
+            first_token_at = first_token_at or first
+            if interrupt is not None:
+                break
+        return Run(completions, started, time.perf_counter(), first_token_at, interrupt)
+
+    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings, budget: Budget,
+                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+        """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a time)."""
+        if on_progress is not None:
+            on_progress(0, len(rows))
+        for index, row in enumerate(rows):
+            max_new, notes = budget([row])
+            run = self.run([row], seed, max_new, settings)
+            run.notes = notes + (("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
+                                 if batch_size and batch_size > 1 and index == 0 else ())
+            yield [index], run
+            if run.interrupt is None and on_progress is not None:
+                on_progress(index + 1, len(rows))
+
+    def _one(self, row: Rendered, seed: int | None, max_new: int, settings,
+             on_text: TextCallback | None) -> tuple[Completion, float | None, KeyboardInterrupt | None]:
+        import llama_cpp
+
+        llm = self.entry.model
+        prompt = list(row.payload)
+        if seed is not None:
+            llm.set_seed(seed)
+        # The user's settings and nothing else: min_p off (llama-cpp-python defaults to
+        # 0.05), no repeat penalty. Temperature 0 is llama.cpp's greedy sampler.
+        sampling = dict(temp=0.0) if settings.greedy else dict(
+            temp=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=0.0)
+        stops = tuple(settings.stop)
+        hold = max((len(s) for s in stops), default=1) - 1  # not yet shown: may start a stop string
+        tokens: list[int] = []
+        text, sent, reason, stop_hit = "", 0, None, None
+        first = interrupt = None
+        vocab = llm._model.vocab
+        generator = llm.generate(prompt, repeat_penalty=1.0, **sampling)
+        try:
+            for token in generator:
+                first = first or time.perf_counter()
+                tokens.append(token)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    reason = "eos"
+                    break
+                text = _decoded(llm.detokenize(tokens, prev_tokens=prompt))
+                hits = [(text.find(s), s) for s in stops if s in text]
+                if hits:
+                    pos, stop_hit = min(hits)
+                    text, reason = text[:pos], "stop string"
+                    break
+                if len(tokens) >= max_new:
+                    reason = "length"
+                    break
+                if on_text is not None and len(text) - hold > sent:
+                    on_text(text[sent: len(text) - hold])
+                    sent = len(text) - hold
+        except KeyboardInterrupt as e:
+            interrupt, reason = e, "interrupted"
+        except Exception as e:  # explained outside this handler's context
+            generator.close()
+            raise self._explain(e, len(prompt), max_new) from None
+        finally:
+            generator.close()
+        if reason == "eos":
+            text = _decoded(llm.detokenize(tokens[:-1], prev_tokens=prompt))
+        if on_text is not None and interrupt is None and len(text) > sent:
+            on_text(text[sent:])
+        return Completion(text, len(tokens), reason or "length", stop_hit, tuple(tokens), len(prompt)), first, interrupt
+
+    def _explain(self, error: BaseException, prompt_tokens: int, max_new: int) -> BaseException:
+        context = {"model": self.info.name, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new,
+                   "batch_size": 1, "context_length": self.context_limit(), "dtype": self.info.dtype}
+        wrapped = diagnose_generation(error, context)
+        if wrapped is not error:
+            wrapped.__cause__ = error
+        return wrapped
+
+
+def _decoded(raw: bytes) -> str:
+    """The text of the bytes so far; an incomplete UTF-8 character at the end waits for
+    the next token (a streamed piece never changes afterwards)."""
+    return codecs.getincrementaldecoder("utf-8")("ignore").decode(raw, final=False)
+
+
+def _version() -> str | None:
+    try:
+        return _metadata.version("llama_cpp_python")
+    except _metadata.PackageNotFoundError:
+        return None
+
+
+# --- loading ---------------------------------------------------------------------------
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def missing_error(name: str) -> LoadError:
+    return LoadError(
+        f"could not load {name} with --engine llama.cpp",
+        "the optional package llama-cpp-python is not installed (it runs .gguf files as they are)",
+        [INSTALL, "then restart the kernel and run %llm_load again",
+         "or leave out --engine: transformers loads the .gguf dequantized (slower)"],
+    )
+
+
+def load(source, progress=None):
+    """Open `source` (a .gguf) with llama.cpp; returns (the Llama object, ModelInfo)."""
+    from ..hardware import physical_cores
+    from ..loading import ModelInfo
+
+    if source.kind != "gguf":
+        raise LoadError(
+            f"{source.name}: --engine llama.cpp runs .gguf files only",
+            "llama.cpp reads its own file format, GGUF; this is a " + ("Hub id" if source.kind == "hub" else "folder"),
+            ["leave out --engine to load it with transformers",
+             "or convert it to .gguf with llama.cpp's convert_hf_to_gguf.py"],
+        )
+    if not available():
+        raise missing_error(source.name)
+    import llama_cpp
+
+    started = time.perf_counter()
+    trained = _trained_context(source.path)
+    n_ctx = min(trained, MAX_CONTEXT) if trained else MAX_CONTEXT
+    threads = physical_cores()
+    if progress:
+        progress(f"opening {os.path.basename(source.path)} with llama.cpp ({threads} threads)…")
+    try:
+        llm = llama_cpp.Llama(model_path=source.path, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
+        raise LoadError(
+            f"{os.path.basename(source.path)}: llama.cpp could not open the file",
+            "it is not a GGUF model this llama.cpp can read: truncated or damaged, or an architecture it does not know",
+            [f"check the file: {os.path.getsize(source.path)} bytes at {source.path}",
+             "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
+             "or leave out --engine: transformers reads .gguf files of the architectures it knows"],
+        ) from e
+    if llm.metadata.get("tokenizer.chat_template") and llm.chat_format != "chat_template.default":
+        # llama-cpp-python took a built-in look-alike for this template: use the file's own.
+        llm.chat_format = "chat_template.default"
+    seconds = time.perf_counter() - started
+    kind = _file_type(llm.metadata)
+    size = os.path.getsize(source.path)
+    state = _context_bytes(llm)
+    context = f"{n_ctx} tokens" + (f" (trained on {trained}; capped to keep the KV cache small)" if trained and trained > n_ctx else "")
+    details = (
+        ("engine", f"llama.cpp (llama-cpp-python {_version() or '?'}), in the kernel: the file runs as it is"),
+        ("quantization", kind),
+        ("context", context),
+        ("threads", f"{threads} (one per physical core)"),
+    )
+    info = ModelInfo(
+        name=source.name,
+        kind=source.kind,
+        class_name=f"llama.cpp {llm.metadata.get('general.architecture', '?')}",
+        num_params=int(llama_cpp.llama_model_n_params(llm._model.model)),
+        memory_bytes=size + state,
+        device="cpu",
+        dtype=kind.split()[0],
+        dtype_reason="as quantized in the file; llama.cpp computes on it directly",
+        source=source.path,
+        revision=None,
+        load_seconds=seconds,
+        engine=KIND,
+        details=details,
+    )
+    return llm, info
+
+
+def _trained_context(path: str) -> int | None:
+    """`{arch}.context_length` from the GGUF header, walked without decoding the
+    vocabulary (gguf.GGUFReader decodes every value: seconds for a 49k vocabulary)."""
+    import struct
+
+    from ..sizing import _GGUF_WIDTH
+
+    found: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f:
+            magic, version, _tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF" or version < 2:
+                return None
+
+            def string() -> bytes:
+                (n,) = struct.unpack("<Q", f.read(8))
+                return f.read(n)
+
+            def skip(kind: int) -> None:
+                if kind == 8:
+                    string()
+                elif kind == 9:
+                    item, count = struct.unpack("<IQ", f.read(12))
+                    if item in _GGUF_WIDTH:
+                        f.seek(_GGUF_WIDTH[item] * count, 1)
+                    else:
+                        for _ in range(count):
+                            skip(item)
+                else:
+                    f.seek(_GGUF_WIDTH[kind], 1)
+
+            for _ in range(n_kv):
+                key = string().decode("utf-8", "replace")
+                (kind,) = struct.unpack("<I", f.read(4))
+                if key == "general.architecture" and kind == 8:
+                    found["arch"] = string().decode("utf-8", "replace")
+                elif key.endswith(".context_length") and kind in (4, 5, 10, 11):  # u32, i32, u64, i64
+                    found[key] = struct.unpack({4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind], f.read(_GGUF_WIDTH[kind]))[0]
+                else:
+                    skip(kind)
+                if "arch" in found and f"{found['arch']}.context_length" in found:
+                    return int(found[f"{found['arch']}.context_length"])
+    except (OSError, struct.error, KeyError, ValueError, OverflowError, MemoryError):  # a damaged header
+        return None  # llama.cpp itself then says what is wrong with the file
+    return None
+
+
+def _file_type(meta: dict) -> str:
+    """'Q4_1' from the header's general.file_type, named by the gguf package's table."""
+    raw = meta.get("general.file_type")
+    if raw is None:
+        return "unknown"
+    try:
+        import gguf
+
+        return gguf.LlamaFileType(int(raw)).name.removeprefix("MOSTLY_") + " (GGUF file type)"
+    except (ImportError, ValueError):
+        return f"file type {raw}"
+
+
+def _context_bytes(llm) -> int:
+    """Bytes of the context (KV cache, buffers) beside the mapped file; 0 if unknown."""
+    try:
+        import llama_cpp
+
+        return int(llama_cpp.llama_state_get_size(llm._ctx.ctx))
+    except Exception:  # an older binding without it: the file size alone is shown
+        return 0

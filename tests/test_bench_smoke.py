@@ -40,7 +40,11 @@ def test_bench_smoke_writes_report(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    check_report(out)
 
+
+def check_report(out: Path) -> None:
+    """What a smoke report must hold (also usable on a report written earlier)."""
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["rows"]}
     assert [r["name"] for r in results["rows"]] == EXPECTED_ROWS
@@ -52,7 +56,8 @@ def test_bench_smoke_writes_report(tmp_path):
             continue
         assert row["status"] in ("PASS", "MISS") or row["status"].startswith("REPORT ("), f"{name}: {row['status']}"
         assert isinstance(row["ratio"], (int, float)) and row["ratio"] > 0, name
-        assert row["llm_magic"] not in ("", "–") and row["plain"] not in ("", "–"), name
+        assert row["llm_magic"] not in ("", "–"), name
+        assert row["plain"] not in ("", "–") or name == "import_load_ext", name  # importing has no plain side
     # The import row checks what it claims: torch stays out of `import llm_magic`.
     assert all(not r["torch"] for r in rows["import_load_ext"]["data"]["runs"])
     # Both sides measured the same thing: dtype and new tokens, run by run.

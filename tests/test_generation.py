@@ -134,14 +134,14 @@ def test_sampling_with_seed_equals_plain_generate_with_that_seed(tiny):
     assert list(r.token_ids) == expected
 
 
-SMOL_PROMPTS = ["Write two sentences about the sea.", "List three uses of a paperclip."]
+SMOL_PROMPTS = ["Write two sentences about the sea.", "Write a short story about a lighthouse keeper."]
 SMOL_NEW_TOKENS = 40
 
 
 @pytest.mark.slow
 def test_smollm2_greedy_equals_plain_generate_on_long_answers(shell, smol):
     expected = plain_greedy(smol, SMOL_PROMPTS, SMOL_NEW_TOKENS, chat=True)
-    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=20)
+    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=15)
     for prompt, ref in zip(SMOL_PROMPTS, expected):
         result, _ = run(shell, f"%%llm_generate --greedy --max-new-tokens {SMOL_NEW_TOKENS}\n{prompt}")
         assert result.success, result.error_in_exec
@@ -408,7 +408,7 @@ def test_smollm2_over_equals_single_runs(smollm2_gguf):
     assert "Paris" in batch[0].text and "Tokyo" in batch[1].text
     # Long answers, against plain model.generate one prompt at a time.
     expected = plain_greedy(smol, SMOL_PROMPTS, SMOL_NEW_TOKENS, chat=True)
-    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=20)
+    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=15)
     long = llm_magic.generate("{item}", over=SMOL_PROMPTS, namespace={}, greedy=True, max_new_tokens=SMOL_NEW_TOKENS)
     assert [list(r.token_ids) for r in long] == expected
 

@@ -226,3 +226,16 @@ def test_offload_to_disk_is_warned_on_the_card(shell, tiny_model_dir):
 def test_bad_max_memory_is_a_usage_error(shell, tiny_model_dir):
     result, _ = run(shell, f"%llm_load {tiny_model_dir} --max-memory lots")
     assert type(result.error_in_exec).__name__ == "UsageError"
+
+
+def test_a_gpu_left_unused_is_warned_on_the_card(shell, tiny_model_dir):
+    # A machine with a GPU, as data: the model asked onto the CPU, the card says the GPU sits idle.
+    a100 = hardware.GPU(0, "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30)
+    with hardware.assume(Hardware(gpus=(a100,), cuda_built=True, cpu_flags=frozenset({"avx2"}))):
+        result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu")
+    assert result.success, result.error_in_exec
+    warning = "a GPU is present (NVIDIA A100-SXM4-40GB) but the model is on cpu: --device-map auto uses it"
+    assert warning in result.result.info.warnings and f"⚠ {warning}" in result.result.text()
+    with hardware.assume(Hardware(cpu_flags=frozenset({"avx2"}))):  # the same machine without a GPU
+        result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu --reload")
+    assert not any("GPU is present" in w for w in result.result.info.warnings)

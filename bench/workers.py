@@ -11,7 +11,6 @@ user would otherwise write); run.py only takes medians, ratios and writes the re
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
 import statistics
@@ -233,32 +232,6 @@ def new_shell():
     return shell
 
 
-def has_magic(shell, kind: str, name: str) -> bool:
-    return name in shell.magics_manager.magics[kind]
-
-
-def magic_options(shell, kind: str, name: str) -> set[str]:
-    """The option strings a magic_arguments magic accepts (empty when it has none)."""
-    fn = shell.magics_manager.magics[kind].get(name)
-    parser = getattr(fn, "parser", None)
-    return set(getattr(parser, "_option_string_actions", {}) or {})
-
-
-def accepts(fn, name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def total_new_tokens(result) -> int:
-    """New tokens in a result, a list of results, or a batch result holding `.results`."""
-    if isinstance(result, (list, tuple)):
-        return sum(total_new_tokens(r) for r in result)
-    inner = getattr(result, "results", None)
-    if isinstance(inner, (list, tuple)):
-        return sum(total_new_tokens(r) for r in inner)
-    return int(result.new_tokens)
-
-
 # ---------------------------------------------------------------- jobs
 
 def job_import(args: dict) -> dict:
@@ -361,7 +334,9 @@ def job_prepare(args: dict) -> dict:
 
 def job_generate(args: dict) -> dict:
     """One process, one model loaded with %llm_load: the cache hit, %%llm_generate
-    streaming vs plain model.generate on the same model object, and --over vs singles."""
+    streaming vs plain model.generate on the same model object, and `--over` vs plain
+    batched model.generate and plain single generations. Each side records its dtype and
+    the new tokens it generated, for run.py to compare."""
     import_heavy()
     from IPython.utils.capture import capture_output
 
@@ -381,85 +356,57 @@ def job_generate(args: dict) -> dict:
     entry = MODEL_CACHE.find("bench")
     model, tok = entry.model, entry.tokenizer
     out["dtype"] = entry.info.dtype
+    plain_dtype = str(model.dtype).removeprefix("torch.")
 
     # %%llm_generate streaming vs plain model.generate -------------------------------
-    gen = {"available": has_magic(shell, "cell", "llm_generate")}
-    if gen["available"]:
-        opts = magic_options(shell, "cell", "llm_generate")
-        fixed = "--min-new-tokens" in opts
-        gen["min_new_tokens_flag"] = fixed
+    def magic_once(count: int):
+        with capture_output():
+            started = time.perf_counter()
+            result = shell.run_cell_magic("llm_generate", f"-m bench --greedy --max-new-tokens {count}", STORY_PROMPT)
+            seconds = time.perf_counter() - started
+        return int(result.new_tokens), seconds, result.dtype
 
-        def magic_once(count: int):
-            line = f"-m bench --greedy --max-new-tokens {count}" + (f" --min-new-tokens {count}" if fixed else "")
-            with capture_output():
-                started = time.perf_counter()
-                result = shell.run_cell_magic("llm_generate", line, STORY_PROMPT)
-                seconds = time.perf_counter() - started
-            return int(result.new_tokens), seconds, getattr(result, "tokens_per_second", None)
-
-        try:
-            # Warm-up (excluded); without --min-new-tokens the plain side matches its count.
-            warm_tokens, _, _ = magic_once(n)
-            count = n if fixed else max(1, warm_tokens)
-            plain_generate(model, tok, [STORY_PROMPT], count)
-            gen.update(new_tokens=count, llm_magic=[], plain=[], llm_magic_reported_tps=[])
-            for _ in range(reps):  # alternate the sides
-                tokens, seconds, tps = magic_once(count)
-                gen["llm_magic"].append({"tokens": tokens, "seconds": seconds})
-                gen["llm_magic_reported_tps"].append(tps)
-                tokens, seconds, _ = plain_generate(model, tok, [STORY_PROMPT], count)
-                gen["plain"].append({"tokens": tokens, "seconds": seconds})
-        except Exception as e:  # a magic of another shape than the one written against
-            gen = {"available": True, "error": f"{type(e).__name__}: {str(e)[-300:]}"}
+    # Warm-up (excluded); the plain side then generates exactly as many tokens as it did.
+    warm_tokens, _, _ = magic_once(n)
+    count = max(1, warm_tokens)
+    plain_generate(model, tok, [STORY_PROMPT], count)
+    gen: dict = {"new_tokens": count, "llm_magic": [], "plain": []}
+    for _ in range(reps):  # alternate the sides
+        tokens, seconds, dtype = magic_once(count)
+        gen["llm_magic"].append({"tokens": tokens, "seconds": seconds, "dtype": dtype})
+        tokens, seconds, _ = plain_generate(model, tok, [STORY_PROMPT], count)
+        gen["plain"].append({"tokens": tokens, "seconds": seconds, "dtype": plain_dtype})
     out["generate"] = gen
 
-    # --over 8 prompts vs 8 single generations ---------------------------------------
-    over = {"available": False}
+    # --over 8 prompts vs plain batched model.generate and plain singles -------------
     m = args["over_new_tokens"]
-    api = getattr(llm_magic, "generate", None)
-    if api is not None and accepts(api, "over"):
-        over["available"] = True
-        over["via"] = "llm_magic.generate(over=...)"
-        extra = {"min_new_tokens": m} if accepts(api, "min_new_tokens") else {}
-        batch = {"batch_size": len(OVER_PROMPTS)} if accepts(api, "batch_size") else {}
+    k = len(OVER_PROMPTS)
 
-        def batched():
-            return api("{item}", model="bench", over=OVER_PROMPTS, max_new_tokens=m, greedy=True, **batch, **extra)
+    def over_llm_magic():
+        batch = llm_magic.generate("{item}", model="bench", over=OVER_PROMPTS, namespace={}, max_new_tokens=m,
+                                   greedy=True, batch_size=k)
+        return sum(r.new_tokens for r in batch), batch[0].dtype, batch[0].products
 
-        def singles():
-            return [api(p, model="bench", max_new_tokens=m, greedy=True, **extra) for p in OVER_PROMPTS]
-    elif has_magic(shell, "cell", "llm_generate") and "--over" in magic_options(shell, "cell", "llm_generate"):
-        over["available"] = True
-        over["via"] = "%%llm_generate --over"
-        fixed = "--min-new-tokens" in magic_options(shell, "cell", "llm_generate")
-        flags = f"-m bench --greedy --max-new-tokens {m}" + (f" --min-new-tokens {m}" if fixed else "")
-        shell.user_ns["_bench_prompts"] = list(OVER_PROMPTS)
+    def over_plain_batched():
+        tokens, _, _ = plain_generate(model, tok, OVER_PROMPTS, m)
+        return tokens, plain_dtype, None
 
-        def batched():
-            with capture_output():
-                return shell.run_cell_magic(
-                    "llm_generate", f"{flags} --over _bench_prompts --batch-size {len(OVER_PROMPTS)}", "{item}"
-                )
+    def over_plain_singles():
+        return sum(plain_generate(model, tok, [p], m)[0] for p in OVER_PROMPTS), plain_dtype, None
 
-        def singles():
-            with capture_output():
-                return [shell.run_cell_magic("llm_generate", flags, p) for p in OVER_PROMPTS]
-    if over["available"]:
-        try:
+    sides = {"llm_magic": over_llm_magic, "plain_batched": over_plain_batched, "plain_singles": over_plain_singles}
+    over: dict = {"via": "llm_magic.generate(over=...)", "new_tokens_per_prompt": m, "prompts": k}
+    started = time.perf_counter()
+    _, _, over["products"] = over_llm_magic()  # warm-up, excluded: it may pack the weights for batches, once
+    over["first_llm_magic_seconds"] = time.perf_counter() - started
+    over_plain_batched()
+    for key in sides:
+        over[key] = []
+    for _ in range(args["over_repeats"]):
+        for key, fn in sides.items():
             started = time.perf_counter()
-            first = batched()  # warm-up, excluded (it may pack the weights for batches, once)
-            over["first_batched_seconds"] = time.perf_counter() - started
-            items = getattr(first, "results", first)
-            over["products"] = getattr(items[0], "products", None) if isinstance(items, (list, tuple)) else None
-            singles()
-            over.update(batched=[], singles=[])
-            for _ in range(args["over_repeats"]):
-                for key, fn in (("batched", batched), ("singles", singles)):
-                    started = time.perf_counter()
-                    result = fn()
-                    over[key].append({"tokens": total_new_tokens(result), "seconds": time.perf_counter() - started})
-        except Exception as e:  # an API of another shape than the one written against
-            over = {"available": False, "error": f"{type(e).__name__}: {e}"}
+            tokens, dtype, _ = fn()
+            over[key].append({"tokens": tokens, "seconds": time.perf_counter() - started, "dtype": dtype})
     out["over"] = over
     return out
 
@@ -525,18 +472,16 @@ def job_memory(args: dict) -> dict:
         )
         out["weight_bytes"] = MODEL_CACHE.find("bench").info.memory_bytes
         out["dtype"] = MODEL_CACHE.find("bench").info.dtype
-        out["unload_available"] = has_magic(shell, "line", "llm_unload")
         entry = MODEL_CACHE.find("bench")
         run_once(entry.model, entry.tokenizer)
         del entry
         gc.collect()
         before = rss_bytes()
-        if out["unload_available"]:
-            shell.run_line_magic("llm_unload", "bench")
-        else:  # what exists today: %unload_ext releases every cached model
-            shell.run_line_magic("unload_ext", "llm_magic")
+        card = shell.run_line_magic("llm_unload", "bench")
         gc.collect()
-        out["unload_via"] = "%llm_unload bench" if out["unload_available"] else "%unload_ext llm_magic"
+        out["unload_via"] = "%llm_unload bench"
+        out["unload_freed"] = bool(card.freed)  # the card's own verdict: no reference left
+        out["cached_after"] = len(MODEL_CACHE)
     else:
         holder = {}
 

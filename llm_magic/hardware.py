@@ -6,6 +6,7 @@ every branch can be tested on a CPU-only machine with the facts given as data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -151,9 +152,33 @@ def _poor_fit_warning(hw: Hardware, kind: str, gpu: GPU | None, dtype: str) -> s
     return None
 
 
-@functools.cache
+_assumed: list[Hardware] = []  # facts given by `assume`, innermost last
+
+
 def probe() -> Hardware:
-    """The machine's facts; cached, since they do not change within a process."""
+    """The machine's facts (or those given to `assume`); cached, since they do not change
+    within a process."""
+    return _assumed[-1] if _assumed else _probe_host()
+
+
+@contextlib.contextmanager
+def assume(facts: Hardware):
+    """Within the block, every choice llm_magic makes from the hardware (the dtype, packed
+    products for batches, the fit check's target) reads `facts` instead of this machine's.
+
+    Why: so each hardware-chosen path can be run, and tested, on any machine, with the
+    facts given as data. Only the choices change: the work still runs on this machine's
+    devices (assuming a GPU does not give torch one).
+    """
+    _assumed.append(facts)
+    try:
+        yield facts
+    finally:
+        _assumed.pop()
+
+
+@functools.cache
+def _probe_host() -> Hardware:
     import torch
 
     gpus = []
@@ -231,7 +256,7 @@ def free_gpu_bytes() -> dict[str, int]:
 
     torch = sys.modules.get("torch")
     if torch is None:
-        if not probe().gpus:  # probe imports torch; skip the CUDA calls without a GPU
+        if not _probe_host().gpus:  # probing imports torch; skip the CUDA calls without a GPU
             return {}
         import torch
     if not torch.cuda.is_available():

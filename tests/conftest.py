@@ -89,10 +89,38 @@ from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
 TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--assume-cpu-flags", default=None, metavar="FLAGS",
+        help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; '' for none), "
+             "given to llm_magic.hardware.assume: every expectation must hold on any machine",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _assumed_hardware(request):
+    """With --assume-cpu-flags, llm_magic's hardware choices read those facts, not this machine's."""
+    flags = request.config.getoption("--assume-cpu-flags")
+    if flags is None:
+        yield None
+        return
+    from llm_magic import hardware
+
+    with hardware.assume(hardware.Hardware(cpu_flags=frozenset(f for f in flags.split(",") if f))) as facts:
+        yield facts
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A tiny random GPT-2 (2 layers, width 64) and a BPE tokenizer trained offline."""
     return build_tiny_gpt2(_ROOT / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_varied_dir() -> Path:
+    """The tiny GPT-2 with wider random weights: its greedy output is not degenerate, so
+    equality with plain `model.generate` over it tells a changed setting apart."""
+    return build_tiny_gpt2(_ROOT / "tiny-gpt2-varied", init_std=0.2)
 
 
 @pytest.fixture(scope="session")

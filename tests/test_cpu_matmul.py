@@ -153,8 +153,70 @@ def test_nothing_is_packed_without_half_precision_or_room(monkeypatch):
         assert not any("forward" in vars(m) for m in model.modules())
 
 
+OVER_PROMPTS = ["The capital of France", "The quick brown fox", "Hello world! Numbers like", "Paris"]
+
+
+def greedy_over(model: str):
+    return llm_magic.generate("{item}", model=model, over=OVER_PROMPTS, namespace={}, greedy=True, max_new_tokens=12)
+
+
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM: nothing is packed (tested below)")
+def test_batches_where_the_cpu_emulates_bf16_use_packed_weights_repacked_after_an_edit(tiny_varied_dir):
+    # Facts as data: an AVX2 CPU emulates bf16, whatever CPU runs the test.
+    with hardware.assume(AVX2):
+        entry = llm_magic.load(str(tiny_varied_dir), dtype="bfloat16", alias="t")
+        first = greedy_over("t")
+        packed = entry.packed
+        assert packed is not None and set(packed.layers) == {"lm_head"}  # GPT-2's only nn.Linear
+        assert all(r.products == packed.note() for r in first)
+        assert entry.memory_bytes == entry.info.memory_bytes + packed.nbytes
+
+        def fresh_packing() -> list[tuple[int, ...]]:
+            """The token ids a copy packed from the weights as they are now gives."""
+            kept, entry.packed = entry.packed, None
+            try:
+                return [r.token_ids for r in greedy_over("t")]
+            finally:
+                entry.packed = kept
+
+        # An in-place edit (same tensor, new version): the stale copy would give the old text.
+        with torch.no_grad():
+            entry.model.lm_head.weight.copy_(entry.model.lm_head.weight.roll(1, dims=0))
+        edited = greedy_over("t")
+        assert [r.token_ids for r in edited] != [r.token_ids for r in first]
+        assert [r.token_ids for r in edited] == fresh_packing()
+        assert entry.packed is not packed and entry.packed.current(entry.model)
+        # A new tensor (a new address) in the layer, its version counter at the old one's.
+        repacked = entry.packed
+        old = entry.model.lm_head.weight
+        new = torch.nn.Parameter(old.detach().roll(1, dims=0).clone())
+        with torch.no_grad():
+            while new._version < old._version:
+                new.add_(0)
+        assert new._version == old._version
+        entry.model.lm_head.weight = new
+        again = greedy_over("t")
+        assert [r.token_ids for r in again] != [r.token_ids for r in edited]
+        assert [r.token_ids for r in again] == fresh_packing()
+        assert entry.packed is not repacked
+
+
+def test_batches_where_the_cpu_has_native_bf16_run_the_native_kernel(tiny_varied_dir):
+    with hardware.assume(SAPPHIRE_RAPIDS):
+        entry = llm_magic.load(str(tiny_varied_dir), dtype="bfloat16", alias="t")
+        batch = greedy_over("t")
+    assert entry.packed is None and all(r.products is None for r in batch)
+    assert entry.memory_bytes == entry.info.memory_bytes
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not FBGEMM, reason="this torch build has no fbgemm fp16 GEMM")
 def test_smollm2_batches_pack_once_and_the_memory_is_counted(shell, smollm2_gguf):
+    with hardware.assume(AVX2):  # a CPU that emulates bf16, as data: the packed path runs on any machine
+        _smollm2_batches_pack_once(shell, smollm2_gguf)
+
+
+def _smollm2_batches_pack_once(shell, smollm2_gguf):
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --as smol --dtype bfloat16 --quiet")
     entry = llm_magic.MODEL_CACHE.find("smol")
     batch = llm_magic.generate("What is the capital of {item}?", model="smol", over=["France", "Japan", "Italy"],
@@ -163,9 +225,6 @@ def test_smollm2_batches_pack_once_and_the_memory_is_counted(shell, smollm2_gguf
     assert "Paris" in batch[0].text and "Tokyo" in batch[1].text
     assert single.products is None  # one prompt: always the native kernel
     assert not any("forward" in vars(m) for m in entry.model.modules())
-    if not (FBGEMM and cpu_matmul.emulated(hardware.probe(), "cpu", "bfloat16")):
-        assert entry.packed is None and all(r.products is None for r in batch)
-        return
     packed = entry.packed
     assert packed is not None and len(packed.layers) == 211 and packed.kept_native == 0  # 30 layers x 7 + lm_head
     assert all(r.products == packed.note() for r in batch) and batch[0].metadata()["products"] == packed.note()

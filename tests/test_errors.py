@@ -209,11 +209,36 @@ def test_hub_http_errors(status, code, kind, cause, fix):
 # ------------------------------------------------------------ 3. path does not exist
 
 
+def nearest_folder_named(error: LoadError) -> tuple[Path, str]:
+    """The folder the card's "nearest existing folder" fix names, and what it says it holds."""
+    lines = [f for f in error.diagnosis.fixes if f.startswith("nearest existing folder: ")]
+    assert len(lines) == 1, error.diagnosis.fixes
+    named, _, holds = lines[0].removeprefix("nearest existing folder: ").partition(" (holds: ")
+    return Path(named), holds.removesuffix(")")
+
+
 def test_nonexistent_path_names_nearest_parent(loaded, tmp_path):
     (tmp_path / "models").mkdir()
-    error, text = fail(loaded, f"%llm_load {tmp_path}/models/nope/model")
-    assert "no such file or folder" in text and "the path does not exist" in text
-    assert f"nearest existing folder: {tmp_path / 'models'}" in text
+    (tmp_path / "models" / "smol").mkdir()
+    (tmp_path / "models" / "notes.txt").write_text("")
+    missing = tmp_path / "models" / "nope" / "model"
+    error, text = fail(loaded, f"%llm_load {missing}")
+    assert error.diagnosis.what == f"{missing}: no such file or folder"
+    assert error.diagnosis.cause == "the path does not exist"
+    named, holds = nearest_folder_named(error)
+    # The folder named exists, is a parent of the missing path, and is the nearest one.
+    assert named.is_dir() and named in missing.parents
+    assert named == tmp_path / "models"
+    assert holds == "notes.txt, smol"  # what is there, to spot the typo
+    assert f"  → nearest existing folder: {named} (holds: notes.txt, smol)" in text.splitlines()
+
+
+def test_a_path_like_hub_id_names_the_exact_load_command(loaded, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error, text = fail(loaded, "%llm_load ./org/some-model")
+    named, _ = nearest_folder_named(error)
+    assert named == tmp_path and named in (tmp_path / "org" / "some-model").parents
+    assert "for the Hub id, drop the path prefix: %llm_load org/some-model" in error.diagnosis.fixes
 
 
 def test_hub_offline_variable_is_named():
@@ -373,14 +398,33 @@ def test_bad_device_map(loaded, tiny_model_dir):
     assert "'gpu7' is not a device name" in text and "one of: auto, balanced, sequential, cpu" in text
 
 
-def test_cuda_on_cpu_only_torch_frees_the_half_loaded_model(loaded, tiny_model_dir):
+CPU_ONLY_FIXES = [
+    "run on the CPU: --device-map cpu  (or auto, which picks what exists)",
+    "for an NVIDIA GPU, install a CUDA build: pip install torch --index-url https://download.pytorch.org/whl/cu126",
+]
+
+
+def test_cuda_on_cpu_only_torch_is_explained():
+    # The exception a CPU-only torch raises for a CUDA device (on any torch build).
+    exc = AssertionError("Torch not compiled with CUDA enabled")
+    diagnosis = diagnose_load(exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}).diagnosis
+    assert diagnosis.cause == "this torch (2.9.0+cpu) is a CPU-only build: it cannot use a GPU"
+    assert diagnosis.fixes == CPU_ONLY_FIXES
+
+
+def _torch_is_cpu_only() -> bool:
     import torch
 
-    assert torch.version.cuda is None  # this machine's torch is the CPU build
+    return torch.version.cuda is None
+
+
+@pytest.mark.skipif(not _torch_is_cpu_only(), reason="a CUDA build of torch cannot produce this failure; the card is "
+                    "checked from the exception itself in test_cuda_on_cpu_only_torch_is_explained")
+def test_cuda_on_cpu_only_torch_frees_the_half_loaded_model(loaded, tiny_model_dir):
     error, text = fail(loaded, f"%llm_load {tiny_model_dir} --device-map cuda")
     assert isinstance(original(error), AssertionError)
-    assert "is a CPU-only build" in text and "--device-map cpu" in text
-    assert "pip install torch --index-url https://download.pytorch.org/whl/cu" in text
+    assert "is a CPU-only build" in error.diagnosis.cause
+    assert error.diagnosis.fixes == CPU_ONLY_FIXES
 
 
 def test_mps_unavailable_fails_after_the_model_exists_and_frees_it(loaded, tiny_model_dir):

@@ -59,18 +59,70 @@ def smol(shell, smollm2_gguf):
 
 
 # --- equality with plain model.generate ---------------------------------------------------
+#
+# The references must tell a small change apart (a repetition_penalty of 1.05 slipped into
+# every call, say): long outputs, several prompts, a model whose greedy path wanders (the
+# `varied` tiny model; the default one repeats one or two ids), token ids compared. Each
+# test first checks that its references do discriminate, on whatever machine it runs.
 
-def test_greedy_equals_plain_generate_tiny(shell, tiny):
-    result, _ = run(shell, "%%llm_generate --greedy --max-new-tokens 24\nThe capital of France")
+VARIED_PROMPTS = ["The capital of France", "The quick brown fox", "Hello world! Numbers like",
+                  "A notebook cell holds", "Language models predict", "Paris"]
+VARIED_NEW_TOKENS = 40
+
+
+@pytest.fixture
+def varied(shell, tiny_varied_dir):
+    # float32: no packed products on any CPU, so a batch equals single runs token for token.
+    shell.run_line_magic("llm_load", f"{tiny_varied_dir} --as varied --dtype float32 --quiet")
+    return MODEL_CACHE.find("varied")
+
+
+def plain_greedy(handle, prompts, max_new_tokens, chat=False, **extra) -> list[list[int]]:
+    """Plain `model.generate`, one prompt at a time: greedy new token ids per prompt."""
+    refs = []
+    for p in prompts:
+        if chat:
+            inputs = handle.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                          return_tensors="pt", return_dict=True)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        else:
+            ids, mask = handle.tokenizer(p, return_tensors="pt").input_ids, None
+        refs.append(plain_new_tokens(handle, ids, mask, max_new_tokens=max_new_tokens, do_sample=False, **extra))
+    return refs
+
+
+def assert_discriminating(handle, prompts, refs, max_new_tokens, chat=False, min_distinct=8):
+    """The references are worth comparing against: varied, and a small change in the
+    settings changes them."""
+    assert all(len(set(ref)) >= min_distinct for ref in refs), [len(set(ref)) for ref in refs]
+    nudged = plain_greedy(handle, prompts, max_new_tokens, chat=chat, repetition_penalty=1.05)
+    assert nudged != refs, "these references cannot tell repetition_penalty=1.05 apart"
+
+
+def test_greedy_equals_plain_generate_tiny(shell, varied):
+    expected = plain_greedy(varied, VARIED_PROMPTS, VARIED_NEW_TOKENS)
+    assert_discriminating(varied, VARIED_PROMPTS, expected, VARIED_NEW_TOKENS)
+    for prompt, ref in zip(VARIED_PROMPTS, expected):
+        result, _ = run(shell, f"%%llm_generate -m varied --greedy --max-new-tokens {VARIED_NEW_TOKENS}\n{prompt}")
+        assert result.success, result.error_in_exec
+        r = result.result
+        assert isinstance(r, GenerationResult)
+        assert list(r.token_ids) == ref, prompt
+        assert r.text == varied.tokenizer.decode(ref, skip_special_tokens=True)
+        assert r.prompt_tokens == len(varied.tokenizer(prompt).input_ids) and r.new_tokens == len(ref)
+        assert r.rendered_prompt == prompt  # no chat template: the text as is
+
+
+def test_over_equals_plain_generate_one_prompt_at_a_time_tiny(shell, varied):
+    expected = plain_greedy(varied, VARIED_PROMPTS, VARIED_NEW_TOKENS)
+    assert_discriminating(varied, VARIED_PROMPTS, expected, VARIED_NEW_TOKENS)
+    shell.user_ns["prompts"] = VARIED_PROMPTS
+    result, _ = run(shell, f"%%llm_generate -m varied --greedy --max-new-tokens {VARIED_NEW_TOKENS} "
+                           "--over prompts --batch-size 4\n{item}")
     assert result.success, result.error_in_exec
-    r = result.result
-    assert isinstance(r, GenerationResult)
-    ids = tiny.tokenizer("The capital of France", return_tensors="pt").input_ids
-    expected = plain_new_tokens(tiny, ids, max_new_tokens=24, do_sample=False)
-    assert list(r.token_ids) == expected
-    assert r.text == tiny.tokenizer.decode(expected, skip_special_tokens=True)
-    assert r.prompt_tokens == ids.shape[1] and r.new_tokens == len(expected)
-    assert r.rendered_prompt == "The capital of France"  # no chat template: the text as is
+    batch = result.result
+    assert {r.batch for r in batch} == {(0, 4), (1, 2)}  # really batched, left-padded
+    assert [list(r.token_ids) for r in batch] == expected
 
 
 def test_sampling_with_seed_equals_plain_generate_with_that_seed(tiny):
@@ -83,14 +135,26 @@ def test_sampling_with_seed_equals_plain_generate_with_that_seed(tiny):
     assert list(r.token_ids) == expected
 
 
+SMOL_PROMPTS = ["Write two sentences about the sea.", "Write a short story about a lighthouse keeper."]
+SMOL_NEW_TOKENS = 40
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_equals_plain_generate_on_long_answers(shell, smol):
+    expected = plain_greedy(smol, SMOL_PROMPTS, SMOL_NEW_TOKENS, chat=True)
+    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=15)
+    for prompt, ref in zip(SMOL_PROMPTS, expected):
+        result, _ = run(shell, f"%%llm_generate --greedy --max-new-tokens {SMOL_NEW_TOKENS}\n{prompt}")
+        assert result.success, result.error_in_exec
+        assert list(result.result.token_ids) == ref, prompt
+
+
 @pytest.mark.slow
 def test_smollm2_greedy_equals_plain_generate_and_answers_paris(shell, smol):
     result, captured = run(shell, "%%llm_generate --greedy --max-new-tokens 32\nWhat is the capital of France?")
     assert result.success, result.error_in_exec
     r = result.result
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
-    inputs = smol.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    expected = plain_new_tokens(smol, inputs["input_ids"], inputs["attention_mask"], max_new_tokens=32, do_sample=False)
+    expected = plain_greedy(smol, ["What is the capital of France?"], 32, chat=True)[0]
     assert list(r.token_ids) == expected
     assert "<|im_start|>assistant\n" in r.rendered_prompt  # SmolLM2's ChatML template was applied
     assert "Paris" in r.text
@@ -381,12 +445,17 @@ def test_smollm2_over_equals_single_runs(smollm2_gguf):
     # In float32. In bf16 a batch and a single run may part where two tokens are nearly
     # tied: "Italy" opens with "Il" (27.23) or "The" (27.14) in a float32 reference, and
     # bf16's rounding moves these logits by ~0.5, in the batch and the single run alike.
-    llm_magic.load(smollm2_gguf, dtype="float32", alias="smol32")
+    smol = llm_magic.load(smollm2_gguf, dtype="float32", alias="smol32")
     countries = ["France", "Japan", "Italy", "Egypt"]
     batch = llm_magic.generate("What is the capital of {item}?", over=countries, namespace={}, greedy=True, max_new_tokens=8)
     singles = [llm_magic.generate(f"What is the capital of {c}?", greedy=True, max_new_tokens=8) for c in countries]
     assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
     assert "Paris" in batch[0].text and "Tokyo" in batch[1].text
+    # Long answers, against plain model.generate one prompt at a time.
+    expected = plain_greedy(smol, SMOL_PROMPTS, SMOL_NEW_TOKENS, chat=True)
+    assert_discriminating(smol, SMOL_PROMPTS, expected, SMOL_NEW_TOKENS, chat=True, min_distinct=15)
+    long = llm_magic.generate("{item}", over=SMOL_PROMPTS, namespace={}, greedy=True, max_new_tokens=SMOL_NEW_TOKENS)
+    assert [list(r.token_ids) for r in long] == expected
 
 
 # --- streaming, results, warnings ------------------------------------------------------

@@ -93,3 +93,18 @@ def test_dtype_aliases(name, expected):
 def test_unknown_dtype_names_the_choices():
     with pytest.raises(ValueError, match="fp8.*auto, bfloat16, float16, float32"):
         normalize_dtype("fp8")
+
+
+def test_assumed_facts_are_what_probe_answers_until_the_block_ends():
+    from llm_magic import hardware
+
+    host = hardware.probe()
+    avx2, old = Hardware(cpu_flags=frozenset({"avx2"})), Hardware(cpu_flags=frozenset({"sse4_2"}))
+    with hardware.assume(avx2):
+        assert hardware.probe() is avx2
+        with pytest.raises(RuntimeError, match="inside"):
+            with hardware.assume(old):
+                assert hardware.probe() is old
+                raise RuntimeError("inside")
+        assert hardware.probe() is avx2  # restored, also after an error
+    assert hardware.probe() is host

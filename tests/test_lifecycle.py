@@ -185,7 +185,7 @@ def test_llm_models_lists_models_free_memory_and_escapes_html(shell, tiny_model_
     odd = shutil.copytree(tiny_model_dir, tmp_path / "tiny<b>")
     shell.user_ns["path"], shell.user_ns["odd"] = str(tiny_model_dir), str(odd)
     ok(shell, "%llm_load $path --as first --dtype float32")
-    ok(shell, '%llm_load "$odd" --as second')
+    ok(shell, '%llm_load "$odd" --as second --dtype bfloat16')  # stated: the sizes below are bf16's
 
     card = ok(shell, "%llm_models")
     text = card.text()
@@ -211,7 +211,7 @@ def test_max_models_one_unloads_the_first_model(shell, tiny_model_dir, tiny_hub_
     ok(shell, "%config LLMMagics.max_models = 1")
     assert MODEL_CACHE.max_models == 1
     shell.user_ns["path"] = str(tiny_model_dir)
-    ok(shell, "%llm_load $path --as first")
+    ok(shell, "%llm_load $path --as first --dtype bfloat16")  # 284 KB on any CPU
     first = model_ref("first")
 
     card = ok(shell, f"%llm_load {tiny_hub_id}")
@@ -354,7 +354,7 @@ def test_estimate_reads_no_tensor_data(smollm2_gguf, tmp_path):
 
 
 def test_load_card_shows_the_fit_verdict(tiny_model_dir):
-    _, card = llm_magic.load_with_card(str(tiny_model_dir), device_map="cpu")
+    _, card = llm_magic.load_with_card(str(tiny_model_dir), device_map="cpu", dtype="bfloat16")
     assert card.fit.startswith("fits on cpu: needs 284 KB, ") and card.fit.endswith(" free")
     assert "fit check" in card.text()
 
@@ -362,7 +362,7 @@ def test_load_card_shows_the_fit_verdict(tiny_model_dir):
 def test_does_not_fit_fails_before_loading_with_fixes(shell, tiny_model_dir, tmp_path, monkeypatch):
     other = shutil.copytree(tiny_model_dir, tmp_path / "other")
     shell.user_ns["path"], shell.user_ns["other"] = str(tiny_model_dir), str(other)
-    ok(shell, "%llm_load $other --as resident")
+    ok(shell, "%llm_load $other --as resident --dtype bfloat16")
     calls = []
     real_load_model = loading.load_model
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: calls.append(a) or real_load_model(*a, **k))

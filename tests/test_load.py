@@ -14,8 +14,9 @@ import pytest
 from IPython.utils.capture import capture_output
 
 import llm_magic
-from llm_magic import MODEL_CACHE, LoadError
+from llm_magic import MODEL_CACHE, LoadError, hardware, loading
 from llm_magic.display import LoadCard
+from llm_magic.hardware import Hardware
 
 
 def run(shell, line):
@@ -25,8 +26,18 @@ def run(shell, line):
     return result, captured
 
 
-def test_load_folder_shows_card(shell, tiny_model_dir):
-    result, captured = run(shell, f"%llm_load {tiny_model_dir}")
+CPU_KINDS = {  # the CPU kinds the dtype policy tells apart, as data
+    "avx512_bf16": (Hardware(cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"})), "bfloat16"),
+    "avx2": (Hardware(cpu_flags=frozenset({"avx2", "fma"})), "bfloat16"),
+    "sse4": (Hardware(cpu_flags=frozenset({"sse4_2"})), "float32"),
+}
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+def test_load_folder_shows_card(shell, tiny_model_dir, kind):
+    facts, expected_dtype = CPU_KINDS[kind]
+    with hardware.assume(facts):
+        result, captured = run(shell, f"%llm_load {tiny_model_dir}")
     assert result.success
     card = result.result
     assert isinstance(card, LoadCard)
@@ -35,12 +46,11 @@ def test_load_folder_shows_card(shell, tiny_model_dir):
     for label in ("parameters", "memory", "device", "dtype", "source", "loaded in", "cache"):
         assert label in text
     assert "device      cpu" in text
-    # What the policy chose for this host, whatever its CPU: the card states that choice and its reason.
-    from llm_magic import hardware, loading
-
-    choice = hardware.choose_dtype(hardware.probe(), loading.checkpoint_dtype(str(tiny_model_dir)))
-    assert f"dtype       {choice.dtype}  ({choice.reason})" in text
-    assert card.info.dtype == choice.dtype == str(MODEL_CACHE.current().model.dtype).removeprefix("torch.")
+    # The card states the policy's choice for these facts, and its reason; the model has that dtype.
+    choice = hardware.choose_dtype(facts, loading.checkpoint_dtype(str(tiny_model_dir)))
+    assert choice.dtype == expected_dtype
+    assert f"dtype       {expected_dtype}  ({choice.reason})" in text
+    assert card.info.dtype == expected_dtype == str(MODEL_CACHE.current().model.dtype).removeprefix("torch.")
     assert "new · 1 model" in text
     assert card.info.num_params == sum(p.numel() for p in MODEL_CACHE.current().model.parameters())
     assert "reading weights" in captured.stderr  # progress while loading
@@ -153,7 +163,9 @@ def test_missing_path_fails_with_a_short_card(shell, tmp_path):
     assert not result.success
     assert isinstance(result.error_in_exec, LoadError)
     shown = captured.stdout + captured.stderr
-    assert "no such file or folder" in shown and str(tmp_path) in shown
+    assert f"✗ {missing}: no such file or folder" in shown.splitlines()
+    # The nearest folder that exists, named on its own line: tmp_path, not the missing path.
+    assert f"  → nearest existing folder: {tmp_path}" in shown.splitlines()
     assert "Traceback" not in shown
     assert len(MODEL_CACHE) == 0
 
@@ -225,3 +237,16 @@ def test_quiet_writes_nothing_to_stdout_or_stderr(shell, tiny_model_dir, capfd):
     out, err = capfd.readouterr()
     assert result.success and handle.info.dtype == "float32"
     assert out == "" and err == ""  # no "Loading weights" bar, no warnings
+
+
+def test_a_gpu_left_unused_is_warned_on_the_card(shell, tiny_model_dir):
+    # A machine with a GPU, as data: the model asked onto the CPU, the card says the GPU sits idle.
+    a100 = hardware.GPU(0, "NVIDIA A100-SXM4-40GB", (8, 0), 40 * 2**30)
+    with hardware.assume(Hardware(gpus=(a100,), cuda_built=True, cpu_flags=frozenset({"avx2"}))):
+        result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu")
+    assert result.success, result.error_in_exec
+    warning = "a GPU is present (NVIDIA A100-SXM4-40GB) but the model is on cpu: --device-map auto uses it"
+    assert warning in result.result.info.warnings and f"⚠ {warning}" in result.result.text()
+    with hardware.assume(Hardware(cpu_flags=frozenset({"avx2"}))):  # the same machine without a GPU
+        result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu --reload")
+    assert not any("GPU is present" in w for w in result.result.info.warnings)

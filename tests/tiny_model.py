@@ -18,8 +18,12 @@ _CORPUS = [
 ] * 20
 
 
-def build_tiny_gpt2(folder: Path, layers: int = 2, width: int = 64) -> Path:
-    """Write a tiny GPT-2 with `save_pretrained` (safetensors + tokenizer) into `folder`."""
+def build_tiny_gpt2(folder: Path, layers: int = 2, width: int = 64, init_std: float = 0.02) -> Path:
+    """Write a tiny GPT-2 with `save_pretrained` (safetensors + tokenizer) into `folder`.
+
+    init_std: the spread of the random weights. GPT-2's own 0.02 makes a model whose greedy
+    output is one or two ids repeated; 0.2 makes one whose greedy path wanders (20-30
+    distinct ids in 40 tokens), so a changed generation setting changes its output."""
     folder = Path(folder)
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
@@ -48,6 +52,7 @@ def build_tiny_gpt2(folder: Path, layers: int = 2, width: int = 64) -> Path:
         n_head=4,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=init_std,
     )
     model = GPT2LMHeadModel(config)
     model.save_pretrained(tmp)

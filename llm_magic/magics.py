@@ -116,9 +116,9 @@ class LLMMagics(Magics):
               help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
               "serves (left out: the one it serves). Without it and without --server: what this machine can load now.")
     @argument("--server", default=None, help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
-              "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: LLMMagics.server.")
+              "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: none, the model runs here (LLMMagics.server).")
     @argument("--api-key-env", default=None, help="The environment variable holding the server's key (its name, never "
-              "the key). Default: LLMMagics.api_key_env, else OPENAI_API_KEY when set.")
+              "the key). Default: OPENAI_API_KEY when set (LLMMagics.api_key_env).")
     @argument(
         "--dtype",
         default=None,
@@ -141,7 +141,7 @@ class LLMMagics(Magics):
     @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
     @argument("--engine", choices=("transformers", "llama.cpp"), default=None,
               help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
-              "quantized; needs llm_magic[llama-cpp]). Default: LLMMagics.engine.")
+              "quantized; needs llm_magic[llama-cpp]). Default: transformers (LLMMagics.engine).")
     @argument("--quantize", choices=("nf4", "fp4", "int8"), default=None,
               help="Load the linear layers in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes.")
     @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
@@ -222,7 +222,7 @@ class LLMMagics(Magics):
     @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
               "32 on a GPU (LLMMagics.batch_size).")
     @argument("--concurrency", type=int, default=None, help="Requests in flight with --over on a server model. "
-              "Default: LLMMagics.concurrency.")
+              "Default: 16 (LLMMagics.concurrency).")
     @cell_magic
     def llm_generate(self, line: str, cell: str):
         """Generate from the cell's text with a loaded model (the chat template applied

@@ -99,12 +99,15 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "-c", str(REPO / "constraints.txt")]
+    # The wheel, not this checkout: on PYTHONPATH, the checkout (and the llm_magic.egg-info an
+    # editable install leaves in it) would make pip call llm_magic installed already.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     if os.environ.get("LLM_MAGIC_TEST_PYPI_INSTALL") == "1":
-        subprocess.run([*pip, str(wheel)], check=True, timeout=1200)
+        subprocess.run([*pip, str(wheel)], check=True, timeout=1200, env=env)
     else:
         site = next((venv / "lib").glob("python3*/site-packages"))
         (site / "llm_magic_core_dependencies.pth").write_text(f"{core_site(core_requirements(wheel), tmp_path / 'core')}\n")
-        subprocess.run([*pip, "--no-index", str(wheel)], check=True, timeout=300)
+        subprocess.run([*pip, "--no-index", str(wheel)], check=True, timeout=300, env=env)
     script = textwrap.dedent("""
         import importlib.util, json, sys
         import llm_magic
@@ -118,7 +121,6 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
             "extras": {name: importlib.util.find_spec(name) is not None for name in ("gguf", "openai", "llama_cpp")},
         }))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # the wheel, not this checkout
     out = subprocess.run([str(python), "-c", script, str(tiny_model_dir)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

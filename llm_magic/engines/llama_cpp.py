@@ -299,12 +299,14 @@ def load(source, progress=None):
     return llm, info
 
 
+# Byte widths of GGUF's fixed-size value types (uint8 ... float64, bool), to step over values.
+_GGUF_WIDTH = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
 def _trained_context(path: str) -> int | None:
     """`{arch}.context_length` from the GGUF header, walked without decoding the
     vocabulary (gguf.GGUFReader decodes every value: seconds for a 49k vocabulary)."""
     import struct
-
-    from ..sizing import _GGUF_WIDTH
 
     found: dict[str, Any] = {}
     try:

@@ -23,15 +23,17 @@ MARK = "BENCH_RESULT "
 
 # Prompts: an instruct model gets them through its chat template on both sides.
 STORY_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+# Long answers: llm_magic's --over stops a row at eos, the plain sides make exactly N tokens;
+# prompts that run past N keep both sides' token counts equal (the row compares them).
 OVER_PROMPTS = [
-    "Describe the water cycle.",
-    "Explain how a bicycle works.",
-    "Write a poem about autumn leaves.",
-    "What is a prime number? Give examples.",
-    "Tell a short story about a lost cat.",
-    "Explain why the sky is blue.",
-    "List some uses of a paperclip.",
-    "Describe a busy market in the morning.",
+    "Describe the water cycle in detail, step by step.",
+    "Explain in detail how a bicycle works, part by part.",
+    "Write a long poem about autumn leaves.",
+    "What is a prime number? Explain in detail and give many examples.",
+    "Tell a long story about a lost cat.",
+    "Explain in detail why the sky is blue.",
+    "List twenty uses of a paperclip, with a sentence on each.",
+    "Describe a busy market in the morning in rich detail.",
 ]
 
 

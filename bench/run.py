@@ -288,7 +288,8 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[tuple[Row, Row
     compare_sides(over, "dtypes", {s: [x["dtype"] for x in o[s]] for s in sides})
     compare_sides(over, "new token counts", {s: [x["tokens"] for x in o[s]] for s in sides})
     judge(over, over.ratio >= 4)
-    over.note = (f"via {o['via']}, {o['new_tokens_per_prompt']} new tokens per prompt, batch size {o['prompts']}; "
+    over.note = (f"via {o['via']}, up to {o['new_tokens_per_prompt']} new tokens per prompt, batch size "
+                 f"{o['prompts']}, rows stopping at eos on every side ({o['llm_magic'][0]['tokens']} new tokens on each); "
                  f"llm_magic / plain batched {a / c:.2f}×")
     if o.get("products"):
         over.note += (f"; {o['products']}; the first run, excluded, took {o['first_llm_magic_seconds']:.1f} s "

@@ -23,8 +23,7 @@ MARK = "BENCH_RESULT "
 
 # Prompts: an instruct model gets them through its chat template on both sides.
 STORY_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
-# Long answers: llm_magic's --over stops a row at eos, the plain sides make exactly N tokens;
-# prompts that run past N keep both sides' token counts equal (the row compares them).
+# Prompts asking for long answers (one still ends early: every side stops rows at eos).
 OVER_PROMPTS = [
     "Describe the water cycle in detail, step by step.",
     "Explain in detail how a bicycle works, part by part.",
@@ -178,25 +177,37 @@ def chat_inputs(tokenizer, prompts: list[str]):
     return tokenizer(prompts, return_tensors="pt", padding=True)
 
 
-def plain_generate(model, tokenizer, prompts: list[str], new_tokens: int) -> tuple[int, float, str]:
-    """Greedy model.generate with exactly `new_tokens` new tokens per prompt, end to end
-    (tokenize, generate, decode). Returns (tokens generated in all, seconds, first text)."""
+def plain_generate(model, tokenizer, prompts: list[str], new_tokens: int,
+                   until_eos: bool = False) -> tuple[int, float, str]:
+    """Greedy model.generate, end to end (tokenize, generate, decode). By default exactly
+    `new_tokens` new tokens per prompt; with `until_eos` each row stops at the model's eos
+    as llm_magic's `--over` rows do, and is counted as llm_magic counts it (up to and
+    including the eos). Returns (tokens generated in all, seconds, first text)."""
     import torch
 
     started = time.perf_counter()
     inputs = chat_inputs(tokenizer, prompts)
+    exact = {} if until_eos else {"min_new_tokens": new_tokens}
     with torch.inference_mode():
         out = model.generate(
             **inputs,
             max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **exact,
         )
     generated = out[:, inputs["input_ids"].shape[1]:]
     text = tokenizer.decode(generated[0], skip_special_tokens=True)
     seconds = time.perf_counter() - started
-    return int(generated.numel()), seconds, text
+    if not until_eos:
+        return int(generated.numel()), seconds, text
+    eos = model.generation_config.eos_token_id
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [tokenizer.eos_token_id])
+    tokens = 0
+    for row in generated.tolist():
+        ends = [i for i, t in enumerate(row) if t in eos_ids]
+        tokens += ends[0] + 1 if ends else len(row)
+    return tokens, seconds, text
 
 
 def prefill_seconds(model, tokenizer, length: int) -> float:
@@ -390,11 +401,11 @@ def job_generate(args: dict) -> dict:
         return sum(r.new_tokens for r in batch), batch[0].dtype, batch[0].products
 
     def over_plain_batched():
-        tokens, _, _ = plain_generate(model, tok, OVER_PROMPTS, m)
+        tokens, _, _ = plain_generate(model, tok, OVER_PROMPTS, m, until_eos=True)
         return tokens, plain_dtype, None
 
     def over_plain_singles():
-        return sum(plain_generate(model, tok, [p], m)[0] for p in OVER_PROMPTS), plain_dtype, None
+        return sum(plain_generate(model, tok, [p], m, until_eos=True)[0] for p in OVER_PROMPTS), plain_dtype, None
 
     sides = {"llm_magic": over_llm_magic, "plain_batched": over_plain_batched, "plain_singles": over_plain_singles}
     over: dict = {"via": "llm_magic.generate(over=...)", "new_tokens_per_prompt": m, "prompts": k}

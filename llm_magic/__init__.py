@@ -39,8 +39,7 @@ def demo_model() -> str:
 
 def load_ipython_extension(ipython) -> None:
     from . import completion
-    from .chat_magics import ChatMagics, watch_cells
-    from .magics import LLMMagics, watch_shell
+    from .magics import ChatMagics, LLMMagics, watch_cells, watch_shell
 
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
@@ -55,9 +54,8 @@ def unload_ipython_extension(ipython) -> None:
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
     from . import completion
-    from .chat_magics import unwatch_cells
     from .display import format_bytes
-    from .magics import remove_magics, unwatch_shell
+    from .magics import remove_magics, unwatch_cells, unwatch_shell
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     released = MODEL_CACHE.clear()

@@ -5,8 +5,8 @@ Face cache, the converted `.gguf` originals, the demo model, and `.gguf` files a
 on disk; `-m`/`--model` and `%llm_unload` offer the loaded models' aliases and names;
 `--<TAB>` offers a magic's flags (read from its magic_arguments parser), `--dtype` and
 `--device-map` their values. No network, no torch: answers come from folder listings and
-the kernel's cache. Besides magics.py, the one module that imports IPython: it plugs into
-the shell's completer.
+the kernel's cache. Besides the magics package, the one module that imports IPython: it
+plugs into the shell's completer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A cached model is served by an engine. Everything around it — prompt filling, settings,
 the streaming display, Ctrl-C, results, error cards, the cache — is shared
-(`generation.py`, `api.py`, `magics.py`) and never asks which engine it has. An engine
+(`generation.py`, `api.py`, `magics/`) and never asks which engine it has. An engine
 answers one question: given the prompt (chat messages, or raw text) and the settings,
 stream text pieces, then report the tokens and why it stopped; and it can be interrupted.
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
-from . import api
-from .chat_display import ConversationsCard, ConversationView
-from .conversations import CONVERSATIONS
-from .magics import LLMMagics, _unquote, generation_flags, out_name, prompt_shower, run_streamed
+from .. import api
+from ..chat_display import ConversationsCard, ConversationView
+from ..conversations import CONVERSATIONS
+from .cells import generation_flags, out_name, parse_line, prompt_shower, run_streamed, unquote
+from .llm import LLMMagics
 
 
 @magics_class
@@ -66,7 +67,7 @@ class ChatMagics(Magics):
         history that does not fit the model's context is left out, oldest first.
 
         As a line magic: --show [CONV], --list, --reset [CONV], or --retry."""
-        args = parse_argstring(self.llm_chat, line)
+        args = parse_line(self.llm_chat, line)
         chosen = [flag for flag in ("show", "list", "reset") if getattr(args, flag) not in (None, False)]
         if chosen:
             if cell is not None:
@@ -86,7 +87,7 @@ class ChatMagics(Magics):
         if args.list:
             last = CONVERSATIONS.last
             return ConversationsCard(tuple((c.name, c.model, len(c.turns), c.name == last) for c in CONVERSATIONS.all()))
-        name = _unquote(args.show if args.show is not None else args.reset) or None
+        name = unquote(args.show if args.show is not None else args.reset) or None
         conversation = api.conversation(name)
         if args.reset is not None:
             conversation.reset()
@@ -98,14 +99,14 @@ class ChatMagics(Magics):
         settings, ns = self.settings, self.shell.user_ns
         out = out_name(args.out)
         sink = settings.stream_sink(args)
-        system = _unquote(args.system) if args.system is not None else None
-        conversation = _unquote(args.conversation) if args.conversation else None
+        system = unquote(args.system) if args.system is not None else None
+        conversation = unquote(args.conversation) if args.conversation else None
 
         def call():
             return api.chat(
                 cell.strip("\n"),
                 conversation=conversation,
-                model=_unquote(args.model) if args.model else None,
+                model=unquote(args.model) if args.model else None,
                 system=system,
                 default_system=settings.system or None,
                 new=args.new,

@@ -1,51 +1,25 @@
-"""`LLMMagics`: traits and magics. Each magic parses its line, calls the plain API and
-wraps the result for display; the logic lives in the other modules."""
+"""`LLMMagics`: the configuration (traits) and the model magics: `%llm_load`,
+`%llm_models`, `%llm_unload`, `%%llm_generate`, `%llm_tb`. Each magic parses its line,
+calls the plain API and wraps the result for display; the logic lives in the other modules."""
 
 from __future__ import annotations
 
-import difflib
-import re
 import sys
-import time
 import traceback
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, Union, observe, validate
 
-from . import api, generation, gguf_cache, hardware, prompts, sizing
-from . import quiet as quiet_output
-from .cache import MODEL_CACHE
-from .display import BatchProgress, PromptView, StatusLine, StreamView
-from .errors import GenerationError, LLMError, quiet_interrupt
-
-_DEFAULTS = generation.Settings()
-
-# The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
-_GENERATION_FLAGS = [
-    argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {_DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens)."),
-    argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {_DEFAULTS.temperature} (LLMMagics.temperature)."),
-    argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
-             f"Default: {_DEFAULTS.top_p} (LLMMagics.top_p)."),
-    argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {_DEFAULTS.top_k} (LLMMagics.top_k)."),
-    argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
-             "Default: a fresh one, shown with the result."),
-    argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy)."),
-    argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
-    argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted)."),
-    argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
-             "Repeatable; \\n and \\t stand for newline and tab."),
-    argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."),
-]
-
-
-def generation_flags(magic):
-    """Add the generating flags to a magic (under its other @argument lines, in this order)."""
-    for flag in reversed(_GENERATION_FLAGS):
-        magic = flag(magic)
-    return magic
+from .. import api, gguf_cache, hardware, prompts, sizing
+from .. import quiet as quiet_output
+from ..cache import MODEL_CACHE
+from ..display import StatusLine
+from ..errors import GenerationError, LLMError
+from .cells import (DEFAULTS, Stream, Waiting, batch_progress, generation_flags, out_name, parse_line, pick, prompt_shower,
+                    run_streamed, unescape, unquote)
 
 
 @magics_class
@@ -84,11 +58,11 @@ class LLMMagics(Magics):
         MODEL_CACHE.set_budget(**{change["name"]: change["new"]})
 
     # Defaults of %%llm_generate (each flag overrides its trait for one cell).
-    max_new_tokens = Int(_DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate.").tag(config=True)
-    temperature = Float(_DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling).").tag(config=True)
-    top_p = Float(_DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off).").tag(config=True)
-    top_k = Int(_DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off).").tag(config=True)
-    greedy = Bool(_DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate).").tag(config=True)
+    max_new_tokens = Int(DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate.").tag(config=True)
+    temperature = Float(DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling).").tag(config=True)
+    top_p = Float(DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off).").tag(config=True)
+    top_k = Int(DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off).").tag(config=True)
+    greedy = Bool(DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate).").tag(config=True)
     stream = Bool(True, help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).").tag(
         config=True
     )
@@ -107,9 +81,9 @@ class LLMMagics(Magics):
     @observe("concurrency", "request_timeout")
     def _apply_server_defaults(self, change):
         # Kept with the server engine, so llm_magic.generate() from plain Python honours it too.
-        from .engines.server import DEFAULTS
+        from ..engines.server import DEFAULTS as server_defaults
 
-        setattr(DEFAULTS, {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]], change["new"])
+        setattr(server_defaults, {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]], change["new"])
 
     @magic_arguments()
     @argument("model", nargs="?", default=None,
@@ -148,7 +122,7 @@ class LLMMagics(Magics):
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
-        args = _parse(self.llm_load, line)
+        args = parse_line(self.llm_load, line)
         if args.model is None and not (args.server or self.server):
             return api.available()
         dtype = args.dtype or self.dtype
@@ -159,11 +133,11 @@ class LLMMagics(Magics):
 
             raise UsageError(f"--dtype: {e}") from None
         quiet = args.quiet or self.quiet
-        server = _unquote(args.server or self.server) or None
+        server = unquote(args.server or self.server) or None
         engine = args.engine or self.engine
         with self._status(quiet, hf_bars=server is None and engine != "llama.cpp") as progress, _verbose_errors(args.verbose):
             handle, card = api.load_with_card(
-                _unquote(args.model) if args.model else None,
+                unquote(args.model) if args.model else None,
                 dtype=dtype,
                 device_map=args.device_map or self.device_map,
                 revision=args.revision,
@@ -175,7 +149,7 @@ class LLMMagics(Magics):
                 force=args.force,
                 quiet=quiet,
                 server=server,
-                api_key_env=_unquote(args.api_key_env or self.api_key_env) or None,
+                api_key_env=unquote(args.api_key_env or self.api_key_env) or None,
                 engine=engine,
                 quantize=args.quantize,
             )
@@ -188,7 +162,7 @@ class LLMMagics(Magics):
     def llm_models(self, line: str = ""):
         """List the cached models (alias, id, revision, dtype, device, memory, last used),
         their total, free RAM and GPU memory, and the budget."""
-        args = _parse(self.llm_models, line)
+        args = parse_line(self.llm_models, line)
         return gguf_cache.disk_card() if args.disk else api.models()
 
     @magic_arguments()
@@ -200,14 +174,14 @@ class LLMMagics(Magics):
     def llm_unload(self, line: str):
         """Unload a cached model and free its memory for real: the cache, output history
         (Out, _) and tracebacks let go of it; the card says how much memory came back."""
-        args = _parse(self.llm_unload, line)
+        args = parse_line(self.llm_unload, line)
         if args.all == bool(args.name):
             from IPython.core.error import UsageError
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
         if args.disk:
-            return gguf_cache.disk_card(tuple(gguf_cache.delete_copies(_unquote(args.name or ""), all=args.all)))
-        return api.unload(_unquote(args.name) if args.name else None, all=args.all)
+            return gguf_cache.disk_card(tuple(gguf_cache.delete_copies(unquote(args.name or ""), all=args.all)))
+        return api.unload(unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
     @magic_arguments(name="%llm_generate")  # IPython writes one "%" before it: a cell magic's usage reads %%
@@ -230,7 +204,7 @@ class LLMMagics(Magics):
         notebook's variables; `{{` and `}}` are literal braces. The text streams in as it
         is generated; Ctrl-C stops it, keeping what was generated. Returns the result
         (`.text`, token counts, timings, settings)."""
-        args = _parse(self.llm_generate, line)
+        args = parse_line(self.llm_generate, line)
         ns = self.shell.user_ns
         out = out_name(args.out)
         over = None
@@ -239,26 +213,26 @@ class LLMMagics(Magics):
 
             raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
         if args.over is not None:
-            name = _unquote(args.over)
+            name = unquote(args.over)
             if name not in ns:
                 raise GenerationError(f"--over {name}: no variable named {name!r}",
                                       fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"])
             over = prompts.items_of(ns[name], f"--over {name}")
         jupyter = getattr(self.shell, "kernel", None) is not None
-        sink = _Stream(jupyter) if over is None and self.stream and not args.no_stream else None
-        system = _unquote(args.system) if args.system is not None else self.system
+        sink = Stream(jupyter) if over is None and self.stream and not args.no_stream else None
+        system = unquote(args.system) if args.system is not None else self.system
         settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
         on_prompt = prompt_shower(args.show_prompt)
-        waiting = _Waiting(jupyter) if over is None and sink is None else None  # --no-stream: a status line
+        waiting = Waiting(jupyter) if over is None and sink is None else None  # --no-stream: a status line
 
         def call():
-            with self._batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
                 return api.generate(
                     cell.strip("\n"),
-                    model=_unquote(args.model) if args.model else None,
+                    model=unquote(args.model) if args.model else None,
                     namespace=None if args.no_fill else ns,
                     over=over,
-                    batch_size=_pick(args.concurrency, _pick(args.batch_size, self.batch_size)) or None,
+                    batch_size=pick(args.concurrency, pick(args.batch_size, self.batch_size)) or None,
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
@@ -272,37 +246,18 @@ class LLMMagics(Magics):
         """The sampling settings of a generating cell (the generation_flags): each flag
         given, else its trait."""
         return dict(
-            max_new_tokens=_pick(args.max_new_tokens, self.max_new_tokens),
+            max_new_tokens=pick(args.max_new_tokens, self.max_new_tokens),
             greedy=args.greedy or self.greedy,
-            temperature=_pick(args.temperature, self.temperature),
-            top_p=_pick(args.top_p, self.top_p),
-            top_k=_pick(args.top_k, self.top_k),
+            temperature=pick(args.temperature, self.temperature),
+            top_p=pick(args.top_p, self.top_p),
+            top_k=pick(args.top_k, self.top_k),
             seed=args.seed,
-            stop=[_unescape(_unquote(s)) for s in args.stop or []],
+            stop=[unescape(unquote(s)) for s in args.stop or []],
         )
 
-    def stream_sink(self, args) -> "_Stream | None":
+    def stream_sink(self, args) -> Stream | None:
         """Where the text streams (None: shown only when complete, --no-stream)."""
-        return _Stream(getattr(self.shell, "kernel", None) is not None) if self.stream and not args.no_stream else None
-
-    @contextmanager
-    def _batch_progress(self, jupyter: bool, items: int):
-        """A progress bar over the batches of an --over run: a display updated in place
-        in Jupyter (blanked when done), a line on stderr in a terminal."""
-        if not items:
-            yield None
-            return
-        if not jupyter:
-            try:
-                yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
-            finally:
-                print(file=sys.stderr)
-            return
-        handle = display(BatchProgress(0, 1, items), display_id=True)
-        try:
-            yield lambda done, total: handle.update(BatchProgress(done, total, items))
-        finally:
-            handle.update({"text/plain": ""}, raw=True)
+        return Stream(getattr(self.shell, "kernel", None) is not None) if self.stream and not args.no_stream else None
 
     @line_magic
     def llm_tb(self, line: str = ""):
@@ -340,30 +295,12 @@ class LLMMagics(Magics):
                 handle.update({"text/plain": ""}, raw=True)
 
 
-def _parse(magic, line: str):
-    """parse_argstring, with "did you mean" for a mistyped flag."""
-    from IPython.core.error import UsageError
-
-    try:
-        return parse_argstring(magic, line)
-    except UsageError as e:
-        unknown = re.search(r"unrecognized arguments: (.*)", str(e))
-        options = [o for action in magic.parser._actions for o in action.option_strings if o.startswith("--")]
-        hints = []
-        for word in (unknown.group(1).split() if unknown else []):
-            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
-            hints += [f"{word}: did you mean {close[0]}?"] if close else []
-        if hints:
-            raise UsageError(f"{e}\n" + "\n".join(hints)) from None
-        raise
-
-
 def _parse_max_memory(text: str | None) -> dict | None:
     """'0=20GB,cpu=30GB' -> {0: '20GB', 'cpu': '30GB'} (accelerate reads the sizes)."""
     if not text:
         return None
     caps = {}
-    for part in _unquote(text).split(","):
+    for part in unquote(text).split(","):
         device, sep, size = part.partition("=")
         if not sep or not device.strip() or not size.strip():
             from IPython.core.error import UsageError
@@ -380,21 +317,6 @@ def watch_shell(shell) -> None:
     `___`, and the last cell's result and error."""
     MODEL_CACHE.namespaces += [shell.user_ns, shell.user_ns_hidden]
     MODEL_CACHE.holders.append(_shell_holder(shell))
-
-
-def remove_magics(shell) -> None:
-    """Take llm_magic's Magics classes out of the shell (IPython has no call to unregister
-    one): `%llm_load` and `%%llm_chat` are unknown again until `%load_ext llm_magic`."""
-    manager = shell.magics_manager
-    for name in ("LLMMagics", "ChatMagics"):
-        instance = manager.registry.pop(name, None)
-        if instance is None:
-            continue
-        for kind, methods in instance.magics.items():
-            table = manager.magics[kind]
-            for magic in methods:
-                if getattr(table.get(magic), "__self__", None) is instance:
-                    del table[magic]
 
 
 def unwatch_shell(shell) -> None:
@@ -430,167 +352,3 @@ def _verbose_errors(verbose: bool):
         raise
 
 
-def _unquote(text: str) -> str:
-    """magic_arguments keeps quotes around a path with spaces; strip one matching pair."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
-
-
-def _pick(flag, trait):
-    """A flag's value when given (even 0), else the trait's."""
-    return trait if flag is None else flag
-
-
-def out_name(text: str | None) -> str | None:
-    """The variable of --out, refused when it is not a name."""
-    out = _unquote(text) if text else None
-    if out is not None and not out.isidentifier():
-        from IPython.core.error import UsageError
-
-        raise UsageError(f"--out {out}: not a variable name")
-    return out
-
-
-def prompt_shower(show: bool):
-    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
-    return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
-
-
-def run_streamed(call, sink: "_Stream | None", out: str | None, shell, waiting: "_Waiting | None" = None):
-    """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
-    the partial result stays on screen, is kept where a result would be (`_`, Out[n],
-    `out`), and the interrupt goes on, shown as one line instead of a traceback."""
-    try:
-        result = call()
-    except KeyboardInterrupt as e:
-        if waiting is not None:
-            waiting.done()
-        partial = getattr(e, "result", None)  # what was generated before Ctrl-C
-        _show_partial(sink, partial)
-        quiet_interrupt(e, _keep_partial(shell, partial, out))
-        raise  # the cell is interrupted: later queued cells must not run
-    except Exception as e:
-        partial = getattr(e, "result", None)  # a server that dropped mid-stream: its text stays
-        if partial is not None:
-            if out is not None:
-                shell.user_ns[out] = partial
-            _show_partial(sink, partial)
-        elif sink is not None:
-            sink.settle()  # no "generating…" left above the error card
-        if waiting is not None:
-            waiting.done()
-        raise
-    if waiting is not None:
-        waiting.done()
-    if sink is not None:
-        sink.settle()
-        if not sink.jupyter and sink.parts and hasattr(result, "text_already_shown"):
-            result.text_already_shown()  # in a terminal, Out[n] adds only the footer
-    if out is not None:
-        shell.user_ns[out] = result
-    return result
-
-
-def _keep_partial(shell, partial, out: str | None) -> str:
-    """Keep an interrupted run's partial result where a finished one would be (`_`,
-    Out[n], and --out's variable); returns where, in words, for the interrupt line."""
-    if partial is None or (isinstance(partial, list) and not partial):
-        return "generation stopped before any text was made"
-    places = []
-    if out is not None:
-        shell.user_ns[out] = partial
-        places.append(out)
-    if shell.displayhook.do_full_cache:
-        shell.displayhook.update_user_ns(partial)
-        places += ["_", f"Out[{shell.displayhook.prompt_count}]"]
-    where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
-    return f"generation stopped; the partial result is in {where}"
-
-
-
-def _unescape(text: str) -> str:
-    """`\\n` and `\\t` in a --stop value stand for newline and tab (`\\\\` for a backslash)."""
-    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
-
-
-class _Stream:
-    """Where streamed text goes: one display updated in place in Jupyter (redrawn at
-    most every 0.1 s), plain text on stdout in a terminal."""
-
-    redraw_every = 0.1
-
-    def __init__(self, jupyter: bool):
-        self.jupyter = jupyter
-        self.parts: list[str] = []
-        self.handle = None
-        self.drawn = 0.0
-
-    notes: tuple[str, ...] = ()
-
-    def start(self, notes: tuple[str, ...]) -> None:
-        """Before the first token (a prompt takes seconds to read): say so, and say the
-        notes (max_new_tokens lowered...) now rather than after the text."""
-        self.notes = notes
-        if not self.jupyter:
-            for note in notes:
-                print(f"⚠ {note}", file=sys.stderr, flush=True)
-            return
-        self.handle = display(StreamView("", notes), display_id=True)
-        self.drawn = time.perf_counter()
-
-    def __call__(self, chunk: str) -> None:
-        self.parts.append(chunk)
-        if not self.jupyter:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-            return
-        now = time.perf_counter()
-        if self.handle is None:
-            self.handle = display(StreamView("".join(self.parts), self.notes), display_id=True)
-            self.drawn = now
-        elif now - self.drawn >= self.redraw_every or len(self.parts) == 1:
-            self.handle.update(StreamView("".join(self.parts), self.notes))
-            self.drawn = now
-
-    def settle(self) -> None:
-        """Done: the result, shown as the cell's value, takes the streamed text's place."""
-        if self.jupyter and self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
-        elif not self.jupyter and self.parts:
-            print(flush=True)
-
-
-class _Waiting:
-    """--no-stream: a status line while the whole text is made (blanked when done), and
-    the notes said first."""
-
-    def __init__(self, jupyter: bool):
-        self.jupyter = jupyter
-        self.handle = None
-
-    def start(self, notes: tuple[str, ...]) -> None:
-        message = "generating; the text shows when it is complete (Ctrl-C stops it)"
-        if not self.jupyter:
-            for note in notes:
-                print(f"⚠ {note}", file=sys.stderr, flush=True)
-            print(f"… {message}", file=sys.stderr, flush=True)
-            return
-        self.handle = display(StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True)
-
-    def done(self) -> None:
-        if self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
-            self.handle = None
-
-
-def _show_partial(sink: _Stream | None, partial) -> None:
-    """After Ctrl-C: the partial result stays on screen where the text was streaming."""
-    if partial is None:
-        return
-    if sink is not None and sink.jupyter and sink.handle is not None:
-        sink.handle.update(partial)
-    elif sink is not None and not sink.jupyter and sink.parts:
-        print("\n── " + partial.footer(), flush=True)  # the text itself is already on screen
-    else:
-        display(partial)

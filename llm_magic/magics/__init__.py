@@ -1,0 +1,28 @@
+"""The IPython magics, split by concern as IPython's own `core/magics` is:
+
+- `llm.py`: `LLMMagics`, the one configuration section, and the model magics;
+- `chat.py`: `ChatMagics`, `%%llm_chat`, reading its defaults from `LLMMagics`;
+- `cells.py`: what every generating cell magic shares (flags, streaming, Ctrl-C).
+
+Only this package and `llm_magic/__init__.py` import IPython's magics; nothing outside
+them imports this package."""
+
+from .chat import ChatMagics, unwatch_cells, watch_cells
+from .llm import LLMMagics, unwatch_shell, watch_shell
+
+__all__ = ["ChatMagics", "LLMMagics", "remove_magics", "unwatch_cells", "unwatch_shell", "watch_cells", "watch_shell"]
+
+
+def remove_magics(shell) -> None:
+    """Take llm_magic's Magics classes out of the shell (IPython has no call to unregister
+    one): `%llm_load` and `%%llm_chat` are unknown again until `%load_ext llm_magic`."""
+    manager = shell.magics_manager
+    for name in ("LLMMagics", "ChatMagics"):
+        instance = manager.registry.pop(name, None)
+        if instance is None:
+            continue
+        for kind, methods in instance.magics.items():
+            table = manager.magics[kind]
+            for magic in methods:
+                if getattr(table.get(magic), "__self__", None) is instance:
+                    del table[magic]

@@ -1,0 +1,246 @@
+"""What every generating cell magic shares (`%%llm_generate`, `%%llm_chat`): the
+sampling flags and their parsing, `--out`, `--show-prompt`, and the cell's run itself:
+the text streaming in, a status line under --no-stream, the --over progress bar, and
+Ctrl-C keeping the partial result."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+import time
+from contextlib import contextmanager
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, parse_argstring
+from IPython.display import display
+
+from .. import generation
+from ..display import BatchProgress, PromptView, StatusLine, StreamView
+from ..errors import quiet_interrupt
+
+DEFAULTS = generation.Settings()  # stated by the flags' help and LLMMagics' traits
+
+# The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
+_GENERATION_FLAGS = [
+    argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens)."),
+    argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {DEFAULTS.temperature} (LLMMagics.temperature)."),
+    argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
+             f"Default: {DEFAULTS.top_p} (LLMMagics.top_p)."),
+    argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {DEFAULTS.top_k} (LLMMagics.top_k)."),
+    argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
+             "Default: a fresh one, shown with the result."),
+    argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy)."),
+    argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
+    argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted)."),
+    argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
+             "Repeatable; \\n and \\t stand for newline and tab."),
+    argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."),
+]
+
+
+def generation_flags(magic):
+    """Add the generating flags to a magic (under its other @argument lines, in this order)."""
+    for flag in reversed(_GENERATION_FLAGS):
+        magic = flag(magic)
+    return magic
+
+
+def parse_line(magic, line: str):
+    """parse_argstring, with "did you mean" for a mistyped flag."""
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as e:
+        unknown = re.search(r"unrecognized arguments: (.*)", str(e))
+        options = [o for action in magic.parser._actions for o in action.option_strings if o.startswith("--")]
+        hints = []
+        for word in (unknown.group(1).split() if unknown else []):
+            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+            hints += [f"{word}: did you mean {close[0]}?"] if close else []
+        if hints:
+            raise UsageError(f"{e}\n" + "\n".join(hints)) from None
+        raise
+
+
+def unquote(text: str) -> str:
+    """magic_arguments keeps quotes around a path with spaces; strip one matching pair."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def pick(flag, trait):
+    """A flag's value when given (even 0), else the trait's."""
+    return trait if flag is None else flag
+
+
+def out_name(text: str | None) -> str | None:
+    """The variable of --out, refused when it is not a name."""
+    out = unquote(text) if text else None
+    if out is not None and not out.isidentifier():
+        raise UsageError(f"--out {out}: not a variable name")
+    return out
+
+
+def prompt_shower(show: bool):
+    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
+    return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
+
+
+def run_streamed(call, sink: Stream | None, out: str | None, shell, waiting: Waiting | None = None):
+    """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
+    the partial result stays on screen, is kept where a result would be (`_`, Out[n],
+    `out`), and the interrupt goes on, shown as one line instead of a traceback."""
+    try:
+        result = call()
+    except KeyboardInterrupt as e:
+        if waiting is not None:
+            waiting.done()
+        partial = getattr(e, "result", None)  # what was generated before Ctrl-C
+        _show_partial(sink, partial)
+        quiet_interrupt(e, _keep_partial(shell, partial, out))
+        raise  # the cell is interrupted: later queued cells must not run
+    except Exception as e:
+        partial = getattr(e, "result", None)  # a server that dropped mid-stream: its text stays
+        if partial is not None:
+            if out is not None:
+                shell.user_ns[out] = partial
+            _show_partial(sink, partial)
+        elif sink is not None:
+            sink.settle()  # no "generating…" left above the error card
+        if waiting is not None:
+            waiting.done()
+        raise
+    if waiting is not None:
+        waiting.done()
+    if sink is not None:
+        sink.settle()
+        if not sink.jupyter and sink.parts and hasattr(result, "text_already_shown"):
+            result.text_already_shown()  # in a terminal, Out[n] adds only the footer
+    if out is not None:
+        shell.user_ns[out] = result
+    return result
+
+
+def _keep_partial(shell, partial, out: str | None) -> str:
+    """Keep an interrupted run's partial result where a finished one would be (`_`,
+    Out[n], and --out's variable); returns where, in words, for the interrupt line."""
+    if partial is None or (isinstance(partial, list) and not partial):
+        return "generation stopped before any text was made"
+    places = []
+    if out is not None:
+        shell.user_ns[out] = partial
+        places.append(out)
+    if shell.displayhook.do_full_cache:
+        shell.displayhook.update_user_ns(partial)
+        places += ["_", f"Out[{shell.displayhook.prompt_count}]"]
+    where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+    return f"generation stopped; the partial result is in {where}"
+
+
+
+def unescape(text: str) -> str:
+    """`\\n` and `\\t` in a --stop value stand for newline and tab (`\\\\` for a backslash)."""
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+class Stream:
+    """Where streamed text goes: one display updated in place in Jupyter (redrawn at
+    most every 0.1 s), plain text on stdout in a terminal."""
+
+    redraw_every = 0.1
+
+    def __init__(self, jupyter: bool):
+        self.jupyter = jupyter
+        self.parts: list[str] = []
+        self.handle = None
+        self.drawn = 0.0
+
+    notes: tuple[str, ...] = ()
+
+    def start(self, notes: tuple[str, ...]) -> None:
+        """Before the first token (a prompt takes seconds to read): say so, and say the
+        notes (max_new_tokens lowered...) now rather than after the text."""
+        self.notes = notes
+        if not self.jupyter:
+            for note in notes:
+                print(f"⚠ {note}", file=sys.stderr, flush=True)
+            return
+        self.handle = display(StreamView("", notes), display_id=True)
+        self.drawn = time.perf_counter()
+
+    def __call__(self, chunk: str) -> None:
+        self.parts.append(chunk)
+        if not self.jupyter:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            return
+        now = time.perf_counter()
+        if self.handle is None:
+            self.handle = display(StreamView("".join(self.parts), self.notes), display_id=True)
+            self.drawn = now
+        elif now - self.drawn >= self.redraw_every or len(self.parts) == 1:
+            self.handle.update(StreamView("".join(self.parts), self.notes))
+            self.drawn = now
+
+    def settle(self) -> None:
+        """Done: the result, shown as the cell's value, takes the streamed text's place."""
+        if self.jupyter and self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+        elif not self.jupyter and self.parts:
+            print(flush=True)
+
+
+class Waiting:
+    """--no-stream: a status line while the whole text is made (blanked when done), and
+    the notes said first."""
+
+    def __init__(self, jupyter: bool):
+        self.jupyter = jupyter
+        self.handle = None
+
+    def start(self, notes: tuple[str, ...]) -> None:
+        message = "generating; the text shows when it is complete (Ctrl-C stops it)"
+        if not self.jupyter:
+            for note in notes:
+                print(f"⚠ {note}", file=sys.stderr, flush=True)
+            print(f"… {message}", file=sys.stderr, flush=True)
+            return
+        self.handle = display(StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True)
+
+    def done(self) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+            self.handle = None
+
+
+def _show_partial(sink: Stream | None, partial) -> None:
+    """After Ctrl-C: the partial result stays on screen where the text was streaming."""
+    if partial is None:
+        return
+    if sink is not None and sink.jupyter and sink.handle is not None:
+        sink.handle.update(partial)
+    elif sink is not None and not sink.jupyter and sink.parts:
+        print("\n── " + partial.footer(), flush=True)  # the text itself is already on screen
+    else:
+        display(partial)
+
+
+@contextmanager
+def batch_progress(jupyter: bool, items: int):
+    """A progress bar over the batches of an --over run: a display updated in place
+    in Jupyter (blanked when done), a line on stderr in a terminal."""
+    if not items:
+        yield None
+        return
+    if not jupyter:
+        try:
+            yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
+        finally:
+            print(file=sys.stderr)
+        return
+    handle = display(BatchProgress(0, 1, items), display_id=True)
+    try:
+        yield lambda done, total: handle.update(BatchProgress(done, total, items))
+    finally:
+        handle.update({"text/plain": ""}, raw=True)

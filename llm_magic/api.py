@@ -323,7 +323,7 @@ def _fit_fixes(est: sizing.Estimate, target: str, device_map, victims: list[Load
 
 
 def _budget_note(released: Released) -> str:
-    names = ", ".join(f"{aliases[0] if aliases else n} ({format_bytes(b)})" for n, aliases, b in released.models)
+    names = ", ".join(f"{aliases[0] if aliases else n} ({d}, {format_bytes(b)})" for n, aliases, b, d in released.models)
     limits = [f"{MODEL_CACHE.max_models} model{'s' if MODEL_CACHE.max_models != 1 else ''}" if MODEL_CACHE.max_models else "",
               format_bytes(MODEL_CACHE.memory_budget) if MODEL_CACHE.memory_budget else ""]
     note = f"unloaded {names}, least recently used, to stay within the budget of {' and '.join(x for x in limits if x)}"

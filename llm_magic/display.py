@@ -290,7 +290,7 @@ class ModelsCard:
 class UnloadCard(Card):
     """What `%llm_unload` did: which models, the memory returned, and whether they are gone."""
 
-    models: tuple[tuple[str, tuple[str, ...], int], ...]  # (name, aliases, bytes)
+    models: tuple[tuple[str, tuple[str, ...], int, str], ...]  # (name, aliases, bytes, dtype)
     freed: bool
     rss_before: int | None
     rss_after: int | None
@@ -306,13 +306,13 @@ class UnloadCard(Card):
     def title(self) -> str:
         if not self.models:
             return "nothing to unload: the cache is empty"
-        names = ", ".join(_short(n) + (f" (as {', '.join(a)})" if a else "") for n, a, _ in self.models)
+        names = ", ".join(_unloaded_name(*m) for m in self.models)
         return f"unloaded {names}" if self.freed else f"removed {names} from the cache, but it is still in memory"
 
     def rows(self) -> list[tuple[str, str]]:
         if not self.models:
             return []
-        rows = [("weights", format_bytes(sum(b for _, _, b in self.models)))]
+        rows = [("weights", format_bytes(sum(m[2] for m in self.models)))]
         if self.rss_before is not None and self.rss_after is not None:
             back = self.rss_before - self.rss_after
             rows.append(("RSS", f"{format_bytes(self.rss_before)} → {format_bytes(self.rss_after)}  ({format_bytes(back)} returned)"))
@@ -330,6 +330,12 @@ class UnloadCard(Card):
             return [f"still referenced by {names} in your namespace: `del {names}` to free it"]
         return ["still referenced from somewhere else (a variable in another scope, a list, a closure): "
                 "delete that reference to free it"]
+
+
+def _unloaded_name(name: str, aliases: tuple[str, ...], size: int, dtype: str) -> str:
+    """'SmolLM2 (bfloat16, as sm)': the dtype tells apart one file cached twice (bf16 and fp32)."""
+    said = [dtype] + ([f"as {', '.join(aliases)}"] if aliases else [])
+    return f"{_short(name)} ({', '.join(said)})"
 
 
 @dataclass(frozen=True, repr=False)
@@ -627,16 +633,21 @@ class BatchProgress:
     total: int
     items: int
 
+    def words(self) -> str:
+        if self.total == self.items:  # a step per prompt (a server's requests, llama.cpp, batch size 1)
+            return f"{self.done}/{self.items} prompts"
+        return f"batch {self.done}/{self.total} · {self.items} prompts"
+
     def plain(self) -> str:
         width = 24
         filled = round(width * self.done / self.total) if self.total else width
-        return f"[{'#' * filled}{'.' * (width - filled)}] batch {self.done}/{self.total} · {self.items} prompts"
+        return f"[{'#' * filled}{'.' * (width - filled)}] {self.words()}"
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         return {
             "text/plain": self.plain(),
             "text/html": f"<div style='font-family:monospace;color:{DIM}'><progress value='{self.done}' max='{self.total}'></progress>"
-            f" batch {self.done}/{self.total} · {self.items} prompts</div>",
+            f" {self.words()}</div>",
         }
 
 

@@ -134,7 +134,7 @@ def _result(**changes) -> GenerationResult:
 
 CARDS = {
     "load card": LoadCard(_info(), "new", 1, 269_030_016, 1.9),
-    "unload card (still held)": UnloadCard((("/m/x", (), 100),), False, 200, 100, held_by=("m",)),
+    "unload card (still held)": UnloadCard((("/m/x", (), 100, "bfloat16"),), False, 200, 100, held_by=("m",)),
     "models": ModelsCard((ModelRow("smol", "/m/x.gguf", "", "bfloat16", "cpu", 100, 5.0, True),), 100, 1000),
     "result": _result(),
     "results (--over)": GenerationResults([_result(), _result(stop_reason="length")]),

@@ -750,7 +750,7 @@ def test_ctrl_c_in_a_terminal_shows_the_partial_text_the_footer_and_one_line(she
 def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):
     shell.user_ns["items"] = ["The capital of", "The quick", "Hello"]
     cell = "%%llm_generate --over items --batch-size 1 --greedy --max-new-tokens 2000\n{item}"
-    result, out = _run_interrupted(shell, cell, stream="stderr", at="batch 1/3")  # the first item is done
+    result, out = _run_interrupted(shell, cell, stream="stderr", at="1/3 prompts")  # the first item is done (a step per prompt)
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     partial = shell.user_ns["_"]
     assert isinstance(partial, GenerationResults) and 1 <= len(partial) < 3

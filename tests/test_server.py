@@ -202,8 +202,9 @@ SEQUENCES = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "January, February
 def test_over_keeps_the_order_and_converts_to_pandas(loaded):
     shell, entry, _ = loaded
     shell.user_ns["seqs"] = SEQUENCES
-    result, _ = run(shell, "%%llm_generate --over seqs --raw --greedy --max-new-tokens 3 --concurrency 3\n{item}")
+    result, captured = run(shell, "%%llm_generate --over seqs --raw --greedy --max-new-tokens 3 --concurrency 3\n{item}")
     assert result.success, result.error_in_exec
+    assert f"{len(SEQUENCES)}/{len(SEQUENCES)} prompts" in captured.stderr and "batch" not in captured.stderr  # a step per request
     results = result.result
     singles = [llm_magic.generate(s, model="srv", raw=True, greedy=True, max_new_tokens=3).text for s in SEQUENCES]
     assert results.texts == singles

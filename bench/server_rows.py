@@ -158,11 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (1 on a busy shared machine)")
     p.add_argument("--only", nargs="*", default=None, help="server_stream and/or server_over")
-    p.add_argument("--out", type=Path, default=HERE / "server_results.json")
+    p.add_argument("--out", type=Path, default=None, help="also write the rows here as JSON")
     args = p.parse_args(argv)
     rows = server_rows(args.prompts, args.new_tokens, args.stream_tokens, args.repeats, args.concurrency, args.threads, args.only)
     for r in rows:
         print(f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  ratio {r.ratio}  {r.note}")
+    if args.out is None:
+        return 0
     from dataclasses import asdict
 
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -118,7 +118,7 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
     return row
 
 
-def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64, repeats: int = 3,
+def server_rows(prompts: int = 64, new_tokens: int = 16, stream_tokens: int = 64, repeats: int = 7,
                 concurrency: int = 16, threads: int | None = None, only: tuple[str, ...] | None = None) -> list[Row]:
     """Start the server, measure both rows, stop it."""
     import llm_magic
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=16, help="per --over prompt")
     p.add_argument("--stream-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7, help="of the stream row: the server's own pace drifts ±10%% run to run")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (1 on a busy shared machine)")
     p.add_argument("--only", nargs="*", default=None, help="server_stream and/or server_over")

@@ -203,6 +203,16 @@ def test_retry_needs_an_answer_and_no_new_question(shell, tiny):
     assert users() == ["hello"]
 
 
+def test_a_mistyped_flag_gets_a_did_you_mean(shell, tiny):
+    from IPython.core.error import UsageError
+
+    with capture_output() as captured:
+        failed = shell.run_cell("%%llm_chat --greddy\nhello")
+    assert isinstance(failed.error_in_exec, UsageError)
+    assert "--greddy: did you mean --greedy?" in captured.stderr + captured.stdout
+    assert not CONVERSATIONS.all()  # nothing was asked
+
+
 def test_out_show_prompt_and_stream_work_as_in_generate(shell, tiny):
     chat(shell, "first turn")
     with capture_output() as captured:

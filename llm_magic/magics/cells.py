@@ -138,7 +138,6 @@ def _keep_partial(shell, partial, out: str | None) -> str:
     return f"generation stopped; the partial result is in {where}"
 
 
-
 def unescape(text: str) -> str:
     """`\\n` and `\\t` in a --stop value stand for newline and tab (`\\\\` for a backslash)."""
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)

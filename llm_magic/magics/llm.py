@@ -219,7 +219,7 @@ class LLMMagics(Magics):
                                       fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"])
             over = prompts.items_of(ns[name], f"--over {name}")
         jupyter = getattr(self.shell, "kernel", None) is not None
-        sink = Stream(jupyter) if over is None and self.stream and not args.no_stream else None
+        sink = self.stream_sink(args) if over is None else None  # --over shows a progress bar instead
         system = unquote(args.system) if args.system is not None else self.system
         settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
         on_prompt = prompt_shower(args.show_prompt)

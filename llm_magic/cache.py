@@ -13,8 +13,9 @@ import sys
 import time
 import traceback
 import weakref
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
 
 
 @dataclass(eq=False)
@@ -88,7 +89,7 @@ class ModelCache:
         entry.last_used = time.time()
         self.last = entry.key
 
-    def put(self, entry: LoadedModel) -> list["Released"]:
+    def put(self, entry: LoadedModel) -> list[Released]:
         """Cache `entry`; returns what the budget unloaded to make room (least recently
         used first), usually nothing since `load` makes room before it loads."""
         old = self._entries.get(entry.key)
@@ -116,7 +117,10 @@ class ModelCache:
         key = self._aliases.get(name)
         if key in self._entries:
             return self._entries[key]
-        for same in (lambda e: e.info.name == name, lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name):
+        for same in (
+            lambda e: e.info.name == name,
+            lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name,
+        ):
             matches = [e for e in self._entries.values() if same(e)]
             if matches:
                 return max(matches, key=lambda e: e.last_used)
@@ -127,7 +131,10 @@ class ModelCache:
         same file at two dtypes, two folders with one last part); else []."""
         if self._aliases.get(name) in self._entries:
             return []
-        for same in (lambda e: e.info.name == name, lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name):
+        for same in (
+            lambda e: e.info.name == name,
+            lambda e: e.info.name.rstrip("/").rsplit("/", 1)[-1] == name,
+        ):
             matches = [e for e in self._entries.values() if same(e)]
             if matches:
                 return matches if len(matches) > 1 else []
@@ -152,7 +159,9 @@ class ModelCache:
         total = self.total_bytes() + incoming_bytes
         victims = []
         for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
-            if (not self.max_models or count <= self.max_models) and (not self.memory_budget or total <= self.memory_budget):
+            if (not self.max_models or count <= self.max_models) and (
+                not self.memory_budget or total <= self.memory_budget
+            ):
                 break
             if entry is keep:
                 continue
@@ -161,7 +170,7 @@ class ModelCache:
             total -= entry.memory_bytes
         return victims
 
-    def unload(self, entries: Iterable[LoadedModel]) -> "Released":
+    def unload(self, entries: Iterable[LoadedModel]) -> Released:
         """Drop `entries` and free their memory for real: the cache's references, output
         history (`Out`, `_`, `_N`) and exception tracebacks that hold the model, then gc
         and the CUDA cache. Says whether the models are gone and, if not, what holds them."""
@@ -173,7 +182,7 @@ class ModelCache:
             self._drop(entry)
         del entries
         _scrub_history(targets, self.namespaces)
-        _clear_tracebacks(targets, self._exceptions(lambda obj: id(obj) in targets))
+        _clear_tracebacks(targets, self._exceptions(_holds_one_of(targets)))
         del targets
         release_memory()
         alive = [m for m in (r() for r in refs) if m is not None]
@@ -187,10 +196,10 @@ class ModelCache:
             found.extend(holder(is_target))
         return [x for x in found if x is not None]
 
-    def remove(self, entry: LoadedModel) -> "Released":
+    def remove(self, entry: LoadedModel) -> Released:
         return self.unload([entry])
 
-    def clear(self) -> "Released":
+    def clear(self) -> Released:
         """Unload every model (as `unload(entries())`)."""
         return self.unload(self.entries())
 
@@ -236,6 +245,11 @@ def _owned(entries: Iterable[LoadedModel]) -> dict[int, Any]:
     return owned
 
 
+def _holds_one_of(ids: dict[int, Any]) -> Callable[[Any], bool]:
+    """A test: is this object one of `ids`' objects?"""
+    return lambda obj: id(obj) in ids
+
+
 def _parts(models: Iterable[Any]) -> dict[int, Any]:
     """A model, its submodules, parameters and buffers: any of them pins the weights."""
     parts: dict[int, Any] = {}
@@ -256,7 +270,9 @@ def _scrub_history(ids: dict[int, Any], namespaces: list[dict]) -> None:
     The user's own variables are left alone (reported instead): deleting them would be
     a surprise."""
     for ns in namespaces:
-        for history in {id(h): h for h in (ns.get("Out"), ns.get("_oh")) if isinstance(h, dict)}.values():
+        for history in {
+            id(h): h for h in (ns.get("Out"), ns.get("_oh")) if isinstance(h, dict)
+        }.values():
             for n in [n for n, v in history.items() if id(v) in ids]:
                 del history[n]
         for name in [n for n, v in list(ns.items()) if id(v) in ids and _OUTPUT_NAME.match(n)]:
@@ -267,7 +283,16 @@ def _scrub_history(ids: dict[int, Any], namespaces: list[dict]) -> None:
 
 
 def _user_names(ids: dict[int, Any], namespaces: list[dict]) -> tuple[str, ...]:
-    return tuple(sorted({n for ns in namespaces for n, v in list(ns.items()) if id(v) in ids and not _OUTPUT_NAME.match(n)}))
+    return tuple(
+        sorted(
+            {
+                n
+                for ns in namespaces
+                for n, v in list(ns.items())
+                if id(v) in ids and not _OUTPUT_NAME.match(n)
+            }
+        )
+    )
 
 
 def _clear_tracebacks(ids: dict[int, Any], roots: list[Any]) -> None:
@@ -287,7 +312,10 @@ def _clear_tracebacks(ids: dict[int, Any], roots: list[Any]) -> None:
         tb = item
         if not hasattr(tb, "tb_frame"):
             continue
-        if any(any(id(v) in ids for v in list(frame.f_locals.values())) for frame, _ in traceback.walk_tb(tb)):
+        if any(
+            any(id(v) in ids for v in list(frame.f_locals.values()))
+            for frame, _ in traceback.walk_tb(tb)
+        ):
             _clear(tb)
 
 
@@ -296,7 +324,7 @@ def _clear(tb) -> None:
     # Python < 3.13 keeps a snapshot dict of a frame's locals once `f_locals` was read, and
     # clear() leaves it filled: reading f_locals again syncs it, dropping the cleared names.
     for frame, _ in traceback.walk_tb(tb):
-        frame.f_locals
+        _ = frame.f_locals
     # An exception caught in one frame and raised again from a caller (Ctrl-C kept by
     # the engine, re-raised with the partial result) keeps the catching frame's callers
     # alive through f_back, finished but not in the traceback: clear them too, up to
@@ -309,7 +337,7 @@ def _clear(tb) -> None:
                 back.clear()
             except RuntimeError:  # still running: it and its callers are live
                 break
-            back.f_locals
+            _ = back.f_locals
             in_tb.add(id(back))
             back = back.f_back
 

@@ -21,7 +21,7 @@ class ChatResult(GenerationResult):
     conversation: Any = field(default=None, compare=False)  # conversations.Conversation
 
     @classmethod
-    def of(cls, result: GenerationResult, conversation, notes: tuple[str, ...] = ()) -> "ChatResult":
+    def of(cls, result: GenerationResult, conversation, notes: tuple[str, ...] = ()) -> ChatResult:
         values = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
         values["notes"] = tuple(notes) + result.notes
         return cls(**values, conversation=conversation)
@@ -43,9 +43,14 @@ class ConversationView:
     sent_from: int = 0  # turns before it were not sent with the last answer (beyond the context)
 
     @classmethod
-    def of(cls, conversation) -> "ConversationView":
-        return cls(conversation.name, conversation.model, conversation.system,
-                   tuple((t.user, t.assistant, t.interrupted) for t in conversation.turns), conversation.sent_from)
+    def of(cls, conversation) -> ConversationView:
+        return cls(
+            conversation.name,
+            conversation.model,
+            conversation.system,
+            tuple((t.user, t.assistant, t.interrupted) for t in conversation.turns),
+            conversation.sent_from,
+        )
 
     def title(self) -> str:
         n = len(self.turns)
@@ -55,9 +60,17 @@ class ConversationView:
         """(role label, text, remark) in order."""
         entries = [("system", self.system, "")] if self.system else []
         for i, (user, assistant, interrupted) in enumerate(self.turns):
-            remark = "not sent with the last answer: beyond the context" if i < self.sent_from else ""
+            remark = (
+                "not sent with the last answer: beyond the context" if i < self.sent_from else ""
+            )
             entries.append((f"[{i + 1}] user", user, remark))
-            entries.append((f"[{i + 1}] assistant", assistant, "interrupted (Ctrl-C): partial answer" if interrupted else ""))
+            entries.append(
+                (
+                    f"[{i + 1}] assistant",
+                    assistant,
+                    "interrupted (Ctrl-C): partial answer" if interrupted else "",
+                )
+            )
         return entries
 
     def text(self) -> str:
@@ -97,13 +110,17 @@ class ConversationsCard:
         if not self.rows:
             return ["no conversations yet: %%llm_chat starts one"]
         width = max(len(name) for name, *_ in self.rows)
-        return [f"{'*' if last else ' '} {name.ljust(width)}  {turns} turn{'s' if turns != 1 else ''} · model {model or '–'}"
-                for name, model, turns, last in self.rows]
+        return [
+            f"{'*' if last else ' '} {name.ljust(width)}  {turns} turn{'s' if turns != 1 else ''} · model {model or '–'}"
+            for name, model, turns, last in self.rows
+        ]
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         body = "".join(f"<div>{html.escape(line)}</div>" for line in self.lines())
-        return {"text/plain": "\n".join(self.lines()),
-                "text/html": f"<div style='font-family:monospace;font-size:90%;white-space:pre'>{body}</div>"}
+        return {
+            "text/plain": "\n".join(self.lines()),
+            "text/html": f"<div style='font-family:monospace;font-size:90%;white-space:pre'>{body}</div>",
+        }
 
     def __repr__(self) -> str:
         return "\n".join(self.lines())

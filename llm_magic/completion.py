@@ -15,7 +15,12 @@ import os
 import re
 from pathlib import Path
 
-from IPython.core.completer import CompletionContext, SimpleCompletion, SimpleMatcherResult, context_matcher
+from IPython.core.completer import (
+    CompletionContext,
+    SimpleCompletion,
+    SimpleMatcherResult,
+    context_matcher,
+)
 
 from .cache import MODEL_CACHE
 
@@ -44,7 +49,9 @@ def unregister(shell) -> None:
     completer = getattr(shell, "Completer", None)
     if completer is not None:
         completer.custom_matchers[:] = [
-            m for m in completer.custom_matchers if getattr(m, "matcher_identifier", None) != IDENTIFIER
+            m
+            for m in completer.custom_matchers
+            if getattr(m, "matcher_identifier", None) != IDENTIFIER
         ]
 
 
@@ -57,7 +64,12 @@ def _matcher_for(shell):
         fragment, completions = found
         # Ours are the answers in a magic's line: a file or Python name would be wrong there.
         # (IPython lets a matcher suppress the others only when it has completions.)
-        return {"completions": completions, "matched_fragment": fragment, "suppress": bool(completions), "ordered": True}
+        return {
+            "completions": completions,
+            "matched_fragment": fragment,
+            "suppress": bool(completions),
+            "ordered": True,
+        }
 
     return llm_magic_matcher
 
@@ -76,12 +88,20 @@ def complete(shell, text: str) -> tuple[str, list[SimpleCompletion]] | None:
         return None  # still typing the magic's name: IPython's own matcher does that
     before = words[-1] if current == "" else (words[-2] if len(words) > 1 else "")
     if current.startswith("-"):
-        return current, [SimpleCompletion(f, type="flag") for f in _flags(shell, magic) if f.startswith(current)]
+        return current, [
+            SimpleCompletion(f, type="flag") for f in _flags(shell, magic) if f.startswith(current)
+        ]
     if before in _VALUES and magic == "llm_load":
-        return current, [SimpleCompletion(v, type="value") for v in _VALUES[before] if v.startswith(current)]
+        return current, [
+            SimpleCompletion(v, type="value") for v in _VALUES[before] if v.startswith(current)
+        ]
     if before == "--revision" and magic == "llm_load":
         return current, _revisions(words, current)
-    if before.startswith("-") and _takes_value(shell, magic, before) and not (magic == "llm_generate" and before in _MODEL_FLAGS):
+    if (
+        before.startswith("-")
+        and _takes_value(shell, magic, before)
+        and not (magic == "llm_generate" and before in _MODEL_FLAGS)
+    ):
         return None  # a value we know nothing about (--as, --out, --max-new-tokens)
     if magic == "llm_generate":
         if before not in _MODEL_FLAGS:
@@ -99,7 +119,9 @@ def _flags(shell, magic: str) -> list[str]:
     parser = _parser(shell, magic)
     if parser is None:
         return []
-    return [s for action in parser._actions for s in action.option_strings if s not in ("-h", "--help")]
+    return [
+        s for action in parser._actions for s in action.option_strings if s not in ("-h", "--help")
+    ]
 
 
 def _takes_value(shell, magic: str, flag: str) -> bool:
@@ -181,7 +203,9 @@ def _revisions(words: list[str], prefix: str) -> list[SimpleCompletion]:
         if m.repo_id == model:
             for r in m.revisions:
                 names += [*r.refs, r.commit]
-    return [SimpleCompletion(n, type="revision") for n in dict.fromkeys(names) if n.startswith(prefix)]
+    return [
+        SimpleCompletion(n, type="revision") for n in dict.fromkeys(names) if n.startswith(prefix)
+    ]
 
 
 def _paths(prefix: str) -> list[SimpleCompletion]:
@@ -196,7 +220,9 @@ def _paths(prefix: str) -> list[SimpleCompletion]:
         return []
     out = []
     for entry in entries:
-        if not entry.name.startswith(tail) or (entry.name.startswith(".") and not tail.startswith(".")):
+        if not entry.name.startswith(tail) or (
+            entry.name.startswith(".") and not tail.startswith(".")
+        ):
             continue
         shown = f"{head}/{entry.name}" if head or text.startswith("/") else entry.name
         try:

@@ -13,9 +13,10 @@ Plain data and the engine interface only: this works the same on every engine.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .engines import Engine, Request
 from .errors import GenerationError, LLMError
@@ -33,7 +34,10 @@ class Turn:
     interrupted: bool = False  # the answer was stopped by Ctrl-C: `assistant` is partial
 
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.user}, {"role": "assistant", "content": self.assistant}]
+        return [
+            {"role": "user", "content": self.user},
+            {"role": "assistant", "content": self.assistant},
+        ]
 
 
 @dataclass
@@ -87,18 +91,27 @@ class Conversation:
             "model": self.model,
             "system": self.system,
             "turns": [
-                {"user": t.user, "assistant": t.assistant, "cell_id": t.cell_id, "interrupted": t.interrupted}
+                {
+                    "user": t.user,
+                    "assistant": t.assistant,
+                    "cell_id": t.cell_id,
+                    "interrupted": t.interrupted,
+                }
                 for t in self.turns
             ],
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Conversation":
+    def from_dict(cls, data: dict[str, Any]) -> Conversation:
         if data.get("format") != FORMAT:
-            raise LLMError(f"not a saved conversation (format {data.get('format')!r}, expected {FORMAT!r})",
-                           fixes=["save one with conversation.save('chat.json')"])
-        turns = [Turn(t["user"], t["assistant"], t.get("cell_id"), bool(t.get("interrupted", False)))
-                 for t in data.get("turns", [])]
+            raise LLMError(
+                f"not a saved conversation (format {data.get('format')!r}, expected {FORMAT!r})",
+                fixes=["save one with conversation.save('chat.json')"],
+            )
+        turns = [
+            Turn(t["user"], t["assistant"], t.get("cell_id"), bool(t.get("interrupted", False)))
+            for t in data.get("turns", [])
+        ]
         return cls(data["name"], data.get("model"), data.get("system"), turns)
 
     def save(self, path: str | Path) -> Path:
@@ -108,7 +121,7 @@ class Conversation:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Conversation":
+    def load(cls, path: str | Path) -> Conversation:
         """A conversation read back from `save`'s JSON (pass it to `llm_magic.chat(...,
         conversation=...)` to carry on with it)."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
@@ -130,6 +143,7 @@ def replaced_note(index: int, count: int) -> str:
 
 # --- what is sent: the history that fits ----------------------------------------------------
 
+
 def request_for(system: str | None, history: list[Turn], text: str, start: int = 0) -> Request:
     """The chat request: system, the turns of `history` from `start`, then the new user text."""
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -139,8 +153,14 @@ def request_for(system: str | None, history: list[Turn], text: str, start: int =
     return Request(tuple(messages), raw=False)
 
 
-def fit(engine: Engine, system: str | None, history: list[Turn], text: str, max_new_tokens: int,
-        max_history: int = 0) -> tuple[Request, int, str | None]:
+def fit(
+    engine: Engine,
+    system: str | None,
+    history: list[Turn],
+    text: str,
+    max_new_tokens: int,
+    max_history: int = 0,
+) -> tuple[Request, int, str | None]:
     """(the request to send, the first turn of `history` in it, a one-line note when some
     were left out). The oldest turns are left out first, until the prompt leaves room for
     the answer in the model's context; `max_history` (0: no cap) caps the turns sent."""
@@ -163,9 +183,11 @@ def fit(engine: Engine, system: str | None, history: list[Turn], text: str, max_
     if start > 0:
         sent = len(history) - start
         if start > capped:
-            note = (f"sent the last {sent} of {len(history)} turns: the {start} older "
-                    f"{'one does' if start == 1 else 'ones do'} not fit the model's {limit} positions "
-                    f"with room for the answer")
+            note = (
+                f"sent the last {sent} of {len(history)} turns: the {start} older "
+                f"{'one does' if start == 1 else 'ones do'} not fit the model's {limit} positions "
+                f"with room for the answer"
+            )
         else:
             note = f"sent the last {sent} of {len(history)} turns (max_history {max_history})"
     return request_for(system, history, text, start), start, note
@@ -173,9 +195,19 @@ def fit(engine: Engine, system: str | None, history: list[Turn], text: str, max_
 
 # --- asking: one turn -------------------------------------------------------------------------
 
-def ask(conversation: Conversation, engine: Engine, text: str, settings, *, cell_id: str | None = None,
-        retry: bool = False, max_history: int = 0, on_text: Callable[[str], None] | None = None,
-        on_prompt: Callable[[str, "int | None"], None] | None = None):
+
+def ask(
+    conversation: Conversation,
+    engine: Engine,
+    text: str,
+    settings,
+    *,
+    cell_id: str | None = None,
+    retry: bool = False,
+    max_history: int = 0,
+    on_text: Callable[[str], None] | None = None,
+    on_prompt: Callable[[str, int | None], None] | None = None,
+):
     """The next turn of `conversation`: `text` answered by `engine`, recorded as a turn.
 
     With `cell_id`, a turn from the same cell is replaced (and the turns after it dropped);
@@ -191,27 +223,37 @@ def ask(conversation: Conversation, engine: Engine, text: str, settings, *, cell
     notes: list[str] = []
     if retry:
         if not conversation.turns:
-            raise GenerationError(f"conversation {conversation.name!r} has no answer to retry yet",
-                                  fixes=["%%llm_chat with a question first"])
+            raise GenerationError(
+                f"conversation {conversation.name!r} has no answer to retry yet",
+                fixes=["%%llm_chat with a question first"],
+            )
         index = len(conversation.turns) - 1
         last = conversation.turns[index]
         text, cell_id = last.user, last.cell_id
         notes.append(f"retried turn {index + 1}")
     else:
         if not text or not text.strip():
-            raise GenerationError("the message is empty: nothing to send to the model",
-                                  fixes=["write the message in the cell, under the %%llm_chat line",
-                                         "%llm_chat --retry asks the last question again"])
+            raise GenerationError(
+                "the message is empty: nothing to send to the model",
+                fixes=[
+                    "write the message in the cell, under the %%llm_chat line",
+                    "%llm_chat --retry asks the last question again",
+                ],
+            )
         index, note = conversation.place(cell_id)
         if note:
             notes.append(note)
     history = conversation.turns[:index]
-    request, start, note = fit(engine, conversation.system, history, text, settings.max_new_tokens, max_history)
+    request, start, note = fit(
+        engine, conversation.system, history, text, settings.max_new_tokens, max_history
+    )
     if note:
         notes.append(note)
     settings = replace(settings, system=conversation.system, raw=False)  # recorded with the result
     try:
-        result = generation.generate(engine, request, settings, on_text=on_text, on_prompt=on_prompt)
+        result = generation.generate(
+            engine, request, settings, on_text=on_text, on_prompt=on_prompt
+        )
     except KeyboardInterrupt as e:
         partial = getattr(e, "result", None)
         if partial is not None:
@@ -225,6 +267,7 @@ def ask(conversation: Conversation, engine: Engine, text: str, settings, *, cell
 
 
 # --- the kernel's conversations -----------------------------------------------------------------
+
 
 class Conversations:
     """The kernel's named conversations (`--as NAME`; by default one per model)."""

@@ -66,10 +66,16 @@ class PackedWeights:
         return _stamps(model, self.stamps) == self.stamps
 
     def note(self) -> str:
-        kept = f"; {self.kept_native} layers kept native (weights past fp16's range)" if self.kept_native else ""
-        return (f"{self.dtype} is emulated on this CPU: {len(self.layers)} layers multiplied by fbgemm's fp16 GEMM "
-                f"over weights packed once for batches ({self.seconds:.1f} s, {self.nbytes / 1e6:.0f} MB, "
-                f"kept with the model until it is unloaded){kept}")
+        kept = (
+            f"; {self.kept_native} layers kept native (weights past fp16's range)"
+            if self.kept_native
+            else ""
+        )
+        return (
+            f"{self.dtype} is emulated on this CPU: {len(self.layers)} layers multiplied by fbgemm's fp16 GEMM "
+            f"over weights packed once for batches ({self.seconds:.1f} s, {self.nbytes / 1e6:.0f} MB, "
+            f"kept with the model until it is unloaded){kept}"
+        )
 
 
 def pack(model, room_bytes: int | None = None) -> PackedWeights | None:
@@ -81,7 +87,8 @@ def pack(model, room_bytes: int | None = None) -> PackedWeights | None:
     if not _fbgemm_fp16_available():
         return None
     layers = {
-        name: m for name, m in model.named_modules()
+        name: m
+        for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear)
         and m.weight.dtype in (torch.bfloat16, torch.float16)
         and m.weight.device.type == "cpu"
@@ -89,22 +96,30 @@ def pack(model, room_bytes: int | None = None) -> PackedWeights | None:
     }
     nbytes = sum(m.weight.numel() * 2 for m in layers.values())
     free = free_ram_bytes()
-    if not layers or (room_bytes is not None and nbytes > room_bytes) or (
-        free is not None and nbytes > PACK_SHARE_OF_FREE_RAM * free
+    if (
+        not layers
+        or (room_bytes is not None and nbytes > room_bytes)
+        or (free is not None and nbytes > PACK_SHARE_OF_FREE_RAM * free)
     ):
         return None
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max(1, torch.get_num_threads()))  # packing releases the GIL
     try:
-        packed = dict(zip(layers, pool.map(_pack_if_in_range, layers.values())))
+        packed = dict(zip(layers, pool.map(_pack_if_in_range, layers.values()), strict=True))
     finally:  # on Ctrl-C: the layers not started yet are dropped, not waited for
         pool.shutdown(wait=True, cancel_futures=True)
     fits = {name: p for name, p in packed.items() if p is not None}
     if not fits:
         return None
     dtype = str(next(iter(layers.values())).weight.dtype).removeprefix("torch.")
-    return PackedWeights(fits, sum(layers[n].weight.numel() * 2 for n in fits), time.perf_counter() - started,
-                         len(layers) - len(fits), dtype, _stamps(model, fits))
+    return PackedWeights(
+        fits,
+        sum(layers[n].weight.numel() * 2 for n in fits),
+        time.perf_counter() - started,
+        len(layers) - len(fits),
+        dtype,
+        _stamps(model, fits),
+    )
 
 
 def _stamps(model, names) -> dict[str, tuple[int, int]]:
@@ -131,7 +146,7 @@ def packed_products(model, packed: PackedWeights | None) -> Iterator[None]:
     """
     switched = []
     try:
-        for name, weights in (packed.layers.items() if packed is not None else ()):
+        for name, weights in packed.layers.items() if packed is not None else ():
             layer = model.get_submodule(name)
             switched.append(layer)
             layer.forward = functools.partial(_packed_forward, layer, weights)
@@ -145,7 +160,9 @@ def packed_products(model, packed: PackedWeights | None) -> Iterator[None]:
 def _fbgemm_fp16_available() -> bool:
     import torch
 
-    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_prepack_fp16")
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+        torch.ops.quantized, "linear_prepack_fp16"
+    )
 
 
 def _pack_if_in_range(layer) -> Any:

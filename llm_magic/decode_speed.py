@@ -25,7 +25,9 @@ def machine_id() -> str:
     cpu = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+            )
     except OSError:
         pass
     from .hardware import physical_cores
@@ -55,11 +57,22 @@ def read(identity: str) -> dict:
         return {}
 
 
-def record(identity: str, engine_label: str, tokens_per_second: float, tokens: int, by: str = "a generation") -> None:
+def record(
+    identity: str,
+    engine_label: str,
+    tokens_per_second: float,
+    tokens: int,
+    by: str = "a generation",
+) -> None:
     """Keep the latest decode rate of `engine_label` for the file `identity` here."""
     path = _file(identity)
     data = read(identity)
-    data[engine_label] = {"tokens_per_second": tokens_per_second, "tokens": tokens, "when": time.time(), "by": by}
+    data[engine_label] = {
+        "tokens_per_second": tokens_per_second,
+        "tokens": tokens,
+        "when": time.time(),
+        "by": by,
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}")
@@ -85,10 +98,14 @@ def llama_cpp_hint(identity: str, info) -> str:
     data = read(identity)
     mine, theirs = data.get(label(info)), data.get("llama.cpp")
     if not mine or not theirs:
-        return ("--engine llama.cpp runs this file as it is, without dequantizing; no decode speed measured here yet "
-                "(each generation with either engine records one)")
+        return (
+            "--engine llama.cpp runs this file as it is, without dequantizing; no decode speed measured here yet "
+            "(each generation with either engine records one)"
+        )
     ratio = theirs["tokens_per_second"] / mine["tokens_per_second"]
     when = time.strftime("%Y-%m-%d", time.localtime(max(theirs["when"], mine["when"])))
-    return (f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here: {theirs['tokens_per_second']:.0f} vs "
-            f"{mine['tokens_per_second']:.0f} tokens/s ({label(info)}), measured by {theirs.get('by', 'a generation')} "
-            f"and {mine.get('by', 'a generation')} on this machine, {when}")
+    return (
+        f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here: {theirs['tokens_per_second']:.0f} vs "
+        f"{mine['tokens_per_second']:.0f} tokens/s ({label(info)}), measured by {theirs.get('by', 'a generation')} "
+        f"and {mine.get('by', 'a generation')} on this machine, {when}"
+    )

@@ -111,24 +111,60 @@ class Available:
         """(heading, [(what, facts, %llm_load line)]) for the card."""
         sections = []
         if self.loaded:
-            sections.append(("loaded in this kernel (a cache hit: no disk read)", [
-                (e.name + (f" (as {', '.join(e.aliases)})" if e.aliases else ""),
-                 f"{e.dtype} on {e.device}, {format_bytes(e.memory_bytes)}", e.line) for e in self.loaded]))
+            sections.append(
+                (
+                    "loaded in this kernel (a cache hit: no disk read)",
+                    [
+                        (
+                            e.name + (f" (as {', '.join(e.aliases)})" if e.aliases else ""),
+                            f"{e.dtype} on {e.device}, {format_bytes(e.memory_bytes)}",
+                            e.line,
+                        )
+                        for e in self.loaded
+                    ],
+                )
+            )
         rows = []
         for m in self.hub:
             for i, r in enumerate(m.revisions):
                 name = m.repo_id if i == 0 else "  └ " + (", ".join(r.refs) or r.commit[:12])
                 refs = f"{', '.join(r.refs)} → " if r.refs and i == 0 else ""
-                state = "complete" if r.complete else "incomplete: lacks " + ", ".join(r.missing) + " (needs the network)"
-                rows.append((name, f"{refs}{r.commit[:12]}, {format_bytes(r.size_bytes)}, {state}", r.line))
+                state = (
+                    "complete"
+                    if r.complete
+                    else "incomplete: lacks " + ", ".join(r.missing) + " (needs the network)"
+                )
+                rows.append(
+                    (name, f"{refs}{r.commit[:12]}, {format_bytes(r.size_bytes)}, {state}", r.line)
+                )
         sections.append((f"Hugging Face cache ({self.hub_cache})", rows))
         if self.converted:
-            sections.append((f"converted .gguf copies ({self.converted_root})", [
-                (Path(c.gguf).name, f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state}; original {c.gguf}", c.line)
-                for c in self.converted]))
+            sections.append(
+                (
+                    f"converted .gguf copies ({self.converted_root})",
+                    [
+                        (
+                            Path(c.gguf).name,
+                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state}; original {c.gguf}",
+                            c.line,
+                        )
+                        for c in self.converted
+                    ],
+                )
+            )
         if self.demo:
-            sections.append(("demo model", [
-                ("SmolLM2-135M-Instruct (Q4_1 .gguf)", f"{format_bytes(self.demo.size_bytes)}, {self.demo.path}", self.demo.line)]))
+            sections.append(
+                (
+                    "demo model",
+                    [
+                        (
+                            "SmolLM2-135M-Instruct (Q4_1 .gguf)",
+                            f"{format_bytes(self.demo.size_bytes)}, {self.demo.path}",
+                            self.demo.line,
+                        )
+                    ],
+                )
+            )
         return sections
 
     def card(self) -> CommandsCard:
@@ -190,8 +226,16 @@ def hub_models(problems: list[str] | None = None) -> tuple[HubModel, ...]:
         if repo.repo_type != "model":
             continue
         # `main` first, then other named revisions, then bare commits, newest first.
-        revisions = sorted(repo.revisions, key=lambda r: ("main" not in r.refs, not r.refs, -r.last_modified))
-        models.append(HubModel(repo.repo_id, repo.size_on_disk, tuple(_revision(repo.repo_id, r) for r in revisions)))
+        revisions = sorted(
+            repo.revisions, key=lambda r: ("main" not in r.refs, not r.refs, -r.last_modified)
+        )
+        models.append(
+            HubModel(
+                repo.repo_id,
+                repo.size_on_disk,
+                tuple(_revision(repo.repo_id, r) for r in revisions),
+            )
+        )
     return tuple(models)
 
 
@@ -200,9 +244,17 @@ def _revision(repo_id: str, rev) -> HubRevision:
     if "main" in rev.refs:
         line = f"%llm_load {repo_id}"
     else:  # a tag or branch reads better than a commit, and loads the same snapshot
-        line = f"%llm_load {repo_id} --revision {sorted(rev.refs)[0] if rev.refs else rev.commit_hash}"
-    return HubRevision(rev.commit_hash, tuple(sorted(rev.refs)), rev.size_on_disk,
-                       _missing(Path(rev.snapshot_path), names), str(rev.snapshot_path), line)
+        line = (
+            f"%llm_load {repo_id} --revision {sorted(rev.refs)[0] if rev.refs else rev.commit_hash}"
+        )
+    return HubRevision(
+        rev.commit_hash,
+        tuple(sorted(rev.refs)),
+        rev.size_on_disk,
+        _missing(Path(rev.snapshot_path), names),
+        str(rev.snapshot_path),
+        line,
+    )
 
 
 def _missing(snapshot: Path, names: set[str]) -> tuple[str, ...]:
@@ -217,7 +269,11 @@ def _missing(snapshot: Path, names: set[str]) -> tuple[str, ...]:
             return (*missing, f"a readable {index}")
         lacking = sorted(shards - names)
         if lacking:
-            missing.append(f"{len(lacking)} of {len(shards)} weight shards" if len(lacking) > 2 else ", ".join(lacking))
+            missing.append(
+                f"{len(lacking)} of {len(shards)} weight shards"
+                if len(lacking) > 2
+                else ", ".join(lacking)
+            )
     elif not any(w in names for w in _WEIGHTS):
         missing.append("weights (model.safetensors)")
     return tuple(missing)
@@ -231,11 +287,25 @@ def _describe_copy(copy) -> ConvertedCopy:
     folder = copy.folder
     if not copy.source_exists:
         # The copy still loads, as the safetensors folder it is.
-        return ConvertedCopy(copy.gguf or "", folder, copy.dtype, copy.size_bytes, "original missing",
-                             f"%llm_load {_quote(folder)}")
-    state = "ready" if copy.source_matches else "original changed since: the next load converts again"
-    return ConvertedCopy(copy.gguf, folder, copy.dtype, copy.size_bytes, state,
-                         f"%llm_load {_quote(copy.gguf)} --dtype {copy.dtype}")
+        return ConvertedCopy(
+            copy.gguf or "",
+            folder,
+            copy.dtype,
+            copy.size_bytes,
+            "original missing",
+            f"%llm_load {_quote(folder)}",
+        )
+    state = (
+        "ready" if copy.source_matches else "original changed since: the next load converts again"
+    )
+    return ConvertedCopy(
+        copy.gguf,
+        folder,
+        copy.dtype,
+        copy.size_bytes,
+        state,
+        f"%llm_load {_quote(copy.gguf)} --dtype {copy.dtype}",
+    )
 
 
 # ------------------------------------------------------------- demo model and the kernel
@@ -258,7 +328,14 @@ def loaded() -> tuple[LoadedEntry, ...]:
 
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     return tuple(
-        LoadedEntry(e.name, tuple(sorted(e.aliases)), e.info.dtype, e.info.device, e.memory_bytes, _loaded_line(e))
+        LoadedEntry(
+            e.name,
+            tuple(sorted(e.aliases)),
+            e.info.dtype,
+            e.info.device,
+            e.memory_bytes,
+            _loaded_line(e),
+        )
         for e in entries
     )
 
@@ -266,7 +343,9 @@ def loaded() -> tuple[LoadedEntry, ...]:
 def _loaded_line(entry) -> str:
     """The request that hits this cache entry again: same model, dtype and device map."""
     line = f"%llm_load {_quote(entry.name)} --dtype {entry.info.dtype}"
-    key = entry.key if isinstance(entry.key, tuple) else ()  # api's (identity, dtype, device_map, ...)
+    key = (
+        entry.key if isinstance(entry.key, tuple) else ()
+    )  # api's (identity, dtype, device_map, ...)
     device_map = key[2] if len(key) > 2 else "auto"
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"

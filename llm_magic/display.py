@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-
 # Colours from JupyterLab's theme variables, so light and dark themes both read well;
 # the fallbacks serve classic Notebook, VS Code and static HTML (a white page).
 # Text keeps the theme's own colours; the accent colours mark only glyphs and borders,
@@ -22,8 +21,10 @@ WARN_MARK = "#b26a00"  # JupyterLab's warn colours are too light on white; this 
 
 def warning_html(note: str) -> str:
     """A warning line: the theme's text colour, the ⚠ and a left rule in the warn colour."""
-    return (f"<div style='color:{TEXT};border-left:3px solid {WARN_MARK};padding-left:.4em'>"
-            f"<span style='color:{WARN_MARK}'>⚠</span> {html.escape(note)}</div>")
+    return (
+        f"<div style='color:{TEXT};border-left:3px solid {WARN_MARK};padding-left:.4em'>"
+        f"<span style='color:{WARN_MARK}'>⚠</span> {html.escape(note)}</div>"
+    )
 
 
 NO_TEMPLATE = "none — prompts are continued as plain text"
@@ -111,7 +112,11 @@ class LoadCard(Card):
 
     def title(self) -> str:
         alias = f"  (as {', '.join(self.aliases)})" if self.aliases else ""
-        name = self.info.name if self.info.kind == "hub" else self.info.name.rstrip("/").rsplit("/", 1)[-1]
+        name = (
+            self.info.name
+            if self.info.kind == "hub"
+            else self.info.name.rstrip("/").rsplit("/", 1)[-1]
+        )
         return f"{name}  →  {self.info.class_name}{alias}"
 
     def rows(self) -> list[tuple[str, str]]:
@@ -133,13 +138,22 @@ class LoadCard(Card):
         what = "loaded in" if self.cache_state != "cached" else "cache hit"
         n = self.cache_models
         rows.append((what, format_seconds(self.seconds)))
-        rows.append(("cache", f"{self.cache_state} · {n} model{'s' if n != 1 else ''}, {format_bytes(self.cache_bytes)} in all"))
+        rows.append(
+            (
+                "cache",
+                f"{self.cache_state} · {n} model{'s' if n != 1 else ''}, {format_bytes(self.cache_bytes)} in all",
+            )
+        )
         if self.fit:
             rows.append(("fit check", self.fit))
         return rows
 
     def notes(self) -> list[str]:
-        template = [f"chat template: {NO_TEMPLATE}"] if getattr(self.info, "chat_template", None) is False else []
+        template = (
+            [f"chat template: {NO_TEMPLATE}"]
+            if getattr(self.info, "chat_template", None) is False
+            else []
+        )
         return list(self.budget_notes) + list(self.info.warnings) + template
 
 
@@ -163,20 +177,38 @@ class ServerCard(Card):
 
     def rows(self) -> list[tuple[str, str]]:
         i = self.info
-        facts = [f"{k} {v}" for k, v in i.entry.items() if k not in ("id", "object", "created") and isinstance(v, (str, int, float))]
+        facts = [
+            f"{k} {v}"
+            for k, v in i.entry.items()
+            if k not in ("id", "object", "created") and isinstance(v, (str, int, float))
+        ]
         rows = [("model", i.name + (f"  ({', '.join(facts)})" if facts else ""))]
         others = [m.get("id") for m in i.served if m.get("id") != i.name]
         if others:
-            rows.append(("also served", ", ".join(others[:6]) + (" ..." if len(others) > 6 else "")))
+            rows.append(
+                ("also served", ", ".join(others[:6]) + (" ..." if len(others) > 6 else ""))
+            )
         rows.append(("server", i.url + (f"  ({i.server})" if i.server else "")))
         if i.context_length:
             rows.append(("context", f"{i.context_length} tokens"))
         rows.append(("api key", f"from ${i.api_key_env}" if i.api_key_env else "none sent"))
         rows.append(("round trip", format_seconds(i.latency) + "  (GET /models)"))
-        rows.append(("requests", f"--over sends {self.concurrency} at once · timeout {self.timeout:g} s"))
+        rows.append(
+            ("requests", f"--over sends {self.concurrency} at once · timeout {self.timeout:g} s")
+        )
         n = self.cache_models
-        rows.append(("loaded in" if self.cache_state != "cached" else "cache hit", format_seconds(self.seconds)))
-        rows.append(("cache", f"{self.cache_state} · {n} model{'s' if n != 1 else ''}, {format_bytes(self.cache_bytes)} in all"))
+        rows.append(
+            (
+                "loaded in" if self.cache_state != "cached" else "cache hit",
+                format_seconds(self.seconds),
+            )
+        )
+        rows.append(
+            (
+                "cache",
+                f"{self.cache_state} · {n} model{'s' if n != 1 else ''}, {format_bytes(self.cache_bytes)} in all",
+            )
+        )
         return rows
 
     def notes(self) -> list[str]:
@@ -190,7 +222,10 @@ class StatusLine:
     message: str
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        return {"text/plain": f"… {self.message}", "text/html": f"<div style='font-family:monospace;color:{DIM}'>… {html.escape(self.message)}</div>"}
+        return {
+            "text/plain": f"… {self.message}",
+            "text/html": f"<div style='font-family:monospace;color:{DIM}'>… {html.escape(self.message)}</div>",
+        }
 
 
 def format_ago(seconds: float) -> str:
@@ -232,21 +267,43 @@ class ModelsCard:
 
     def table(self) -> list[tuple[str, ...]]:
         return [
-            ("*" if m.current else "", m.alias or "-", _short(m.name), m.revision or "-", m.dtype, m.device,
-             (format_bytes(m.memory_bytes) if m.memory_bytes else "–") + (f" ({format_bytes(m.packed_bytes)} packed for batches)" if m.packed_bytes else ""),
-             format_ago(m.idle_seconds))
+            (
+                "*" if m.current else "",
+                m.alias or "-",
+                _short(m.name),
+                m.revision or "-",
+                m.dtype,
+                m.device,
+                (format_bytes(m.memory_bytes) if m.memory_bytes else "–")
+                + (
+                    f" ({format_bytes(m.packed_bytes)} packed for batches)"
+                    if m.packed_bytes
+                    else ""
+                ),
+                format_ago(m.idle_seconds),
+            )
             for m in self.models
         ]
 
     def summary(self) -> list[str]:
         n = len(self.models)
         marked = any(m.current for m in self.models)
-        lines = [f"{n} model{'s' if n != 1 else ''} cached, {format_bytes(self.total_bytes)} in all"
-                 + ("  (* = default for %%llm_generate)" if marked else "")]
+        lines = [
+            f"{n} model{'s' if n != 1 else ''} cached, {format_bytes(self.total_bytes)} in all"
+            + ("  (* = default for %%llm_generate)" if marked else "")
+        ]
         if self.max_models or self.memory_budget:
-            limits = [f"{self.max_models} model{'s' if self.max_models != 1 else ''}" if self.max_models else "",
-                      format_bytes(self.memory_budget) if self.memory_budget else ""]
-            lines.append("budget: " + ", ".join(x for x in limits if x) + " (least recently used unloaded first)")
+            limits = [
+                f"{self.max_models} model{'s' if self.max_models != 1 else ''}"
+                if self.max_models
+                else "",
+                format_bytes(self.memory_budget) if self.memory_budget else "",
+            ]
+            lines.append(
+                "budget: "
+                + ", ".join(x for x in limits if x)
+                + " (least recently used unloaded first)"
+            )
         free = [f"RAM {format_bytes(self.free_ram)}"] if self.free_ram is not None else []
         free += [f"{dev} {format_bytes(f)} of {format_bytes(t)}" for dev, f, t in self.gpus]
         if free:
@@ -261,7 +318,9 @@ class ModelsCard:
     def text(self) -> str:
         rows = [self._HEADER] + self.table() if self.models else []
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))] if rows else []
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         return "\n".join(lines + self.summary() + ["from " + p for p in self.paths()])
 
     def html(self) -> str:
@@ -269,12 +328,19 @@ class ModelsCard:
         # No wrapping inside a cell (a name cut mid-word, "last / used"); the full path is
         # the short name's tooltip.
         cell = "<td style='padding:0 1em 0 0;text-align:left;white-space:nowrap'{}>{}</td>"
-        head = "".join(f"<th style='padding:0 1em 0 0;text-align:left;color:{DIM};white-space:nowrap'>{e(h)}</th>"
-                       for h in self._HEADER)
+        head = "".join(
+            f"<th style='padding:0 1em 0 0;text-align:left;color:{DIM};white-space:nowrap'>{e(h)}</th>"
+            for h in self._HEADER
+        )
         body = "".join(
-            "<tr>" + "".join(cell.format(f" title='{e(m.name, quote=True)}'" if i == 2 else "", e(c))
-                             for i, c in enumerate(r)) + "</tr>"
-            for m, r in zip(self.models, self.table()))
+            "<tr>"
+            + "".join(
+                cell.format(f" title='{e(m.name, quote=True)}'" if i == 2 else "", e(c))
+                for i, c in enumerate(r)
+            )
+            + "</tr>"
+            for m, r in zip(self.models, self.table(), strict=True)
+        )
         table = f"<table style='border:none'><tr>{head}</tr>{body}</table>" if self.models else ""
         summary = "".join(f"<div>{e(line)}</div>" for line in self.summary())
         return f"<div style='font-family:monospace;font-size:90%;line-height:1.4'>{table}{summary}</div>"
@@ -294,7 +360,9 @@ class UnloadCard(Card):
     freed: bool
     rss_before: int | None
     rss_after: int | None
-    cuda: tuple[tuple[str, int, int, int, int], ...] = ()  # (device, alloc before, after, reserved before, after)
+    cuda: tuple[
+        tuple[str, int, int, int, int], ...
+    ] = ()  # (device, alloc before, after, reserved before, after)
     held_by: tuple[str, ...] = ()
     cache_models: int = 0
     cache_bytes: int = 0
@@ -307,7 +375,11 @@ class UnloadCard(Card):
         if not self.models:
             return "nothing to unload: the cache is empty"
         names = ", ".join(_unloaded_name(*m) for m in self.models)
-        return f"unloaded {names}" if self.freed else f"removed {names} from the cache, but it is still in memory"
+        return (
+            f"unloaded {names}"
+            if self.freed
+            else f"removed {names} from the cache, but it is still in memory"
+        )
 
     def rows(self) -> list[tuple[str, str]]:
         if not self.models:
@@ -315,11 +387,23 @@ class UnloadCard(Card):
         rows = [("weights", format_bytes(sum(m[2] for m in self.models)))]
         if self.rss_before is not None and self.rss_after is not None:
             back = self.rss_before - self.rss_after
-            rows.append(("RSS", f"{format_bytes(self.rss_before)} → {format_bytes(self.rss_after)}  ({format_bytes(back)} returned)"))
+            rows.append(
+                (
+                    "RSS",
+                    f"{format_bytes(self.rss_before)} → {format_bytes(self.rss_after)}  ({format_bytes(back)} returned)",
+                )
+            )
         for dev, a0, a1, r0, r1 in self.cuda:
-            rows.append((dev, f"allocated {format_bytes(a0)} → {format_bytes(a1)}, reserved {format_bytes(r0)} → {format_bytes(r1)}"))
+            rows.append(
+                (
+                    dev,
+                    f"allocated {format_bytes(a0)} → {format_bytes(a1)}, reserved {format_bytes(r0)} → {format_bytes(r1)}",
+                )
+            )
         n = self.cache_models
-        rows.append(("cache", f"{n} model{'s' if n != 1 else ''} left, {format_bytes(self.cache_bytes)}"))
+        rows.append(
+            ("cache", f"{n} model{'s' if n != 1 else ''} left, {format_bytes(self.cache_bytes)}")
+        )
         return rows
 
     def notes(self) -> list[str]:
@@ -328,8 +412,10 @@ class UnloadCard(Card):
         if self.held_by:
             names = ", ".join(self.held_by)
             return [f"still referenced by {names} in your namespace: `del {names}` to free it"]
-        return ["still referenced from somewhere else (a variable in another scope, a list, a closure): "
-                "delete that reference to free it"]
+        return [
+            "still referenced from somewhere else (a variable in another scope, a list, a closure): "
+            "delete that reference to free it"
+        ]
 
 
 def _unloaded_name(name: str, aliases: tuple[str, ...], size: int, dtype: str) -> str:
@@ -351,17 +437,29 @@ class DiskCard(Card):
     def title(self) -> str:
         if self.deleted:
             names = ", ".join(c.name for c in self.deleted)
-            return f"deleted {names} ({format_bytes(sum(c.size_bytes for c in self.deleted))} freed)"
+            return (
+                f"deleted {names} ({format_bytes(sum(c.size_bytes for c in self.deleted))} freed)"
+            )
         n = len(self.copies)
         return f"{n} converted .gguf cop{'y' if n == 1 else 'ies'}, {format_bytes(sum(c.size_bytes for c in self.copies))} on disk"
 
     def rows(self) -> list[tuple[str, str]]:
-        rows = [(c.name, f"{format_bytes(c.size_bytes)}  {c.dtype}  from {c.gguf or '?'}{_source_state(c)}") for c in self.copies]
+        rows = [
+            (
+                c.name,
+                f"{format_bytes(c.size_bytes)}  {c.dtype}  from {c.gguf or '?'}{_source_state(c)}",
+            )
+            for c in self.copies
+        ]
         free = f"  ({format_bytes(self.free_bytes)} free)" if self.free_bytes is not None else ""
         return rows + [("folder", self.folder + free)]
 
     def notes(self) -> list[str]:
-        return [f"{c.name}: damaged ({c.problem}); the next load converts it again" for c in self.copies if c.problem]
+        return [
+            f"{c.name}: damaged ({c.problem}); the next load converts it again"
+            for c in self.copies
+            if c.problem
+        ]
 
 
 def _source_state(copy) -> str:
@@ -369,7 +467,11 @@ def _source_state(copy) -> str:
         return ""
     if not copy.source_exists:
         return "  (the .gguf is gone)"
-    return "" if copy.source_matches else "  (the .gguf changed since: the next load converts it again)"
+    return (
+        ""
+        if copy.source_matches
+        else "  (the .gguf changed since: the next load converts it again)"
+    )
 
 
 @dataclass(frozen=True, repr=False)
@@ -396,15 +498,22 @@ class CommandsCard:
         parts = [f"<div><b>{e(self.title)}</b></div>"]
         for heading, rows in self.sections:
             parts.append(f"<div style='margin-top:.4em;color:#666'>{e(heading)}</div>")
-            body = "".join(
-                f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
-                f"<td style='padding:0 1em 0 0;text-align:left;color:#666'>{e(facts)}</td>"
-                f"<td style='text-align:left'><code>{e(command)}</code></td></tr>"
-                for what, facts, command in rows
-            ) or "<tr><td style='padding:0 1em'>(none)</td></tr>"
+            body = (
+                "".join(
+                    f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
+                    f"<td style='padding:0 1em 0 0;text-align:left;color:#666'>{e(facts)}</td>"
+                    f"<td style='text-align:left'><code>{e(command)}</code></td></tr>"
+                    for what, facts, command in rows
+                )
+                or "<tr><td style='padding:0 1em'>(none)</td></tr>"
+            )
             parts.append(f"<table style='border:none'>{body}</table>")
         parts += [f"<div style='color:#b26a00'>⚠ {e(w)}</div>" for w in self.warnings]
-        return "<div style='font-family:monospace;font-size:90%;line-height:1.4'>" + "".join(parts) + "</div>"
+        return (
+            "<div style='font-family:monospace;font-size:90%;line-height:1.4'>"
+            + "".join(parts)
+            + "</div>"
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
         return {"text/plain": self.text(), "text/html": self.html()}
@@ -415,7 +524,11 @@ class CommandsCard:
 
 def _short(name: str) -> str:
     """A Hub id as is; a path by its last part."""
-    return name if "/" not in name or not name.startswith(("/", ".", "~")) else name.rstrip("/").rsplit("/", 1)[-1]
+    return (
+        name
+        if "/" not in name or not name.startswith(("/", ".", "~"))
+        else name.rstrip("/").rsplit("/", 1)[-1]
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -453,7 +566,9 @@ class GenerationResult:
     stop_string: str | None = None
     notes: tuple[str, ...] = ()
     batch: tuple[int, int] | None = None  # (index of the batch, batch size) for --over runs
-    products: str | None = None  # batches on a CPU that emulates the dtype: which faster products ran
+    products: str | None = (
+        None  # batches on a CPU that emulates the dtype: which faster products ran
+    )
     engine: dict | None = None  # engines.Engine.describe(): which engine made it (and where)
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
 
@@ -496,7 +611,9 @@ class GenerationResult:
 
     def plain(self, with_text: bool = True) -> str:
         lines = [self.text.rstrip("\n")] if with_text else []
-        lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self.notes + ((self.error,) if self.error else ())]
+        lines += ["── " + self.footer()] + [
+            f"⚠ {note}" for note in self.notes + ((self.error,) if self.error else ())
+        ]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -520,7 +637,9 @@ class GenerationResult:
 class GenerationResults(list):
     """The results of a `--over` run: one GenerationResult per item, in order."""
 
-    wall_seconds: float | None = None  # the whole run, start to end (set by generation.generate_many)
+    wall_seconds: float | None = (
+        None  # the whole run, start to end (set by generation.generate_many)
+    )
 
     @property
     def texts(self) -> list[str]:
@@ -539,12 +658,24 @@ class GenerationResults(list):
         except ImportError:
             from .errors import LLMError
 
-            raise LLMError("results.to_pandas() needs pandas", fixes=["pip install pandas"]) from None
-        return pd.DataFrame([
-            {"item": i, "prompt": r.prompt, "text": r.text, "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
-             "stop_reason": r.stop_reason, "seconds": r.seconds, "error": r.error}
-            for i, r in enumerate(self)
-        ])
+            raise LLMError(
+                "results.to_pandas() needs pandas", fixes=["pip install pandas"]
+            ) from None
+        return pd.DataFrame(
+            [
+                {
+                    "item": i,
+                    "prompt": r.prompt,
+                    "text": r.text,
+                    "prompt_tokens": r.prompt_tokens,
+                    "new_tokens": r.new_tokens,
+                    "stop_reason": r.stop_reason,
+                    "seconds": r.seconds,
+                    "error": r.error,
+                }
+                for i, r in enumerate(self)
+            ]
+        )
 
     def summary(self) -> str:
         batches = {r.batch[0] for r in self if r.batch is not None}
@@ -567,8 +698,11 @@ class GenerationResults(list):
         )
 
     def plain(self) -> str:
-        parts = [f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}" + (f" · {r.error}" if r.error else "")
-                 for i, r in enumerate(self)]
+        parts = [
+            f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
+            + (f" · {r.error}" if r.error else "")
+            for i, r in enumerate(self)
+        ]
         return "\n".join(parts + ["── " + self.summary()])
 
     def html(self) -> str:
@@ -597,11 +731,15 @@ class StreamView:
     notes: tuple[str, ...] = ()  # said before the text (max_new_tokens lowered, ...)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        status = ("… generating" if self.text else "… waiting for the first token") + \
-            " (Ctrl-C / interrupt stops it, keeping the text)"
+        status = (
+            "… generating" if self.text else "… waiting for the first token"
+        ) + " (Ctrl-C / interrupt stops it, keeping the text)"
         return {
-            "text/plain": "\n".join([f"⚠ {n}" for n in self.notes] + [self.text, status] if self.text
-                                    else [f"⚠ {n}" for n in self.notes] + [status]),
+            "text/plain": "\n".join(
+                [f"⚠ {n}" for n in self.notes] + [self.text, status]
+                if self.text
+                else [f"⚠ {n}" for n in self.notes] + [status]
+            ),
             "text/html": "".join(warning_html(n) for n in self.notes)
             + f"<div><div style='{_TEXT_STYLE}'>{html.escape(self.text)}</div>"
             f"<div style='{_FOOTER_STYLE}'>{html.escape(status)}</div></div>",
@@ -616,7 +754,11 @@ class PromptView:
     tokens: int | None
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        head = f"prompt ({self.tokens} tokens):" if self.tokens is not None else "prompt (messages as sent; the server counts the tokens):"
+        head = (
+            f"prompt ({self.tokens} tokens):"
+            if self.tokens is not None
+            else "prompt (messages as sent; the server counts the tokens):"
+        )
         return {
             "text/plain": f"{head}\n{self.text}",
             "text/html": f"<div style='{_FOOTER_STYLE}'>{html.escape(head)}</div>"
@@ -634,7 +776,9 @@ class BatchProgress:
     items: int
 
     def words(self) -> str:
-        if self.total == self.items:  # a step per prompt (a server's requests, llama.cpp, batch size 1)
+        if (
+            self.total == self.items
+        ):  # a step per prompt (a server's requests, llama.cpp, batch size 1)
             return f"{self.done}/{self.items} prompts"
         return f"batch {self.done}/{self.total} · {self.items} prompts"
 
@@ -653,6 +797,10 @@ class BatchProgress:
 
 def _short_name(model_id: str) -> str:
     """A Hub id as is; a path shortened to its last part."""
-    if "/" in model_id and not any(model_id.startswith(p) for p in ("/", ".", "~")) and model_id.count("/") == 1:
+    if (
+        "/" in model_id
+        and not any(model_id.startswith(p) for p in ("/", ".", "~"))
+        and model_id.count("/") == 1
+    ):
         return model_id
     return model_id.rstrip("/").rsplit("/", 1)[-1]

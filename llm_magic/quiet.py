@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
@@ -45,7 +45,11 @@ def silenced() -> Iterator[None]:
     sink = io.StringIO()
     # Silenced before the first import too: importing transformers imports tqdm.auto,
     # which warns "IProgress not found" in a kernel without ipywidgets.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
         warnings.simplefilter("ignore")
         from transformers.utils import logging as hf_logging
 

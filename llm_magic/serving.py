@@ -21,7 +21,13 @@ from .engines.server import DEFAULTS, Connection, ServerEngine, public_url
 from .errors import LoadError, diagnose_server
 
 # /models fields that give a model's context length, by server.
-_CONTEXT_FIELDS = ("max_model_len", "context_length", "max_context_length", "n_ctx", "max_input_length")
+_CONTEXT_FIELDS = (
+    "max_model_len",
+    "context_length",
+    "max_context_length",
+    "n_ctx",
+    "max_input_length",
+)
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,16 @@ def default_key_env(api_key_env: str | None) -> str | None:
     return "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else None
 
 
-def load_with_card(model: str | None, server: str, *, api_key_env: str | None = None, alias: str | None = None,
-                   reload: bool = False, timeout: float | None = None,
-                   progress=None) -> tuple[LoadedModel, ServerCard]:
+def load_with_card(
+    model: str | None,
+    server: str,
+    *,
+    api_key_env: str | None = None,
+    alias: str | None = None,
+    reload: bool = False,
+    timeout: float | None = None,
+    progress=None,
+) -> tuple[LoadedModel, ServerCard]:
     """The cached entry for MODEL on the server at `server` (MODEL None: the one model it
     serves), and its card. Fails with a LoadError card; the cache is then unchanged."""
     started = time.perf_counter()
@@ -94,9 +107,13 @@ def load_with_card(model: str | None, server: str, *, api_key_env: str | None = 
     url = normalize_url(server)
     key_env = default_key_env(api_key_env)
     if key_env and not os.environ.get(key_env):
-        raise LoadError(f"--api-key-env {key_env}: the variable is not set in the kernel's environment",
-                        fixes=[f"import os, getpass; os.environ[{key_env!r}] = getpass.getpass()  (then %llm_load again)",
-                               "leave out --api-key-env for a server without keys"])
+        raise LoadError(
+            f"--api-key-env {key_env}: the variable is not set in the kernel's environment",
+            fixes=[
+                f"import os, getpass; os.environ[{key_env!r}] = getpass.getpass()  (then %llm_load again)",
+                "leave out --api-key-env for a server without keys",
+            ],
+        )
     entry = None if reload else _cached(url, model, key_env)
     state = "cached"
     if entry is None:
@@ -105,7 +122,9 @@ def load_with_card(model: str | None, server: str, *, api_key_env: str | None = 
             progress(f"asking {public_url(url)} what it serves…")
         info, connection = _probe(Connection(url, key_env, timeout), model, started)
         key = _key(connection.url, info.name, key_env)
-        entry = None if reload else MODEL_CACHE.get(key)  # the same model, reached by another spelling of the URL
+        entry = (
+            None if reload else MODEL_CACHE.get(key)
+        )  # the same model, reached by another spelling of the URL
         if entry is not None:
             state = "cached"
         else:
@@ -121,8 +140,12 @@ def load_with_card(model: str | None, server: str, *, api_key_env: str | None = 
 def card(entry: LoadedModel, state: str = "cached", seconds: float = 0.0) -> ServerCard:
     engine = entry.engine
     return ServerCard(
-        info=entry.info, cache_state=state, cache_models=len(MODEL_CACHE), cache_bytes=MODEL_CACHE.total_bytes(),
-        seconds=seconds, aliases=tuple(sorted(entry.aliases)),
+        info=entry.info,
+        cache_state=state,
+        cache_models=len(MODEL_CACHE),
+        cache_bytes=MODEL_CACHE.total_bytes(),
+        seconds=seconds,
+        aliases=tuple(sorted(entry.aliases)),
         concurrency=DEFAULTS.concurrency,
         timeout=(engine.connection.timeout if engine is not None else None) or DEFAULTS.timeout,
     )
@@ -136,19 +159,32 @@ def _cached(url: str, model: str | None, key_env: str | None) -> LoadedModel | N
     """The cached entry for this request, found without asking the server."""
     if model is not None:
         return MODEL_CACHE.get(_key(url, model, key_env))
-    same = [e for e in MODEL_CACHE.entries() if isinstance(e.key, tuple) and e.key[:1] == ("server",)
-            and e.key[1] == url and e.key[3] == key_env]
+    same = [
+        e
+        for e in MODEL_CACHE.entries()
+        if isinstance(e.key, tuple)
+        and e.key[:1] == ("server",)
+        and e.key[1] == url
+        and e.key[3] == key_env
+    ]
     if len(same) == 1:  # MODEL left out: the one model of this server loaded before
         MODEL_CACHE.touch(same[0])
         return same[0]
     return None
 
 
-def _probe(connection: Connection, model: str | None, started: float) -> tuple[ServerInfo, Connection]:
+def _probe(
+    connection: Connection, model: str | None, started: float
+) -> tuple[ServerInfo, Connection]:
     """Ask the server what it serves; pick MODEL among it. A base URL without /v1 whose
     /models is not found is tried again with /v1 (what most servers expect)."""
-    context = {"stage": "load", "url": public_url(connection.url), "model": model, "api_key_env": connection.api_key_env,
-               "timeout": min(connection.timeout or DEFAULTS.timeout, 30.0)}
+    context = {
+        "stage": "load",
+        "url": public_url(connection.url),
+        "model": model,
+        "api_key_env": connection.api_key_env,
+        "timeout": min(connection.timeout or DEFAULTS.timeout, 30.0),
+    }
     try:
         listing, server, latency, connection = _models(connection)
     except Exception as e:
@@ -161,8 +197,10 @@ def _probe(connection: Connection, model: str | None, started: float) -> tuple[S
         if len(ids) != 1:
             raise LoadError(
                 f"{url} serves {len(ids)} models: which one?" if ids else f"{url} lists no models",
-                fixes=[f"%llm_load {ids[0]} --server {url}"] + ([f"served: {', '.join(ids)}"] if len(ids) > 1 else [])
-                if ids else ["check the server's log: it may still be loading the model"],
+                fixes=[f"%llm_load {ids[0]} --server {url}"]
+                + ([f"served: {', '.join(ids)}"] if len(ids) > 1 else [])
+                if ids
+                else ["check the server's log: it may still be loading the model"],
             )
         model = ids[0]
     elif model not in ids:
@@ -171,12 +209,21 @@ def _probe(connection: Connection, model: str | None, started: float) -> tuple[S
         near = difflib.get_close_matches(model, ids, 3, 0.4)
         raise LoadError(
             f"{url} does not serve {model!r}",
-            f"it serves {len(ids)} model{'s' if len(ids) != 1 else ''}" + (f": {', '.join(ids[:8])}" if ids else ""),
+            f"it serves {len(ids)} model{'s' if len(ids) != 1 else ''}"
+            + (f": {', '.join(ids[:8])}" if ids else ""),
             ([f"did you mean: %llm_load {near[0]} --server {url}"] if near else [])
-            + ([f"%llm_load --server {url}  (MODEL left out takes the one it serves)"] if len(ids) == 1 else [])
-            + ["start the server with that model (vllm serve MODEL, transformers serve MODEL, ...)"],
+            + (
+                [f"%llm_load --server {url}  (MODEL left out takes the one it serves)"]
+                if len(ids) == 1
+                else []
+            )
+            + [
+                "start the server with that model (vllm serve MODEL, transformers serve MODEL, ...)"
+            ],
         )
-    return ServerInfo(model, url, served, server, latency, time.perf_counter() - started, connection.api_key_env), connection
+    return ServerInfo(
+        model, url, served, server, latency, time.perf_counter() - started, connection.api_key_env
+    ), connection
 
 
 def _models(connection: Connection) -> tuple[list, str | None, float, Connection]:
@@ -191,7 +238,12 @@ def _models(connection: Connection) -> tuple[list, str | None, float, Connection
             if getattr(e, "status_code", None) != 404 or connection.url.endswith("/v1"):
                 raise
             # http://host:8000 for http://host:8000/v1: try the usual base once.
-            retry = Connection(connection.url + "/v1", connection.api_key_env, connection.timeout, connection.connect_timeout)
+            retry = Connection(
+                connection.url + "/v1",
+                connection.api_key_env,
+                connection.timeout,
+                connection.connect_timeout,
+            )
             try:
                 return _models(retry)
             except Exception:
@@ -212,12 +264,18 @@ def _json(raw, connection: Connection) -> list:
     except ValueError:
         data = None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        what = "an HTML page" if "html" in kind or raw.text.lstrip().startswith("<") else f"{kind or 'something'} that is not the API's model list"
+        what = (
+            "an HTML page"
+            if "html" in kind or raw.text.lstrip().startswith("<")
+            else f"{kind or 'something'} that is not the API's model list"
+        )
         raise LoadError(
             f"could not use the server at {url}",
             f"{url} is not an OpenAI-compatible API: {url}/models answered with {what}",
-            ["the API's base URL usually ends in /v1: --server http://HOST:8000/v1",
-             "check the port: it may be another web server (a notebook, a dashboard)"],
+            [
+                "the API's base URL usually ends in /v1: --server http://HOST:8000/v1",
+                "check the port: it may be another web server (a notebook, a dashboard)",
+            ],
         )
     return data["data"]
 
@@ -241,5 +299,11 @@ def _server_software(client, raw, connection: Connection) -> str | None:
 
 def as_dict(info: ServerInfo) -> dict[str, Any]:
     """The facts a notebook may keep (no key)."""
-    return {"model": info.name, "url": info.url, "server": info.server, "served": list(info.served),
-            "latency": info.latency, "api_key_env": info.api_key_env}
+    return {
+        "model": info.name,
+        "url": info.url,
+        "server": info.server,
+        "served": list(info.served),
+        "latency": info.latency,
+        "api_key_env": info.api_key_env,
+    }

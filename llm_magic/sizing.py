@@ -16,8 +16,21 @@ from pathlib import Path
 
 # Bytes per element of the safetensors dtypes; floating ones are cast to the load dtype.
 _SAFETENSORS_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
 }
 _FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -37,7 +50,9 @@ class Estimate:
     dtype: str
     source: str  # "safetensors" or "gguf"
     files: tuple[str, ...]
-    header_bytes_read: int  # the size of the headers the estimate comes from (no tensor data is read)
+    header_bytes_read: (
+        int  # the size of the headers the estimate comes from (no tensor data is read)
+    )
     conversion_bytes: int = 0  # RAM a not-yet-converted .gguf takes while it is converted (fp32)
 
     @property
@@ -112,7 +127,11 @@ def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
         raise ValueError(f"{path}: {e}") from e
     # The data fills the file after the header (the library checked it): what precedes
     # the data is the header.
-    data = sum(_product(v["shape"]) * _SAFETENSORS_BYTES.get(v["dtype"], 0) for k, v in table.items() if k != "__metadata__")
+    data = sum(
+        _product(v["shape"]) * _SAFETENSORS_BYTES.get(v["dtype"], 0)
+        for k, v in table.items()
+        if k != "__metadata__"
+    )
     return table, Path(path).stat().st_size - data
 
 
@@ -120,7 +139,15 @@ def estimate_gguf(path: str | Path, dtype: str) -> Estimate:
     """The size a .gguf will have once dequantized to `dtype` (transformers dequantizes
     every tensor on load), from the tensor table of its header."""
     params, read = read_gguf_tensor_counts(path)
-    return Estimate(params * _DTYPE_BYTES[dtype], params, dtype, "gguf", (str(path),), read, conversion_bytes=params * 4)
+    return Estimate(
+        params * _DTYPE_BYTES[dtype],
+        params,
+        dtype,
+        "gguf",
+        (str(path),),
+        read,
+        conversion_bytes=params * 4,
+    )
 
 
 def read_gguf_tensor_counts(path: str | Path) -> tuple[int, int]:
@@ -187,8 +214,15 @@ def check_fit(
     back = reclaimable or {}
     ram = None if free_ram is None else free_ram + back.get("cpu", 0)
     need = est.needed
-    if est.conversion_bytes and ram is not None and est.conversion_bytes + headroom(est.conversion_bytes) > ram:
-        return Fit(False, f"does not fit: converting the .gguf needs {fb(est.conversion_bytes)} of RAM (float32), {fb(ram)} free")
+    if (
+        est.conversion_bytes
+        and ram is not None
+        and est.conversion_bytes + headroom(est.conversion_bytes) > ram
+    ):
+        return Fit(
+            False,
+            f"does not fit: converting the .gguf needs {fb(est.conversion_bytes)} of RAM (float32), {fb(ram)} free",
+        )
     if target in ("cpu", "mps"):
         if ram is None:
             return Fit(True, f"needs {fb(est.bytes)}; free RAM unknown")
@@ -217,8 +251,16 @@ def check_fit(
         return Fit(True, f"fits on {names}: needs {fb(est.bytes)}, {fb(on_gpus)} free")
     spill = need - on_gpus
     if dm in ("auto", "balanced", "balanced_low_0", "sequential") and (ram is None or spill <= ram):
-        return Fit(True, f"will offload {fb(spill)} to cpu — generation slower ({fb(on_gpus)} free on {names})", spill)
-    total = on_gpus + (ram or 0) if dm in ("auto", "balanced", "balanced_low_0", "sequential") else on_gpus
+        return Fit(
+            True,
+            f"will offload {fb(spill)} to cpu — generation slower ({fb(on_gpus)} free on {names})",
+            spill,
+        )
+    total = (
+        on_gpus + (ram or 0)
+        if dm in ("auto", "balanced", "balanced_low_0", "sequential")
+        else on_gpus
+    )
     return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
 
 
@@ -262,10 +304,21 @@ def quantized(est: Estimate, quantize: str) -> Estimate:
     for shard in est.files:
         header, _ = read_safetensors_header(Path(shard))
         for name, entry in header.items():
-            if name == "__metadata__" or len(entry["shape"]) != 2 or entry["dtype"] not in _FLOATING:
+            if (
+                name == "__metadata__"
+                or len(entry["shape"]) != 2
+                or entry["dtype"] not in _FLOATING
+            ):
                 continue
             if _NOT_QUANTIZED.search(name):
                 continue
             saved += _product(entry["shape"]) * (width - _QUANTIZED_BYTES[quantize])
-    return Estimate(int(est.bytes - saved), est.num_params, est.dtype, est.source + f" ({quantize})", est.files,
-                    est.header_bytes_read, est.conversion_bytes)
+    return Estimate(
+        int(est.bytes - saved),
+        est.num_params,
+        est.dtype,
+        est.source + f" ({quantize})",
+        est.files,
+        est.header_bytes_read,
+        est.conversion_bytes,
+    )

@@ -21,12 +21,16 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("TRANSFORMERS_OFFLINE", None)
 # Converted .gguf models: a fresh folder per run, or a kept one (LLM_MAGIC_TEST_CACHE) to
 # spare a developer the one-time conversion on every run.
-os.environ["LLM_MAGIC_CACHE"] = os.environ.get("LLM_MAGIC_TEST_CACHE") or str(_ROOT / "llm_magic_cache")
+os.environ["LLM_MAGIC_CACHE"] = os.environ.get("LLM_MAGIC_TEST_CACHE") or str(
+    _ROOT / "llm_magic_cache"
+)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Kernels and subprocesses import this checkout's llm_magic, whatever is installed.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+)
 sys.path.insert(0, str(Path(__file__).parent))
 
 # ---- Network: nothing leaves this machine (issue 16) ---------------------------------
@@ -82,6 +86,8 @@ def hub_error_endpoint() -> str:
     """A Hub endpoint that answers with the Hub's error statuses (see loopback.HubErrorServer)."""
     with loopback.HubErrorServer() as server:
         yield server.url
+
+
 # ---- end of network --------------------------------------------------------------------
 
 from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
@@ -91,9 +97,11 @@ TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--assume-cpu-flags", default=None, metavar="FLAGS",
+        "--assume-cpu-flags",
+        default=None,
+        metavar="FLAGS",
         help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; '' for none), "
-             "given to llm_magic.hardware.assume: every expectation must hold on any machine",
+        "given to llm_magic.hardware.assume: every expectation must hold on any machine",
     )
 
 
@@ -106,7 +114,9 @@ def _assumed_hardware(request):
         return
     from llm_magic import hardware
 
-    with hardware.assume(hardware.Hardware(cpu_flags=frozenset(f for f in flags.split(",") if f))) as facts:
+    with hardware.assume(
+        hardware.Hardware(cpu_flags=frozenset(f for f in flags.split(",") if f))
+    ) as facts:
         yield facts
 
 
@@ -135,8 +145,8 @@ def written_cache(tiny_model_dir) -> dict:
     """Repositories written into HF_HOME's hub cache by huggingface_hub's own
     hf_hub_download, from a loopback stand-in for the Hub (hub_server.py): two revisions,
     a partial and a sharded snapshot."""
-    from huggingface_hub import constants
     from hub_server import write_test_repos
+    from huggingface_hub import constants
 
     return write_test_repos(tiny_model_dir, Path(constants.HF_HUB_CACHE))
 

@@ -69,11 +69,13 @@ class LoopbackHub:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def add(self, repo_id: str, commit: str, files: dict[str, bytes], refs: tuple[str, ...] = ()) -> None:
+    def add(
+        self, repo_id: str, commit: str, files: dict[str, bytes], refs: tuple[str, ...] = ()
+    ) -> None:
         for revision in (commit, *refs):
             self.repos.setdefault(repo_id, {})[revision] = (commit, files)
 
-    def __enter__(self) -> "LoopbackHub":
+    def __enter__(self) -> LoopbackHub:
         self.thread.start()
         return self
 
@@ -93,8 +95,14 @@ def download(hub: LoopbackHub, repo_id: str, revision: str, filenames, cache_dir
 
     path = None
     for name in filenames:
-        path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, endpoint=hub.endpoint,
-                               etag_timeout=5)
+        path = hf_hub_download(
+            repo_id,
+            name,
+            revision=revision,
+            cache_dir=cache_dir,
+            endpoint=hub.endpoint,
+            etag_timeout=5,
+        )
     return Path(path).parent
 
 
@@ -105,10 +113,20 @@ def write_test_repos(model_dir: Path, cache_dir: Path) -> dict:
 
     files = folder_files(model_dir)
     config_v1 = json.dumps({**json.loads(files["config.json"]), "n_layer": 1}).encode()
-    index = json.dumps({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                       "b": "model-00002-of-00002.safetensors"}}).encode()
-    sharded = {"config.json": files["config.json"], "model.safetensors.index.json": index,
-               "model-00001-of-00002.safetensors": files["model.safetensors"]}
+    index = json.dumps(
+        {
+            "metadata": {},
+            "weight_map": {
+                "a": "model-00001-of-00002.safetensors",
+                "b": "model-00002-of-00002.safetensors",
+            },
+        }
+    ).encode()
+    sharded = {
+        "config.json": files["config.json"],
+        "model.safetensors.index.json": index,
+        "model-00001-of-00002.safetensors": files["model.safetensors"],
+    }
     with LoopbackHub() as hub:
         hub.add(TWO_REVS, MAIN, files, refs=("main",))
         hub.add(TWO_REVS, V1, {**files, "config.json": config_v1}, refs=("v1",))

@@ -114,7 +114,9 @@ class HubErrorServer(_Endpoint):
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
-        threading.Thread(target=self.server.serve_forever, name="hub-error-endpoint", daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, name="hub-error-endpoint", daemon=True
+        ).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -123,7 +125,14 @@ class HubErrorServer(_Endpoint):
 
 # Proxy variables would send even a loopback request to a proxy elsewhere; the loopback
 # endpoints are always reached directly.
-PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 NO_PROXY_VALUE = "127.0.0.1,localhost,::1"
 
 

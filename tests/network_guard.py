@@ -142,8 +142,10 @@ class NetworkGuard:
             self._refuse(f"{call} {host!r}")
 
     def _refuse(self, attempt: str) -> None:
-        message = (f"network guard: {self.test} tried to reach a non-loopback address ({attempt}); "
-                   "tests may only reach 127.0.0.0/8, ::1 and localhost (see tests/loopback.py)")
+        message = (
+            f"network guard: {self.test} tried to reach a non-loopback address ({attempt}); "
+            "tests may only reach 127.0.0.0/8, ::1 and localhost (see tests/loopback.py)"
+        )
         with self._lock:
             self._refused.append(message)
         if self.writes_log and self.log_path is not None:
@@ -177,7 +179,9 @@ def cover_subprocesses(env: dict, log_path: str | Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE_DIR), env.get("PYTHONPATH")]))
 
 
-SUBPROCESS_GUARD: NetworkGuard | None = None  # in a subprocess: the guard its sitecustomize installed
+SUBPROCESS_GUARD: NetworkGuard | None = (
+    None  # in a subprocess: the guard its sitecustomize installed
+)
 
 
 def install_in_subprocess() -> NetworkGuard | None:

@@ -38,19 +38,28 @@ def closed_port() -> int:
 class ServerProcess:
     """One server subprocess; its output goes to a log file shown when start-up fails."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, base: str = "/v1", env: dict | None = None):
+    def __init__(
+        self, name: str, cmd: list[str], port: int, base: str = "/v1", env: dict | None = None
+    ):
         self.name, self.port = name, port
         self.url = f"http://{HOST}:{port}{base}"
         self.log = Path(tempfile.mkstemp(prefix=f"llm_magic_{name}_", suffix=".log")[1])
         with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
 
-    def wait_ready(self, path: str = "/models", timeout: float = 300.0) -> "ServerProcess":
+    def wait_ready(self, path: str = "/models", timeout: float = 300.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + path, timeout=5) as reply:
                     if reply.status == 200:
@@ -92,28 +101,70 @@ def _transformers_cli() -> list[str]:
     script = Path(sys.executable).with_name("transformers")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from transformers.cli.transformers import main; sys.exit(main())",
+    ]
 
 
-def transformers_serve(model_dir: str | Path, dtype: str = "bfloat16", continuous_batching: bool = True,
-                       timeout: float = 300.0, threads: int | None = None) -> ServerProcess:
+def transformers_serve(
+    model_dir: str | Path,
+    dtype: str = "bfloat16",
+    continuous_batching: bool = True,
+    timeout: float = 300.0,
+    threads: int | None = None,
+) -> ServerProcess:
     """`transformers serve` pinned to a local folder. The paged KV cache is kept small:
     by default it takes a share of the machine's memory. `threads` sets OMP_NUM_THREADS."""
     # The CLI asks pypi.org for a newer version unless told not to: loopback only here.
-    env = {"HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HUB_OFFLINE": "1",
+        **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+    }
     port = free_port()
-    cmd = _transformers_cli() + ["serve", str(model_dir), "--host", HOST, "--port", str(port), "--dtype", dtype,
-                                 "--device", "cpu", "--log-level", "warning"]
+    cmd = _transformers_cli() + [
+        "serve",
+        str(model_dir),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--dtype",
+        dtype,
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
     if continuous_batching:
         cmd += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "256"]
     return ServerProcess("transformers-serve", cmd, port, env=env).wait_ready(timeout=timeout)
 
 
-def llama_cpp_server(gguf: str | Path, api_key: str | None = None, n_ctx: int = 512, timeout: float = 180.0) -> ServerProcess:
+def llama_cpp_server(
+    gguf: str | Path, api_key: str | None = None, n_ctx: int = 512, timeout: float = 180.0
+) -> ServerProcess:
     """llama-cpp-python's OpenAI-compatible server on a .gguf file."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", HOST, "--port", str(port),
-           "--n_ctx", str(n_ctx), "--n_threads", "2", "--verbose", "False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        "2",
+        "--verbose",
+        "False",
+    ]
     if api_key:
         cmd += ["--api_key", api_key]
     server = ServerProcess("llama-cpp-server", cmd, port)
@@ -123,7 +174,9 @@ def llama_cpp_server(gguf: str | Path, api_key: str | None = None, n_ctx: int = 
         if server.process.poll() is not None:
             raise RuntimeError(f"llama.cpp server exited:\n{server.tail()}")
         try:
-            with urllib.request.urlopen(urllib.request.Request(server.url + "/models", headers=headers), timeout=5):
+            with urllib.request.urlopen(
+                urllib.request.Request(server.url + "/models", headers=headers), timeout=5
+            ):
                 return server
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
@@ -136,8 +189,12 @@ def static_http_server() -> ServerProcess:
     folder = tempfile.mkdtemp(prefix="llm_magic_static_")
     Path(folder, "index.html").write_text("<html><body>not an API</body></html>")
     port = free_port()
-    server = ServerProcess("http.server", [sys.executable, "-m", "http.server", str(port), "--bind", HOST,
-                                           "--directory", folder], port, base="")
+    server = ServerProcess(
+        "http.server",
+        [sys.executable, "-m", "http.server", str(port), "--bind", HOST, "--directory", folder],
+        port,
+        base="",
+    )
     return server.wait_ready(path="/", timeout=60)
 
 
@@ -176,12 +233,23 @@ class KeyProxy:
                         proxy.refused += busy
                     if busy:
                         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                        body = json.dumps({"error": {"message": "Server busy, try again.", "type": "rate_limit"}}).encode()
-                        self._reply(429, body, {"Content-Type": "application/json", "Retry-After": "0"})
+                        body = json.dumps(
+                            {"error": {"message": "Server busy, try again.", "type": "rate_limit"}}
+                        ).encode()
+                        self._reply(
+                            429, body, {"Content-Type": "application/json", "Retry-After": "0"}
+                        )
                         return
                 if expected is not None and self.headers.get("Authorization") != expected:
-                    body = json.dumps({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                                 "code": "invalid_api_key"}}).encode()
+                    body = json.dumps(
+                        {
+                            "error": {
+                                "message": "Incorrect API key provided.",
+                                "type": "invalid_request_error",
+                                "code": "invalid_api_key",
+                            }
+                        }
+                    ).encode()
                     self.send_response(401)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
@@ -191,15 +259,21 @@ class KeyProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 data = self.rfile.read(length) if length else None
                 target = upstream + self.path.removeprefix("/v1")
-                request = urllib.request.Request(target, data=data, method=self.command,
-                                                 headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                request = urllib.request.Request(
+                    target,
+                    data=data,
+                    method=self.command,
+                    headers={"Content-Type": self.headers.get("Content-Type", "application/json")},
+                )
                 try:
                     reply = urllib.request.urlopen(request, timeout=120)
                 except urllib.error.HTTPError as e:
                     reply = e
                 body = reply.read()
                 self.send_response(reply.status if hasattr(reply, "status") else reply.code)
-                self.send_header("Content-Type", reply.headers.get("Content-Type", "application/json"))
+                self.send_header(
+                    "Content-Type", reply.headers.get("Content-Type", "application/json")
+                )
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -218,13 +292,26 @@ class KeyProxy:
 
 def smoke_request(server: ServerProcess, timeout: float = 120.0) -> None:
     """One tiny completion: raises RuntimeError (with the log) if the server dies on it."""
-    body = json.dumps({"model": served_ids(server.url)[0], "max_tokens": 2,
-                       "messages": [{"role": "user", "content": "What is the capital of France?"}]}).encode()
-    request = urllib.request.Request(server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "model": served_ids(server.url)[0],
+            "max_tokens": 2,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        }
+    ).encode()
+    request = urllib.request.Request(
+        server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             reply.read()
     except (urllib.error.URLError, OSError) as e:
         time.sleep(0.5)
-        state = f"exit code {server.process.poll()}" if server.process.poll() is not None else "still running"
-        raise RuntimeError(f"{type(e).__name__}: {e} ({state}); log tail:\n{server.tail(600)}") from e
+        state = (
+            f"exit code {server.process.poll()}"
+            if server.process.poll() is not None
+            else "still running"
+        )
+        raise RuntimeError(
+            f"{type(e).__name__}: {e} ({state}); log tail:\n{server.tail(600)}"
+        ) from e

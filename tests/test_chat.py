@@ -40,6 +40,7 @@ def users(name: str = "tiny") -> list[str]:
 
 # --- turns follow their cells ------------------------------------------------------------------
 
+
 def test_running_a_cell_again_replaces_its_turn_and_drops_the_later_ones(shell, tiny):
     for cell in "abcd":
         chat(shell, f"question {cell}", cell_id=cell)
@@ -53,7 +54,9 @@ def test_running_a_cell_again_replaces_its_turn_and_drops_the_later_ones(shell, 
     # What was sent: the turns before the re-run cell, not the dropped ones.
     assert "question a" in earlier.rendered_prompt and "question c" not in earlier.rendered_prompt
     conversation = llm_magic.conversation("tiny")
-    assert conversation.turns[-1].assistant == earlier.text and conversation.turns[-1].cell_id == "b"
+    assert (
+        conversation.turns[-1].assistant == earlier.text and conversation.turns[-1].cell_id == "b"
+    )
     assert [m["role"] for m in conversation.messages] == ["user", "assistant"] * 2
 
 
@@ -64,7 +67,9 @@ def test_without_cell_ids_turns_append(shell, tiny):
     assert users() == ["hello", "hello"]
     chat(shell, "from a cell", cell_id="a")
     with capture_output():  # a silent run (no pre_run_cell event) must not pass for cell "a"
-        assert shell.run_cell("%%llm_chat --greedy --max-new-tokens 2\nsilently", silent=True).success
+        assert shell.run_cell(
+            "%%llm_chat --greedy --max-new-tokens 2\nsilently", silent=True
+        ).success
     assert users() == ["hello", "hello", "from a cell", "silently"]
 
 
@@ -94,7 +99,9 @@ def test_in_a_real_kernel_the_history_matches_the_page(tiny_model_dir):
         new_code_cell(f"%%llm_chat {flags}\nThe capital of France"),
         new_code_cell(f"%%llm_chat {flags}\nThe quick brown fox"),
         new_code_cell(f"%%llm_chat {flags}\nHello world"),
-        new_code_cell("import json, llm_magic\nprint(json.dumps(llm_magic.conversation('tiny').to_dict()))"),
+        new_code_cell(
+            "import json, llm_magic\nprint(json.dumps(llm_magic.conversation('tiny').to_dict()))"
+        ),
     ]
     notebook = new_notebook(cells=cells)
     nbformat.validate(notebook)
@@ -103,14 +110,19 @@ def test_in_a_real_kernel_the_history_matches_the_page(tiny_model_dir):
         for index in (0, 1, 2, 3):
             client.execute_cell(cells[index], index)
         client.execute_cell(cells[3], 3)  # the same chat cell, run twice
-        cells[2].source = cells[2].source.replace("fox", "cat")  # an earlier cell, edited and run again
+        cells[2].source = cells[2].source.replace(
+            "fox", "cat"
+        )  # an earlier cell, edited and run again
         client.execute_cell(cells[2], 2)
         client.execute_cell(cells[4], 4)
         after_edit = _saved(cells[4])
         client.execute_cell(cells[3], 3)  # then the cell below it again: the page is whole
         client.execute_cell(cells[4], 4)
         final = _saved(cells[4])
-    assert [t["user"] for t in after_edit["turns"]] == ["The capital of France", "The quick brown cat"]
+    assert [t["user"] for t in after_edit["turns"]] == [
+        "The capital of France",
+        "The quick brown cat",
+    ]
     assert "replaced turn 2; dropped turn 3" in _answer_notes(cells[2])
     # The history is the page: one turn per chat cell, its text and the answer shown under it.
     chat_cells = cells[1:4]
@@ -138,6 +150,7 @@ def _answer_notes(cell) -> str:
 
 # --- fitting the context ------------------------------------------------------------------------
 
+
 def test_history_beyond_the_context_is_left_out_oldest_first(shell, tiny):
     limit = tiny.engine.context_limit()
     assert limit == 256  # the tiny model's context: three long turns do not fit
@@ -145,11 +158,17 @@ def test_history_beyond_the_context_is_left_out_oldest_first(shell, tiny):
     chat(shell, "one " + FOX, flags, "a")
     chat(shell, "two " + FOX, flags, "b")
     third = chat(shell, "three " + FOX, flags, "c")
-    assert third.notes[0] == ("sent the last 1 of 2 turns: the 1 older one does not fit the model's 256 positions "
-                              "with room for the answer")  # (then: the tiny model has no chat template)
+    assert third.notes[0] == (
+        "sent the last 1 of 2 turns: the 1 older one does not fit the model's 256 positions "
+        "with room for the answer"
+    )  # (then: the tiny model has no chat template)
     assert "one The" not in third.rendered_prompt and "two The" in third.rendered_prompt
     assert third.prompt_tokens + 16 <= limit
-    assert users() == ["one " + FOX, "two " + FOX, "three " + FOX]  # the conversation keeps every turn
+    assert users() == [
+        "one " + FOX,
+        "two " + FOX,
+        "three " + FOX,
+    ]  # the conversation keeps every turn
     view = shell.run_line_magic("llm_chat", "--show")
     assert "not sent with the last answer" in view.text().split("[2] user")[0]
 
@@ -163,6 +182,7 @@ def test_max_history_caps_the_turns_sent(shell, tiny):
 
 
 # --- Ctrl-C and --retry ---------------------------------------------------------------------------
+
 
 def test_interrupted_answer_stays_marked_and_retry_replaces_it(shell, tiny):
     chat(shell, "first question")
@@ -178,14 +198,18 @@ def test_interrupted_answer_stays_marked_and_retry_replaces_it(shell, tiny):
     assert isinstance(partial, ChatResult) and partial.stop_reason == "interrupted"
     conversation = llm_magic.conversation()
     last = conversation.turns[-1]
-    assert last.interrupted and last.user == "The capital of France" and last.assistant == partial.text
+    assert (
+        last.interrupted and last.user == "The capital of France" and last.assistant == partial.text
+    )
     assert partial.text.startswith(seen[0]) and 0 < partial.new_tokens < 100
     assert partial.messages[-1] == {"role": "assistant", "content": partial.text}
     shown = shell.run_line_magic("llm_chat", "--show")
     assert "interrupted (Ctrl-C): partial answer" in shown.text()
 
     with capture_output():
-        again = shell.run_cell("%llm_chat --retry --seed 7 --max-new-tokens 5").result  # a line magic: no cell
+        again = shell.run_cell(
+            "%llm_chat --retry --seed 7 --max-new-tokens 5"
+        ).result  # a line magic: no cell
     assert again.notes[0] == "retried turn 2"
     assert users("tiny") == ["first question", "The capital of France"]
     assert not conversation.turns[-1].interrupted and conversation.turns[-1].assistant == again.text
@@ -195,11 +219,15 @@ def test_interrupted_answer_stays_marked_and_retry_replaces_it(shell, tiny):
 def test_retry_needs_an_answer_and_no_new_question(shell, tiny):
     with capture_output():
         failed = shell.run_cell("%llm_chat --retry")
-    assert isinstance(failed.error_in_exec, GenerationError) and "no answer to retry" in str(failed.error_in_exec)
+    assert isinstance(failed.error_in_exec, GenerationError) and "no answer to retry" in str(
+        failed.error_in_exec
+    )
     chat(shell, "hello")
     with capture_output() as captured:
         failed = shell.run_cell("%%llm_chat --retry\nsomething else")
-    assert failed.error_in_exec is not None and "%llm_chat --retry (one %, no cell)" in captured.stderr
+    assert (
+        failed.error_in_exec is not None and "%llm_chat --retry (one %, no cell)" in captured.stderr
+    )
     assert users() == ["hello"]
 
 
@@ -216,29 +244,43 @@ def test_a_mistyped_flag_gets_a_did_you_mean(shell, tiny):
 def test_out_show_prompt_and_stream_work_as_in_generate(shell, tiny):
     chat(shell, "first turn")
     with capture_output() as captured:
-        result = shell.run_cell("%%llm_chat --greedy --max-new-tokens 3 --out answer --show-prompt\nThe capital of")
+        result = shell.run_cell(
+            "%%llm_chat --greedy --max-new-tokens 3 --out answer --show-prompt\nThe capital of"
+        )
     assert result.success
     assert shell.user_ns["answer"] is result.result is shell.user_ns["_"]
     shown = captured.outputs[0].data["text/plain"]
-    assert shown.startswith("prompt (") and "first turn" in shown and "The capital of" in shown  # history included
+    assert (
+        shown.startswith("prompt (") and "first turn" in shown and "The capital of" in shown
+    )  # history included
     assert captured.stdout.startswith(result.result.text)  # streamed to a terminal as it came
     assert "── " + result.result.footer() in captured.stdout
 
 
 # --- names, cards, JSON ---------------------------------------------------------------------------
 
+
 def test_conversations_by_name_list_show_and_reset(shell, tiny):
     chat(shell, "default one")
-    chat(shell, "about <b>html</b> & more", "--as notes --system 'Be brief.' --greedy --max-new-tokens 3")
+    chat(
+        shell,
+        "about <b>html</b> & more",
+        "--as notes --system 'Be brief.' --greedy --max-new-tokens 3",
+    )
     assert [c.name for c in CONVERSATIONS.all()] == ["tiny", "notes"]
     notes = llm_magic.conversation("notes")
-    assert notes.messages[0] == {"role": "system", "content": "Be brief."} and len(notes.messages) == 3
+    assert (
+        notes.messages[0] == {"role": "system", "content": "Be brief."} and len(notes.messages) == 3
+    )
     listed = repr(shell.run_line_magic("llm_chat", "--list"))
     assert "  tiny   1 turn · model tiny" in listed and "* notes  1 turn · model tiny" in listed
     view = shell.run_line_magic("llm_chat", "--show notes")
     bundle = view._repr_mimebundle_()
     assert "about <b>html</b> & more" in bundle["text/plain"]
-    assert "about &lt;b&gt;html&lt;/b&gt; &amp; more" in bundle["text/html"] and "<b>html</b>" not in bundle["text/html"]
+    assert (
+        "about &lt;b&gt;html&lt;/b&gt; &amp; more" in bundle["text/html"]
+        and "<b>html</b>" not in bundle["text/html"]
+    )
     with capture_output() as captured:
         shell.run_line_magic("llm_chat", "--reset notes")
     assert "notes emptied" in captured.stdout
@@ -246,7 +288,9 @@ def test_conversations_by_name_list_show_and_reset(shell, tiny):
     assert len(llm_magic.conversation("tiny").messages) == 2  # the other one stands
     with capture_output():
         missing = shell.run_cell("%llm_chat --show nope")
-    assert isinstance(missing.error_in_exec, LLMError) and "no conversation named 'nope'" in str(missing.error_in_exec)
+    assert isinstance(missing.error_in_exec, LLMError) and "no conversation named 'nope'" in str(
+        missing.error_in_exec
+    )
 
 
 def test_new_starts_over(shell, tiny):
@@ -257,11 +301,15 @@ def test_new_starts_over(shell, tiny):
 
 
 def test_json_round_trip_and_carrying_on(tiny, tmp_path):
-    llm_magic.chat("first <question>", greedy=True, max_new_tokens=4, system="Be brief.", cell_id="cell-1")
+    llm_magic.chat(
+        "first <question>", greedy=True, max_new_tokens=4, system="Be brief.", cell_id="cell-1"
+    )
     saved = llm_magic.conversation().save(tmp_path / "chat.json")
     loaded = Conversation.load(saved)
     assert loaded.to_dict() == llm_magic.conversation().to_dict()
-    assert loaded.messages == llm_magic.conversation().messages and loaded.turns[0].cell_id == "cell-1"
+    assert (
+        loaded.messages == llm_magic.conversation().messages and loaded.turns[0].cell_id == "cell-1"
+    )
     CONVERSATIONS.clear()
     result = llm_magic.chat("second", conversation=loaded, greedy=True, max_new_tokens=4)
     assert llm_magic.conversation("tiny") is loaded and len(loaded.messages) == 5
@@ -280,10 +328,16 @@ def test_chat_magics_read_the_llm_magics_config(shell, tiny):
 
 # --- a real instruct model ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_smollm2_remembers_what_it_was_told_a_turn_earlier(shell, smollm2_gguf):
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --as smol --quiet")
-    chat(shell, "Remember this: the secret code word is pineapple.", "--greedy --max-new-tokens 40", "a")
+    chat(
+        shell,
+        "Remember this: the secret code word is pineapple.",
+        "--greedy --max-new-tokens 40",
+        "a",
+    )
     answer = chat(shell, "What is the secret code word?", "--greedy --max-new-tokens 40", "b")
     assert "pineapple" in answer.text.lower()
     messages = llm_magic.conversation("smol").messages

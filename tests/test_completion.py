@@ -24,20 +24,29 @@ def test_completion_replaces_the_typed_fragment(shell, written_cache):
     text = "x = 1\n%llm_load holdout-"
     with provisionalcompleter():
         [c] = [c for c in shell.Completer.completions(text, len(text)) if c.text == HOLDOUT]
-    assert text[:c.start] + c.text == "x = 1\n%llm_load " + HOLDOUT
+    assert text[: c.start] + c.text == "x = 1\n%llm_load " + HOLDOUT
 
 
 def test_generate_m_and_unload_offer_aliases_and_short_names(shell, tiny_model_dir):
     shell.run_line_magic("llm_load", f"{tiny_model_dir} --as tiny --device-map cpu --quiet")
-    assert offered(shell, "%%llm_generate -m ") == ["tiny", str(tiny_model_dir), tiny_model_dir.name]
-    assert offered(shell, "%%llm_generate --max-new-tokens 5 --model ti") == ["tiny", tiny_model_dir.name]
+    assert offered(shell, "%%llm_generate -m ") == [
+        "tiny",
+        str(tiny_model_dir),
+        tiny_model_dir.name,
+    ]
+    assert offered(shell, "%%llm_generate --max-new-tokens 5 --model ti") == [
+        "tiny",
+        tiny_model_dir.name,
+    ]
     assert offered(shell, "%llm_unload t") == ["tiny", tiny_model_dir.name]
     assert "tiny" not in offered(shell, "%%llm_generate --out ")  # a variable name, not a model
 
 
 def test_flag_names_and_values(shell, written_cache):
     assert offered(shell, "%llm_load --dt") == ["--dtype"]
-    assert {"--device-map", "--revision", "--as", "--reload"} <= set(offered(shell, "%llm_load x --"))
+    assert {"--device-map", "--revision", "--as", "--reload"} <= set(
+        offered(shell, "%llm_load x --")
+    )
     assert offered(shell, f"%llm_load {TWO_REVS} --dtype bf") == ["bfloat16", "bf16"]
     assert set(offered(shell, f"%llm_load {TWO_REVS} --revision ")) == {"main", "v1", "a" * 40, V1}
     assert "--greedy" in offered(shell, "%%llm_generate --gr")
@@ -49,7 +58,10 @@ def test_paths_offer_folders_and_gguf_files(shell, tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     (tmp_path / "notes.txt").write_text("not a model")
     (tmp_path / ".hidden").mkdir()
-    assert offered(shell, f"%llm_load {tmp_path}/") == [f"{tmp_path}/model.gguf", f"{tmp_path}/model_folder/"]
+    assert offered(shell, f"%llm_load {tmp_path}/") == [
+        f"{tmp_path}/model.gguf",
+        f"{tmp_path}/model_folder/",
+    ]
     assert offered(shell, f"%llm_load {tmp_path}/.h") == [f"{tmp_path}/.hidden/"]
 
 

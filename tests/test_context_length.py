@@ -17,13 +17,42 @@ import llm_magic
 # (model_type, config fields giving a tiny model, the limit it must report)
 ARCHITECTURES = [
     ("gpt2", dict(n_positions=128, n_embd=32, n_layer=1, n_head=2), 128),
-    ("llama", dict(max_position_embeddings=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                   num_attention_heads=2, num_key_value_heads=2), 96),
+    (
+        "llama",
+        dict(
+            max_position_embeddings=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        ),
+        96,
+    ),
     ("mpt", dict(max_seq_len=512, d_model=32, n_layers=1, n_heads=2, expansion_ratio=2), 512),
-    ("gpt_neox", dict(max_position_embeddings=80, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2), 80),
-    ("opt", dict(max_position_embeddings=72, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
-                 num_attention_heads=2, word_embed_proj_dim=32), 72),
+    (
+        "gpt_neox",
+        dict(
+            max_position_embeddings=80,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        80,
+    ),
+    (
+        "opt",
+        dict(
+            max_position_embeddings=72,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            word_embed_proj_dim=32,
+        ),
+        72,
+    ),
     ("gptj", dict(n_positions=64, n_embd=32, n_layer=1, n_head=2, rotary_dim=8), 64),
     ("bloom", dict(hidden_size=32, n_layer=1, n_head=2), None),  # ALiBi: no length in its config
 ]
@@ -36,8 +65,13 @@ def build_tiny(model_type: str, fields: dict, tokenizer_dir: Path, folder: Path)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, **fields)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **fields,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -73,6 +107,9 @@ def test_a_long_prompt_on_a_tiny_mpt_gets_the_guard_not_a_tensor_size_error(tiny
     assert len(handle.tokenizer(prompt)["input_ids"]) == 505
     result = llm_magic.generate(prompt, model=handle, greedy=True, max_new_tokens=64, raw=True)
     assert result.prompt_tokens == 505 and result.new_tokens <= 7
-    assert "max_new_tokens lowered from 64 to 7: the prompt takes 505 of the model's 512 positions" in result.notes
+    assert (
+        "max_new_tokens lowered from 64 to 7: the prompt takes 505 of the model's 512 positions"
+        in result.notes
+    )
     with pytest.raises(llm_magic.GenerationError, match="the model reads at most 512"):
         llm_magic.generate(" ".join(["Paris"] * 600), model=handle, greedy=True, raw=True)

@@ -18,6 +18,7 @@ from hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHu
 import llm_magic
 from llm_magic import MODEL_CACHE, loading
 
+
 def by_id(available, repo_id):
     return next(m for m in available.hub if m.repo_id == repo_id)
 
@@ -53,11 +54,22 @@ def test_the_listed_line_loads_the_listed_snapshot(written_cache):
     """The cache huggingface_hub wrote (blobs and snapshot links) loads by id, offline."""
     snapshot = written_cache["snapshots"][TWO_REVS]
     assert loading.cached_snapshot(TWO_REVS) == snapshot
-    assert loading.cached_snapshot(TWO_REVS, "main") == loading.cached_snapshot(TWO_REVS, MAIN) == snapshot
+    assert (
+        loading.cached_snapshot(TWO_REVS, "main")
+        == loading.cached_snapshot(TWO_REVS, MAIN)
+        == snapshot
+    )
     assert loading.cached_snapshot(TWO_REVS, "v1") == written_cache["snapshots"]["v1"]
-    assert loading.cached_snapshot(PARTIAL) is not None  # config.json is there: the load names what is missing
-    assert loading.cached_snapshot(TWO_REVS, "v2") is None and loading.cached_snapshot("not/cached") is None
-    assert loading.cached_snapshot("bad--id/x") is None  # an invalid id: huggingface_hub's validation, no error
+    assert (
+        loading.cached_snapshot(PARTIAL) is not None
+    )  # config.json is there: the load names what is missing
+    assert (
+        loading.cached_snapshot(TWO_REVS, "v2") is None
+        and loading.cached_snapshot("not/cached") is None
+    )
+    assert (
+        loading.cached_snapshot("bad--id/x") is None
+    )  # an invalid id: huggingface_hub's validation, no error
 
     handle = llm_magic.load(TWO_REVS, device_map="cpu")
     assert handle.info.source == str(snapshot) and handle.info.revision == MAIN
@@ -87,12 +99,21 @@ def test_converted_copies_with_their_originals(shell, tiny_model_dir, tmp_path, 
     gguf = tmp_path / "we<ird> name.gguf"  # a space to quote, markup to escape
     gguf.write_bytes(b"GGUF stand-in")
     folder = fake_conversion(gguf, "bfloat16", tiny_model_dir)
-    (folder.with_name(folder.name + ".partial-123")).mkdir()  # a conversion still running: not listed
+    (
+        folder.with_name(folder.name + ".partial-123")
+    ).mkdir()  # a conversion still running: not listed
 
     [copy] = llm_magic.available().converted
-    assert (copy.gguf, copy.folder, copy.dtype, copy.state) == (str(gguf), str(folder), "bfloat16", "ready")
+    assert (copy.gguf, copy.folder, copy.dtype, copy.state) == (
+        str(gguf),
+        str(folder),
+        "bfloat16",
+        "ready",
+    )
     assert copy.line == f"%llm_load '{gguf}' --dtype bfloat16"
-    assert copy.size_bytes == sum(f.stat().st_blocks * 512 for f in folder.iterdir())  # on disk, as du counts it
+    assert copy.size_bytes == sum(
+        f.stat().st_blocks * 512 for f in folder.iterdir()
+    )  # on disk, as du counts it
     html = llm_magic.available().html()
     assert "we&lt;ird&gt; name.gguf" in html and "<ird>" not in html
 
@@ -102,7 +123,9 @@ def test_converted_copies_with_their_originals(shell, tiny_model_dir, tmp_path, 
     [orphan] = llm_magic.available().converted
     assert orphan.state == "original missing" and orphan.line == f"%llm_load '{folder}'"
     # The quoted line works as it is: the copy loads as the safetensors folder it is.
-    shell.run_line_magic("llm_load", orphan.line.removeprefix("%llm_load ") + " --device-map cpu --quiet")
+    shell.run_line_magic(
+        "llm_load", orphan.line.removeprefix("%llm_load ") + " --device-map cpu --quiet"
+    )
     assert MODEL_CACHE.find(str(folder)) is not None
 
 
@@ -111,9 +134,15 @@ def test_the_converted_line_reuses_the_copy(shell, smollm2_gguf):
     """A real conversion is listed with the line that loads it without converting again."""
     llm_magic.load(smollm2_gguf, device_map="cpu", dtype="bfloat16")
     MODEL_CACHE.clear()
-    copy = next(c for c in llm_magic.available().converted if c.gguf == smollm2_gguf and c.dtype == "bfloat16")
+    copy = next(
+        c
+        for c in llm_magic.available().converted
+        if c.gguf == smollm2_gguf and c.dtype == "bfloat16"
+    )
     assert copy.state == "ready" and copy.line == f"%llm_load {smollm2_gguf} --dtype bfloat16"
-    card = shell.run_line_magic("llm_load", copy.line.removeprefix("%llm_load ") + " --device-map cpu")
+    card = shell.run_line_magic(
+        "llm_load", copy.line.removeprefix("%llm_load ") + " --device-map cpu"
+    )
     assert card.info.source == copy.folder
 
 
@@ -125,7 +154,9 @@ def test_demo_model_and_loaded_models_with_their_lines(shell, tiny_model_dir, sm
     assert found.demo.path == smollm2_gguf and found.demo.line == f"%llm_load {smollm2_gguf}"
     assert found.demo.size_bytes == os.path.getsize(smollm2_gguf)
 
-    shell.run_line_magic("llm_load", f"{tiny_model_dir} --as tiny --dtype float32 --device-map cpu --quiet")
+    shell.run_line_magic(
+        "llm_load", f"{tiny_model_dir} --as tiny --dtype float32 --device-map cpu --quiet"
+    )
     [entry] = llm_magic.available().loaded
     assert entry.aliases == ("tiny",) and entry.dtype == "float32"
     assert entry.line == f"%llm_load {tiny_model_dir} --dtype float32 --device-map cpu"
@@ -160,11 +191,15 @@ def test_fresh_kernel_lists_offline_without_torch(written_cache, smollm2_gguf):
     with LoopbackHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint}
         env.pop("HF_HUB_OFFLINE", None)
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         assert hub.requests == []
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert f"%llm_load {HOLDOUT}" in result["text"] and f"%llm_load {smollm2_gguf}" in result["text"]
+    assert (
+        f"%llm_load {HOLDOUT}" in result["text"] and f"%llm_load {smollm2_gguf}" in result["text"]
+    )
     assert result["offered"] == [HOLDOUT]
     assert result["heavy"] == []
     assert result["seconds"] < 5  # generous here; the figure (well under 1 s) is in the report

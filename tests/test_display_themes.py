@@ -13,21 +13,39 @@ from html.parser import HTMLParser
 
 import pytest
 
-from llm_magic.display import (BatchProgress, GenerationResult, GenerationResults, LoadCard, ModelRow, ModelsCard,
-                               PromptView, StatusLine, StreamView, UnloadCard)
+from llm_magic.display import (
+    BatchProgress,
+    GenerationResult,
+    GenerationResults,
+    LoadCard,
+    ModelRow,
+    ModelsCard,
+    PromptView,
+    StatusLine,
+    StreamView,
+    UnloadCard,
+)
 from llm_magic.loading import ModelInfo
 
 # From @jupyterlab/theme-light-extension and theme-dark-extension (variables.css).
 THEMES = {
     "jupyterlab-light": {
-        "--jp-layout-color0": "#ffffff", "--jp-layout-color2": "#eeeeee",
-        "--jp-ui-font-color2": "rgba(0,0,0,0.54)", "--jp-content-font-color1": "rgba(0,0,0,0.87)",
-        "--jp-success-color0": "#388e3c", "--jp-error-color1": "#f44336", "--jp-warn-color0": "#f57c00",
+        "--jp-layout-color0": "#ffffff",
+        "--jp-layout-color2": "#eeeeee",
+        "--jp-ui-font-color2": "rgba(0,0,0,0.54)",
+        "--jp-content-font-color1": "rgba(0,0,0,0.87)",
+        "--jp-success-color0": "#388e3c",
+        "--jp-error-color1": "#f44336",
+        "--jp-warn-color0": "#f57c00",
     },
     "jupyterlab-dark": {
-        "--jp-layout-color0": "#111111", "--jp-layout-color2": "#424242",
-        "--jp-ui-font-color2": "rgba(255,255,255,0.54)", "--jp-content-font-color1": "rgba(255,255,255,1)",
-        "--jp-success-color0": "#388e3c", "--jp-error-color1": "#f44336", "--jp-warn-color0": "#f57c00",
+        "--jp-layout-color0": "#111111",
+        "--jp-layout-color2": "#424242",
+        "--jp-ui-font-color2": "rgba(255,255,255,0.54)",
+        "--jp-content-font-color1": "rgba(255,255,255,1)",
+        "--jp-success-color0": "#388e3c",
+        "--jp-error-color1": "#f44336",
+        "--jp-warn-color0": "#f57c00",
     },
     "plain white page": {},  # no variables: the fallbacks, black text on white
 }
@@ -114,28 +132,57 @@ class _Walker(HTMLParser):
 
 
 def _info(**changes) -> ModelInfo:
-    values = dict(name="/models/SmolLM2-135M-Instruct.Q4_1.gguf", kind="gguf", class_name="LlamaForCausalLM",
-                  num_params=134_515_008, memory_bytes=269_030_016, device="cpu", dtype="bfloat16",
-                  dtype_reason="the CPU has native bf16", source="/cache/x", revision=None, load_seconds=1.9,
-                  warnings=("tokenizer has no pad token: generation pads with the eos token",))
+    values = dict(
+        name="/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        kind="gguf",
+        class_name="LlamaForCausalLM",
+        num_params=134_515_008,
+        memory_bytes=269_030_016,
+        device="cpu",
+        dtype="bfloat16",
+        dtype_reason="the CPU has native bf16",
+        source="/cache/x",
+        revision=None,
+        load_seconds=1.9,
+        warnings=("tokenizer has no pad token: generation pads with the eos token",),
+    )
     values.update(changes)
     return ModelInfo(**values)
 
 
 def _result(**changes) -> GenerationResult:
-    values = dict(text="The capital of France is Paris. <b>bold?</b>", prompt="What is the capital of France?",
-                  rendered_prompt="<|im_start|>user\nWhat is the capital of France?", token_ids=(1, 2), prompt_tokens=12,
-                  new_tokens=8, time_to_first_token=0.2, seconds=1.0, tokens_per_second=8.0, stop_reason="eos",
-                  settings={"greedy": True}, seed=None, model_id="/models/SmolLM2.gguf", revision=None, dtype="bfloat16",
-                  device="cpu", versions={}, notes=("max_new_tokens lowered from 256 to 200",))
+    values = dict(
+        text="The capital of France is Paris. <b>bold?</b>",
+        prompt="What is the capital of France?",
+        rendered_prompt="<|im_start|>user\nWhat is the capital of France?",
+        token_ids=(1, 2),
+        prompt_tokens=12,
+        new_tokens=8,
+        time_to_first_token=0.2,
+        seconds=1.0,
+        tokens_per_second=8.0,
+        stop_reason="eos",
+        settings={"greedy": True},
+        seed=None,
+        model_id="/models/SmolLM2.gguf",
+        revision=None,
+        dtype="bfloat16",
+        device="cpu",
+        versions={},
+        notes=("max_new_tokens lowered from 256 to 200",),
+    )
     values.update(changes)
     return GenerationResult(**values)
 
 
 CARDS = {
     "load card": LoadCard(_info(), "new", 1, 269_030_016, 1.9),
-    "unload card (still held)": UnloadCard((("/m/x", (), 100, "bfloat16"),), False, 200, 100, held_by=("m",)),
-    "models": ModelsCard((ModelRow("smol", "/m/x.gguf", "", "bfloat16", "cpu", 100, 5.0, True),), 100, 1000),
+    "unload card (still held)": UnloadCard(
+        (("/m/x", (), 100, "bfloat16"),), False, 200, 100, held_by=("m",)
+    ),
+    "models": ModelsCard(
+        (ModelRow("smol", "/m/x.gguf", "", "bfloat16", "cpu", 100, 5.0, True),), 100, 1000
+    ),
     "result": _result(),
     "results (--over)": GenerationResults([_result(), _result(stop_reason="length")]),
     "streaming": StreamView("The capital of"),
@@ -166,4 +213,7 @@ def test_every_card_reads_in_light_and_dark_themes(kind, theme):
 def test_the_contrast_check_sees_the_old_grey_on_dark():
     """The check itself: JupyterLab's dark background with the old hard-coded #666 fails."""
     dark = _rgba(THEMES["jupyterlab-dark"]["--jp-layout-color0"])
-    assert contrast(_rgba("#666666"), dark) < 4.5 and contrast(_rgba("#ffffff"), _rgba("#f6f6f6")) < 1.2
+    assert (
+        contrast(_rgba("#666666"), dark) < 4.5
+        and contrast(_rgba("#ffffff"), _rgba("#f6f6f6")) < 1.2
+    )

@@ -20,12 +20,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import copy_model
 from IPython.utils.capture import capture_output
 
-from conftest import copy_model
 from llm_magic import MODEL_CACHE, errors
 from llm_magic.errors import GenerationError, LoadError, diagnose_generation, diagnose_load
-
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -42,7 +41,11 @@ def stray_models() -> list[str]:
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # isinstance on lazy torch modules warns
-        return [type(o).__name__ for o in gc.get_objects() if isinstance(o, PreTrainedModel) and id(o) not in owned]
+        return [
+            type(o).__name__
+            for o in gc.get_objects()
+            if isinstance(o, PreTrainedModel) and id(o) not in owned
+        ]
 
 
 @pytest.fixture
@@ -127,7 +130,9 @@ def test_the_readme_example_offline_points_to_the_demo_model(loaded, smollm2_ggu
     card = error._render_traceback_()
     assert any(line.endswith(f"%llm_load {smollm2_gguf}") for line in card)
     assert "HF_HUB_OFFLINE=1" not in text
-    shown = next(line for line in card if "LocalEntryNotFoundError" in line).split(": ", 1)[1].split()
+    shown = (
+        next(line for line in card if "LocalEntryNotFoundError" in line).split(": ", 1)[1].split()
+    )
     words = str(original(error)).split()
     assert shown[-1] == "…" and shown[:-1] == words[: len(shown) - 1]  # cut between words
 
@@ -177,13 +182,19 @@ def _hub_error(status: int, code: str | None):
     import httpx2
     from huggingface_hub.utils import hf_raise_for_status
 
-    url = os.environ["HF_ENDPOINT"] + "/org/model/resolve/main/config.json"  # never requested: a Response's label
-    response = httpx2.Response(status, headers={"X-Error-Code": code} if code else {}, request=httpx2.Request("HEAD", url))
+    url = (
+        os.environ["HF_ENDPOINT"] + "/org/model/resolve/main/config.json"
+    )  # never requested: a Response's label
+    response = httpx2.Response(
+        status, headers={"X-Error-Code": code} if code else {}, request=httpx2.Request("HEAD", url)
+    )
     try:
         hf_raise_for_status(response)
     except Exception as e:
         try:
-            raise OSError("org/model is not a local folder and is not a valid model identifier") from e
+            raise OSError(
+                "org/model is not a local folder and is not a valid model identifier"
+            ) from e
         except OSError as wrapped:
             return wrapped
     raise AssertionError("no error raised")
@@ -192,9 +203,27 @@ def _hub_error(status: int, code: str | None):
 @pytest.mark.parametrize(
     "status, code, kind, cause, fix",
     [
-        (404, "RepoNotFound", "RepositoryNotFoundError", "the Hub has no repository 'org/model'", "hf auth login"),
-        (404, "RevisionNotFound", "RevisionNotFoundError", "has no branch, tag or commit 'v9'", "drop --revision"),
-        (403, "GatedRepo", "GatedRepoError", "gated or private repository", "accept the licence at https://huggingface.co/org/model"),
+        (
+            404,
+            "RepoNotFound",
+            "RepositoryNotFoundError",
+            "the Hub has no repository 'org/model'",
+            "hf auth login",
+        ),
+        (
+            404,
+            "RevisionNotFound",
+            "RevisionNotFoundError",
+            "has no branch, tag or commit 'v9'",
+            "drop --revision",
+        ),
+        (
+            403,
+            "GatedRepo",
+            "GatedRepoError",
+            "gated or private repository",
+            "accept the licence at https://huggingface.co/org/model",
+        ),
     ],
 )
 def test_hub_http_errors(status, code, kind, cause, fix):
@@ -244,8 +273,14 @@ def test_a_path_like_hub_id_names_the_exact_load_command(loaded, tmp_path, monke
 def test_hub_offline_variable_is_named():
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    exc = LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic has been disabled.")
-    text = "\n".join(diagnose_load(exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}).card_lines())
+    exc = LocalEntryNotFoundError(
+        "Cannot find the requested files in the disk cache and outgoing traffic has been disabled."
+    )
+    text = "\n".join(
+        diagnose_load(
+            exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}
+        ).card_lines()
+    )
     assert "HF_HUB_OFFLINE is set, and org/m is not in the local Hugging Face cache" in text
     assert "unset HF_HUB_OFFLINE" in text and "did you mean: %llm_load org/mm  (cached)" in text
 
@@ -255,8 +290,13 @@ def test_invalid_repo_id_is_explained():
 
     with pytest.raises(HFValidationError) as info:
         validate_repo_id("org//name")
-    text = "\n".join(diagnose_load(info.value, {"model": "org//name", "nearest_parent": "/data"}).card_lines())
-    assert "neither an existing path nor a valid Hub id" in text and "nearest existing folder: /data" in text
+    text = "\n".join(
+        diagnose_load(info.value, {"model": "org//name", "nearest_parent": "/data"}).card_lines()
+    )
+    assert (
+        "neither an existing path nor a valid Hub id" in text
+        and "nearest existing folder: /data" in text
+    )
 
 
 # ------------------------------------------------ 4. no weights, no config, no model_type
@@ -294,8 +334,14 @@ def test_unknown_model_type(loaded, tiny_model_dir, tmp_path):
     edit_config(folder, model_type="fancynet")
     error, text = fail(loaded, f"%llm_load {folder}")
     assert "does not recognize this architecture" in str(original(error))
-    assert f"transformers {transformers.__version__} does not know the architecture 'fancynet'" in text
-    assert "pip install -U transformers" in text and "--trust-remote-code" in text and "only for sources you trust" in text
+    assert (
+        f"transformers {transformers.__version__} does not know the architecture 'fancynet'" in text
+    )
+    assert (
+        "pip install -U transformers" in text
+        and "--trust-remote-code" in text
+        and "only for sources you trust" in text
+    )
 
 
 # ---------------------------------------------------------------- 6. not a causal LM
@@ -318,15 +364,24 @@ def test_encoder_loaded_as_lm_head_gets_a_warning(shell, tiny_model_dir, tmp_pat
     folder = tmp_path / "bert"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     with capture_output() as out:
         result = shell.run_cell(f"%llm_load {folder}")
     assert result.success
     assert "BertLMHeadModel" in out.stdout
-    assert "bert is an encoder (masked LM)" in out.stdout and "will not generate sensible output" in out.stdout
+    assert (
+        "bert is an encoder (masked LM)" in out.stdout
+        and "will not generate sensible output" in out.stdout
+    )
 
 
 # ----------------------------------------------------------- 7. corrupt / truncated weights
@@ -339,14 +394,19 @@ def test_truncated_safetensors_names_the_file(loaded, tiny_model_dir, tmp_path):
     error, text = fail(loaded, f"%llm_load {folder}")
     assert "SafetensorError" in chain_types(error)
     # The safetensors library's own verdict on the file, with its size.
-    assert f"corrupt or truncated: {weights} ({weights.stat().st_size} bytes: incomplete metadata" in text
+    assert (
+        f"corrupt or truncated: {weights} ({weights.stat().st_size} bytes: incomplete metadata"
+        in text
+    )
 
 
 # ------------------------------------------------------------------ 8. no tokenizer files
 
 
 def test_folder_without_tokenizer(loaded, tiny_model_dir, tmp_path):
-    folder = copy_model(tiny_model_dir, tmp_path / "notok", skip=("tokenizer.json", "tokenizer_config.json"))
+    folder = copy_model(
+        tiny_model_dir, tmp_path / "notok", skip=("tokenizer.json", "tokenizer_config.json")
+    )
     error, text = fail(loaded, f"%llm_load {folder}")
     assert "tokenizer" in text and "save_pretrained(FOLDER)" in text
 
@@ -356,7 +416,9 @@ def test_a_folder_with_no_config_and_no_weights_is_not_a_model_folder(loaded, tm
     folder = tmp_path / "notes"
     folder.mkdir()
     for name in contents:
-        (folder / name.rstrip("/")).mkdir() if name.endswith("/") else (folder / name).write_text("hello")
+        (folder / name.rstrip("/")).mkdir() if name.endswith("/") else (folder / name).write_text(
+            "hello"
+        )
     error, text = fail(loaded, f"%llm_load {folder}")
     assert f"{folder}: not a model folder: no config.json and no weights" in text
     assert "tokenizer" not in text.split("→")[0]  # not blamed on the tokenizer
@@ -379,11 +441,17 @@ def test_an_empty_gguf_says_empty_file(loaded, tmp_path):
     assert "unpack" not in text
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"These are my notes about models.\n" * 4, "starts with text"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 93000000\n", "Git LFS pointer"),
-    (bytes(range(200, 256)) * 2, "starts with binary data"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"These are my notes about models.\n" * 4, "starts with text"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 93000000\n",
+            "Git LFS pointer",
+        ),
+        (bytes(range(200, 256)) * 2, "starts with binary data"),
+    ],
+)
 def test_a_file_that_is_not_gguf_says_no_gguf_magic(loaded, tmp_path, content, says):
     (tmp_path / "notes.gguf").write_bytes(content)
     error, text = fail(loaded, f"%llm_load {tmp_path / 'notes.gguf'}")
@@ -395,7 +463,9 @@ def test_a_file_that_is_not_gguf_says_no_gguf_magic(loaded, tmp_path, content, s
 
 def test_bad_device_map(loaded, tiny_model_dir):
     error, text = fail(loaded, f"%llm_load {tiny_model_dir} --device-map gpu7")
-    assert "'gpu7' is not a device name" in text and "one of: auto, balanced, sequential, cpu" in text
+    assert (
+        "'gpu7' is not a device name" in text and "one of: auto, balanced, sequential, cpu" in text
+    )
 
 
 CPU_ONLY_FIXES = [
@@ -407,7 +477,9 @@ CPU_ONLY_FIXES = [
 def test_cuda_on_cpu_only_torch_is_explained():
     # The exception a CPU-only torch raises for a CUDA device (on any torch build).
     exc = AssertionError("Torch not compiled with CUDA enabled")
-    diagnosis = diagnose_load(exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}).diagnosis
+    diagnosis = diagnose_load(
+        exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}
+    ).diagnosis
     assert diagnosis.cause == "this torch (2.9.0+cpu) is a CPU-only build: it cannot use a GPU"
     assert diagnosis.fixes == CPU_ONLY_FIXES
 
@@ -418,8 +490,11 @@ def _torch_is_cpu_only() -> bool:
     return torch.version.cuda is None
 
 
-@pytest.mark.skipif(not _torch_is_cpu_only(), reason="a CUDA build of torch cannot produce this failure; the card is "
-                    "checked from the exception itself in test_cuda_on_cpu_only_torch_is_explained")
+@pytest.mark.skipif(
+    not _torch_is_cpu_only(),
+    reason="a CUDA build of torch cannot produce this failure; the card is "
+    "checked from the exception itself in test_cuda_on_cpu_only_torch_is_explained",
+)
 def test_cuda_on_cpu_only_torch_frees_the_half_loaded_model(loaded, tiny_model_dir):
     error, text = fail(loaded, f"%llm_load {tiny_model_dir} --device-map cuda")
     assert isinstance(original(error), AssertionError)
@@ -437,11 +512,19 @@ def test_mps_unavailable_fails_after_the_model_exists_and_frees_it(loaded, tiny_
 
 
 def test_no_gpu_visible_is_told_apart_from_cpu_only_build():
-    exc = RuntimeError("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver")
-    text = "\n".join(diagnose_load(exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}).card_lines())
+    exc = RuntimeError(
+        "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver"
+    )
+    text = "\n".join(
+        diagnose_load(
+            exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}
+        ).card_lines()
+    )
     assert "built with CUDA 12.6 but sees no GPU" in text and "nvidia-smi" in text
     exc = RuntimeError("CUDA error: invalid device ordinal")
-    text = "\n".join(diagnose_load(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}).card_lines())
+    text = "\n".join(
+        diagnose_load(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}).card_lines()
+    )
     assert "names a GPU that does not exist: 1 visible (cuda:0..cuda:0)" in text
 
 
@@ -481,14 +564,18 @@ def _raise_on_weights(monkeypatch, exc: BaseException) -> None:
 def _tiny_bytes(folder: Path, per_param: int) -> str:
     from safetensors.torch import load_file
 
-    return errors.fmt_bytes(sum(t.numel() for t in load_file(folder / "model.safetensors").values()) * per_param)
+    return errors.fmt_bytes(
+        sum(t.numel() for t in load_file(folder / "model.safetensors").values()) * per_param
+    )
 
 
 def test_cuda_out_of_memory(loaded, tiny_model_dir, monkeypatch):
     import torch
 
-    message = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB "
-               "of which 1.12 GiB is free. Of the allocated memory 13.9 GiB is allocated by PyTorch")
+    message = (
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB "
+        "of which 1.12 GiB is free. Of the allocated memory 13.9 GiB is allocated by PyTorch"
+    )
     _raise_on_weights(monkeypatch, torch.OutOfMemoryError(message))
     error, text = fail(loaded, f"%llm_load {tiny_model_dir} --dtype float16 --device-map cuda")
     assert "the GPU ran out of memory while loading the weights (already at float16)" in text
@@ -511,14 +598,30 @@ def test_cpu_memory_error(loaded, tiny_model_dir, monkeypatch):
 def test_generation_oom_is_diagnosed():
     import torch
 
-    exc = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
-                                 "23.6 GiB of which 100.00 MiB is free.")
-    error = diagnose_generation(exc, {"model": "org/m", "prompt_tokens": 900, "max_new_tokens": 4096, "batch_size": 8,
-                                      "loaded": [("org/m", 14 * 10**9)]})
+    exc = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
+        "23.6 GiB of which 100.00 MiB is free."
+    )
+    error = diagnose_generation(
+        exc,
+        {
+            "model": "org/m",
+            "prompt_tokens": 900,
+            "max_new_tokens": 4096,
+            "batch_size": 8,
+            "loaded": [("org/m", 14 * 10**9)],
+        },
+    )
     text = "\n".join(error.card_lines())
     assert isinstance(error, GenerationError)
-    assert "generation with org/m failed" in text and "the GPU ran out of memory while generating" in text
-    assert "prompt 900 tokens, --max-new-tokens 4096, batch 8" in text and "smaller --max-new-tokens" in text
+    assert (
+        "generation with org/m failed" in text
+        and "the GPU ran out of memory while generating" in text
+    )
+    assert (
+        "prompt 900 tokens, --max-new-tokens 4096, batch 8" in text
+        and "smaller --max-new-tokens" in text
+    )
     assert "GPU 0: 100.00 MiB free of 23.6 GiB" in text
     plain = diagnose_generation(ZeroDivisionError("division by zero"), {"model": "org/m"})
     assert plain.diagnosis.cause is None
@@ -541,20 +644,27 @@ def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
         monkeypatch.undo()
         is_gguf_available.cache_clear()  # later tests see gguf again
     assert isinstance(original(error), ImportError)
-    assert "the optional package gguf is not installed" in text and "pip install 'gguf>=0.10'" in text
+    assert (
+        "the optional package gguf is not installed" in text and "pip install 'gguf>=0.10'" in text
+    )
 
 
 def test_accelerate_missing():
     exc = ValueError("accelerate is required when loading a GGUF file `pip install accelerate`.")
     text = "\n".join(diagnose_load(exc, {"model": "m.gguf"}).card_lines())
-    assert "the optional package accelerate is not installed" in text and "pip install accelerate" in text
+    assert (
+        "the optional package accelerate is not installed" in text
+        and "pip install accelerate" in text
+    )
 
 
 # ------------------------------------------------------------------------- 13. disk full
 
 
 def test_disk_full(loaded, tiny_model_dir, monkeypatch):
-    _raise_on_weights(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/hf/blobs/abc.incomplete"))
+    _raise_on_weights(
+        monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/hf/blobs/abc.incomplete")
+    )
     error, text = fail(loaded, f"%llm_load {tiny_model_dir} --reload")
     assert "the disk is full (writing /hf/blobs/abc.incomplete)" in text
     assert f"HF_HOME: {os.environ['HF_HOME']} (" in text and " free)" in text
@@ -601,7 +711,9 @@ def test_matching_is_type_first_then_message():
         try:
             raise disk
         except OSError as e:
-            raise OSError("Error no file named model.safetensors, or pytorch_model.bin, found in directory x") from e
+            raise OSError(
+                "Error no file named model.safetensors, or pytorch_model.bin, found in directory x"
+            ) from e
     except OSError as wrapped:
         error = diagnose_load(wrapped, {"model": "m"})
     assert "the disk is full" in error.diagnosis.cause
@@ -649,11 +761,19 @@ def test_hub_http_errors_end_to_end(tmp_path, hub_error_endpoint):
         "        print('CHAIN', [type(x).__name__ for x in llm_magic.errors.chain(e)])\n"
     )
     env = dict(os.environ, HF_ENDPOINT=hub_error_endpoint, HF_HOME=str(tmp_path / "hf"))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     cards = out.stdout.split("✗ ")[1:]
     assert len(cards) == 3, out.stdout
-    assert "the Hub has no repository 'org/missing'" in cards[0] and "RepositoryNotFoundError" in cards[0]
+    assert (
+        "the Hub has no repository 'org/missing'" in cards[0]
+        and "RepositoryNotFoundError" in cards[0]
+    )
     assert "org/gated is a gated or private repository" in cards[1] and "hf auth login" in cards[1]
     assert "GatedRepoError" in cards[1]
-    assert "org/model has no branch, tag or commit 'v9'" in cards[2] and "RevisionNotFoundError" in cards[2]
+    assert (
+        "org/model has no branch, tag or commit 'v9'" in cards[2]
+        and "RevisionNotFoundError" in cards[2]
+    )

@@ -36,8 +36,15 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> str:
 def bigger_gguf(tiny_model_dir, tmp_path_factory) -> str:
     """A Llama of ~50 M float32 parameters: its conversion saves for long enough to be
     caught in the act."""
-    return str(build_tiny_gguf(tmp_path_factory.mktemp("gguf") / "bigger-llama.gguf", tiny_model_dir,
-                               layers=8, width=1024, ffn=1536))
+    return str(
+        build_tiny_gguf(
+            tmp_path_factory.mktemp("gguf") / "bigger-llama.gguf",
+            tiny_model_dir,
+            layers=8,
+            width=1024,
+            ffn=1536,
+        )
+    )
 
 
 @pytest.fixture
@@ -49,7 +56,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def answer(handle) -> str:
-    return llm_magic.generate("Hello world", model=handle, greedy=True, max_new_tokens=8, raw=True).text
+    return llm_magic.generate(
+        "Hello world", model=handle, greedy=True, max_new_tokens=8, raw=True
+    ).text
 
 
 def load(path: str, **kw):
@@ -72,7 +81,9 @@ def dead_pid() -> int:
 # --------------------------------------------------------------- 1. a damaged copy heals
 
 
-@pytest.mark.parametrize("damage", ["truncated", "weights deleted", "marker deleted", "tokenizer deleted"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "weights deleted", "marker deleted", "tokenizer deleted"]
+)
 def test_a_damaged_copy_is_converted_again_and_answers_as_before(tiny_gguf, cache, damage):
     handle, _, messages = load(tiny_gguf)
     before = answer(handle)
@@ -119,7 +130,9 @@ def test_a_copy_is_checked_from_headers_only(tiny_gguf, cache):
     assert gguf_cache.problem(folder) is None
     with open(weights, "ab") as f:  # a longer file than its header says is damaged
         f.write(b"\0")
-    assert "file not fully covered" in gguf_cache.problem(folder)  # the safetensors library's own reason
+    assert "file not fully covered" in gguf_cache.problem(
+        folder
+    )  # the safetensors library's own reason
 
 
 # ------------------------------------------------------------------ 2. no leftovers
@@ -145,7 +158,9 @@ def test_a_partial_folder_of_a_live_process_is_left_alone(tiny_gguf, cache):
     MODEL_CACHE.clear()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        time.sleep(1.5)  # the folder is written after the process started, as a converting kernel's is
+        time.sleep(
+            1.5
+        )  # the folder is written after the process started, as a converting kernel's is
         busy = cache / f"other-0123456789abcdef-bfloat16.partial-{live.pid}"
         busy.mkdir()
         load(tiny_gguf, reload=True)
@@ -161,24 +176,37 @@ def test_a_partial_folder_of_a_live_process_is_left_alone(tiny_gguf, cache):
         live.wait()
 
 
-def test_a_conversion_killed_while_saving_leaves_a_partial_folder_the_next_load_removes(bigger_gguf, cache):
+def test_a_conversion_killed_while_saving_leaves_a_partial_folder_the_next_load_removes(
+    bigger_gguf, cache
+):
     target = gguf_cache.converted_folder(bigger_gguf, "bfloat16")
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys, llm_magic; llm_magic.load(sys.argv[1], dtype='bfloat16', device_map='cpu')", bigger_gguf],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            "import sys, llm_magic; llm_magic.load(sys.argv[1], dtype='bfloat16', device_map='cpu')",
+            bigger_gguf,
+        ],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     partial = target.with_name(f"{target.name}.partial-{child.pid}")
     deadline = time.monotonic() + 300
     try:
         while not partial.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.002)
-        assert partial.exists(), "the conversion finished (or failed) before it could be caught saving"
+        assert partial.exists(), (
+            "the conversion finished (or failed) before it could be caught saving"
+        )
         child.send_signal(signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert partial.is_dir() and not target.exists()  # the rename is atomic: no half copy under the real name
+    assert (
+        partial.is_dir() and not target.exists()
+    )  # the rename is atomic: no half copy under the real name
     assert gguf_cache.converted_copies() == []
 
     handle, text, _ = load(bigger_gguf)
@@ -189,7 +217,11 @@ def test_a_conversion_killed_while_saving_leaves_a_partial_folder_the_next_load_
 
 def _mount_tmpfs(folder: Path, options: str) -> None:
     folder.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
 
@@ -209,7 +241,9 @@ def small_disk(tmp_path, monkeypatch):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_conversion_that_will_not_fit_on_the_disk_is_refused_before_writing(tiny_gguf, small_disk, shell):
+def test_a_conversion_that_will_not_fit_on_the_disk_is_refused_before_writing(
+    tiny_gguf, small_disk, shell
+):
     disk = small_disk("size=1m")
     result = shell.run_cell(f"%llm_load {tiny_gguf} --dtype bfloat16")
     error = result.error_in_exec
@@ -221,13 +255,17 @@ def test_a_conversion_that_will_not_fit_on_the_disk_is_refused_before_writing(ti
     assert needed > shutil.disk_usage(disk).free
     from llm_magic.display import format_bytes
 
-    assert f"needs {format_bytes(needed)}, {format_bytes(shutil.disk_usage(disk).free)} free" in text
+    assert (
+        f"needs {format_bytes(needed)}, {format_bytes(shutil.disk_usage(disk).free)} free" in text
+    )
     assert "LLM_MAGIC_CACHE" in text
     assert not any((disk / "gguf").glob("*")) if (disk / "gguf").exists() else True
     assert len(MODEL_CACHE) == 0
 
 
-def test_a_disk_that_fills_while_saving_fails_with_the_disk_card_and_leaves_nothing(tiny_gguf, small_disk):
+def test_a_disk_that_fills_while_saving_fails_with_the_disk_card_and_leaves_nothing(
+    tiny_gguf, small_disk
+):
     # Space enough by the check, but only a handful of inodes: creating the weights file
     # fails with the real ENOSPC, at the write.
     disk = small_disk("size=64m,nr_inodes=4")
@@ -252,8 +290,16 @@ def test_two_processes_converting_the_same_file_at_once_both_succeed(bigger_gguf
         "print(json.dumps({'source': h.info.source, 'converted': any('converting' in m for m in messages),\n"
         "                  'answer': llm_magic.generate('Hello', greedy=True, max_new_tokens=4, raw=True).text}))\n"
     )
-    children = [subprocess.Popen([sys.executable, "-c", script, bigger_gguf, str(go)], env=dict(os.environ),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, bigger_gguf, str(go)],
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     time.sleep(1)
     go.touch()
     outs = [c.communicate(timeout=600) for c in children]
@@ -286,7 +332,9 @@ def test_a_changed_gguf_gets_a_new_copy_and_the_old_one_is_removed(tiny_gguf, ca
     assert "model.gguf changed: removed 1 converted copy of its earlier version" in text
 
 
-def test_llm_models_disk_lists_copies_and_llm_unload_disk_deletes_them(tiny_gguf, cache, tmp_path, shell):
+def test_llm_models_disk_lists_copies_and_llm_unload_disk_deletes_them(
+    tiny_gguf, cache, tmp_path, shell
+):
     second = str(tmp_path / "second.gguf")
     shutil.copy(tiny_gguf, second)
     load(tiny_gguf)
@@ -305,8 +353,11 @@ def test_llm_models_disk_lists_copies_and_llm_unload_disk_deletes_them(tiny_gguf
     card = shell.run_line_magic("llm_unload", f"--disk {name}")
     assert card.text().startswith(f"✓ deleted {name}")
     assert sorted(c.name for c in gguf_cache.converted_copies()) == sorted(
-        gguf_cache.converted_folder(tiny_gguf, d).name for d in ("bfloat16", "float32"))
-    card = shell.run_line_magic("llm_unload", f"--disk {Path(tiny_gguf).name}")  # a .gguf's name: all its copies
+        gguf_cache.converted_folder(tiny_gguf, d).name for d in ("bfloat16", "float32")
+    )
+    card = shell.run_line_magic(
+        "llm_unload", f"--disk {Path(tiny_gguf).name}"
+    )  # a .gguf's name: all its copies
     assert gguf_cache.converted_copies() == [] and len(card.deleted) == 2
 
     result = shell.run_cell("%llm_unload --disk nothing-like-this")

@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ["dtype", "device_map auto", "tokens/s vs plain generate", "CUDA OOM → card", "unload returns GPU memory",
-          "NF4 on CUDA"]
+CHECKS = [
+    "dtype",
+    "device_map auto",
+    "tokens/s vs plain generate",
+    "CUDA OOM → card",
+    "unload returns GPU memory",
+    "NF4 on CUDA",
+]
 
 
 def test_gpu_check_dry_run_skips_cleanly_without_cuda(tmp_path):
@@ -20,8 +26,13 @@ def test_gpu_check_dry_run_skips_cleanly_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine runs the real checks, not the dry run")
     out = tmp_path / "GPU.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     for name in CHECKS:

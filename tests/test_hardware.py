@@ -85,7 +85,10 @@ def test_device_map_cpu_on_a_gpu_machine_uses_the_cpu_policy():
     assert target_kind(hw, {"": 0}) == "cuda"
 
 
-@pytest.mark.parametrize("name,expected", [("bf16", "bfloat16"), ("FP16", "float16"), ("torch.float32", "float32"), ("auto", "auto")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("bf16", "bfloat16"), ("FP16", "float16"), ("torch.float32", "float32"), ("auto", "auto")],
+)
 def test_dtype_aliases(name, expected):
     assert normalize_dtype(name) == expected
 

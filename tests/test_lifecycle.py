@@ -89,14 +89,19 @@ def test_unload_frees_the_model_although_out_and_a_traceback_held_it(shell, tiny
     listing = ok(shell, "%llm_models")
     assert isinstance(listing, ModelsCard)
     kept = [load_card, listing]
-    if "llm_generate" in shell.magics_manager.magics["cell"]:  # once the generation branch is merged
+    if (
+        "llm_generate" in shell.magics_manager.magics["cell"]
+    ):  # once the generation branch is merged
         kept.append(ok(shell, "%%llm_generate -m tiny --max-new-tokens 3 --greedy\nHello"))
 
     card = ok(shell, "%llm_unload tiny")
 
     assert ref() is None, "the model survived %llm_unload"
     assert isinstance(card, UnloadCard) and card.freed
-    assert f"unloaded tiny-gpt2 ({load_card.info.dtype}, as tiny)" in card.text() and "RSS" in card.text()
+    assert (
+        f"unloaded tiny-gpt2 ({load_card.info.dtype}, as tiny)" in card.text()
+        and "RSS" in card.text()
+    )
     out = shell.user_ns["Out"]
     for value in kept:  # the cards (and a generation result) stay in Out: plain data only
         assert any(v is value for v in out.values()), value
@@ -190,9 +195,20 @@ def test_llm_models_lists_models_free_memory_and_escapes_html(shell, tiny_model_
     card = ok(shell, "%llm_models")
     text = card.text()
     lines = text.splitlines()
-    assert lines[0].split() == ["alias", "model", "revision", "dtype", "device", "memory", "last", "used"]
+    assert lines[0].split() == [
+        "alias",
+        "model",
+        "revision",
+        "dtype",
+        "device",
+        "memory",
+        "last",
+        "used",
+    ]
     second = next(line for line in lines if " second " in line)
-    assert second.startswith("*") and "bfloat16" in second and "cpu" in second and "284 KB" in second
+    assert (
+        second.startswith("*") and "bfloat16" in second and "cpu" in second and "284 KB" in second
+    )
     first = next(line for line in lines if " first " in line)
     assert "float32" in first and "568 KB" in first
     assert "2 models cached, 852 KB in all" in text
@@ -219,7 +235,9 @@ def test_max_models_one_unloads_the_first_model(shell, tiny_model_dir, tiny_hub_
     assert first() is None
     assert [e.name for e in MODEL_CACHE.entries()] == [tiny_hub_id]
     assert isinstance(card, LoadCard)
-    assert any("unloaded first (bfloat16, 284 KB)" in n and "budget of 1 model" in n for n in card.notes())
+    assert any(
+        "unloaded first (bfloat16, 284 KB)" in n and "budget of 1 model" in n for n in card.notes()
+    )
     assert "unloaded" in card.text()
 
 
@@ -238,7 +256,9 @@ def test_memory_budget_from_plain_python_and_as_a_string(shell, tiny_model_dir):
     big = llm_magic.load(str(tiny_model_dir), dtype="float32")  # 568 KB
     ref = weakref.ref(big.model)
     del big
-    small, card = llm_magic.load_with_card(str(tiny_model_dir), dtype="bfloat16")  # 284 KB: 852 KB > 600 KB
+    small, card = llm_magic.load_with_card(
+        str(tiny_model_dir), dtype="bfloat16"
+    )  # 284 KB: 852 KB > 600 KB
     assert ref() is None and MODEL_CACHE.entries() == [small]
     assert any("568 KB" in n and "600 KB" in n for n in card.notes())
 
@@ -273,10 +293,15 @@ def test_estimate_reads_every_shard_of_a_sharded_checkpoint(tiny_model_dir, tmp_
     from transformers import AutoModelForCausalLM
 
     sharded = tmp_path / "sharded"
-    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="100KB")
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(
+        sharded, max_shard_size="100KB"
+    )
     assert (sharded / "model.safetensors.index.json").is_file()
     est = sizing.estimate_safetensors(sharded, "float32")
-    assert len(est.files) > 1 and est.bytes == sizing.estimate_safetensors(tiny_model_dir, "float32").bytes
+    assert (
+        len(est.files) > 1
+        and est.bytes == sizing.estimate_safetensors(tiny_model_dir, "float32").bytes
+    )
 
 
 def test_estimate_of_a_gguf_not_converted_yet_reads_its_header(smollm2_gguf, tmp_path, monkeypatch):
@@ -290,20 +315,28 @@ def test_estimate_of_a_gguf_not_converted_yet_reads_its_header(smollm2_gguf, tmp
 def test_gguf_tensor_counts_from_the_gguf_reader(smollm2_gguf):
     elements, header = sizing.read_gguf_tensor_counts(smollm2_gguf)
     assert elements == 134_515_008  # SmolLM2-135M's parameters
-    assert 1_000_000 < header < 0.03 * os.path.getsize(smollm2_gguf)  # the 49k-token vocabulary, then the data
+    assert (
+        1_000_000 < header < 0.03 * os.path.getsize(smollm2_gguf)
+    )  # the 49k-token vocabulary, then the data
 
 
-def test_damaged_safetensors_header_is_a_value_error_with_the_librarys_reason(tiny_model_dir, tmp_path):
+def test_damaged_safetensors_header_is_a_value_error_with_the_librarys_reason(
+    tiny_model_dir, tmp_path
+):
     damaged = tmp_path / "model.safetensors"
     damaged.write_bytes(b"\xff" * 8 + b"{}")
     with pytest.raises(ValueError, match=f"{damaged}: .*header too large"):
         sizing.read_safetensors_header(damaged)
     header, size = sizing.read_safetensors_header(tiny_model_dir / "model.safetensors")
-    assert header["__metadata__"] == {"format": "pt"} and header["transformer.wte.weight"]["dtype"] == "F32"
+    assert (
+        header["__metadata__"] == {"format": "pt"}
+        and header["transformer.wte.weight"]["dtype"] == "F32"
+    )
     # The size against the format's definition (8-byte length, then that much JSON).
     first = json.loads((tiny_model_dir / "model.safetensors").read_bytes()[8:size])
     assert {k: v["shape"] for k, v in first.items() if k != "__metadata__"} == {
-        k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        k: v["shape"] for k, v in header.items() if k != "__metadata__"
+    }
 
 
 def _page_cache_bytes(path: Path) -> int:
@@ -330,16 +363,24 @@ def _evict(path: Path) -> None:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise and mincore (Linux)")
+@pytest.mark.skipif(
+    not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise and mincore (Linux)"
+)
 def test_estimate_reads_no_tensor_data(smollm2_gguf, tmp_path):
     """The readers memory-map the files: what they read shows in the page cache, not in
     read() counts. Private copies, so no other process keeps their pages cached."""
-    llm_magic.load(smollm2_gguf, device_map="cpu", dtype="bfloat16")  # make sure the converted folder exists
+    llm_magic.load(
+        smollm2_gguf, device_map="cpu", dtype="bfloat16"
+    )  # make sure the converted folder exists
     MODEL_CACHE.clear()
-    folder = shutil.copytree(loading.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted")
+    folder = shutil.copytree(
+        loading.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted"
+    )
     gguf = Path(shutil.copy(smollm2_gguf, tmp_path / "model.gguf"))
-    for read, data in ((lambda: sizing.estimate_safetensors(folder, "float32"), folder / "model.safetensors"),
-                       (lambda: sizing.estimate_gguf(gguf, "float32"), gguf)):
+    for read, data in (
+        (lambda: sizing.estimate_safetensors(folder, "float32"), folder / "model.safetensors"),
+        (lambda: sizing.estimate_gguf(gguf, "float32"), gguf),
+    ):
         _evict(data)
         before = _page_cache_bytes(data)
         if before > 0.03 * data.stat().st_size:
@@ -365,7 +406,9 @@ def test_does_not_fit_fails_before_loading_with_fixes(shell, tiny_model_dir, tmp
     ok(shell, "%llm_load $other --as resident --dtype bfloat16")
     calls = []
     real_load_model = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: calls.append(a) or real_load_model(*a, **k))
+    monkeypatch.setattr(
+        loading, "load_model", lambda *a, **k: calls.append(a) or real_load_model(*a, **k)
+    )
     # The narrowest boundary: the machine reports almost no free RAM.
     monkeypatch.setattr(hardware, "free_ram_bytes", lambda: 1_000_000)
 
@@ -388,10 +431,16 @@ def test_fit_verdicts_for_gpus_as_data():
     est = sizing.Estimate(10 * 10**9, 5 * 10**9, "bfloat16", "safetensors", (), 0)
     need = est.needed
     gpu = {"cuda:0": need + 1}
-    assert sizing.check_fit(est, "cuda", 64 * 10**9, gpu, "auto").message.startswith("fits on cuda:0: needs 10.0 GB")
+    assert sizing.check_fit(est, "cuda", 64 * 10**9, gpu, "auto").message.startswith(
+        "fits on cuda:0: needs 10.0 GB"
+    )
     small = {"cuda:0": need - 3 * 10**9}
     fit = sizing.check_fit(est, "cuda", 64 * 10**9, small, "auto")
-    assert fit.fits and fit.offload_bytes == 3 * 10**9 and fit.message.startswith("will offload 3.0 GB to cpu — generation slower")
+    assert (
+        fit.fits
+        and fit.offload_bytes == 3 * 10**9
+        and fit.message.startswith("will offload 3.0 GB to cpu — generation slower")
+    )
     fit = sizing.check_fit(est, "cuda", 64 * 10**9, small, "cuda:0")
     assert not fit.fits and fit.message.startswith("does not fit on cuda:0: needs 10.0 GB")
     fit = sizing.check_fit(est, "cuda", 1 * 10**9, small, "auto")
@@ -424,7 +473,9 @@ def test_memory_notebook_runs(smollm2_gguf):
     assert "Traceback" not in text and "Error" not in text, text
     assert "2 models cached" in shown["list-two"], shown["list-two"]
     assert "float32" in shown["list-two"] and "bfloat16" in shown["list-two"]
-    assert shown["unload"].startswith("✓ unloaded SmolLM2-135M-Instruct.Q4_1.gguf (float32, as big)"), shown["unload"]
+    assert shown["unload"].startswith(
+        "✓ unloaded SmolLM2-135M-Instruct.Q4_1.gguf (float32, as big)"
+    ), shown["unload"]
     assert "RSS" in shown["unload"]
     assert "model is gone: True" in shown["weakref"]
     assert "1 model cached" in shown["list-one"]
@@ -452,8 +503,10 @@ def test_unload_ext_says_what_it_freed_in_one_line_and_removes_the_magics(shell,
         ok(shell, "%unload_ext llm_magic")
     from llm_magic.display import format_bytes
 
-    assert out.stdout.splitlines() == [f"llm_magic unloaded: 1 model, {format_bytes(size)} freed; "
-                                       "%load_ext llm_magic to use it again"]
+    assert out.stdout.splitlines() == [
+        f"llm_magic unloaded: 1 model, {format_bytes(size)} freed; "
+        "%load_ext llm_magic to use it again"
+    ]
     for line in ("%llm_load x", "%llm_models", "%%llm_generate\nhi"):
         with capture_output():
             result = shell.run_cell(line)
@@ -469,7 +522,10 @@ def test_one_name_for_two_cached_models_asks_which(shell, tiny_model_dir):
 
     ok(shell, f"%llm_load {tiny_model_dir} --dtype float32 --quiet")
     ok(shell, f"%llm_load {tiny_model_dir} --dtype bfloat16 --as half --quiet")
-    for line, error_type in (("%llm_unload tiny-gpt2", LLMError), ("%%llm_generate -m tiny-gpt2 --max-new-tokens 2\nHi", GenerationError)):
+    for line, error_type in (
+        ("%llm_unload tiny-gpt2", LLMError),
+        ("%%llm_generate -m tiny-gpt2 --max-new-tokens 2\nHi", GenerationError),
+    ):
         with capture_output() as out:
             result = cell(shell, line)
         assert isinstance(result.error_in_exec, error_type), line
@@ -495,4 +551,6 @@ def test_llm_models_stays_narrow_and_marks_a_default_only_when_there_is_one(shel
     assert f"title='{tiny_model_dir}'" in html and "white-space:nowrap" in html
     ok(shell, "%llm_unload second")  # the default goes
     text = ok(shell, "%llm_models").text()
-    assert not any(line.startswith("*") for line in text.splitlines()) and "(* = default" not in text
+    assert (
+        not any(line.startswith("*") for line in text.splitlines()) and "(* = default" not in text
+    )

@@ -32,7 +32,9 @@ def handle(smollm2_gguf):
 
 def raw_chat(path: str, handle, messages, max_tokens: int) -> tuple[str, dict]:
     """What a user writes without llm_magic (same file, threads and context): the text and its usage."""
-    llm = llama_cpp.Llama(model_path=path, n_ctx=handle.model.n_ctx(), n_threads=handle.model.n_threads, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path, n_ctx=handle.model.n_ctx(), n_threads=handle.model.n_threads, verbose=False
+    )
     try:
         out = llm.create_chat_completion(messages=messages, temperature=0, max_tokens=max_tokens)
         return out["choices"][0]["message"]["content"], out["usage"]
@@ -57,12 +59,20 @@ def test_load_card_says_engine_quantization_context_threads(shell, smollm2_gguf)
 
 
 def test_llama_cpp_load_imports_no_torch(smollm2_gguf):
-    code = ("import sys, llm_magic\n"
-            "h = llm_magic.load(sys.argv[1], engine='llama.cpp')\n"
-            "print(llm_magic.generate('Hi', model=h, greedy=True, max_new_tokens=4).new_tokens)\n"
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code, smollm2_gguf], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ), check=True)
+    code = (
+        "import sys, llm_magic\n"
+        "h = llm_magic.load(sys.argv[1], engine='llama.cpp')\n"
+        "print(llm_magic.generate('Hi', model=h, greedy=True, max_new_tokens=4).new_tokens)\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, smollm2_gguf],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=True,
+    )
     assert proc.stdout.split("\n")[-2] == "False False", proc.stdout
 
 
@@ -71,7 +81,9 @@ def test_greedy_text_equals_raw_create_chat_completion(handle, smollm2_gguf):
     assert result.new_tokens > 5 and result.engine["engine"] == "llama.cpp"
     text, usage = raw_chat(smollm2_gguf, handle, [{"role": "user", "content": PROMPT}], 48)
     assert result.text == text
-    assert result.prompt_tokens == usage["prompt_tokens"]  # the same prompt tokens, counted before generating
+    assert (
+        result.prompt_tokens == usage["prompt_tokens"]
+    )  # the same prompt tokens, counted before generating
 
 
 def test_multi_turn_messages_match_raw_llama_cpp(handle, smollm2_gguf):
@@ -89,17 +101,25 @@ def test_multi_turn_messages_match_raw_llama_cpp(handle, smollm2_gguf):
 
 def test_streaming_pieces_make_the_text(handle):
     pieces: list[str] = []
-    result = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=32, stream=pieces.append)
+    result = llm_magic.generate(
+        PROMPT, model=handle, greedy=True, max_new_tokens=32, stream=pieces.append
+    )
     assert len(pieces) > 3 and "".join(pieces) == result.text
 
 
 def test_stop_string_cuts_the_text(handle):
     full = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=32).text
-    word = " ".join(full.split()[3:5])  # two words: more than one token, so a prefix could stream early
+    word = " ".join(
+        full.split()[3:5]
+    )  # two words: more than one token, so a prefix could stream early
     pieces: list[str] = []
-    cut = llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=32, stop=word, stream=pieces.append)
+    cut = llm_magic.generate(
+        PROMPT, model=handle, greedy=True, max_new_tokens=32, stop=word, stream=pieces.append
+    )
     assert cut.stop_reason == "stop string" and cut.stop_string == word
-    assert cut.text == full[: full.index(word)] and "".join(pieces) == cut.text  # the stop string never streamed
+    assert (
+        cut.text == full[: full.index(word)] and "".join(pieces) == cut.text
+    )  # the stop string never streamed
 
 
 def test_ctrl_c_stops_at_once_and_keeps_the_partial_text(handle):
@@ -111,23 +131,32 @@ def test_ctrl_c_stops_at_once_and_keeps_the_partial_text(handle):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt) as info:
-        llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=40, stream=interrupt_after_first)
+        llm_magic.generate(
+            PROMPT, model=handle, greedy=True, max_new_tokens=40, stream=interrupt_after_first
+        )
     partial = info.value.result
     assert len(pieces) == 1 and partial.stop_reason == "interrupted"
     assert partial.text.startswith(pieces[0]) and full.text.startswith(partial.text)
     assert partial.new_tokens < full.new_tokens
     # The model is left in a clean state: the same request gives the same text.
-    assert llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=40).text == full.text
+    assert (
+        llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=40).text == full.text
+    )
 
 
 def test_over_runs_each_prompt_in_order(shell, smollm2_gguf):
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --engine llama.cpp --as lc --quiet")
     shell.user_ns["countries"] = ["France", "Italy", "Spain"]
-    results = shell.run_cell_magic("llm_generate", "-m lc --greedy --max-new-tokens 12 --over countries",
-                                   "What is the capital of {item}?")
+    results = shell.run_cell_magic(
+        "llm_generate",
+        "-m lc --greedy --max-new-tokens 12 --over countries",
+        "What is the capital of {item}?",
+    )
     assert len(results) == 3
-    for country, result in zip(["France", "Italy", "Spain"], results):
-        single = llm_magic.generate(f"What is the capital of {country}?", model="lc", greedy=True, max_new_tokens=12)
+    for country, result in zip(["France", "Italy", "Spain"], results, strict=True):
+        single = llm_magic.generate(
+            f"What is the capital of {country}?", model="lc", greedy=True, max_new_tokens=12
+        )
         assert result.text == single.text and result.prompt == f"What is the capital of {country}?"
 
 
@@ -147,7 +176,9 @@ def test_unload_frees_llama_cpp_memory_even_while_a_variable_holds_the_llama(she
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --engine llama.cpp --as lc --quiet")
     shell.user_ns["kept"] = MODEL_CACHE.find("lc").model
     card = shell.run_line_magic("llm_unload", "lc")
-    assert not card.freed and card.held_by == ("kept",)  # the Python object lives on, and the card says so...
+    assert not card.freed and card.held_by == (
+        "kept",
+    )  # the Python object lives on, and the card says so...
     assert not shell.user_ns["kept"]._stack._exit_callbacks  # ...but its native memory was released
 
 
@@ -167,7 +198,9 @@ def test_a_folder_with_llama_cpp_is_refused(tiny_model_dir):
 
 
 def test_missing_llama_cpp_python_gives_the_install_line(smollm2_gguf, monkeypatch):
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # how Python marks a package as not importable
+    monkeypatch.setitem(
+        sys.modules, "llama_cpp", None
+    )  # how Python marks a package as not importable
     with pytest.raises(LoadError) as info:
         llm_magic.load(smollm2_gguf, engine="llama.cpp")
     assert 'pip install "llm_magic[llama-cpp]"' in "\n".join(info.value.card_lines())
@@ -176,7 +209,9 @@ def test_missing_llama_cpp_python_gives_the_install_line(smollm2_gguf, monkeypat
 def test_generations_record_decode_speeds_for_the_card(handle, smollm2_gguf):
     identity = str(handle.key[0])
     decode_speed._file(identity).unlink(missing_ok=True)
-    llm_magic.generate(PROMPT, model=handle, greedy=True, max_new_tokens=2)  # too few tokens to say anything
+    llm_magic.generate(
+        PROMPT, model=handle, greedy=True, max_new_tokens=2
+    )  # too few tokens to say anything
     assert decode_speed.read(identity) == {}
     llm_magic.generate("Write a story about a cat.", model=handle, greedy=True, max_new_tokens=24)
     record = decode_speed.read(identity)["llama.cpp"]
@@ -192,9 +227,14 @@ def test_transformers_card_says_how_much_faster_llama_cpp_decodes(shell, smollm2
     assert "no decode speed measured here yet" in card
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --engine llama.cpp --as lc --quiet")
     for model in ("tf", "lc"):  # one generation each: the two rates are measured, here
-        llm_magic.generate("Write a story about a cat.", model=model, greedy=True, max_new_tokens=32)
+        llm_magic.generate(
+            "Write a story about a cat.", model=model, greedy=True, max_new_tokens=32
+        )
     rates = decode_speed.read(identity)
-    ratio = rates["llama.cpp"]["tokens_per_second"] / rates["transformers bfloat16"]["tokens_per_second"]
+    ratio = (
+        rates["llama.cpp"]["tokens_per_second"]
+        / rates["transformers bfloat16"]["tokens_per_second"]
+    )
     card = shell.run_line_magic("llm_load", f"{smollm2_gguf} --dtype bfloat16 --as tf").text()
     assert f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here" in card
     assert ratio > 1.5  # llama.cpp on Q4_1 against dequantized bf16 (the bench has the real figure)

@@ -50,7 +50,11 @@ def test_load_folder_shows_card(shell, tiny_model_dir, kind):
     choice = hardware.choose_dtype(facts, loading.checkpoint_dtype(str(tiny_model_dir)))
     assert choice.dtype == expected_dtype
     assert f"dtype       {expected_dtype}  ({choice.reason})" in text
-    assert card.info.dtype == expected_dtype == str(MODEL_CACHE.current().model.dtype).removeprefix("torch.")
+    assert (
+        card.info.dtype
+        == expected_dtype
+        == str(MODEL_CACHE.current().model.dtype).removeprefix("torch.")
+    )
     assert "new · 1 model" in text
     assert card.info.num_params == sum(p.numel() for p in MODEL_CACHE.current().model.parameters())
     assert "reading weights" in captured.stderr  # progress while loading
@@ -173,8 +177,17 @@ def test_missing_path_fails_with_a_short_card(shell, tmp_path):
 def test_folder_without_tokenizer_fails_clearly(shell, tiny_model_dir, tmp_path):
     from conftest import copy_model
 
-    folder = copy_model(tiny_model_dir, tmp_path / "no-tokenizer",
-                        skip=("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"))
+    folder = copy_model(
+        tiny_model_dir,
+        tmp_path / "no-tokenizer",
+        skip=(
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+        ),
+    )
     result, captured = run(shell, f"%llm_load {folder}")
     assert not result.success
     assert isinstance(result.error_in_exec, LoadError)
@@ -204,7 +217,15 @@ def test_unload_ext_releases_every_model(shell, tiny_model_dir):
 
 def test_help_lists_options(shell):
     doc = shell.find_line_magic("llm_load").__doc__
-    for option in ("--dtype", "--device-map", "--revision", "--trust-remote-code", "--as", "--reload", "--quiet"):
+    for option in (
+        "--dtype",
+        "--device-map",
+        "--revision",
+        "--trust-remote-code",
+        "--as",
+        "--reload",
+        "--quiet",
+    ):
         assert option in doc
 
 

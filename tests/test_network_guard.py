@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from network_guard import NetworkGuardError, is_loopback
 
-DOC_ADDRESS = str(ipaddress.IPv4Address((192 << 24) | (0 << 16) | (2 << 8) | 1))  # TEST-NET-1's first host
+DOC_ADDRESS = str(
+    ipaddress.IPv4Address((192 << 24) | (0 << 16) | (2 << 8) | 1)
+)  # TEST-NET-1's first host
 DOC_ADDRESS_V6 = "2001:db8::1"
 HUB_NAME = "huggingface.co"
 
@@ -35,6 +36,7 @@ def recorders(network_guard_on, monkeypatch):
         def record(*args):
             calls.append((name, *(args[1:] if name.startswith("connect") else args)))
             return 0 if name == "connect_ex" else None
+
         return record
 
     for name in ("connect", "connect_ex", "getaddrinfo", "gethostbyname", "gethostbyname_ex"):
@@ -48,7 +50,10 @@ def test_the_guard_is_on_for_every_test(network_guard_on):
     assert socket.socket.connect is not network_guard_on.real_connect
 
 
-@pytest.mark.parametrize("target", [(DOC_ADDRESS, 443), ("::ffff:" + DOC_ADDRESS, 443), (DOC_ADDRESS_V6, 443), (HUB_NAME, 443)])
+@pytest.mark.parametrize(
+    "target",
+    [(DOC_ADDRESS, 443), ("::ffff:" + DOC_ADDRESS, 443), (DOC_ADDRESS_V6, 443), (HUB_NAME, 443)],
+)
 def test_a_non_loopback_connect_is_refused_before_the_real_call(recorders, request, target):
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -92,7 +97,9 @@ def test_loopback_and_unix_sockets_pass_through(recorders, tmp_path):
     socket.getaddrinfo("::", 9)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(tmp_path / "sock"))
-    assert [c[0] for c in recorders] == ["connect", "connect_ex", "connect"] + ["getaddrinfo"] * 4 + ["connect"]
+    assert [c[0] for c in recorders] == ["connect", "connect_ex", "connect"] + [
+        "getaddrinfo"
+    ] * 4 + ["connect"]
     assert recorders[0][1] == ("127.0.0.1", 9)
 
 
@@ -108,8 +115,22 @@ def test_a_refusal_fails_the_test_even_when_swallowed(network_guard_on, recorder
 
 
 def test_is_loopback():
-    assert all(is_loopback(h) for h in ("127.0.0.1", "127.255.0.3", "::1", "[::1]", "::ffff:127.0.0.1", "localhost", None, ""))
-    assert not any(is_loopback(h) for h in (DOC_ADDRESS, DOC_ADDRESS_V6, HUB_NAME, "localhost.example"))
+    assert all(
+        is_loopback(h)
+        for h in (
+            "127.0.0.1",
+            "127.255.0.3",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+            "localhost",
+            None,
+            "",
+        )
+    )
+    assert not any(
+        is_loopback(h) for h in (DOC_ADDRESS, DOC_ADDRESS_V6, HUB_NAME, "localhost.example")
+    )
 
 
 # Run first in a subprocess: the real lookups of the guard installed there (and only
@@ -133,9 +154,17 @@ def test_subprocesses_are_guarded_and_reported(network_guard_on, request):
         "socket.getaddrinfo('localhost', 443)\n"
         "print('LOOKUPS', lookups)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    assert "REFUSED NetworkGuardError" in out.stdout and "LOOKUPS [('localhost', 443)]" in out.stdout
+    assert (
+        "REFUSED NetworkGuardError" in out.stdout and "LOOKUPS [('localhost', 443)]" in out.stdout
+    )
     refused = network_guard_on.take()
     assert len(refused) == 1 and request.node.nodeid in refused[0] and "subprocess" in refused[0]
 
@@ -144,7 +173,10 @@ def test_the_session_hub_is_on_loopback():
     from huggingface_hub import constants
 
     assert is_loopback(constants.ENDPOINT.split("//", 1)[1].rsplit(":", 1)[0])
-    assert not any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"))
+    assert not any(
+        os.environ.get(v)
+        for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")
+    )
 
 
 def test_notebook_kernels_get_the_loopback_hub_and_the_guard(network_guard_on, tmp_path):
@@ -168,6 +200,13 @@ def test_notebook_kernels_get_the_loopback_hub_and_the_guard(network_guard_on, t
     path = tmp_path / "probe.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)]), path)
     text = cell_text(run(path, timeout=120).cells[0])
-    assert f"ENDPOINT {os.environ['HF_ENDPOINT']}" in text and is_loopback(os.environ["HF_ENDPOINT"].split("//")[1].rsplit(":", 1)[0])
-    assert "PROXY []" in text and "GUARD True" in text and "REFUSED NetworkGuardError" in text and "LOOKUPS []" in text
+    assert f"ENDPOINT {os.environ['HF_ENDPOINT']}" in text and is_loopback(
+        os.environ["HF_ENDPOINT"].split("//")[1].rsplit(":", 1)[0]
+    )
+    assert (
+        "PROXY []" in text
+        and "GUARD True" in text
+        and "REFUSED NetworkGuardError" in text
+        and "LOOKUPS []" in text
+    )
     assert any(HUB_NAME in line and "subprocess" in line for line in network_guard_on.take())

@@ -46,9 +46,15 @@ def test_run_notebook_output_starts_with_the_cells_not_a_kernel_warning(tmp_path
     import nbformat
 
     path = tmp_path / "tiny.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), path)
-    done = subprocess.run([sys.executable, str(EXAMPLES / "run_notebook.py"), str(path)],
-                          capture_output=True, text=True, timeout=180)
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), path
+    )
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "run_notebook.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == ["In: print(6 * 7)", "42"]
     assert "IPKernelApp" not in done.stderr and "without encryption" not in done.stderr
@@ -57,7 +63,9 @@ def test_run_notebook_output_starts_with_the_cells_not_a_kernel_warning(tmp_path
 def test_chat_notebook_remembers_and_resets():
     notebook = run(EXAMPLES / "chat.ipynb")
     told, asked = _cells_with(notebook, "%%llm_chat")
-    assert "pineapple" in cell_text(asked).split("\n── ")[0].lower()  # said a turn earlier, recalled
+    assert (
+        "pineapple" in cell_text(asked).split("\n── ")[0].lower()
+    )  # said a turn earlier, recalled
     messages = cell_text(_cells_with(notebook, "conversation.messages")[0])
     assert messages.count("'role': 'user'") == 2 and messages.count("'role': 'assistant'") == 2
     shown = _cells_with(notebook, "%llm_chat --show")[0]

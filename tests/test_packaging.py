@@ -24,7 +24,9 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "llm_magic", src / "llm_magic", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "llm_magic", src / "llm_magic", ignore=shutil.ignore_patterns("__pycache__")
+    )
     out = tmp_path_factory.mktemp("dist")
     # The running interpreter's setuptools builds it when recent enough (no download);
     # otherwise pip fetches one into an isolated build environment.
@@ -35,8 +37,11 @@ def wheel(tmp_path_factory) -> Path:
     except ImportError:
         isolation = ["--use-pep517"]
     flags = ["--no-build-isolation"] if not isolation else isolation
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *flags, "-q", "-w", str(out), str(src)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *flags, "-q", "-w", str(out), str(src)],
+        check=True,
+        timeout=300,
+    )
     [built] = out.glob("llm_magic-*.whl")
     return built
 
@@ -48,8 +53,15 @@ def test_wheel_metadata_and_files(wheel):
     assert {"llm_magic/py.typed", "llm_magic/discovery.py", "llm_magic/completion.py"} <= names
     assert not any(n.startswith("tests/") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
-    assert "Classifier: Framework :: IPython" in metadata and "Classifier: Framework :: Jupyter" in metadata
-    extras = {line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Provides-Extra: ")}
+    assert (
+        "Classifier: Framework :: IPython" in metadata
+        and "Classifier: Framework :: Jupyter" in metadata
+    )
+    extras = {
+        line.split(": ", 1)[1]
+        for line in metadata.splitlines()
+        if line.startswith("Provides-Extra: ")
+    }
     assert {"gguf", "server", "llama-cpp", "quantize", "all"} <= extras
     assert 'Requires-Dist: openai>=1.0; extra == "server"' in metadata
 
@@ -57,9 +69,14 @@ def test_wheel_metadata_and_files(wheel):
 def core_requirements(wheel: Path) -> list[str]:
     """The wheel's own Requires-Dist lines outside any extra."""
     with zipfile.ZipFile(wheel) as z:
-        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    return [line.split(": ", 1)[1] for line in metadata.splitlines()
-            if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+        metadata = z.read(
+            next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        ).decode()
+    return [
+        line.split(": ", 1)[1]
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist: ") and "extra ==" not in line
+    ]
 
 
 def core_site(requirements: list[str], folder: Path) -> Path:
@@ -82,7 +99,11 @@ def core_site(requirements: list[str], folder: Path) -> Path:
         for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
             if not (folder / top).exists():
                 (folder / top).symlink_to(dist.locate_file(top))
-        todo += [q for q in map(Requirement, dist.requires or []) if q.marker is None or q.marker.evaluate({"extra": ""})]
+        todo += [
+            q
+            for q in map(Requirement, dist.requires or [])
+            if q.marker is None or q.marker.evaluate({"extra": ""})
+        ]
     return folder
 
 
@@ -96,9 +117,21 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
     them from the package index instead, as a user's pip does."""
     venv = tmp_path / "venv"
     # No pip or setuptools of its own (they would shadow the core's): this pip installs into it.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300
+    )
     python = venv / "bin" / "python"
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "-c", str(REPO / "constraints.txt")]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "-q",
+        "-c",
+        str(REPO / "constraints.txt"),
+    ]
     # The wheel, not this checkout: on PYTHONPATH, the checkout (and the llm_magic.egg-info an
     # editable install leaves in it) would make pip call llm_magic installed already.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -106,7 +139,9 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
         subprocess.run([*pip, str(wheel)], check=True, timeout=1200, env=env)
     else:
         site = next((venv / "lib").glob("python3*/site-packages"))
-        (site / "llm_magic_core_dependencies.pth").write_text(f"{core_site(core_requirements(wheel), tmp_path / 'core')}\n")
+        (site / "llm_magic_core_dependencies.pth").write_text(
+            f"{core_site(core_requirements(wheel), tmp_path / 'core')}\n"
+        )
         subprocess.run([*pip, "--no-index", str(wheel)], check=True, timeout=300, env=env)
     script = textwrap.dedent("""
         import importlib.util, json, sys
@@ -121,11 +156,21 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
             "extras": {name: importlib.util.find_spec(name) is not None for name in ("gguf", "openai", "llama_cpp")},
         }))
     """)
-    out = subprocess.run([str(python), "-c", script, str(tiny_model_dir)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(python), "-c", script, str(tiny_model_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["module"].startswith(str(venv))
     assert result["card"].startswith("✓") and "GPT2LMHeadModel" in result["card"]
     assert 1 <= result["tokens"] <= 5
-    assert result["extras"] == {"gguf": False, "openai": False, "llama_cpp": False}  # core dependencies only
+    assert result["extras"] == {
+        "gguf": False,
+        "openai": False,
+        "llama_cpp": False,
+    }  # core dependencies only

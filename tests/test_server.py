@@ -9,18 +9,16 @@ Token counts are kept small: the servers run on the CPU, next to the tests.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
+import servers
 from IPython.utils.capture import capture_output
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError, LoadError
 from llm_magic.engines import server as server_engine
-
-import servers
 
 pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -30,6 +28,7 @@ KEY = "sk-llm-magic-test-0123456789abcdef"  # a made-up key the proxy checks: it
 
 
 # --- servers, started once per session --------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def smollm2_folder(smollm2_gguf) -> Path:
@@ -52,7 +51,9 @@ def smollm2_folder(smollm2_gguf) -> Path:
 def transformers_server(smollm2_folder):
     pytest.importorskip("fastapi")
     # One OpenMP thread: on a shared machine, spinning OpenMP teams made it 10× slower here.
-    proc = servers.transformers_serve(smollm2_folder, dtype="float32", continuous_batching=True, threads=1)
+    proc = servers.transformers_serve(
+        smollm2_folder, dtype="float32", continuous_batching=True, threads=1
+    )
     yield proc
     proc.stop()
 
@@ -73,7 +74,9 @@ def llama_server(smollm2_gguf):
 
 @pytest.fixture(params=["transformers", "llama.cpp"])
 def server(request):
-    return request.getfixturevalue("transformers_server" if request.param == "transformers" else "llama_server")
+    return request.getfixturevalue(
+        "transformers_server" if request.param == "transformers" else "llama_server"
+    )
 
 
 @pytest.fixture
@@ -93,6 +96,7 @@ def cache_state():
 
 
 # --- loading: the card, the cache ------------------------------------------------------
+
 
 def test_load_card_lists_and_unloads(loaded, server):
     shell, entry, card = loaded
@@ -119,16 +123,24 @@ def test_model_named_explicitly_is_the_same_entry(shell, server):
 
 # --- generation ---------------------------------------------------------------------
 
+
 def test_transformers_serve_greedy_equals_local_greedy(shell, transformers_server, smollm2_gguf):
     """The same float32 weights, greedy, in the kernel and behind `transformers serve`."""
     shell.run_line_magic("llm_load", f"{smollm2_gguf} --dtype float32 --as local --quiet")
-    local, _ = run(shell, f"%%llm_generate -m local --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
+    local, _ = run(
+        shell, f"%%llm_generate -m local --greedy --max-new-tokens 8 --no-stream\n{QUESTION}"
+    )
     shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as remote --quiet")
-    remote, _ = run(shell, f"%%llm_generate -m remote --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
+    remote, _ = run(
+        shell, f"%%llm_generate -m remote --greedy --max-new-tokens 8 --no-stream\n{QUESTION}"
+    )
     assert remote.success, remote.error_in_exec
     assert "Paris" in remote.result.text
     assert remote.result.text == local.result.text
-    assert remote.result.engine["engine"] == "server" and remote.result.device == transformers_server.url
+    assert (
+        remote.result.engine["engine"] == "server"
+        and remote.result.device == transformers_server.url
+    )
 
 
 def test_llama_cpp_greedy_equals_the_raw_openai_client(shell, llama_server):
@@ -138,40 +150,65 @@ def test_llama_cpp_greedy_equals_the_raw_openai_client(shell, llama_server):
     result, _ = run(shell, f"%%llm_generate --greedy --max-new-tokens 8 --no-stream\n{QUESTION}")
     client = openai.OpenAI(base_url=llama_server.url, api_key="none", timeout=120, max_retries=0)
     served = servers.served_ids(llama_server.url)[0]
-    reply = client.chat.completions.create(model=served, messages=[{"role": "user", "content": QUESTION}],
-                                           temperature=0.0, max_tokens=8)
+    reply = client.chat.completions.create(
+        model=served,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0.0,
+        max_tokens=8,
+    )
     assert result.result.text == reply.choices[0].message.content
 
 
 def test_streaming_shows_text_before_the_end_and_reports_usage(loaded):
     shell, entry, _ = loaded
     pieces = []
-    result = llm_magic.generate(QUESTION, model="srv", greedy=True, max_new_tokens=8,
-                                stream=lambda piece: pieces.append((time.perf_counter(), piece)))
+    result = llm_magic.generate(
+        QUESTION,
+        model="srv",
+        greedy=True,
+        max_new_tokens=8,
+        stream=lambda piece: pieces.append((time.perf_counter(), piece)),
+    )
     ended = time.perf_counter()
     assert len(pieces) >= 2 and pieces[0][0] < pieces[-1][0] < ended
     assert "".join(p for _, p in pieces) == result.text
     assert 0 < result.new_tokens <= 8
-    if any("no usage" in n for n in result.notes):  # llama_cpp.server streams no usage: one token per piece, said so
+    if any(
+        "no usage" in n for n in result.notes
+    ):  # llama_cpp.server streams no usage: one token per piece, said so
         assert result.new_tokens == len(pieces)
     else:  # the server's usage (stream_options include_usage)
         assert result.prompt_tokens > 5
     assert result.time_to_first_token is not None
     footer = result.footer()
-    assert f"{result.prompt_tokens} prompt tokens · {result.new_tokens} new" in footer and "served" in footer
+    assert (
+        f"{result.prompt_tokens} prompt tokens · {result.new_tokens} new" in footer
+        and "served" in footer
+    )
 
 
 def test_raw_system_and_show_prompt(loaded):
     shell, entry, _ = loaded
-    result, out = run(shell, "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is")
+    result, out = run(
+        shell,
+        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is",
+    )
     assert result.success, result.error_in_exec
     assert shell.user_ns["r"] is result.result
     assert "sent as is to /v1/completions" in result.result.notes
     assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
-    system, out = run(shell, "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
-                             + QUESTION)
+    system, out = run(
+        shell,
+        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
+        + QUESTION,
+    )
     shown = out.outputs[0].data["text/plain"]
-    assert system.success and "messages as sent" in shown and '"role": "system"' in shown and "Answer in French." in shown
+    assert (
+        system.success
+        and "messages as sent" in shown
+        and '"role": "system"' in shown
+        and "Answer in French." in shown
+    )
 
 
 def test_ctrl_c_mid_stream_keeps_the_partial_text(loaded):
@@ -184,13 +221,22 @@ def test_ctrl_c_mid_stream_keeps_the_partial_text(loaded):
 
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt) as caught:
-        llm_magic.generate("Write a long story about a dragon.", model="srv", greedy=True, max_new_tokens=200,
-                           stream=interrupt_after_first)
+        llm_magic.generate(
+            "Write a long story about a dragon.",
+            model="srv",
+            greedy=True,
+            max_new_tokens=200,
+            stream=interrupt_after_first,
+        )
     partial = caught.value.result
     assert partial.stop_reason == "interrupted" and partial.text == pieces[0] and len(pieces) == 1
     assert partial.new_tokens < 200
-    assert time.perf_counter() - started < 120  # generous: the stream closed, 200 tokens were not waited for
-    after = llm_magic.generate(QUESTION, model="srv", greedy=True, max_new_tokens=3)  # the server still answers
+    assert (
+        time.perf_counter() - started < 120
+    )  # generous: the stream closed, 200 tokens were not waited for
+    after = llm_magic.generate(
+        QUESTION, model="srv", greedy=True, max_new_tokens=3
+    )  # the server still answers
     assert after.new_tokens > 0
 
 
@@ -202,11 +248,20 @@ SEQUENCES = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "January, February
 def test_over_keeps_the_order_and_converts_to_pandas(loaded):
     shell, entry, _ = loaded
     shell.user_ns["seqs"] = SEQUENCES
-    result, captured = run(shell, "%%llm_generate --over seqs --raw --greedy --max-new-tokens 3 --concurrency 3\n{item}")
+    result, captured = run(
+        shell,
+        "%%llm_generate --over seqs --raw --greedy --max-new-tokens 3 --concurrency 3\n{item}",
+    )
     assert result.success, result.error_in_exec
-    assert f"{len(SEQUENCES)}/{len(SEQUENCES)} prompts" in captured.stderr and "batch" not in captured.stderr  # a step per request
+    assert (
+        f"{len(SEQUENCES)}/{len(SEQUENCES)} prompts" in captured.stderr
+        and "batch" not in captured.stderr
+    )  # a step per request
     results = result.result
-    singles = [llm_magic.generate(s, model="srv", raw=True, greedy=True, max_new_tokens=3).text for s in SEQUENCES]
+    singles = [
+        llm_magic.generate(s, model="srv", raw=True, greedy=True, max_new_tokens=3).text
+        for s in SEQUENCES
+    ]
     assert results.texts == singles
     assert [r.prompt for r in results] == SEQUENCES
     frame = results.to_pandas()
@@ -236,17 +291,29 @@ def test_over_retries_a_busy_server_then_reports_it(shell, transformers_server):
     proxy = servers.KeyProxy(transformers_server.url, busy=3)
     try:
         shell.run_line_magic("llm_load", f"--server {proxy.url} --as busy --quiet")
-        result, _ = run(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}")
+        result, _ = run(
+            shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}"
+        )
         assert result.success, result.error_in_exec
-        assert proxy.refused == 3 and not result.result.failed and all(r.new_tokens > 0 for r in result.result)
+        assert (
+            proxy.refused == 3
+            and not result.result.failed
+            and all(r.new_tokens > 0 for r in result.result)
+        )
         proxy.busy_left = 10**6
-        text = fail(shell, "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}", GenerationError, 60)
+        text = fail(
+            shell,
+            "%%llm_generate -m busy --over seqs --raw --greedy --max-new-tokens 2\n{item}",
+            GenerationError,
+            60,
+        )
         assert "rate-limiting requests (429)" in text and "--concurrency" in text
     finally:
         proxy.stop()
 
 
 # --- failures, produced for real ----------------------------------------------------------
+
 
 def fail(shell, cell: str, error_type=LoadError, seconds: float = 5.0) -> str:
     """Run a failing cell: it fails with a short card within `seconds`, the cache as it was."""
@@ -282,13 +349,17 @@ def test_a_web_server_that_is_not_an_openai_api(shell):
         text = fail(shell, f"%llm_load --server {web.url}")
         assert "is not an OpenAI-compatible API" in text and "an HTML page" in text
         assert "/v1" in text  # the fix names the usual base path
-        tls = fail(shell, f"%llm_load --server https://127.0.0.1:{web.port}/v1")  # TLS spoken to a plain-HTTP server
+        tls = fail(
+            shell, f"%llm_load --server https://127.0.0.1:{web.port}/v1"
+        )  # TLS spoken to a plain-HTTP server
         assert "TLS handshake with 127.0.0.1" in tls and "write http://" in tls
     finally:
         web.stop()
 
 
-def test_api_key_checked_by_a_real_proxy_never_shows(shell, transformers_server, monkeypatch, tmp_path):
+def test_api_key_checked_by_a_real_proxy_never_shows(
+    shell, transformers_server, monkeypatch, tmp_path
+):
     proxy = servers.KeyProxy(transformers_server.url, KEY)
     try:
         text = fail(shell, f"%llm_load --server {proxy.url}")
@@ -297,13 +368,26 @@ def test_api_key_checked_by_a_real_proxy_never_shows(shell, transformers_server,
         text = fail(shell, f"%llm_load --server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY")
         assert "refused the key in $LLM_MAGIC_TEST_KEY" in text and "sk-wrong-key" not in text
         monkeypatch.setenv("LLM_MAGIC_TEST_KEY", KEY)
-        result, out = run(shell, f"%llm_load --server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY --as keyed")
+        result, out = run(
+            shell, f"%llm_load --server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY --as keyed"
+        )
         assert result.success, result.error_in_exec
-        gen, gen_out = run(shell, "%%llm_generate -m keyed --greedy --max-new-tokens 3 --no-stream\nHello")
+        gen, gen_out = run(
+            shell, "%%llm_generate -m keyed --greedy --max-new-tokens 3 --no-stream\nHello"
+        )
         assert gen.success, gen.error_in_exec
         models, models_out = run(shell, "%llm_models")
-        shown = [out.stdout, gen_out.stdout, models_out.stdout, result.result.text(), result.result.html(),
-                 repr(gen.result.metadata()), gen.result.html(), models.result.html(), repr(MODEL_CACHE.find("keyed").info)]
+        shown = [
+            out.stdout,
+            gen_out.stdout,
+            models_out.stdout,
+            result.result.text(),
+            result.result.html(),
+            repr(gen.result.metadata()),
+            gen.result.html(),
+            models.result.html(),
+            repr(MODEL_CACHE.find("keyed").info),
+        ]
         assert all(KEY not in s for s in shown)
         assert "from $LLM_MAGIC_TEST_KEY" in result.result.text()
     finally:
@@ -311,7 +395,9 @@ def test_api_key_checked_by_a_real_proxy_never_shows(shell, transformers_server,
 
 
 def test_server_killed_mid_stream_keeps_the_partial_text(shell, smollm2_folder):
-    doomed = servers.transformers_serve(smollm2_folder, dtype="float32", continuous_batching=False, threads=1)
+    doomed = servers.transformers_serve(
+        smollm2_folder, dtype="float32", continuous_batching=False, threads=1
+    )
     try:
         shell.run_line_magic("llm_load", f"--server {doomed.url} --as doomed --quiet")
         pieces = []
@@ -322,8 +408,13 @@ def test_server_killed_mid_stream_keeps_the_partial_text(shell, smollm2_folder):
                 doomed.kill()
 
         with pytest.raises(GenerationError) as caught:
-            llm_magic.generate("Write a long story about a dragon.", model="doomed", greedy=True, max_new_tokens=200,
-                               stream=kill_after_first)
+            llm_magic.generate(
+                "Write a long story about a dragon.",
+                model="doomed",
+                greedy=True,
+                max_new_tokens=200,
+                stream=kill_after_first,
+            )
         card = "\n".join(caught.value._render_traceback_())
         assert "closed the connection before the answer was complete" in card
         partial = caught.value.result
@@ -337,9 +428,16 @@ def test_read_timeout_gives_a_card(shell, transformers_server):
     old = server_engine.DEFAULTS.timeout
     shell.run_line_magic("config", "LLMMagics.request_timeout = 0.5")
     try:
-        shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as slow --quiet --reload")
+        shell.run_line_magic(
+            "llm_load", f"--server {transformers_server.url} --as slow --quiet --reload"
+        )
         shell.user_ns["one"] = ["Write a long story about a dragon."]
-        text = fail(shell, "%%llm_generate -m slow --over one --greedy --max-new-tokens 200\n{item}", GenerationError, 30)
+        text = fail(
+            shell,
+            "%%llm_generate -m slow --over one --greedy --max-new-tokens 200\n{item}",
+            GenerationError,
+            30,
+        )
         assert "did not answer within 0.5 s" in text
     finally:
         server_engine.DEFAULTS.timeout = old
@@ -347,7 +445,10 @@ def test_read_timeout_gives_a_card(shell, transformers_server):
 
 # --- the example notebook --------------------------------------------------------------
 
-def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(transformers_server, monkeypatch, tmp_path):
+
+def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(
+    transformers_server, monkeypatch, tmp_path
+):
     """examples/server.ipynb in a real kernel, through a key-checking proxy: the key comes
     from OPENAI_API_KEY (the default variable) and appears nowhere in the saved notebook."""
     import sys
@@ -355,7 +456,8 @@ def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(transformer
     import nbformat
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from run_notebook import cell_text, run as run_notebook
+    from run_notebook import cell_text
+    from run_notebook import run as run_notebook
 
     proxy = servers.KeyProxy(transformers_server.url, KEY)
     monkeypatch.setenv("LLM_MAGIC_SERVER_URL", proxy.url)
@@ -369,8 +471,15 @@ def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(transformer
     card = texts["%llm_load --server $url --as remote"]
     assert f"served at {proxy.url}" in card and "from $OPENAI_API_KEY" in card
     assert "Paris" in texts["%%llm_generate -m remote --greedy --max-new-tokens 12"]
-    assert "3 results in 3 requests" in texts["%%llm_generate -m remote --over countries --greedy --max-new-tokens 8 --out answers"]
-    assert "nothing is listening at 127.0.0.1:9" in texts["%llm_load --server http://127.0.0.1:9/v1"]
+    assert (
+        "3 results in 3 requests"
+        in texts[
+            "%%llm_generate -m remote --over countries --greedy --max-new-tokens 8 --out answers"
+        ]
+    )
+    assert (
+        "nothing is listening at 127.0.0.1:9" in texts["%llm_load --server http://127.0.0.1:9/v1"]
+    )
     saved = tmp_path / "server.ipynb"
     nbformat.write(notebook, saved)
     assert KEY not in saved.read_text()

@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # this checkout's llm_magic
+sys.path[:0] = [
+    str(Path(__file__).parent),
+    str(Path(__file__).parents[1]),
+]  # this checkout's llm_magic
 from test_display_themes import CARDS, THEMES, card_html  # noqa: E402
 
 
@@ -20,14 +23,23 @@ def page(theme: dict) -> str:
     variables = "".join(f"{k}:{v};" for k, v in theme.items())
     background = theme.get("--jp-layout-color0", "#ffffff")
     text = theme.get("--jp-content-font-color1", "#000000")
-    body = "".join(f"<h4 style='color:{text};font-family:sans-serif;margin:1em 0 .3em'>{html.escape(kind)}</h4>"
-                   f"<div style='color:{text}'>{card_html(card)}</div>" for kind, card in CARDS.items())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><style>:root{{{variables}}}</style></head>"
-            f"<body style='background:{background};margin:1em;width:900px'>{body}</body></html>")
+    body = "".join(
+        f"<h4 style='color:{text};font-family:sans-serif;margin:1em 0 .3em'>{html.escape(kind)}</h4>"
+        f"<div style='color:{text}'>{card_html(card)}</div>"
+        for kind, card in CARDS.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><style>:root{{{variables}}}</style></head>"
+        f"<body style='background:{background};margin:1em;width:900px'>{body}</body></html>"
+    )
 
 
 def main(out: Path) -> list[Path]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    chromium = (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
     if chromium is None:
         raise SystemExit("no chromium: apt-get install -y chromium")
     out.mkdir(parents=True, exist_ok=True)
@@ -37,9 +49,21 @@ def main(out: Path) -> list[Path]:
         source = out / f"{slug}.html"
         source.write_text(page(theme), encoding="utf-8")
         png = out / f"{slug}.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--window-size=960,1500", f"--screenshot={png}", source.as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=960,1500",
+                f"--screenshot={png}",
+                source.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         shots.append(png)
     return shots
 

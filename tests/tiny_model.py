@@ -32,7 +32,9 @@ def build_tiny_gpt2(folder: Path, layers: int = 2, width: int = 64, init_std: fl
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_CORPUS, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        _CORPUS, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -76,7 +78,9 @@ def lay_out_as_hub_cache(model_dir: Path, hub_cache: Path, repo_id: str) -> Path
     return snapshot
 
 
-def build_tiny_gguf(path: Path, tokenizer_dir: Path, layers: int = 2, width: int = 64, ffn: int = 128) -> Path:
+def build_tiny_gguf(
+    path: Path, tokenizer_dir: Path, layers: int = 2, width: int = 64, ffn: int = 128
+) -> Path:
     """Write a tiny random Llama as a .gguf (float32 tensors) with the GGUF writer of the
     `gguf` package, its BPE tokenizer taken from `tokenizer_dir` (tokenizer.json).
 

@@ -14,12 +14,15 @@ This module holds only the interface and the plain data crossing it: no heavy im
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 TextCallback = Callable[[str], None]
 ProgressCallback = Callable[[int, int], None]  # (groups done, groups in all): batches, or requests
-Budget = Callable[[Sequence["Rendered"]], "tuple[int, tuple[str, ...]]"]  # rows -> (max_new_tokens, notes)
+Budget = Callable[
+    [Sequence["Rendered"]], "tuple[int, tuple[str, ...]]"
+]  # rows -> (max_new_tokens, notes)
 
 
 @dataclass(frozen=True)
@@ -99,15 +102,27 @@ class Engine(Protocol):
         """The request in the engine's form; raises GenerationError for one it refuses."""
         ...
 
-    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings: Any,
-            on_text: TextCallback | None = None) -> Run:
+    def run(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        max_new: int,
+        settings: Any,
+        on_text: TextCallback | None = None,
+    ) -> Run:
         """Generate for `rows` (one, when streaming to `on_text`). Ctrl-C is caught and
         returned as `Run.interrupt` with the partial completions."""
         ...
 
-    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings: Any, budget: Budget,
-                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+    def run_many(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        settings: Any,
+        budget: Budget,
+        batch_size: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[list[int], Run]]:
         """Many rows, as the engine does them best (padded batches, concurrent requests):
         yields (the rows' indices, their run) as each group finishes."""
         ...
-

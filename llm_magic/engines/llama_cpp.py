@@ -25,8 +25,9 @@ from __future__ import annotations
 import codecs
 import os
 import time
+from collections.abc import Iterator, Sequence
 from importlib import metadata as _metadata
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import GenerationError, LoadError, diagnose_generation
 from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
@@ -54,8 +55,12 @@ class LlamaCppEngine:
 
     def describe(self) -> dict[str, Any]:
         llm = self.entry.model
-        return {"engine": self.kind, "llama_cpp_python": _version(), "threads": getattr(llm, "n_threads", None),
-                "quantization": dict(self.entry.info.details).get("quantization")}
+        return {
+            "engine": self.kind,
+            "llama_cpp_python": _version(),
+            "threads": getattr(llm, "n_threads", None),
+            "quantization": dict(self.entry.info.details).get("quantization"),
+        }
 
     def context_limit(self) -> int | None:
         return self.entry.model.n_ctx()
@@ -76,7 +81,9 @@ class LlamaCppEngine:
             text = "\n\n".join(m["content"] for m in request.messages)
             # As create_completion tokenizes a text prompt: the model's bos, then the text.
             bos = [llm.token_bos()] if llm._model.add_bos_token() and llm.token_bos() != -1 else []
-            ids = bos + (llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else [])
+            ids = bos + (
+                llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+            )
             return Rendered(request, text, len(ids) if text else 0, ids)
         from jinja2 import TemplateError
 
@@ -86,9 +93,13 @@ class LlamaCppEngine:
             fixes = ["--raw sends the text without the chat template"]
             if request.system:
                 fixes.insert(0, "leave out --system: some templates take no system message")
-            raise GenerationError("the model's chat template refused the prompt", str(e), fixes) from e
+            raise GenerationError(
+                "the model's chat template refused the prompt", str(e), fixes
+            ) from e
         # As llama-cpp-python's chat handler tokenizes it: the template wrote the special tokens.
-        ids = llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+        ids = llm.tokenize(
+            formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
+        )
         return Rendered(request, formatted.prompt, len(ids), ids)
 
     def _chat_formatter(self):
@@ -114,8 +125,14 @@ class LlamaCppEngine:
 
     # --- generating ------------------------------------------------------------------
 
-    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
-            on_text: TextCallback | None = None) -> Run:
+    def run(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        max_new: int,
+        settings,
+        on_text: TextCallback | None = None,
+    ) -> Run:
         """One row after another (llama.cpp runs one sequence at a time here); streams
         to `on_text` when given. Ctrl-C stops at the next token, keeping the text so far."""
         started = time.perf_counter()
@@ -123,29 +140,42 @@ class LlamaCppEngine:
         first_token_at = None
         interrupt = None
         for index, row in enumerate(rows):
-            done, first, interrupt = self._one(row, seed, max_new, settings, on_text if index == 0 else None)
+            done, first, interrupt = self._one(
+                row, seed, max_new, settings, on_text if index == 0 else None
+            )
             completions.append(done)
             first_token_at = first_token_at or first
             if interrupt is not None:
                 break
         return Run(completions, started, time.perf_counter(), first_token_at, interrupt)
 
-    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings, budget: Budget,
-                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+    def run_many(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        settings,
+        budget: Budget,
+        batch_size: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[list[int], Run]]:
         """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a time)."""
         if on_progress is not None:
             on_progress(0, len(rows))
         for index, row in enumerate(rows):
             max_new, notes = budget([row])
             run = self.run([row], seed, max_new, settings)
-            run.notes = notes + (("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
-                                 if batch_size and batch_size > 1 and index == 0 else ())
+            run.notes = notes + (
+                ("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
+                if batch_size and batch_size > 1 and index == 0
+                else ()
+            )
             yield [index], run
             if run.interrupt is None and on_progress is not None:
                 on_progress(index + 1, len(rows))
 
-    def _one(self, row: Rendered, seed: int | None, max_new: int, settings,
-             on_text: TextCallback | None) -> tuple[Completion, float | None, KeyboardInterrupt | None]:
+    def _one(
+        self, row: Rendered, seed: int | None, max_new: int, settings, on_text: TextCallback | None
+    ) -> tuple[Completion, float | None, KeyboardInterrupt | None]:
         import llama_cpp
 
         llm = self.entry.model
@@ -154,8 +184,13 @@ class LlamaCppEngine:
             llm.set_seed(seed)
         # The user's settings and nothing else: min_p off (llama-cpp-python defaults to
         # 0.05), no repeat penalty. Temperature 0 is llama.cpp's greedy sampler.
-        sampling = dict(temp=0.0) if settings.greedy else dict(
-            temp=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=0.0)
+        sampling = (
+            dict(temp=0.0)
+            if settings.greedy
+            else dict(
+                temp=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=0.0
+            )
+        )
         stops = tuple(settings.stop)
         hold = max((len(s) for s in stops), default=1) - 1  # not yet shown: may start a stop string
         tokens: list[int] = []
@@ -180,7 +215,7 @@ class LlamaCppEngine:
                     reason = "length"
                     break
                 if on_text is not None and len(text) - hold > sent:
-                    on_text(text[sent: len(text) - hold])
+                    on_text(text[sent : len(text) - hold])
                     sent = len(text) - hold
         except KeyboardInterrupt as e:
             interrupt, reason = e, "interrupted"
@@ -193,11 +228,21 @@ class LlamaCppEngine:
             text = _decoded(llm.detokenize(tokens[:-1], prev_tokens=prompt))
         if on_text is not None and interrupt is None and len(text) > sent:
             on_text(text[sent:])
-        return Completion(text, len(tokens), reason or "length", stop_hit, tuple(tokens), len(prompt)), first, interrupt
+        return (
+            Completion(text, len(tokens), reason or "length", stop_hit, tuple(tokens), len(prompt)),
+            first,
+            interrupt,
+        )
 
     def _explain(self, error: BaseException, prompt_tokens: int, max_new: int) -> BaseException:
-        context = {"model": self.info.name, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new,
-                   "batch_size": 1, "context_length": self.context_limit(), "dtype": self.info.dtype}
+        context = {
+            "model": self.info.name,
+            "prompt_tokens": prompt_tokens,
+            "max_new_tokens": max_new,
+            "batch_size": 1,
+            "context_length": self.context_limit(),
+            "dtype": self.info.dtype,
+        }
         wrapped = diagnose_generation(error, context)
         if wrapped is not error:
             wrapped.__cause__ = error
@@ -219,6 +264,7 @@ def _version() -> str | None:
 
 # --- loading ---------------------------------------------------------------------------
 
+
 def available() -> bool:
     """Whether llama-cpp-python is installed (without importing it)."""
     import importlib.util
@@ -230,8 +276,11 @@ def missing_error(name: str) -> LoadError:
     return LoadError(
         f"could not load {name} with --engine llama.cpp",
         "the optional package llama-cpp-python is not installed (it runs .gguf files as they are)",
-        [INSTALL, "then restart the kernel and run %llm_load again",
-         "or leave out --engine: transformers loads the .gguf dequantized (slower)"],
+        [
+            INSTALL,
+            "then restart the kernel and run %llm_load again",
+            "or leave out --engine: transformers loads the .gguf dequantized (slower)",
+        ],
     )
 
 
@@ -243,9 +292,12 @@ def load(source, progress=None):
     if source.kind != "gguf":
         raise LoadError(
             f"{source.name}: --engine llama.cpp runs .gguf files only",
-            "llama.cpp reads its own file format, GGUF; this is a " + ("Hub id" if source.kind == "hub" else "folder"),
-            ["leave out --engine to load it with transformers",
-             "or convert it to .gguf with llama.cpp's convert_hf_to_gguf.py"],
+            "llama.cpp reads its own file format, GGUF; this is a "
+            + ("Hub id" if source.kind == "hub" else "folder"),
+            [
+                "leave out --engine to load it with transformers",
+                "or convert it to .gguf with llama.cpp's convert_hf_to_gguf.py",
+            ],
         )
     if not available():
         raise missing_error(source.name)
@@ -263,9 +315,11 @@ def load(source, progress=None):
         raise LoadError(
             f"{os.path.basename(source.path)}: llama.cpp could not open the file",
             "it is not a GGUF model this llama.cpp can read: truncated or damaged, or an architecture it does not know",
-            [f"check the file: {os.path.getsize(source.path)} bytes at {source.path}",
-             "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
-             "or leave out --engine: transformers reads .gguf files of the architectures it knows"],
+            [
+                f"check the file: {os.path.getsize(source.path)} bytes at {source.path}",
+                "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
+                "or leave out --engine: transformers reads .gguf files of the architectures it knows",
+            ],
         ) from e
     if llm.metadata.get("tokenizer.chat_template") and llm.chat_format != "chat_template.default":
         # llama-cpp-python took a built-in look-alike for this template: use the file's own.
@@ -274,9 +328,16 @@ def load(source, progress=None):
     kind = _file_type(llm.metadata)
     size = os.path.getsize(source.path)
     state = _context_bytes(llm)
-    context = f"{n_ctx} tokens" + (f" (trained on {trained}; capped to keep the KV cache small)" if trained and trained > n_ctx else "")
+    context = f"{n_ctx} tokens" + (
+        f" (trained on {trained}; capped to keep the KV cache small)"
+        if trained and trained > n_ctx
+        else ""
+    )
     details = (
-        ("engine", f"llama.cpp (llama-cpp-python {_version() or '?'}), in the kernel: the file runs as it is"),
+        (
+            "engine",
+            f"llama.cpp (llama-cpp-python {_version() or '?'}), in the kernel: the file runs as it is",
+        ),
         ("quantization", kind),
         ("context", context),
         ("threads", f"{threads} (one per physical core)"),
@@ -337,13 +398,27 @@ def _trained_context(path: str) -> int | None:
                 (kind,) = struct.unpack("<I", f.read(4))
                 if key == "general.architecture" and kind == 8:
                     found["arch"] = string().decode("utf-8", "replace")
-                elif key.endswith(".context_length") and kind in (4, 5, 10, 11):  # u32, i32, u64, i64
-                    found[key] = struct.unpack({4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind], f.read(_GGUF_WIDTH[kind]))[0]
+                elif key.endswith(".context_length") and kind in (
+                    4,
+                    5,
+                    10,
+                    11,
+                ):  # u32, i32, u64, i64
+                    found[key] = struct.unpack(
+                        {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind], f.read(_GGUF_WIDTH[kind])
+                    )[0]
                 else:
                     skip(kind)
                 if "arch" in found and f"{found['arch']}.context_length" in found:
                     return int(found[f"{found['arch']}.context_length"])
-    except (OSError, struct.error, KeyError, ValueError, OverflowError, MemoryError):  # a damaged header
+    except (
+        OSError,
+        struct.error,
+        KeyError,
+        ValueError,
+        OverflowError,
+        MemoryError,
+    ):  # a damaged header
         return None  # llama.cpp itself then says what is wrong with the file
     return None
 

@@ -19,9 +19,10 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import GenerationError, diagnose_server
@@ -72,8 +73,12 @@ class Connection:
         read = read_timeout or self.timeout or DEFAULTS.timeout
         connect = min(self.connect_timeout or DEFAULTS.connect_timeout, read)
         # A server without keys takes any; the client refuses to send none at all.
-        return openai.OpenAI(base_url=self.url, api_key=self.key() or "none", max_retries=0,
-                             timeout=openai.Timeout(read, connect=connect))
+        return openai.OpenAI(
+            base_url=self.url,
+            api_key=self.key() or "none",
+            max_retries=0,
+            timeout=openai.Timeout(read, connect=connect),
+        )
 
     def scrub(self, error: BaseException) -> BaseException:
         """The error with the key cut out of its message, should a server echo it back."""
@@ -118,8 +123,12 @@ class ServerEngine:
     def describe(self) -> dict[str, Any]:
         import openai
 
-        facts = {"engine": self.kind, "server": public_url(self.connection.url), "served_model": self._info.name,
-                 "client": f"openai {openai.__version__}"}
+        facts = {
+            "engine": self.kind,
+            "server": public_url(self.connection.url),
+            "served_model": self._info.name,
+            "client": f"openai {openai.__version__}",
+        }
         if self._info.server:
             facts["server_software"] = self._info.server
         return facts
@@ -130,15 +139,23 @@ class ServerEngine:
     def render(self, request: Request) -> Rendered:
         if request.raw:
             text = "\n\n".join(m["content"] for m in request.messages)
-            return Rendered(request, text, None, ("completions", text), ("sent as is to /v1/completions",))
+            return Rendered(
+                request, text, None, ("completions", text), ("sent as is to /v1/completions",)
+            )
         messages = [{"role": m["role"], "content": m["content"]} for m in request.messages]
         shown = json.dumps(messages, ensure_ascii=False, indent=1)
         return Rendered(request, shown, None, ("chat", messages))
 
     # --- one prompt, streamed ----------------------------------------------------------
 
-    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
-            on_text: TextCallback | None = None) -> Run:
+    def run(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        max_new: int,
+        settings,
+        on_text: TextCallback | None = None,
+    ) -> Run:
         """Each row streamed in turn (one, from %%llm_generate). Ctrl-C closes the stream
         at once: the text so far is the partial completion."""
         started = time.perf_counter()
@@ -151,27 +168,45 @@ class ServerEngine:
                 self._stream(row, seed, max_new, settings, on_text, streamed)
             except KeyboardInterrupt as e:
                 completions.append(streamed.completion("interrupted"))
-                return Run(completions, started, time.perf_counter(), first_token_at or streamed.first_at, e)
+                return Run(
+                    completions,
+                    started,
+                    time.perf_counter(),
+                    first_token_at or streamed.first_at,
+                    e,
+                )
             except Exception as e:
                 error = self._explain(e, row, max_new)
                 if streamed.parts:  # the server dropped mid-stream: keep what came
                     partial = streamed.completion("error")
                     partial.error = str(error)
-                    error.run = Run(completions + [partial], started, time.perf_counter(), streamed.first_at)
+                    error.run = Run(
+                        completions + [partial], started, time.perf_counter(), streamed.first_at
+                    )
                 raise error from e
             completions.append(streamed.completion(None))
             first_token_at = first_token_at or streamed.first_at
             if streamed.usage is None:
-                notes += ("the server reported no usage while streaming: new tokens counted as streamed pieces, "
-                          "prompt tokens unknown (0)",)
-        return Run(completions, started, time.perf_counter(), first_token_at, notes=self._notes(settings) + notes)
+                notes += (
+                    "the server reported no usage while streaming: new tokens counted as streamed pieces, "
+                    "prompt tokens unknown (0)",
+                )
+        return Run(
+            completions,
+            started,
+            time.perf_counter(),
+            first_token_at,
+            notes=self._notes(settings) + notes,
+        )
 
     def _notes(self, settings) -> tuple[str, ...]:
         if self.top_k_refused and settings.top_k and not settings.greedy:
             return (f"this server takes no top_k: sampled without --top-k {settings.top_k}",)
         return ()
 
-    def _stream(self, row: Rendered, seed, max_new: int, settings, on_text, streamed: "_Streamed") -> None:
+    def _stream(
+        self, row: Rendered, seed, max_new: int, settings, on_text, streamed: _Streamed
+    ) -> None:
         endpoint, body = self._body(row, seed, max_new, settings)
         body.update(stream=True, stream_options={"include_usage": True})
         stream = None
@@ -198,28 +233,44 @@ class ServerEngine:
 
     # --- many prompts, concurrently ------------------------------------------------------
 
-    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings, budget: Budget,
-                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+    def run_many(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        settings,
+        budget: Budget,
+        batch_size: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[list[int], Run]]:
         """Every row its own request, `batch_size` (or DEFAULTS.concurrency) in flight at
         once; yields ([index], run) as each finishes. A row that fails after its retries is
         a completion with `error` set, and the others go on; if every row fails, the first
         failure is raised as the card."""
         size = batch_size or DEFAULTS.concurrency
         if size < 1:
-            raise GenerationError(f"--concurrency {size}: must be at least 1", fixes=["--concurrency 16", "leave it out"])
+            raise GenerationError(
+                f"--concurrency {size}: must be at least 1",
+                fixes=["--concurrency 16", "leave it out"],
+            )
         max_new, notes = budget(rows)
         client = self.connection.client()  # its own connection pool, closed when the run ends
-        pool = ThreadPoolExecutor(max_workers=min(size, len(rows)), thread_name_prefix="llm_magic-server")
+        pool = ThreadPoolExecutor(
+            max_workers=min(size, len(rows)), thread_name_prefix="llm_magic-server"
+        )
         done, failures = 0, []
         try:
             if on_progress is not None:
                 on_progress(0, len(rows))
             pending = {
-                pool.submit(self._one, client, row, None if seed is None else seed + i, max_new, settings): i
+                pool.submit(
+                    self._one, client, row, None if seed is None else seed + i, max_new, settings
+                ): i
                 for i, row in enumerate(rows)
             }
             while pending:
-                finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)  # a short wait: Ctrl-C gets through
+                finished, _ = wait(
+                    pending, timeout=0.1, return_when=FIRST_COMPLETED
+                )  # a short wait: Ctrl-C gets through
                 for future in finished:
                     i = pending.pop(future)
                     run, error = future.result()
@@ -236,7 +287,9 @@ class ServerEngine:
             pool.shutdown(wait=False, cancel_futures=True)
             client.close()  # requests still in flight end now (Ctrl-C): their connections close
 
-    def _one(self, client, row: Rendered, seed, max_new: int, settings) -> tuple[Run, GenerationError | None]:
+    def _one(
+        self, client, row: Rendered, seed, max_new: int, settings
+    ) -> tuple[Run, GenerationError | None]:
         """One row's request, retried on 429/503 with back-off; never raises."""
         started = time.perf_counter()
         for attempt in range(DEFAULTS.retries + 1):
@@ -262,8 +315,13 @@ class ServerEngine:
         usage = getattr(reply, "usage", None)
         new = getattr(usage, "completion_tokens", None)
         reason, stop_string = _stop_reason(choice.finish_reason, choice, settings)
-        return Completion(text, new if new is not None else 0, reason, stop_string,
-                          prompt_tokens=getattr(usage, "prompt_tokens", None))
+        return Completion(
+            text,
+            new if new is not None else 0,
+            reason,
+            stop_string,
+            prompt_tokens=getattr(usage, "prompt_tokens", None),
+        )
 
     # --- the request -------------------------------------------------------------------
 
@@ -276,7 +334,9 @@ class ServerEngine:
         else:
             body.update(temperature=settings.temperature, top_p=settings.top_p)
             if settings.top_k and not self.top_k_refused:
-                body["extra_body"] = {"top_k": settings.top_k}  # not in OpenAI's API; vLLM, llama.cpp, SGLang take it
+                body["extra_body"] = {
+                    "top_k": settings.top_k
+                }  # not in OpenAI's API; vLLM, llama.cpp, SGLang take it
         if seed is not None:
             body["seed"] = seed
         if settings.stop:
@@ -289,7 +349,11 @@ class ServerEngine:
             return api.create(**body)
         except Exception as e:
             said = f"{e} {getattr(e, 'body', '')}"
-            if "extra_body" in body and getattr(e, "status_code", None) in (400, 422) and "top_k" in said:
+            if (
+                "extra_body" in body
+                and getattr(e, "status_code", None) in (400, 422)
+                and "top_k" in said
+            ):
                 self.top_k_refused = True  # this server takes no top_k: sample without it
                 return api.create(**{k: v for k, v in body.items() if k != "extra_body"})
             raise
@@ -328,8 +392,13 @@ class _Streamed:
         else:
             stop_string = None
         # Without usage (interrupted, or a server that does not report it): one token per streamed piece.
-        return Completion("".join(self.parts), new if new is not None else self.pieces, reason, stop_string,
-                          prompt_tokens=prompt)
+        return Completion(
+            "".join(self.parts),
+            new if new is not None else self.pieces,
+            reason,
+            stop_string,
+            prompt_tokens=prompt,
+        )
 
 
 def _stop_reason(finish: str | None, choice, settings) -> tuple[str, str | None]:

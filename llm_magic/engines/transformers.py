@@ -12,8 +12,9 @@ torch and transformers are imported inside the functions: `import llm_magic` sta
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from functools import cache
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .. import cpu_matmul, hardware
 from ..cache import MODEL_CACHE, clear_frames_of
@@ -45,25 +46,63 @@ class TransformersEngine:
         templated = bool(getattr(tokenizer, "chat_template", None))
         text, special = render_text(tokenizer, request)
         ids = tokenizer(text, add_special_tokens=special)["input_ids"]
-        notes = () if templated or request.raw else (NO_TEMPLATE_NOTE,) + (NO_SYSTEM_ROLE_NOTE,) * bool(request.system)
+        notes = (
+            ()
+            if templated or request.raw
+            else (NO_TEMPLATE_NOTE,) + (NO_SYSTEM_ROLE_NOTE,) * bool(request.system)
+        )
         return Rendered(request, text, len(ids), list(ids), notes=notes)
 
-    def run(self, rows: Sequence[Rendered], seed: int | None, max_new: int, settings,
-            on_text: TextCallback | None = None) -> Run:
+    def run(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        max_new: int,
+        settings,
+        on_text: TextCallback | None = None,
+    ) -> Run:
         model, tokenizer = self.entry.model, self.entry.tokenizer
         eos_ids, pad_id = _special_ids(model, tokenizer)
-        generated = _generate(model, tokenizer, [r.payload for r in rows], settings, seed, max_new, pad_id,
-                              self.info.name, on_text)
+        generated = _generate(
+            model,
+            tokenizer,
+            [r.payload for r in rows],
+            settings,
+            seed,
+            max_new,
+            pad_id,
+            self.info.name,
+            on_text,
+        )
         interrupted = generated.interrupt is not None
-        completions = [_finish(tokenizer, ids, eos_ids, settings.stop, max_new, interrupted) for ids in generated.new_ids]
-        return Run(completions, generated.started, generated.ended, generated.first_token_at, generated.interrupt)
+        completions = [
+            _finish(tokenizer, ids, eos_ids, settings.stop, max_new, interrupted)
+            for ids in generated.new_ids
+        ]
+        return Run(
+            completions,
+            generated.started,
+            generated.ended,
+            generated.first_token_at,
+            generated.interrupt,
+        )
 
-    def run_many(self, rows: Sequence[Rendered], seed: int | None, settings, budget: Budget,
-                 batch_size: int | None, on_progress: ProgressCallback | None) -> Iterator[tuple[list[int], Run]]:
+    def run_many(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        settings,
+        budget: Budget,
+        batch_size: int | None,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[list[int], Run]]:
         """Left-padded batches of `batch_size` rows (8 on a CPU, 32 on a GPU by default)."""
         size = batch_size or auto_batch_size(self.entry.model)
         if size < 1:
-            raise GenerationError(f"--batch-size {size}: must be at least 1", fixes=["--batch-size 8", "leave it out to choose one"])
+            raise GenerationError(
+                f"--batch-size {size}: must be at least 1",
+                fixes=["--batch-size 8", "leave it out to choose one"],
+            )
         starts = range(0, len(rows), size)
         if on_progress is not None:
             on_progress(0, len(starts))
@@ -72,7 +111,7 @@ class TransformersEngine:
         products = packed.note() if packed is not None else None
         with cpu_matmul.packed_products(self.entry.model, packed):
             for index, start in enumerate(starts):
-                chunk = rows[start: start + size]
+                chunk = rows[start : start + size]
                 max_new, notes = budget(chunk)
                 # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
                 run = self.run(chunk, None if seed is None else seed + index, max_new, settings)
@@ -93,15 +132,19 @@ class TransformersEngine:
             entry.packed = None  # the weights changed since they were packed
         if entry.packed is None:
             budget = MODEL_CACHE.memory_budget
-            entry.packed = cpu_matmul.pack(model, budget - MODEL_CACHE.total_bytes() if budget else None)
+            entry.packed = cpu_matmul.pack(
+                model, budget - MODEL_CACHE.total_bytes() if budget else None
+            )
         return entry.packed
 
 
 # --- prompts -----------------------------------------------------------------------
 
 NO_TEMPLATE_NOTE = "no chat template: the prompt was continued as plain text (a base model completes text, it does not answer)"
-NO_SYSTEM_ROLE_NOTE = ("no system role without a chat template: the --system text went first, as plain text "
-                       "the model continues (write the instruction into the prompt, or use --raw to say you mean it)")
+NO_SYSTEM_ROLE_NOTE = (
+    "no system role without a chat template: the --system text went first, as plain text "
+    "the model continues (write the instruction into the prompt, or use --raw to say you mean it)"
+)
 
 
 def _short(name: str) -> str:
@@ -122,7 +165,9 @@ def render_text(tokenizer, request: Request) -> tuple[str, bool]:
     from jinja2 import TemplateError
 
     try:
-        rendered = tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(
+            list(request.messages), add_generation_prompt=True, tokenize=False
+        )
     except TemplateError as e:
         fixes = ["--raw sends the text without the chat template"]
         if system:
@@ -137,8 +182,15 @@ def render_text(tokenizer, request: Request) -> tuple[str, bool]:
 # name it their own way: MPT's max_seq_len (the size of its ALiBi bias table), a decoder's
 # max_target_positions (Whisper), ChatGLM's seq_length. Configs with none (BLOOM's ALiBi,
 # Mamba's state) set no limit.
-_LENGTH_FIELDS = ("max_position_embeddings", "max_seq_len", "max_target_positions", "max_sequence_length",
-                  "seq_length", "n_positions", "n_ctx")
+_LENGTH_FIELDS = (
+    "max_position_embeddings",
+    "max_seq_len",
+    "max_target_positions",
+    "max_sequence_length",
+    "seq_length",
+    "n_positions",
+    "n_ctx",
+)
 
 
 def context_limit(model, tokenizer) -> int | None:
@@ -166,6 +218,7 @@ def auto_batch_size(model) -> int:
 
 # --- running generate ------------------------------------------------------------------
 
+
 @cache
 def _watch_class():
     import torch
@@ -192,18 +245,33 @@ def _watch_class():
             rows = input_ids.shape[0]
             if not self.stops:
                 return torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-            tails = input_ids[:, self.prompt_width:][:, -self.window:].tolist()
+            tails = input_ids[:, self.prompt_width :][:, -self.window :].tolist()
             texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool, device=input_ids.device)
+            return torch.tensor(
+                [any(s in t for s in self.stops) for t in texts],
+                dtype=torch.bool,
+                device=input_ids.device,
+            )
 
     return Watch
 
 
 class _Generated:
-    def __init__(self, new_ids: list[list[int]], first_token_at: float | None, started: float, ended: float,
-                 interrupt: KeyboardInterrupt | None):
+    def __init__(
+        self,
+        new_ids: list[list[int]],
+        first_token_at: float | None,
+        started: float,
+        ended: float,
+        interrupt: KeyboardInterrupt | None,
+    ):
         self.new_ids = new_ids  # per row, everything generated (finished rows padded)
-        self.first_token_at, self.started, self.ended, self.interrupt = first_token_at, started, ended, interrupt
+        self.first_token_at, self.started, self.ended, self.interrupt = (
+            first_token_at,
+            started,
+            ended,
+            interrupt,
+        )
 
 
 def _special_ids(model, tokenizer) -> tuple[list[int], int]:
@@ -221,8 +289,17 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
     return eos_ids, int(pad)
 
 
-def _generate(model, tokenizer, rows: list[list[int]], settings, seed: int | None, max_new: int,
-              pad_id: int, name: str, on_text: TextCallback | None = None) -> _Generated:
+def _generate(
+    model,
+    tokenizer,
+    rows: list[list[int]],
+    settings,
+    seed: int | None,
+    max_new: int,
+    pad_id: int,
+    name: str,
+    on_text: TextCallback | None = None,
+) -> _Generated:
     """One generate call over left-padded rows; streams row 0's text to `on_text` when
     given (batches of one only).
 
@@ -236,7 +313,9 @@ def _generate(model, tokenizer, rows: list[list[int]], settings, seed: int | Non
     width = max(len(r) for r in rows)
     device = model.device
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    attention_mask = torch.tensor(
+        [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device
+    )
     watch = _watch_class()(tokenizer, width, settings.stop)
     kwargs: dict[str, Any] = dict(
         input_ids=input_ids,
@@ -265,7 +344,9 @@ def _generate(model, tokenizer, rows: list[list[int]], settings, seed: int | Non
         error = e
     ended = time.perf_counter()
     if error is not None:
-        raise _explain(error, model, name, len(rows), width, max_new, context_limit(model, tokenizer))
+        raise _explain(
+            error, model, name, len(rows), width, max_new, context_limit(model, tokenizer)
+        )
     done = out if out is not None else watch.latest
     new_ids = done[:, width:].tolist() if done is not None else [[] for _ in rows]
     return _Generated(new_ids, watch.first_token_at, started, ended, interrupt)
@@ -288,7 +369,9 @@ def _streamer_class():
     return Sink
 
 
-def _explain(error: BaseException, model, name: str, rows: int, width: int, max_new: int, limit: int | None) -> BaseException:
+def _explain(
+    error: BaseException, model, name: str, rows: int, width: int, max_new: int, limit: int | None
+) -> BaseException:
     """The GenerationError for a failed generate (out of memory gets its fixes; one no
     rule recognises is shown plainly). Its frames are cleared first: they hold the
     model, and the exception outlives the cell (`sys.last_value`, `%llm_tb`)."""
@@ -307,8 +390,14 @@ def _explain(error: BaseException, model, name: str, rows: int, width: int, max_
     return wrapped
 
 
-def _finish(tokenizer, ids: list[int], eos_ids: Sequence[int], stops: Sequence[str], max_new: int,
-            interrupted: bool) -> Completion:
+def _finish(
+    tokenizer,
+    ids: list[int],
+    eos_ids: Sequence[int],
+    stops: Sequence[str],
+    max_new: int,
+    interrupted: bool,
+) -> Completion:
     """One row's completion: text, the tokens it came from, and why it stopped."""
     reason = None
     for i, t in enumerate(ids):

@@ -10,7 +10,15 @@ them imports this package."""
 from .chat import ChatMagics, unwatch_cells, watch_cells
 from .llm import LLMMagics, unwatch_shell, watch_shell
 
-__all__ = ["ChatMagics", "LLMMagics", "remove_magics", "unwatch_cells", "unwatch_shell", "watch_cells", "watch_shell"]
+__all__ = [
+    "ChatMagics",
+    "LLMMagics",
+    "remove_magics",
+    "unwatch_cells",
+    "unwatch_shell",
+    "watch_cells",
+    "watch_shell",
+]
 
 
 def remove_magics(shell) -> None:

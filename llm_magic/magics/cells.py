@@ -23,19 +23,59 @@ DEFAULTS = generation.Settings()  # stated by the flags' help and LLMMagics' tra
 
 # The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
 _GENERATION_FLAGS = [
-    argument("--max-new-tokens", type=int, default=None, help=f"At most this many new tokens. Default: {DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens)."),
-    argument("--temperature", type=float, default=None, help=f"Sampling temperature, above 0. Default: {DEFAULTS.temperature} (LLMMagics.temperature)."),
-    argument("--top-p", type=float, default=None, help="Sample among the likeliest tokens up to this probability mass (1: all). "
-             f"Default: {DEFAULTS.top_p} (LLMMagics.top_p)."),
-    argument("--top-k", type=int, default=None, help=f"Sample among the k likeliest tokens (0: all). Default: {DEFAULTS.top_k} (LLMMagics.top_k)."),
-    argument("--seed", type=int, default=None, help="Seed for sampling: the same seed gives the same text. "
-             "Default: a fresh one, shown with the result."),
-    argument("--greedy", action="store_true", help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy)."),
+    argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"At most this many new tokens. Default: {DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens).",
+    ),
+    argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"Sampling temperature, above 0. Default: {DEFAULTS.temperature} (LLMMagics.temperature).",
+    ),
+    argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="Sample among the likeliest tokens up to this probability mass (1: all). "
+        f"Default: {DEFAULTS.top_p} (LLMMagics.top_p).",
+    ),
+    argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help=f"Sample among the k likeliest tokens (0: all). Default: {DEFAULTS.top_k} (LLMMagics.top_k).",
+    ),
+    argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="Seed for sampling: the same seed gives the same text. "
+        "Default: a fresh one, shown with the result.",
+    ),
+    argument(
+        "--greedy",
+        action="store_true",
+        help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy).",
+    ),
     argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
-    argument("--out", default=None, help="Also store the result in this variable (the partial one if interrupted)."),
-    argument("--stop", action="append", default=None, help="Stop when this text appears; the text is cut before it. "
-             "Repeatable; \\n and \\t stand for newline and tab."),
-    argument("--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."),
+    argument(
+        "--out",
+        default=None,
+        help="Also store the result in this variable (the partial one if interrupted).",
+    ),
+    argument(
+        "--stop",
+        action="append",
+        default=None,
+        help="Stop when this text appears; the text is cut before it. "
+        "Repeatable; \\n and \\t stand for newline and tab.",
+    ),
+    argument(
+        "--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."
+    ),
 ]
 
 
@@ -52,10 +92,19 @@ def parse_line(magic, line: str):
         return parse_argstring(magic, line)
     except UsageError as e:
         unknown = re.search(r"unrecognized arguments: (.*)", str(e))
-        options = [o for action in magic.parser._actions for o in action.option_strings if o.startswith("--")]
+        options = [
+            o
+            for action in magic.parser._actions
+            for o in action.option_strings
+            if o.startswith("--")
+        ]
         hints = []
-        for word in (unknown.group(1).split() if unknown else []):
-            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+        for word in unknown.group(1).split() if unknown else []:
+            close = (
+                difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6)
+                if word.startswith("-")
+                else []
+            )
             hints += [f"{word}: did you mean {close[0]}?"] if close else []
         if hints:
             raise UsageError(f"{e}\n" + "\n".join(hints)) from None
@@ -134,7 +183,9 @@ def _keep_partial(shell, partial, out: str | None) -> str:
     if shell.displayhook.do_full_cache:
         shell.displayhook.update_user_ns(partial)
         places += ["_", f"Out[{shell.displayhook.prompt_count}]"]
-    where = ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+    where = (
+        ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+    )
     return f"generation stopped; the partial result is in {where}"
 
 
@@ -205,7 +256,9 @@ class Waiting:
                 print(f"⚠ {note}", file=sys.stderr, flush=True)
             print(f"… {message}", file=sys.stderr, flush=True)
             return
-        self.handle = display(StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True)
+        self.handle = display(
+            StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True
+        )
 
     def done(self) -> None:
         if self.handle is not None:
@@ -234,7 +287,12 @@ def batch_progress(jupyter: bool, items: int):
         return
     if not jupyter:
         try:
-            yield lambda done, total: print(f"\r{BatchProgress(done, total, items).plain()}", end="", file=sys.stderr, flush=True)
+            yield lambda done, total: print(
+                f"\r{BatchProgress(done, total, items).plain()}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         finally:
             print(file=sys.stderr)
         return

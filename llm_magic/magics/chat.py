@@ -46,19 +46,57 @@ class ChatMagics(Magics):
 
     @no_var_expand  # `{name}` in the line and the cell are ours to fill, not IPython's
     @magic_arguments()
-    @argument("-m", "--model", default=None, help="Alias or name of a loaded model. "
-              "Default: the conversation's model, else the one loaded or used last.")
-    @argument("--as", dest="conversation", default=None, help="The conversation's name. Default: the model's own conversation "
-              "(one per model, named after it).")
-    @argument("--system", default=None, help="Set the conversation's system message (filled like the cell).")
-    @argument("--new", action="store_true", help="Start the conversation over (its turns and system message go).")
-    @argument("--retry", action="store_true", help="%%llm_chat --retry: ask the last question again; a new answer replaces the last one.")
+    @argument(
+        "-m",
+        "--model",
+        default=None,
+        help="Alias or name of a loaded model. "
+        "Default: the conversation's model, else the one loaded or used last.",
+    )
+    @argument(
+        "--as",
+        dest="conversation",
+        default=None,
+        help="The conversation's name. Default: the model's own conversation "
+        "(one per model, named after it).",
+    )
+    @argument(
+        "--system",
+        default=None,
+        help="Set the conversation's system message (filled like the cell).",
+    )
+    @argument(
+        "--new",
+        action="store_true",
+        help="Start the conversation over (its turns and system message go).",
+    )
+    @argument(
+        "--retry",
+        action="store_true",
+        help="%%llm_chat --retry: ask the last question again; a new answer replaces the last one.",
+    )
     @generation_flags
-    @argument("--show", nargs="?", const="", default=None, metavar="CONV",
-              help="%%llm_chat --show [CONV]: show the conversation (default: the one used last).")
-    @argument("--list", action="store_true", help="%%llm_chat --list: the conversations, their models and turns.")
-    @argument("--reset", nargs="?", const="", default=None, metavar="CONV",
-              help="%%llm_chat --reset [CONV]: empty the conversation (default: the one used last).")
+    @argument(
+        "--show",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CONV",
+        help="%%llm_chat --show [CONV]: show the conversation (default: the one used last).",
+    )
+    @argument(
+        "--list",
+        action="store_true",
+        help="%%llm_chat --list: the conversations, their models and turns.",
+    )
+    @argument(
+        "--reset",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CONV",
+        help="%%llm_chat --reset [CONV]: empty the conversation (default: the one used last).",
+    )
     @line_cell_magic
     def llm_chat(self, line: str, cell: str | None = None):
         """The cell is the next user turn of a conversation with a loaded model; the answer
@@ -68,25 +106,35 @@ class ChatMagics(Magics):
 
         As a line magic: --show [CONV], --list, --reset [CONV], or --retry."""
         args = parse_line(self.llm_chat, line)
-        chosen = [flag for flag in ("show", "list", "reset") if getattr(args, flag) not in (None, False)]
+        chosen = [
+            flag for flag in ("show", "list", "reset") if getattr(args, flag) not in (None, False)
+        ]
         if chosen:
             if cell is not None:
-                raise UsageError(f"--{chosen[0]} is a line magic: %llm_chat --{chosen[0]} (one %, no cell)")
+                raise UsageError(
+                    f"--{chosen[0]} is a line magic: %llm_chat --{chosen[0]} (one %, no cell)"
+                )
             if len(chosen) > 1 or args.retry:
                 raise UsageError("%llm_chat takes one of --show, --list, --reset, --retry")
             return self._manage(args)
         if cell is None and not args.retry:
-            raise UsageError("%%llm_chat takes the message in the cell below it (two %); "
-                             "%llm_chat takes --show, --list, --reset or --retry")
+            raise UsageError(
+                "%%llm_chat takes the message in the cell below it (two %); "
+                "%llm_chat takes --show, --list, --reset or --retry"
+            )
         if args.retry and cell is not None and cell.strip():
-            raise UsageError("--retry asks the last question again: %llm_chat --retry (one %, no cell), "
-                             "or drop --retry to ask this cell's question")
+            raise UsageError(
+                "--retry asks the last question again: %llm_chat --retry (one %, no cell), "
+                "or drop --retry to ask this cell's question"
+            )
         return self._ask(args, cell or "")
 
     def _manage(self, args):
         if args.list:
             last = CONVERSATIONS.last
-            return ConversationsCard(tuple((c.name, c.model, len(c.turns), c.name == last) for c in CONVERSATIONS.all()))
+            return ConversationsCard(
+                tuple((c.name, c.model, len(c.turns), c.name == last) for c in CONVERSATIONS.all())
+            )
         name = unquote(args.show if args.show is not None else args.reset) or None
         conversation = api.conversation(name)
         if args.reset is not None:
@@ -134,7 +182,10 @@ def unwatch_cells(shell) -> None:
     chat = shell.magics_manager.registry.get("ChatMagics")
     if chat is None:
         return
-    for event, callback in (("pre_run_cell", chat._cell_starts), ("post_run_cell", chat._cell_ends)):
+    for event, callback in (
+        ("pre_run_cell", chat._cell_starts),
+        ("post_run_cell", chat._cell_ends),
+    ):
         try:
             shell.events.unregister(event, callback)
         except ValueError:  # not registered (the extension was loaded by hand, without it)

@@ -11,32 +11,60 @@ from contextlib import contextmanager
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, Union, observe, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Float,
+    Int,
+    TraitError,
+    Unicode,
+    Union,
+    observe,
+    validate,
+)
 
 from .. import api, gguf_cache, hardware, prompts, sizing
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
 from ..errors import GenerationError, LLMError
-from .cells import (DEFAULTS, Stream, Waiting, batch_progress, generation_flags, out_name, parse_line, pick, prompt_shower,
-                    run_streamed, unescape, unquote)
+from .cells import (
+    DEFAULTS,
+    Stream,
+    Waiting,
+    batch_progress,
+    generation_flags,
+    out_name,
+    parse_line,
+    pick,
+    prompt_shower,
+    run_streamed,
+    unescape,
+    unquote,
+)
 
 
 @magics_class
 class LLMMagics(Magics):
     """Magics for local language models. Configure with `%config LLMMagics.<trait> = ...`."""
 
-    dtype = Unicode("auto", help="Default --dtype for %llm_load: auto, bfloat16, float16 or float32.").tag(config=True)
-    device_map = Unicode("auto", help="Default --device-map for %llm_load (auto, cpu, cuda, cuda:1, mps...).").tag(
-        config=True
-    )
-    quiet = Bool(False, help="Load without progress or card unless asked (as --quiet on every %llm_load).").tag(
-        config=True
-    )
-    engine = CaselessStrEnum(("transformers", "llama.cpp"), "transformers",
-                             help="Default --engine of %llm_load: transformers, or llama.cpp (.gguf files only).").tag(config=True)
+    dtype = Unicode(
+        "auto", help="Default --dtype for %llm_load: auto, bfloat16, float16 or float32."
+    ).tag(config=True)
+    device_map = Unicode(
+        "auto", help="Default --device-map for %llm_load (auto, cpu, cuda, cuda:1, mps...)."
+    ).tag(config=True)
+    quiet = Bool(
+        False, help="Load without progress or card unless asked (as --quiet on every %llm_load)."
+    ).tag(config=True)
+    engine = CaselessStrEnum(
+        ("transformers", "llama.cpp"),
+        "transformers",
+        help="Default --engine of %llm_load: transformers, or llama.cpp (.gguf files only).",
+    ).tag(config=True)
     max_models = Int(
-        0, help="The most models the cache holds (0: no limit); loading one more unloads the least recently used."
+        0,
+        help="The most models the cache holds (0: no limit); loading one more unloads the least recently used.",
     ).tag(config=True)
     memory_budget = Union(
         [Int(), Unicode()],
@@ -58,48 +86,96 @@ class LLMMagics(Magics):
         MODEL_CACHE.set_budget(**{change["name"]: change["new"]})
 
     # Defaults of %%llm_generate (each flag overrides its trait for one cell).
-    max_new_tokens = Int(DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate.").tag(config=True)
-    temperature = Float(DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling).").tag(config=True)
-    top_p = Float(DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off).").tag(config=True)
-    top_k = Int(DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off).").tag(config=True)
-    greedy = Bool(DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate).").tag(config=True)
-    stream = Bool(True, help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).").tag(
-        config=True
-    )
-    system = Unicode("", help="Default --system message of %%llm_generate (empty: the chat template's own).").tag(config=True)
-    batch_size = Int(0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU).").tag(config=True)
-    max_history = Int(0, help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
-                      "the oldest are left out first).").tag(config=True)
+    max_new_tokens = Int(
+        DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate."
+    ).tag(config=True)
+    temperature = Float(
+        DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling)."
+    ).tag(config=True)
+    top_p = Float(
+        DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off)."
+    ).tag(config=True)
+    top_k = Int(
+        DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off)."
+    ).tag(config=True)
+    greedy = Bool(
+        DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate)."
+    ).tag(config=True)
+    stream = Bool(
+        True,
+        help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).",
+    ).tag(config=True)
+    system = Unicode(
+        "", help="Default --system message of %%llm_generate (empty: the chat template's own)."
+    ).tag(config=True)
+    batch_size = Int(
+        0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU)."
+    ).tag(config=True)
+    max_history = Int(
+        0,
+        help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
+        "the oldest are left out first).",
+    ).tag(config=True)
 
     # Server models (%llm_load --server URL).
-    server = Unicode("", help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).").tag(config=True)
-    api_key_env = Unicode("", help="Default --api-key-env of %llm_load: the variable holding the server's key "
-                          "(empty: OPENAI_API_KEY when set, else no key).").tag(config=True)
-    concurrency = Int(16, help="Requests in flight for %%llm_generate --over on a server model (--concurrency).").tag(config=True)
-    request_timeout = Float(300.0, help="Seconds to wait for a server's reply (each request; connecting: at most 10 s).").tag(config=True)
+    server = Unicode(
+        "",
+        help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).",
+    ).tag(config=True)
+    api_key_env = Unicode(
+        "",
+        help="Default --api-key-env of %llm_load: the variable holding the server's key "
+        "(empty: OPENAI_API_KEY when set, else no key).",
+    ).tag(config=True)
+    concurrency = Int(
+        16, help="Requests in flight for %%llm_generate --over on a server model (--concurrency)."
+    ).tag(config=True)
+    request_timeout = Float(
+        300.0, help="Seconds to wait for a server's reply (each request; connecting: at most 10 s)."
+    ).tag(config=True)
 
     @observe("concurrency", "request_timeout")
     def _apply_server_defaults(self, change):
         # Kept with the server engine, so llm_magic.generate() from plain Python honours it too.
         from ..engines.server import DEFAULTS as server_defaults
 
-        setattr(server_defaults, {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]], change["new"])
+        setattr(
+            server_defaults,
+            {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]],
+            change["new"],
+        )
 
     @magic_arguments()
-    @argument("model", nargs="?", default=None,
-              help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
-              "serves (left out: the one it serves). Without it and without --server: what this machine can load now.")
-    @argument("--server", default=None, help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
-              "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: none, the model runs here (LLMMagics.server).")
-    @argument("--api-key-env", default=None, help="The environment variable holding the server's key (its name, never "
-              "the key). Default: OPENAI_API_KEY when set (LLMMagics.api_key_env).")
+    @argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
+        "serves (left out: the one it serves). Without it and without --server: what this machine can load now.",
+    )
+    @argument(
+        "--server",
+        default=None,
+        help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
+        "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: none, the model runs here (LLMMagics.server).",
+    )
+    @argument(
+        "--api-key-env",
+        default=None,
+        help="The environment variable holding the server's key (its name, never "
+        "the key). Default: OPENAI_API_KEY when set (LLMMagics.api_key_env).",
+    )
     @argument(
         "--dtype",
         default=None,
         help="auto (hardware decides), bfloat16, float16, float32 (aliases bf16, fp16, fp32). "
         "Default: auto (LLMMagics.dtype).",
     )
-    @argument("--device-map", default=None, help="auto, cpu, cuda, cuda:1, mps, ... Default: auto (LLMMagics.device_map).")
+    @argument(
+        "--device-map",
+        default=None,
+        help="auto, cpu, cuda, cuda:1, mps, ... Default: auto (LLMMagics.device_map).",
+    )
     @argument("--revision", default=None, help="Branch, tag or commit of a Hub model.")
     @argument(
         "--max-memory",
@@ -107,18 +183,41 @@ class LLMMagics(Magics):
         help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; the rest is offloaded (slower).",
     )
     @argument(
-        "--trust-remote-code", action="store_true", help="Run the model repository's own Python code (only for repos you trust)."
+        "--trust-remote-code",
+        action="store_true",
+        help="Run the model repository's own Python code (only for repos you trust).",
     )
-    @argument("--as", dest="alias", default=None, help="A short name for the cached model (for -m in %%%%llm_generate).")
+    @argument(
+        "--as",
+        dest="alias",
+        default=None,
+        help="A short name for the cached model (for -m in %%%%llm_generate).",
+    )
     @argument("--reload", action="store_true", help="Load again from disk, bypassing the cache.")
     @argument("--quiet", action="store_true", help="No progress and no card.")
-    @argument("--force", action="store_true", help="Load even when the pre-flight check says it will not fit.")
-    @argument("--engine", choices=("transformers", "llama.cpp"), default=None,
-              help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
-              "quantized; needs llm_magic[llama-cpp]). Default: transformers (LLMMagics.engine).")
-    @argument("--quantize", choices=("nf4", "fp4", "int8"), default=None,
-              help="Load the linear layers in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes.")
-    @argument("--verbose", action="store_true", help="On failure, show the full traceback under the error card.")
+    @argument(
+        "--force",
+        action="store_true",
+        help="Load even when the pre-flight check says it will not fit.",
+    )
+    @argument(
+        "--engine",
+        choices=("transformers", "llama.cpp"),
+        default=None,
+        help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
+        "quantized; needs llm_magic[llama-cpp]). Default: transformers (LLMMagics.engine).",
+    )
+    @argument(
+        "--quantize",
+        choices=("nf4", "fp4", "int8"),
+        default=None,
+        help="Load the linear layers in 4 bits (nf4, fp4) or 8 bits (int8) with bitsandbytes.",
+    )
+    @argument(
+        "--verbose",
+        action="store_true",
+        help="On failure, show the full traceback under the error card.",
+    )
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
@@ -135,7 +234,10 @@ class LLMMagics(Magics):
         quiet = args.quiet or self.quiet
         server = unquote(args.server or self.server) or None
         engine = args.engine or self.engine
-        with self._status(quiet, hf_bars=server is None and engine != "llama.cpp") as progress, _verbose_errors(args.verbose):
+        with (
+            self._status(quiet, hf_bars=server is None and engine != "llama.cpp") as progress,
+            _verbose_errors(args.verbose),
+        ):
             handle, card = api.load_with_card(
                 unquote(args.model) if args.model else None,
                 dtype=dtype,
@@ -157,7 +259,11 @@ class LLMMagics(Magics):
         return None if quiet else card
 
     @magic_arguments()
-    @argument("--disk", action="store_true", help="List the converted copies of .gguf files on disk instead (sizes, sources).")
+    @argument(
+        "--disk",
+        action="store_true",
+        help="List the converted copies of .gguf files on disk instead (sizes, sources).",
+    )
     @line_magic
     def llm_models(self, line: str = ""):
         """List the cached models (alias, id, revision, dtype, device, memory, last used),
@@ -166,10 +272,16 @@ class LLMMagics(Magics):
         return gguf_cache.disk_card() if args.disk else api.models()
 
     @magic_arguments()
-    @argument("name", nargs="?", default=None, help="The alias or the name the model was loaded with.")
+    @argument(
+        "name", nargs="?", default=None, help="The alias or the name the model was loaded with."
+    )
     @argument("--all", action="store_true", help="Unload every cached model.")
-    @argument("--disk", action="store_true", help="Delete converted .gguf copies from disk instead: NAME (as %%llm_models "
-              "--disk lists it, or the .gguf's file name) or --all.")
+    @argument(
+        "--disk",
+        action="store_true",
+        help="Delete converted .gguf copies from disk instead: NAME (as %%llm_models "
+        "--disk lists it, or the .gguf's file name) or --all.",
+    )
     @line_magic
     def llm_unload(self, line: str):
         """Unload a cached model and free its memory for real: the cache, output history
@@ -180,23 +292,56 @@ class LLMMagics(Magics):
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
         if args.disk:
-            return gguf_cache.disk_card(tuple(gguf_cache.delete_copies(unquote(args.name or ""), all=args.all)))
+            return gguf_cache.disk_card(
+                tuple(gguf_cache.delete_copies(unquote(args.name or ""), all=args.all))
+            )
         return api.unload(unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
-    @magic_arguments(name="%llm_generate")  # IPython writes one "%" before it: a cell magic's usage reads %%
-    @argument("-m", "--model", default=None, help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.")
+    @magic_arguments(
+        name="%llm_generate"
+    )  # IPython writes one "%" before it: a cell magic's usage reads %%
+    @argument(
+        "-m",
+        "--model",
+        default=None,
+        help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.",
+    )
     @generation_flags
-    @argument("--system", default=None, help="A system message (chat models), filled like the prompt. Default: none (LLMMagics.system).")
-    @argument("--raw", action="store_true", help="Send the cell as it is, without the chat template.")
-    @argument("--over", default=None, help="Run the cell once per item of this list variable, {item} standing for the item; "
-              "returns one result per item.")
-    @argument("--no-fill", action="store_true", help="Send the cell as written: no {name} filling (for pasted code "
-              "full of braces; {{ stays {{).")
-    @argument("--batch-size", type=int, default=None, help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
-              "32 on a GPU (LLMMagics.batch_size).")
-    @argument("--concurrency", type=int, default=None, help="Requests in flight with --over on a server model. "
-              "Default: 16 (LLMMagics.concurrency).")
+    @argument(
+        "--system",
+        default=None,
+        help="A system message (chat models), filled like the prompt. Default: none (LLMMagics.system).",
+    )
+    @argument(
+        "--raw", action="store_true", help="Send the cell as it is, without the chat template."
+    )
+    @argument(
+        "--over",
+        default=None,
+        help="Run the cell once per item of this list variable, {item} standing for the item; "
+        "returns one result per item.",
+    )
+    @argument(
+        "--no-fill",
+        action="store_true",
+        help="Send the cell as written: no {name} filling (for pasted code "
+        "full of braces; {{ stays {{).",
+    )
+    @argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
+        "32 on a GPU (LLMMagics.batch_size).",
+    )
+    @argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="Requests in flight with --over on a server model. "
+        "Default: 16 (LLMMagics.concurrency).",
+    )
     @cell_magic
     def llm_generate(self, line: str, cell: str):
         """Generate from the cell's text with a loaded model (the chat template applied
@@ -215,15 +360,21 @@ class LLMMagics(Magics):
         if args.over is not None:
             name = unquote(args.over)
             if name not in ns:
-                raise GenerationError(f"--over {name}: no variable named {name!r}",
-                                      fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"])
+                raise GenerationError(
+                    f"--over {name}: no variable named {name!r}",
+                    fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
+                )
             over = prompts.items_of(ns[name], f"--over {name}")
         jupyter = getattr(self.shell, "kernel", None) is not None
-        sink = self.stream_sink(args) if over is None else None  # --over shows a progress bar instead
+        sink = (
+            self.stream_sink(args) if over is None else None
+        )  # --over shows a progress bar instead
         system = unquote(args.system) if args.system is not None else self.system
         settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
         on_prompt = prompt_shower(args.show_prompt)
-        waiting = Waiting(jupyter) if over is None and sink is None else None  # --no-stream: a status line
+        waiting = (
+            Waiting(jupyter) if over is None and sink is None else None
+        )  # --no-stream: a status line
 
         def call():
             with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
@@ -232,7 +383,8 @@ class LLMMagics(Magics):
                     model=unquote(args.model) if args.model else None,
                     namespace=None if args.no_fill else ns,
                     over=over,
-                    batch_size=pick(args.concurrency, pick(args.batch_size, self.batch_size)) or None,
+                    batch_size=pick(args.concurrency, pick(args.batch_size, self.batch_size))
+                    or None,
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
@@ -240,7 +392,9 @@ class LLMMagics(Magics):
                     **settings,
                 )
 
-        return run_streamed(call, sink, out, self.shell, waiting)  # shown once, as the cell's value; `_` and Out[n] hold it
+        return run_streamed(
+            call, sink, out, self.shell, waiting
+        )  # shown once, as the cell's value; `_` and Out[n] hold it
 
     def generation_settings(self, args) -> dict:
         """The sampling settings of a generating cell (the generation_flags): each flag
@@ -257,7 +411,11 @@ class LLMMagics(Magics):
 
     def stream_sink(self, args) -> Stream | None:
         """Where the text streams (None: shown only when complete, --no-stream)."""
-        return Stream(getattr(self.shell, "kernel", None) is not None) if self.stream and not args.no_stream else None
+        return (
+            Stream(getattr(self.shell, "kernel", None) is not None)
+            if self.stream and not args.no_stream
+            else None
+        )
 
     @line_magic
     def llm_tb(self, line: str = ""):
@@ -266,7 +424,10 @@ class LLMMagics(Magics):
         if error is None:
             print("no error yet")
             return
-        print("".join(traceback.format_exception(type(error), error, error.__traceback__)), file=sys.stderr)
+        print(
+            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            file=sys.stderr,
+        )
 
     @contextmanager
     def _status(self, quiet: bool, hf_bars: bool = True):
@@ -280,7 +441,9 @@ class LLMMagics(Magics):
             yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
             return
         handle = display(StatusLine("starting"), display_id=True)
-        if not hf_bars:  # a server model or llama.cpp: no transformers to import just to hush its bars
+        if (
+            not hf_bars
+        ):  # a server model or llama.cpp: no transformers to import just to hush its bars
             try:
                 yield lambda message: handle.update(StatusLine(message))
             finally:
@@ -305,7 +468,9 @@ def _parse_max_memory(text: str | None) -> dict | None:
         if not sep or not device.strip() or not size.strip():
             from IPython.core.error import UsageError
 
-            raise UsageError(f"--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], e.g. 0=20GB,cpu=30GB; got {text!r}")
+            raise UsageError(
+                f"--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], e.g. 0=20GB,cpu=30GB; got {text!r}"
+            )
         device = device.strip()
         caps[int(device) if device.isdigit() else device] = size.strip()
     return caps
@@ -321,8 +486,12 @@ def watch_shell(shell) -> None:
 
 def unwatch_shell(shell) -> None:
     mine = (shell.user_ns, shell.user_ns_hidden)
-    MODEL_CACHE.namespaces[:] = [ns for ns in MODEL_CACHE.namespaces if not any(ns is m for m in mine)]
-    MODEL_CACHE.holders[:] = [h for h in MODEL_CACHE.holders if getattr(h, "shell", None) is not shell]
+    MODEL_CACHE.namespaces[:] = [
+        ns for ns in MODEL_CACHE.namespaces if not any(ns is m for m in mine)
+    ]
+    MODEL_CACHE.holders[:] = [
+        h for h in MODEL_CACHE.holders if getattr(h, "shell", None) is not shell
+    ]
 
 
 def _shell_holder(shell):
@@ -350,5 +519,3 @@ def _verbose_errors(verbose: bool):
     except LLMError as e:
         e.verbose = verbose
         raise
-
-

@@ -9,7 +9,9 @@ from pathlib import Path
 
 if os.environ.get("LLM_MAGIC_NETWORK_GUARD_LOG"):
     # Loaded by file, under a private name: the subprocess's sys.path stays as it was.
-    _spec = importlib.util.spec_from_file_location("_llm_magic_network_guard", Path(__file__).parents[1] / "network_guard.py")
+    _spec = importlib.util.spec_from_file_location(
+        "_llm_magic_network_guard", Path(__file__).parents[1] / "network_guard.py"
+    )
     _module = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _module
     _spec.loader.exec_module(_module)

@@ -10,7 +10,6 @@ first model.
 from __future__ import annotations
 
 from ._version import __version__
-
 from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402

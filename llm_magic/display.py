@@ -170,6 +170,7 @@ class ServerCard(Card):
     aliases: tuple[str, ...] = ()
     concurrency: int = 16
     timeout: float = 300.0
+    budget_notes: tuple[str, ...] = ()  # models the budget unloaded to make room
 
     def title(self) -> str:
         alias = f"  (as {', '.join(self.aliases)})" if self.aliases else ""
@@ -212,7 +213,7 @@ class ServerCard(Card):
         return rows
 
     def notes(self) -> list[str]:
-        return list(self.info.warnings)
+        return list(self.budget_notes) + list(self.info.warnings)
 
 
 @dataclass(frozen=True, repr=False)

@@ -5,31 +5,11 @@ Text/plain for terminals, escaped text/html for Jupyter; cards hold copies of th
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
-from .display import _FOOTER_STYLE, _TEXT_STYLE, GenerationResult
+from .display import _FOOTER_STYLE, _TEXT_STYLE
 
 _ROLE_STYLE = "font-family:monospace;font-size:85%;color:#666;margin-top:.5em"
-
-
-@dataclass(frozen=True, repr=False, eq=False)
-class ChatResult(GenerationResult):
-    """One chat answer: a GenerationResult (`.text`, counts, timings, footer), plus the
-    conversation it is a turn of (`.conversation`, `.messages`)."""
-
-    conversation: Any = field(default=None, compare=False)  # conversations.Conversation
-
-    @classmethod
-    def of(cls, result: GenerationResult, conversation, notes: tuple[str, ...] = ()) -> ChatResult:
-        values = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
-        values["notes"] = tuple(notes) + result.notes
-        return cls(**values, conversation=conversation)
-
-    @property
-    def messages(self) -> list[dict[str, str]]:
-        """The whole conversation so far, as chat messages (this answer included)."""
-        return self.conversation.messages if self.conversation is not None else []
 
 
 @dataclass(frozen=True, repr=False)

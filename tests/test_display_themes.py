@@ -15,8 +15,6 @@ import pytest
 
 from llm_magic.display import (
     BatchProgress,
-    GenerationResult,
-    GenerationResults,
     LoadCard,
     ModelRow,
     ModelsCard,
@@ -26,6 +24,7 @@ from llm_magic.display import (
     UnloadCard,
 )
 from llm_magic.loading import ModelInfo
+from llm_magic.results import GenerationResult, GenerationResults
 
 # From @jupyterlab/theme-light-extension and theme-dark-extension (variables.css).
 THEMES = {

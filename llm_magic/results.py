@@ -11,7 +11,8 @@ import html
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from .display import _FOOTER_STYLE, _TEXT_STYLE, DIM, warning_html
+from .display.card import warning_html
+from .display.style import DIM, FOOTER_STYLE, TEXT_STYLE
 from .paths import short_name
 from .units import format_seconds
 
@@ -100,8 +101,8 @@ class GenerationResult:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
         return (
-            f"<div><div style='{_TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
-            f"<div style='{_FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
+            f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
+            f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
         )
 
     def text_already_shown(self) -> None:
@@ -190,14 +191,14 @@ class GenerationResults(list[GenerationResult]):
         e = html.escape
         rows = "".join(
             f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
-            f"<td style='text-align:left'><div style='{_TEXT_STYLE}'>{e(r.text.strip())}</div>"
-            f"<div style='{_FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}"
+            f"<td style='text-align:left'><div style='{TEXT_STYLE}'>{e(r.text.strip())}</div>"
+            f"<div style='{FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}"
             f"{e(' · ' + r.error) if r.error else ''}</div></td></tr>"
             for i, r in enumerate(self)
         )
         return (
             f"<div><table style='border:none'>{rows}</table>"
-            f"<div style='{_FOOTER_STYLE}'>{e(self.summary())}</div></div>"
+            f"<div style='{FOOTER_STYLE}'>{e(self.summary())}</div></div>"
         )
 
     def __repr__(self) -> str:

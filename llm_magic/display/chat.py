@@ -1,19 +1,45 @@
-"""What chat shows: an answer (a GenerationResult that knows its conversation), a
-conversation as a card (`%llm_chat --show`) and the list of them (`%llm_chat --list`).
-Text/plain for terminals, escaped text/html for Jupyter; cards hold copies of the text."""
+"""What `%%llm_chat` shows besides its answers: a conversation as a card (`--show`) and
+the list of them (`--list`). The cards hold copies of the text, not the conversation."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from .display import _FOOTER_STYLE, _TEXT_STYLE
+from .card import Shown, plural
+from .style import FOOTER_STYLE, ROLE_STYLE, TEXT_STYLE
 
-_ROLE_STYLE = "font-family:monospace;font-size:85%;color:#666;margin-top:.5em"
+
+class TurnFacts(Protocol):
+    """What the card reads of a turn (conversations.Turn)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def assistant(self) -> str: ...
+    @property
+    def interrupted(self) -> bool: ...
+
+
+class ConversationFacts(Protocol):
+    """What the card reads of a conversation (conversations.Conversation)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def system(self) -> str | None: ...
+    @property
+    def turns(self) -> Sequence[TurnFacts]: ...
+    @property
+    def sent_from(self) -> int: ...
 
 
 @dataclass(frozen=True, repr=False)
-class ConversationView:
+class ConversationView(Shown):
     """A conversation as a card: its name and model, then each turn (user, then assistant)."""
 
     name: str
@@ -23,7 +49,7 @@ class ConversationView:
     sent_from: int = 0  # turns before it were not sent with the last answer (beyond the context)
 
     @classmethod
-    def of(cls, conversation) -> ConversationView:
+    def of(cls, conversation: ConversationFacts) -> ConversationView:
         return cls(
             conversation.name,
             conversation.model,
@@ -33,8 +59,8 @@ class ConversationView:
         )
 
     def title(self) -> str:
-        n = len(self.turns)
-        return f"conversation {self.name} · {n} turn{'s' if n != 1 else ''} · model {self.model or '–'}"
+        turns = plural(len(self.turns), "turn")
+        return f"conversation {self.name} · {turns} · model {self.model or '–'}"
 
     def _entries(self) -> list[tuple[str, str, str]]:
         """(role label, text, remark) in order."""
@@ -65,42 +91,35 @@ class ConversationView:
     def html(self) -> str:
         e = html.escape
         body = "".join(
-            f"<div style='{_ROLE_STYLE}'><b>{e(role)}</b>{' · ' + e(remark) if remark else ''}</div>"
-            f"<div style='{_TEXT_STYLE}'>{e(text.rstrip(chr(10)))}</div>"
+            f"<div style='{ROLE_STYLE}'><b>{e(role)}</b>{' · ' + e(remark) if remark else ''}"
+            f"</div><div style='{TEXT_STYLE}'>{e(text.rstrip(chr(10)))}</div>"
             for role, text, remark in self._entries()
         )
         if not body:
-            body = f"<div style='{_FOOTER_STYLE}'>(empty)</div>"
+            body = f"<div style='{FOOTER_STYLE}'>(empty)</div>"
         return f"<div><div style='font-family:monospace'><b>{e(self.title())}</b></div>{body}</div>"
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        return {"text/plain": self.text(), "text/html": self.html()}
-
-    def __repr__(self) -> str:
-        return self.text()
 
 
 @dataclass(frozen=True, repr=False)
-class ConversationsCard:
-    """The kernel's conversations (`%llm_chat --list`): name, model, turns; * marks the last used."""
+class ConversationsCard(Shown):
+    """The kernel's conversations (`%llm_chat --list`): name, model, turns; * marks the last
+    used."""
 
-    rows: tuple[tuple[str, str, int, bool], ...]  # (name, model, turns, last used)
+    rows: tuple[tuple[str, str | None, int, bool], ...]  # (name, model, turns, last used)
 
     def lines(self) -> list[str]:
         if not self.rows:
             return ["no conversations yet: %%llm_chat starts one"]
         width = max(len(name) for name, *_ in self.rows)
         return [
-            f"{'*' if last else ' '} {name.ljust(width)}  {turns} turn{'s' if turns != 1 else ''} · model {model or '–'}"
+            f"{'*' if last else ' '} {name.ljust(width)}  {plural(turns, 'turn')} · "
+            f"model {model or '–'}"
             for name, model, turns, last in self.rows
         ]
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        body = "".join(f"<div>{html.escape(line)}</div>" for line in self.lines())
-        return {
-            "text/plain": "\n".join(self.lines()),
-            "text/html": f"<div style='font-family:monospace;font-size:90%;white-space:pre'>{body}</div>",
-        }
-
-    def __repr__(self) -> str:
+    def text(self) -> str:
         return "\n".join(self.lines())
+
+    def html(self) -> str:
+        body = "".join(f"<div>{html.escape(line)}</div>" for line in self.lines())
+        return f"<div style='font-family:monospace;font-size:90%;white-space:pre'>{body}</div>"

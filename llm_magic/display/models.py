@@ -9,8 +9,8 @@ from typing import Protocol
 
 from ..paths import short_name
 from ..units import format_bytes
-from .card import Card, Shown, plural
-from .style import CARD_STYLE, DIM, GREY, WARN
+from .card import Card, Shown, plural, warning_html
+from .style import CARD_STYLE, DIM
 
 
 def format_ago(seconds: float) -> str:
@@ -282,16 +282,16 @@ class CommandsCard(Shown):
         e = html.escape
         parts = [f"<div><b>{e(self.title)}</b></div>"]
         for heading, rows in self.sections:
-            parts.append(f"<div style='margin-top:.4em;color:{GREY}'>{e(heading)}</div>")
+            parts.append(f"<div style='margin-top:.4em;color:{DIM}'>{e(heading)}</div>")
             body = (
                 "".join(
                     f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
-                    f"<td style='padding:0 1em 0 0;text-align:left;color:{GREY}'>{e(facts)}</td>"
+                    f"<td style='padding:0 1em 0 0;text-align:left;color:{DIM}'>{e(facts)}</td>"
                     f"<td style='text-align:left'><code>{e(command)}</code></td></tr>"
                     for what, facts, command in rows
                 )
                 or "<tr><td style='padding:0 1em'>(none)</td></tr>"
             )
             parts.append(f"<table style='border:none'>{body}</table>")
-        parts += [f"<div style='color:{WARN}'>⚠ {e(w)}</div>" for w in self.warnings]
+        parts += [warning_html(w) for w in self.warnings]
         return f"<div style='{CARD_STYLE}'>" + "".join(parts) + "</div>"

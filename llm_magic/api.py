@@ -15,17 +15,11 @@ from . import errors, gguf_cache, hardware, loading, sizing
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
-from .display import (
-    GenerationResult,
-    GenerationResults,
-    LoadCard,
-    ModelRow,
-    ModelsCard,
-    UnloadCard,
-    format_bytes,
-)
+from .display import LoadCard, ModelRow, ModelsCard, UnloadCard
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
+from .results import GenerationResult, GenerationResults
+from .units import format_bytes
 
 if TYPE_CHECKING:
     from .conversations import Conversation

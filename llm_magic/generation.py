@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from . import prompts
-from .display import GenerationResult, GenerationResults
 from .engines import Engine, Rendered, Request, Run
 from .errors import GenerationError
+from .results import GenerationResult, GenerationResults
 
 TextCallback = Callable[[str], None]
 PromptCallback = Callable[

@@ -70,8 +70,8 @@ def unload_ipython_extension(ipython) -> None:
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
     from . import completion
-    from .display import format_bytes
     from .magics import remove_magics, unwatch_cells, unwatch_shell
+    from .units import format_bytes
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     released = MODEL_CACHE.clear()

@@ -16,9 +16,10 @@ from . import hardware, loader
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
-from .display import GenerationResult, GenerationResults, ModelRow, ModelsCard, UnloadCard
+from .display import ModelRow, ModelsCard, UnloadCard
 from .engines.base import Card, LoadOptions, Progress
 from .errors import GenerationError, LLMError
+from .results import GenerationResult, GenerationResults
 from .settings import Settings
 
 if TYPE_CHECKING:

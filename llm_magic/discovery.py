@@ -15,7 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .display import CommandsCard, format_bytes
+from .display import CommandsCard
+from .units import format_bytes
 
 # The weights files transformers loads from a snapshot; one of them (or the shards an index
 # names) must be there for the snapshot to load without the network.

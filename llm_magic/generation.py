@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import prompts
-from .display import GenerationResult, GenerationResults
 from .engines.base import Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
+from .results import GenerationResult, GenerationResults
 from .settings import Settings
 
 TextCallback = Callable[[str], None]

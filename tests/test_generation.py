@@ -21,7 +21,7 @@ from IPython.utils.capture import capture_output
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError
-from llm_magic.display import GenerationResult, GenerationResults
+from llm_magic.results import GenerationResult, GenerationResults
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

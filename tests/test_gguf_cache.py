@@ -253,7 +253,7 @@ def test_a_conversion_that_will_not_fit_on_the_disk_is_refused_before_writing(
     assert "not enough disk space to convert it" in text and str(target) in text
     needed = gguf_cache.bytes_needed(tiny_gguf, "bfloat16")
     assert needed > shutil.disk_usage(disk).free
-    from llm_magic.display import format_bytes
+    from llm_magic.units import format_bytes
 
     assert (
         f"needs {format_bytes(needed)}, {format_bytes(shutil.disk_usage(disk).free)} free" in text

@@ -502,7 +502,7 @@ def test_unload_ext_says_what_it_freed_in_one_line_and_removes_the_magics(shell,
     size = MODEL_CACHE.total_bytes()
     with capture_output() as out:
         ok(shell, "%unload_ext llm_magic")
-    from llm_magic.display import format_bytes
+    from llm_magic.units import format_bytes
 
     assert out.stdout.splitlines() == [
         f"llm_magic unloaded: 1 model, {format_bytes(size)} freed; "

@@ -302,7 +302,7 @@ def batch_progress(jupyter: bool, items: int):
     if not jupyter:
         try:
             yield lambda done, total: print(
-                f"\r{BatchProgress(done, total, items).plain()}",
+                f"\r{BatchProgress(done, total, items).text()}",
                 end="",
                 file=sys.stderr,
                 flush=True,

@@ -135,7 +135,7 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
         namespace={},
         greedy=True,
         max_new_tokens=new_tokens,
-        batch_size=concurrency,
+        concurrency=concurrency,
     )
     ours = time.perf_counter() - started
     assert [r.prompt for r in results] == items and not results.failed

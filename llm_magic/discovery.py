@@ -344,10 +344,7 @@ def loaded() -> tuple[LoadedEntry, ...]:
 def _loaded_line(entry) -> str:
     """The request that hits this cache entry again: same model, dtype and device map."""
     line = f"%llm_load {_quote(entry.name)} --dtype {entry.info.dtype}"
-    key = (
-        entry.key if isinstance(entry.key, tuple) else ()
-    )  # api's (identity, dtype, device_map, ...)
-    device_map = key[2] if len(key) > 2 else "auto"
+    device_map = entry.key.device_map
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"
     if entry.info.kind == "hub" and entry.info.revision:

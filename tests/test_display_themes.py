@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from llm_magic.engines.server_load import ServerInfo
 
 from llm_magic.conversations import Conversation, Turn
 from llm_magic.display import (
@@ -35,9 +36,8 @@ from llm_magic.display import (
     style,
 )
 from llm_magic.gguf_cache import ConvertedCopy
-from llm_magic.loading import ModelInfo
+from llm_magic.engines.base import ModelInfo
 from llm_magic.results import ChatResult, GenerationResult, GenerationResults
-from llm_magic.serving import ServerInfo
 
 # From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension
 # (style/variables.css, the md-* palette values they name).
@@ -213,6 +213,16 @@ def _copy(name: str, **changes) -> ConvertedCopy:
 
 _SERVER = ServerInfo(
     name=f"org/{MARKUP}",
+    kind="server",
+    class_name="served",
+    num_params=0,
+    memory_bytes=0,
+    device="http://127.0.0.1:8000/v1",
+    dtype="served",
+    dtype_reason="chosen by the server",
+    source="http://127.0.0.1:8000/v1",
+    revision=None,
+    engine="server",
     url="http://127.0.0.1:8000/v1",
     served=({"id": f"org/{MARKUP}", "owned_by": MARKUP}, {"id": MARKUP}),
     server=f"vllm {MARKUP}",

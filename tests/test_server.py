@@ -114,6 +114,23 @@ def test_load_card_lists_and_unloads(loaded, server):
     assert len(MODEL_CACHE) == 0 and entry.engine is None
 
 
+def test_a_server_model_past_max_models_says_what_it_unloaded_as_a_local_one_does(
+    shell, server, tiny_model_dir
+):
+    shell.run_line_magic("config", "LLMMagics.max_models = 1")
+    try:
+        shell.run_line_magic("llm_load", f"{tiny_model_dir} --as first --dtype bfloat16")
+        served = shell.run_line_magic("llm_load", f"--server {server.url} --as srv")
+        local = shell.run_line_magic("llm_load", f"{tiny_model_dir} --as again --dtype bfloat16")
+    finally:
+        MODEL_CACHE.set_budget(max_models=0)
+    budget = "least recently used, to stay within the budget of 1 model"
+    assert f"unloaded first (bfloat16, 284 KB), {budget}" in served.notes()
+    assert f"unloaded srv (served, 0 B), {budget}" in local.notes()
+    assert f"⚠ unloaded first (bfloat16, 284 KB), {budget}" in served.text()
+    assert [e.aliases for e in MODEL_CACHE.entries()] == [{"again"}]
+
+
 def test_model_named_explicitly_is_the_same_entry(shell, server):
     served = servers.served_ids(server.url)[0]
     a = llm_magic.load(served, server=server.url)

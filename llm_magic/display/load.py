@@ -137,6 +137,7 @@ class ServerCard(Card):
     aliases: tuple[str, ...] = ()
     concurrency: int = 16
     timeout: float = 300.0
+    budget_notes: tuple[str, ...] = ()  # models the budget unloaded to make room
 
     def title(self) -> str:
         return f"{short_name(self.info.name)}  →  served at {self.info.url}{_as(self.aliases)}"
@@ -165,4 +166,4 @@ class ServerCard(Card):
         return rows
 
     def notes(self) -> list[str]:
-        return list(self.info.warnings)
+        return list(self.budget_notes) + list(self.info.warnings)

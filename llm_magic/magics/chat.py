@@ -164,7 +164,7 @@ class ChatMagics(Magics):
                 namespace=ns,
                 stream=sink,
                 on_prompt=prompt_shower(args.show_prompt),
-                **settings.generation_settings(args),
+                settings=settings.sampling_settings(args),
             )
 
         return run_streamed(call, sink, out, self.shell)

@@ -47,7 +47,7 @@ def default_model() -> tuple[str, str]:
         return llm_magic.demo_model(), "SmolLM2-135M-Instruct (Q4_1 .gguf, converted)"
     except llm_magic.LoadError:
         sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_model import build_tiny_gpt2
+        from support.tiny_model import build_tiny_gpt2
 
         return str(
             build_tiny_gpt2(Path(tempfile.mkdtemp(prefix="gpu_check_")) / "tiny-gpt2")

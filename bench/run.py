@@ -211,7 +211,7 @@ def row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: flo
     """The Hub unreachable without a packet leaving this machine: the workers' HF_ENDPOINT
     is a socket on 127.0.0.1, started here, that accepts and never answers."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from loopback import SilentServer, loopback_env
+    from support.loopback import SilentServer, loopback_env
 
     with SilentServer() as hub:
         return _row_hub(

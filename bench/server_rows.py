@@ -166,7 +166,7 @@ def server_rows(
     only: tuple[str, ...] | None = None,
 ) -> list[Row]:
     """Start the server, measure both rows, stop it."""
-    import servers
+    from support import servers
 
     import llm_magic
     from llm_magic import loading

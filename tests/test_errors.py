@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
 from IPython.utils.capture import capture_output
+from support.tiny_model import copy_model
 
 from llm_magic import MODEL_CACHE, errors
 from llm_magic.errors import GenerationError, LoadError, diagnose_generation, diagnose_load

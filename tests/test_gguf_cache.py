@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_model import build_tiny_gguf
+from support.tiny_model import build_tiny_gguf
 
 import llm_magic
 from llm_magic import MODEL_CACHE, gguf_cache

@@ -175,7 +175,7 @@ def test_missing_path_fails_with_a_short_card(shell, tmp_path):
 
 
 def test_folder_without_tokenizer_fails_clearly(shell, tiny_model_dir, tmp_path):
-    from conftest import copy_model
+    from support.tiny_model import copy_model
 
     folder = copy_model(
         tiny_model_dir,

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import servers
 from IPython.utils.capture import capture_output
+from support import servers
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError, LoadError

@@ -559,7 +559,7 @@ def job_memory(args: dict) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- engines and quantization (issue 13)
+# ------------------------------------------------------ engines and quantization (issue 13)
 
 
 def gguf_data_bytes(path: str) -> int:

@@ -96,14 +96,16 @@ def pytest_addoption(parser):
         "--assume-cpu-flags",
         default=None,
         metavar="FLAGS",
-        help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; '' for none), "
-        "given to llm_magic.hardware.assume: every expectation must hold on any machine",
+        help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; "
+        "'' for none), given to llm_magic.hardware.assume: every expectation must hold on any "
+        "machine",
     )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _assumed_hardware(request):
-    """With --assume-cpu-flags, llm_magic's hardware choices read those facts, not this machine's."""
+    """With --assume-cpu-flags, llm_magic's hardware choices read those facts, not this
+    machine's."""
     flags = request.config.getoption("--assume-cpu-flags")
     if flags is None:
         yield None

@@ -189,7 +189,8 @@ def test_notebook_kernels_get_the_loopback_hub_and_the_guard(network_guard_on, t
 
     source = RECORD_IN_SUBPROCESS + (
         "print('ENDPOINT', os.environ['HF_ENDPOINT'])\n"
-        "print('PROXY', [v for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') if os.environ.get(v)])\n"
+        "print('PROXY', [v for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') "
+        "if os.environ.get(v)])\n"
         "print('GUARD', '_llm_magic_network_guard' in sys.modules)\n"
         "try:\n"
         f"    socket.gethostbyname({HUB_NAME!r})\n"

@@ -191,7 +191,8 @@ def test_raw_system_and_show_prompt(loaded):
     shell, entry, _ = loaded
     result, out = run(
         shell,
-        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is",
+        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\n"
+        "The capital of France is",
     )
     assert result.success, result.error_in_exec
     assert shell.user_ns["r"] is result.result
@@ -199,8 +200,8 @@ def test_raw_system_and_show_prompt(loaded):
     assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
     system, out = run(
         shell,
-        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
-        + QUESTION,
+        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' "
+        "--show-prompt --no-stream\n" + QUESTION,
     )
     shown = out.outputs[0].data["text/plain"]
     assert (

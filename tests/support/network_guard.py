@@ -194,6 +194,7 @@ def install_in_subprocess() -> NetworkGuard | None:
     global SUBPROCESS_GUARD
     guard = SUBPROCESS_GUARD = NetworkGuard(log_path, writes_log=True)
     command = " ".join(getattr(sys, "argv", None) or ["python"])[:120]
-    guard.test = f"{os.environ.get(TEST_VARIABLE, '<outside any test>')} (subprocess {os.getpid()}: {command})"
+    test = os.environ.get(TEST_VARIABLE, "<outside any test>")
+    guard.test = f"{test} (subprocess {os.getpid()}: {command})"
     guard.install()
     return guard

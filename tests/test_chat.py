@@ -326,7 +326,7 @@ def test_chat_magics_read_the_llm_magics_config(shell, tiny):
     assert result.new_tokens == 2 and result.settings["greedy"] is True
 
 
-# --- a real instruct model ---------------------------------------------------------------------------
+# --- a real instruct model --------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def handle(smollm2_gguf):
 
 
 def raw_chat(path: str, handle, messages, max_tokens: int) -> tuple[str, dict]:
-    """What a user writes without llm_magic (same file, threads and context): the text and its usage."""
+    """What a user writes without llm_magic (same file, threads and context): the text and
+    its usage."""
     llm = llama_cpp.Llama(
         model_path=path, n_ctx=handle.model.n_ctx(), n_threads=handle.model.n_threads, verbose=False
     )

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import servers
 from IPython.utils.capture import capture_output
+from support import servers
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError, LoadError
@@ -208,7 +208,8 @@ def test_raw_system_and_show_prompt(loaded):
     shell, entry, _ = loaded
     result, out = run(
         shell,
-        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is",
+        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\n"
+        "The capital of France is",
     )
     assert result.success, result.error_in_exec
     assert shell.user_ns["r"] is result.result
@@ -216,8 +217,8 @@ def test_raw_system_and_show_prompt(loaded):
     assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
     system, out = run(
         shell,
-        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
-        + QUESTION,
+        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' "
+        "--show-prompt --no-stream\n" + QUESTION,
     )
     shown = out.outputs[0].data["text/plain"]
     assert (

@@ -138,7 +138,7 @@ def plain_load(path: str, dtype: str, **kwargs):
     import torch  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_magic.loading import dtype_keyword
+    from llm_magic._compat import dtype_keyword
 
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(

@@ -386,7 +386,7 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import dtype_keyword
+    from ._compat import dtype_keyword
 
     target = converted_folder(gguf_path, dtype)
     progress(

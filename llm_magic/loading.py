@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import gguf_cache, hardware, sizing
+from ._compat import dtype_keyword
 from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
@@ -254,14 +255,6 @@ def checkpoint_dtype(folder: str | None) -> str | None:
 converted_cache_root = gguf_cache.cache_root
 converted_folder = gguf_cache.converted_folder
 _CONVERTED_MARK = gguf_cache.MARK
-
-
-def dtype_keyword() -> str:
-    """transformers >= 4.56 takes `dtype=`; older ones `torch_dtype=` (never pass both)."""
-    import transformers
-
-    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def load_model(

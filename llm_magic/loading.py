@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import gguf_cache, hardware, sizing
+from . import gguf_cache, hardware
 from ._compat import dtype_keyword
 from .errors import PROBE_NOTE, LoadError
+from .sources import sizing
 
 Progress = Callable[[str], None]
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import llm_magic
-from llm_magic import MODEL_CACHE, api, hardware, loading, sizing
+from llm_magic import MODEL_CACHE, api, hardware, loading
 from llm_magic.display import LoadCard, ModelsCard, UnloadCard
 from llm_magic.errors import LLMError, LoadError
+from llm_magic.sources import sizing
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

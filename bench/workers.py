@@ -332,7 +332,8 @@ def job_prepare(args: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
 
-    from llm_magic import gguf_cache, hardware, loading
+    from llm_magic import hardware, loading
+    from llm_magic.sources import gguf_cache
 
     out: dict = {}
     tiny = build_tiny_gpt2(Path(args["workdir"]) / "tiny-gpt2")
@@ -345,7 +346,7 @@ def job_prepare(args: dict) -> dict:
     if args.get("gguf"):
         path = args["gguf"]
         dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
-        had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
+        had = (gguf_cache.converted_folder(path, dtype) / gguf_cache.MARK).is_file()
         started = time.perf_counter()
         folder, _notes = gguf_cache.ensure_converted(
             path, dtype, lambda m: print(m, file=sys.stderr)

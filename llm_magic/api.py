@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import errors, gguf_cache, hardware, loading
+from . import errors, hardware, loading
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
@@ -26,7 +26,7 @@ from .display import (
 )
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
-from .sources import sizing
+from .sources import gguf_cache, sizing
 
 if TYPE_CHECKING:
     from .conversations import Conversation

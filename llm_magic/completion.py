@@ -154,7 +154,8 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
 def _models(prefix: str) -> list[SimpleCompletion]:
     """What `%llm_load MODEL` may take: loaded models, cached Hub ids, converted .gguf
     originals and the demo model, then .gguf files and folders on disk."""
-    from . import discovery, gguf_cache
+    from . import discovery
+    from .sources import gguf_cache
 
     found: dict[str, str] = {}
     for e in MODEL_CACHE.entries():

@@ -193,7 +193,7 @@ def available() -> Available:
 
     problems: list[str] = []
     hub = hub_models(problems)
-    from . import gguf_cache
+    from .sources import gguf_cache
 
     return Available(
         hub_cache=str(constants.HF_HUB_CACHE),

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import gguf_cache, hardware
+from . import hardware
 from ._compat import dtype_keyword
 from .errors import PROBE_NOTE, LoadError
-from .sources import sizing
+from .sources import gguf_cache, sizing
 
 Progress = Callable[[str], None]
 
@@ -250,12 +250,6 @@ def checkpoint_dtype(folder: str | None) -> str | None:
         return None
     value = config.get("dtype") or config.get("torch_dtype")
     return str(value) if value else None
-
-
-# The converted-copy cache lives in gguf_cache; these names stay for callers of loading.
-converted_cache_root = gguf_cache.cache_root
-converted_folder = gguf_cache.converted_folder
-_CONVERTED_MARK = gguf_cache.MARK
 
 
 def load_model(
@@ -530,7 +524,7 @@ def failure_context(
         ctx["kind"] = source.kind
         ctx["path"] = source.path
         if source.kind == "gguf":
-            converted = converted_folder(source.path, dtype) if dtype else None
+            converted = gguf_cache.converted_folder(source.path, dtype) if dtype else None
             folder = converted if converted and converted.is_dir() else None
         elif source.path:
             folder = Path(source.path)
@@ -562,7 +556,7 @@ def _hub_facts() -> dict:
     disks = []
     for label, where in (
         ("HF_HOME", constants.HF_HOME),
-        ("LLM_MAGIC_CACHE", str(converted_cache_root())),
+        ("LLM_MAGIC_CACHE", str(gguf_cache.cache_root())),
     ):
         existing = Path(where)
         while not existing.exists() and existing != existing.parent:

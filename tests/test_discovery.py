@@ -17,6 +17,7 @@ from hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHu
 
 import llm_magic
 from llm_magic import MODEL_CACHE, loading
+from llm_magic.sources import gguf_cache
 
 
 def by_id(available, repo_id):
@@ -88,9 +89,9 @@ def test_an_empty_or_missing_hub_cache_lists_nothing(monkeypatch, tmp_path):
 
 def fake_conversion(gguf: Path, dtype: str, tiny_model_dir: Path) -> Path:
     """The folder layout convert_gguf leaves (the tiny model stands in for the weights)."""
-    folder = loading.converted_folder(str(gguf), dtype)
+    folder = gguf_cache.converted_folder(str(gguf), dtype)
     shutil.copytree(tiny_model_dir, folder)
-    (folder / loading._CONVERTED_MARK).write_text(json.dumps({"gguf": str(gguf)}))
+    (folder / gguf_cache.MARK).write_text(json.dumps({"gguf": str(gguf)}))
     return folder
 
 

@@ -17,7 +17,7 @@ import llm_magic
 from llm_magic import MODEL_CACHE, api, hardware, loading
 from llm_magic.display import LoadCard, ModelsCard, UnloadCard
 from llm_magic.errors import LLMError, LoadError
-from llm_magic.sources import sizing
+from llm_magic.sources import gguf_cache, sizing
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -375,7 +375,7 @@ def test_estimate_reads_no_tensor_data(smollm2_gguf, tmp_path):
     )  # make sure the converted folder exists
     MODEL_CACHE.clear()
     folder = shutil.copytree(
-        loading.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted"
+        gguf_cache.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted"
     )
     gguf = Path(shutil.copy(smollm2_gguf, tmp_path / "model.gguf"))
     for read, data in (

@@ -23,12 +23,12 @@ from traitlets import (
     validate,
 )
 
-from .. import api, gguf_cache, hardware, prompts
+from .. import api, hardware, prompts
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
 from ..errors import GenerationError, LLMError
-from ..sources import sizing
+from ..sources import gguf_cache, sizing
 from .cells import (
     DEFAULTS,
     Stream,

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from . import errors, hardware, loading
 from . import quiet as quiet_output
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
-from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 from .display import (
     GenerationResult,
     GenerationResults,
@@ -27,6 +26,7 @@ from .display import (
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
 from .sources import gguf_cache, sizing
+from .sources.discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 
 if TYPE_CHECKING:
     from .conversations import Conversation

@@ -549,7 +549,7 @@ def failure_context(
 def _hub_facts() -> dict:
     from huggingface_hub import constants
 
-    from .discovery import hub_models
+    from .sources.discovery import hub_models
 
     cache = Path(constants.HF_HUB_CACHE)
     repos = [m.repo_id for m in hub_models()]

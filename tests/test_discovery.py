@@ -17,7 +17,7 @@ from hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHu
 
 import llm_magic
 from llm_magic import MODEL_CACHE, loading
-from llm_magic.sources import gguf_cache
+from llm_magic.sources import discovery, gguf_cache
 
 
 def by_id(available, repo_id):
@@ -167,7 +167,7 @@ def test_demo_model_and_loaded_models_with_their_lines(shell, tiny_model_dir, sm
 
 def test_llm_load_without_model_shows_the_card(shell, written_cache):
     card = shell.run_line_magic("llm_load", "")
-    assert isinstance(card, llm_magic.discovery.Available)
+    assert isinstance(card, discovery.Available)
     bundle = card._repr_mimebundle_()
     assert f"%llm_load {TWO_REVS}" in bundle["text/plain"] and "<table" in bundle["text/html"]
 

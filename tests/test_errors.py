@@ -299,6 +299,18 @@ def test_invalid_repo_id_is_explained():
     )
 
 
+def test_an_invalid_hub_id_names_the_nearest_existing_folder(loaded, tmp_path, monkeypatch):
+    """An id shaped like org/name that huggingface_hub refuses ("--" is not allowed) fails
+    in its validation, not in llm_magic's path check: the card still names the nearest
+    folder that exists on the way to it, read as a path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad--id").mkdir()
+    error, text = fail(loaded, "%llm_load bad--id/model")
+    assert "'bad--id/model' is neither an existing path nor a valid Hub id" in text
+    named, _ = nearest_folder_named(error)
+    assert named == tmp_path / "bad--id"
+
+
 # ------------------------------------------------ 4. no weights, no config, no model_type
 
 

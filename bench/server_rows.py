@@ -169,11 +169,11 @@ def server_rows(
     from support import servers
 
     import llm_magic
-    from llm_magic import loading
+    from llm_magic.sources import gguf_cache
 
     gguf = llm_magic.demo_model()
     llm_magic.load(gguf, dtype="bfloat16")  # converts the .gguf once (kept in LLM_MAGIC_CACHE)
-    folder = loading.converted_folder(Path(gguf), "bfloat16")
+    folder = gguf_cache.converted_folder(Path(gguf), "bfloat16")
     llm_magic.unload(all=True)
     log("starting transformers serve --continuous-batching")
     server = servers.transformers_serve(

@@ -138,7 +138,7 @@ def plain_load(path: str, dtype: str, **kwargs):
     import torch  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_magic.loading import dtype_keyword
+    from llm_magic._compat import dtype_keyword
 
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
@@ -332,7 +332,8 @@ def job_prepare(args: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
 
-    from llm_magic import gguf_cache, hardware, loading
+    from llm_magic import hardware
+    from llm_magic.sources import gguf_cache, resolve
 
     out: dict = {}
     tiny = build_tiny_gpt2(Path(args["workdir"]) / "tiny-gpt2")
@@ -340,12 +341,12 @@ def job_prepare(args: dict) -> dict:
     out["tiny_dir"] = str(tiny)
     hw = hardware.probe()
     out["tiny_dtype"] = hardware.choose_dtype(
-        hw, loading.checkpoint_dtype(str(tiny)), "auto", "auto"
+        hw, resolve.checkpoint_dtype(str(tiny)), "auto", "auto"
     ).dtype
     if args.get("gguf"):
         path = args["gguf"]
         dtype = hardware.choose_dtype(hw, None, "auto", "auto").dtype
-        had = (loading.converted_folder(path, dtype) / loading._CONVERTED_MARK).is_file()
+        had = (gguf_cache.converted_folder(path, dtype) / gguf_cache.MARK).is_file()
         started = time.perf_counter()
         folder, _notes = gguf_cache.ensure_converted(
             path, dtype, lambda m: print(m, file=sys.stderr)
@@ -353,7 +354,7 @@ def job_prepare(args: dict) -> dict:
         out["gguf_converted_now_seconds"] = None if had else time.perf_counter() - started
         out["gguf_folder"] = str(folder)
         out["gguf_dtype"] = dtype
-        out["gguf_checkpoint_dtype"] = loading.checkpoint_dtype(str(folder))
+        out["gguf_checkpoint_dtype"] = resolve.checkpoint_dtype(str(folder))
     return out
 
 
@@ -462,7 +463,8 @@ def job_dtype(args: dict) -> dict:
     and 512-token prompt processing (plain model.generate / forward on both), plus the
     machine's read bandwidth for the decode-vs-bandwidth row."""
     import_heavy()
-    from llm_magic import hardware, loading
+    from llm_magic import hardware
+    from llm_magic.sources import resolve
 
     path, n, n8, reps = args["path"], args["new_tokens"], args["batch8_new_tokens"], args["repeats"]
     models = {d: plain_load(path, d) for d in ("float32", "bfloat16")}
@@ -471,7 +473,7 @@ def job_dtype(args: dict) -> dict:
         models["float32"][0].config, "n_positions", 512
     )
     prefill_len = min(512, int(limit))
-    default = hardware.choose_dtype(hardware.probe(), loading.checkpoint_dtype(path), "auto", "cpu")
+    default = hardware.choose_dtype(hardware.probe(), resolve.checkpoint_dtype(path), "auto", "cpu")
     out: dict = {
         "default": default.dtype,
         "reason": default.reason,
@@ -565,7 +567,7 @@ def job_memory(args: dict) -> dict:
 def gguf_data_bytes(path: str) -> int:
     """Bytes of tensor data in a .gguf (the file less its header): what llama.cpp reads
     per decoded token (SmolLM2's output head is its tied embedding, read whole)."""
-    from llm_magic.sizing import read_gguf_tensor_counts
+    from llm_magic.sources.sizing import read_gguf_tensor_counts
 
     _params, header = read_gguf_tensor_counts(path)
     return os.path.getsize(path) - header

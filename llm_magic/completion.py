@@ -154,7 +154,7 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
 def _models(prefix: str) -> list[SimpleCompletion]:
     """What `%llm_load MODEL` may take: loaded models, cached Hub ids, converted .gguf
     originals and the demo model, then .gguf files and folders on disk."""
-    from . import discovery, gguf_cache
+    from .sources import discovery, gguf_cache
 
     found: dict[str, str] = {}
     for e in MODEL_CACHE.entries():
@@ -186,20 +186,20 @@ def _hub_ids() -> tuple[str, ...]:
     except OSError:
         return ()
     if stamp not in _hub_memo:
-        from . import discovery
+        from .sources import hub
 
         _hub_memo.clear()
-        _hub_memo[stamp] = tuple(m.repo_id for m in discovery.hub_models())
+        _hub_memo[stamp] = hub.cached_repo_ids()
     return _hub_memo[stamp]
 
 
 def _revisions(words: list[str], prefix: str) -> list[SimpleCompletion]:
     """Branches, tags and commits cached for the model named on the line."""
-    from . import discovery
+    from .sources import hub
 
     model = next((w for w in words[1:] if not w.startswith("-")), None)
     names: list[str] = []
-    for m in discovery.hub_models():
+    for m in hub.hub_models():
         if m.repo_id == model:
             for r in m.revisions:
                 names += [*r.refs, r.commit]

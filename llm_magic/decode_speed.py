@@ -36,7 +36,7 @@ def machine_id() -> str:
 
 
 def _file(identity: str) -> Path:
-    from .gguf_cache import cache_root
+    from .sources.gguf_cache import cache_root
 
     key = hashlib.sha256(f"{identity}\0{machine_id()}".encode()).hexdigest()[:16]
     return cache_root() / "speed" / f"{key}.json"

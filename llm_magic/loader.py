@@ -15,7 +15,9 @@ from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_
 from .engines import registry
 from .engines.base import Card, Loader, LoadOptions, LoadReport, Plan, Progress
 from .errors import LoadError
-from .sizing import Estimate, check_fit
+from .sources import hub
+from .sources.discovery import LoadedEntry, quote
+from .sources.sizing import Estimate, check_fit
 from .units import format_bytes
 
 
@@ -79,7 +81,7 @@ def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> Bas
     release_memory()
     if isinstance(e, errors.LLMError) or not isinstance(e, Exception):
         return e
-    from .loading import failure_context
+    from .sources.facts import failure_context
 
     source = plan.source if plan is not None else None
     dtype = plan.key.dtype if plan is not None and plan.key.dtype else options.dtype
@@ -180,3 +182,35 @@ def budget_note(released: Released) -> str:
             f", held by {', '.join(released.held_by)}" if released.held_by else ""
         )
     return note
+
+
+# --- what the cache holds, as `%llm_load` without MODEL lists it ------------------------
+
+
+def loaded_entries() -> tuple[LoadedEntry, ...]:
+    """The models in the kernel's cache, the most recently used first."""
+    entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
+    return tuple(
+        LoadedEntry(
+            e.name,
+            tuple(sorted(e.aliases)),
+            e.info.dtype,
+            e.info.device,
+            e.memory_bytes,
+            loaded_line(e),
+        )
+        for e in entries
+    )
+
+
+def loaded_line(entry: LoadedModel) -> str:
+    """The request that hits this cache entry again: same model, dtype and device map."""
+    line = f"%llm_load {quote(entry.name)} --dtype {entry.info.dtype}"
+    device_map = entry.key.device_map
+    if device_map != "auto":
+        line += f" --device-map {quote(str(device_map))}"
+    if entry.info.kind == "hub" and entry.info.revision:
+        main = hub.cached_snapshot(entry.name)
+        if main is None or main.name != entry.info.revision:  # loaded at another revision
+            line += f" --revision {entry.info.revision}"
+    return line

@@ -16,7 +16,8 @@ import pytest
 from support.hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHub
 
 import llm_magic
-from llm_magic import MODEL_CACHE, loading
+from llm_magic import MODEL_CACHE
+from llm_magic.sources import discovery, gguf_cache, hub
 
 
 def by_id(available, repo_id):
@@ -53,22 +54,15 @@ def test_hub_models_with_revisions_sizes_and_completeness(written_cache):
 def test_the_listed_line_loads_the_listed_snapshot(written_cache):
     """The cache huggingface_hub wrote (blobs and snapshot links) loads by id, offline."""
     snapshot = written_cache["snapshots"][TWO_REVS]
-    assert loading.cached_snapshot(TWO_REVS) == snapshot
+    assert hub.cached_snapshot(TWO_REVS) == snapshot
+    assert hub.cached_snapshot(TWO_REVS, "main") == hub.cached_snapshot(TWO_REVS, MAIN) == snapshot
+    assert hub.cached_snapshot(TWO_REVS, "v1") == written_cache["snapshots"]["v1"]
     assert (
-        loading.cached_snapshot(TWO_REVS, "main")
-        == loading.cached_snapshot(TWO_REVS, MAIN)
-        == snapshot
-    )
-    assert loading.cached_snapshot(TWO_REVS, "v1") == written_cache["snapshots"]["v1"]
-    assert (
-        loading.cached_snapshot(PARTIAL) is not None
+        hub.cached_snapshot(PARTIAL) is not None
     )  # config.json is there: the load names what is missing
+    assert hub.cached_snapshot(TWO_REVS, "v2") is None and hub.cached_snapshot("not/cached") is None
     assert (
-        loading.cached_snapshot(TWO_REVS, "v2") is None
-        and loading.cached_snapshot("not/cached") is None
-    )
-    assert (
-        loading.cached_snapshot("bad--id/x") is None
+        hub.cached_snapshot("bad--id/x") is None
     )  # an invalid id: huggingface_hub's validation, no error
 
     handle = llm_magic.load(TWO_REVS, device_map="cpu")
@@ -88,9 +82,9 @@ def test_an_empty_or_missing_hub_cache_lists_nothing(monkeypatch, tmp_path):
 
 def fake_conversion(gguf: Path, dtype: str, tiny_model_dir: Path) -> Path:
     """The folder layout convert_gguf leaves (the tiny model stands in for the weights)."""
-    folder = loading.converted_folder(str(gguf), dtype)
+    folder = gguf_cache.converted_folder(str(gguf), dtype)
     shutil.copytree(tiny_model_dir, folder)
-    (folder / loading._CONVERTED_MARK).write_text(json.dumps({"gguf": str(gguf)}))
+    (folder / gguf_cache.MARK).write_text(json.dumps({"gguf": str(gguf)}))
     return folder
 
 
@@ -166,7 +160,7 @@ def test_demo_model_and_loaded_models_with_their_lines(shell, tiny_model_dir, sm
 
 def test_llm_load_without_model_shows_the_card(shell, written_cache):
     card = shell.run_line_magic("llm_load", "")
-    assert isinstance(card, llm_magic.discovery.Available)
+    assert isinstance(card, discovery.Available)
     bundle = card._repr_mimebundle_()
     assert f"%llm_load {TWO_REVS}" in bundle["text/plain"] and "<table" in bundle["text/html"]
 
@@ -188,14 +182,14 @@ def test_fresh_kernel_lists_offline_without_torch(written_cache, smollm2_gguf):
         print(json.dumps({"text": card.text(), "seconds": seconds, "offered": offered,
                           "heavy": sorted({"torch", "transformers"} & set(sys.modules))}))
     """)
-    with LoopbackHub() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint}
+    with LoopbackHub() as stand_in:
+        env = {**os.environ, "HF_ENDPOINT": stand_in.endpoint}
         env.pop("HF_HUB_OFFLINE", None)
         out = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
         )
         assert out.returncode == 0, out.stderr
-        assert hub.requests == []
+        assert stand_in.requests == []
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (
         f"%llm_load {HOLDOUT}" in result["text"] and f"%llm_load {smollm2_gguf}" in result["text"]

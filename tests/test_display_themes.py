@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from llm_magic.gguf_cache import ConvertedCopy
 
 from llm_magic.conversations import Conversation, Turn
 from llm_magic.display import (
@@ -36,7 +37,6 @@ from llm_magic.display import (
 )
 from llm_magic.engines.base import ModelInfo
 from llm_magic.engines.server_load import ServerInfo
-from llm_magic.gguf_cache import ConvertedCopy
 from llm_magic.results import ChatResult, GenerationResult, GenerationResults
 
 # From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension

@@ -146,31 +146,31 @@ def test_an_offline_hub_id_close_to_a_loaded_model_names_it(shell, smollm2_gguf)
 def test_hub_probe_gives_up_on_a_silent_endpoint(monkeypatch, silent_endpoint):
     from huggingface_hub import constants
 
-    from llm_magic import loading
+    from llm_magic.sources import hub
 
     monkeypatch.setattr(constants, "ENDPOINT", silent_endpoint.url)  # accepts, never answers
     before = silent_endpoint.accepted
     started = time.perf_counter()
-    assert loading.hub_reachable(timeout=0.5) is False
+    assert hub.hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - started < 3.0  # gave up on its own, not on a refusal
     assert silent_endpoint.accepted > before  # it did connect: the silence is what it gave up on
 
 
 def test_hub_probe_fails_at_once_on_a_refused_connection(closed_endpoint):
-    from llm_magic import loading
+    from llm_magic.sources import hub
 
     started = time.perf_counter()
-    assert loading.hub_reachable(timeout=30) is False
+    assert hub.hub_reachable(timeout=30) is False
     assert time.perf_counter() - started < 10.0  # refused: no waiting for the timeout
 
 
 def test_hub_probe_counts_an_error_status_as_reachable(monkeypatch, hub_error_endpoint):
     from huggingface_hub import constants
 
-    from llm_magic import loading
+    from llm_magic.sources import hub
 
     monkeypatch.setattr(constants, "ENDPOINT", hub_error_endpoint)  # answers 404 to everything
-    assert loading.hub_reachable(timeout=5) is True
+    assert hub.hub_reachable(timeout=5) is True
 
 
 # ------------------------------------------------------- 2. Hub HTTP errors (no Hub here)
@@ -297,6 +297,18 @@ def test_invalid_repo_id_is_explained():
         "neither an existing path nor a valid Hub id" in text
         and "nearest existing folder: /data" in text
     )
+
+
+def test_an_invalid_hub_id_names_the_nearest_existing_folder(loaded, tmp_path, monkeypatch):
+    """An id shaped like org/name that huggingface_hub refuses ("--" is not allowed) fails
+    in its validation, not in llm_magic's path check: the card still names the nearest
+    folder that exists on the way to it, read as a path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad--id").mkdir()
+    error, text = fail(loaded, "%llm_load bad--id/model")
+    assert "'bad--id/model' is neither an existing path nor a valid Hub id" in text
+    named, _ = nearest_folder_named(error)
+    assert named == tmp_path / "bad--id"
 
 
 # ------------------------------------------------ 4. no weights, no config, no model_type

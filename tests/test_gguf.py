@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import llm_magic
-from llm_magic.loading import converted_folder
+from llm_magic.sources.gguf_cache import converted_folder
 
 pytestmark = pytest.mark.slow
 

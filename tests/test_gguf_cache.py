@@ -22,8 +22,9 @@ import pytest
 from support.tiny_model import build_tiny_gguf
 
 import llm_magic
-from llm_magic import MODEL_CACHE, gguf_cache
+from llm_magic import MODEL_CACHE
 from llm_magic.errors import LLMError, LoadError
+from llm_magic.sources import gguf_cache
 
 
 @pytest.fixture(scope="session")

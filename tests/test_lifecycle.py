@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import llm_magic
-from llm_magic import MODEL_CACHE, hardware, loading, sizing
+from llm_magic import MODEL_CACHE, hardware
 from llm_magic.display import LoadCard, ModelsCard, UnloadCard
 from llm_magic.engines import transformers_load
 from llm_magic.errors import LLMError, LoadError
+from llm_magic.sources import gguf_cache, resolve, sizing
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -268,7 +269,7 @@ def test_memory_budget_from_plain_python_and_as_a_string(shell, tiny_model_dir):
 
 
 def _estimate_for(path: str, dtype: str) -> sizing.Estimate:
-    return transformers_load.estimate(loading.resolve_source(path), dtype)
+    return transformers_load.estimate(resolve.resolve_source(path), dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -307,7 +308,7 @@ def test_estimate_reads_every_shard_of_a_sharded_checkpoint(tiny_model_dir, tmp_
 
 def test_estimate_of_a_gguf_not_converted_yet_reads_its_header(smollm2_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path))  # no converted twin here
-    est = transformers_load.estimate(loading.resolve_source(smollm2_gguf), "bfloat16")
+    est = transformers_load.estimate(resolve.resolve_source(smollm2_gguf), "bfloat16")
     assert est.source == "gguf" and est.num_params == 134_515_008
     assert est.bytes == 2 * est.num_params and est.conversion_bytes == 4 * est.num_params
     assert not any(tmp_path.iterdir()), "estimating must not convert"
@@ -375,7 +376,7 @@ def test_estimate_reads_no_tensor_data(smollm2_gguf, tmp_path):
     )  # make sure the converted folder exists
     MODEL_CACHE.clear()
     folder = shutil.copytree(
-        loading.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted"
+        gguf_cache.converted_folder(smollm2_gguf, "bfloat16"), tmp_path / "converted"
     )
     gguf = Path(shutil.copy(smollm2_gguf, tmp_path / "model.gguf"))
     for read, data in (
@@ -406,9 +407,9 @@ def test_does_not_fit_fails_before_loading_with_fixes(shell, tiny_model_dir, tmp
     shell.user_ns["path"], shell.user_ns["other"] = str(tiny_model_dir), str(other)
     ok(shell, "%llm_load $other --as resident --dtype bfloat16")
     calls = []
-    real_load_model = loading.load_model
+    real_load_model = transformers_load.load_model
     monkeypatch.setattr(
-        loading, "load_model", lambda *a, **k: calls.append(a) or real_load_model(*a, **k)
+        transformers_load, "load_model", lambda *a, **k: calls.append(a) or real_load_model(*a, **k)
     )
     # The narrowest boundary: the machine reports almost no free RAM.
     monkeypatch.setattr(hardware, "free_ram_bytes", lambda: 1_000_000)

@@ -20,6 +20,7 @@ import llm_magic
 from llm_magic import MODEL_CACHE, LoadError, decode_speed, generation
 from llm_magic.engines import Request
 from llm_magic.settings import Settings
+from llm_magic.sources import resolve
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -223,7 +224,7 @@ def test_generations_record_decode_speeds_for_the_card(handle, smollm2_gguf):
 
 @pytest.mark.slow
 def test_transformers_card_says_how_much_faster_llama_cpp_decodes(shell, smollm2_gguf):
-    identity = llm_magic.loading.resolve_source(smollm2_gguf).identity
+    identity = resolve.resolve_source(smollm2_gguf).identity
     decode_speed._file(identity).unlink(missing_ok=True)
     card = shell.run_line_magic("llm_load", f"{smollm2_gguf} --dtype bfloat16 --as tf").text()
     assert "no decode speed measured here yet" in card

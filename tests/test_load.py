@@ -14,9 +14,10 @@ import pytest
 from IPython.utils.capture import capture_output
 
 import llm_magic
-from llm_magic import MODEL_CACHE, LoadError, hardware, loading
+from llm_magic import MODEL_CACHE, LoadError, hardware
 from llm_magic.display import LoadCard
 from llm_magic.hardware import Hardware
+from llm_magic.sources import resolve
 
 
 def run(shell, line):
@@ -47,7 +48,7 @@ def test_load_folder_shows_card(shell, tiny_model_dir, kind):
         assert label in text
     assert "device      cpu" in text
     # The card states the policy's choice for these facts, and its reason; the model has that dtype.
-    choice = hardware.choose_dtype(facts, loading.checkpoint_dtype(str(tiny_model_dir)))
+    choice = hardware.choose_dtype(facts, resolve.checkpoint_dtype(str(tiny_model_dir)))
     assert choice.dtype == expected_dtype
     assert f"dtype       {expected_dtype}  ({choice.reason})" in text
     assert (
@@ -110,15 +111,15 @@ def test_hub_id_loads_from_local_cache_without_network(tiny_hub_id, tiny_model_d
 def test_hub_id_not_cached_goes_to_the_hub(tiny_hub_id, monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from llm_magic import loading
-    from llm_magic.loading import resolve_source
+    from llm_magic.sources import hub
+    from llm_magic.sources.resolve import resolve_source
 
     # The session's Hub is a closed port on 127.0.0.1 (conftest): an id that is not cached
     # fails at once.
     with pytest.raises(LocalEntryNotFoundError):
         resolve_source("llm-magic-tests/not-cached-anywhere")
     # Where the Hub answers, the id is left for from_pretrained to download.
-    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: True)
     source = resolve_source("llm-magic-tests/not-cached-anywhere")
     assert (source.kind, source.cached, source.path) == ("hub", False, None)
     cached = resolve_source(tiny_hub_id)

@@ -50,7 +50,11 @@ def test_wheel_metadata_and_files(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert {"llm_magic/py.typed", "llm_magic/discovery.py", "llm_magic/completion.py"} <= names
+    assert {
+        "llm_magic/py.typed",
+        "llm_magic/sources/discovery.py",
+        "llm_magic/completion.py",
+    } <= names
     assert not any(n.startswith("tests/") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert (

@@ -37,10 +37,10 @@ def smollm2_folder(smollm2_gguf) -> Path:
     float32, not bf16: greedy answers must not depend on how the server batches. In bf16,
     "What is the capital of France?" is a near tie that paged attention's other rounding
     flipped to "L'Étoile, …" in one of three runs here; in float32 the gap dwarfs the rounding."""
-    from llm_magic import loading
+    from llm_magic.sources import gguf_cache
 
     handle = llm_magic.load(smollm2_gguf, dtype="float32")
-    folder = loading.converted_folder(Path(smollm2_gguf), "float32")
+    folder = gguf_cache.converted_folder(Path(smollm2_gguf), "float32")
     llm_magic.unload(all=True)
     del handle
     assert (folder / "config.json").is_file()

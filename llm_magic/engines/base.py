@@ -14,8 +14,8 @@ from ..settings import Settings
 
 if TYPE_CHECKING:
     from ..cache import LoadedModel
-    from ..loading import Source
-    from ..sizing import Estimate
+    from ..sources.resolve import Source
+    from ..sources.sizing import Estimate
 
 TextCallback = Callable[[str], None]
 ProgressCallback = Callable[[int, int], None]  # (groups done, groups in all): batches, or requests

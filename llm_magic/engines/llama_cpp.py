@@ -32,9 +32,9 @@ from typing import Any
 from ..cache import LoadedModel
 from ..display import LoadCard
 from ..errors import GenerationError, LoadError, diagnose_generation
-from ..loading import resolve_source
 from ..settings import Settings
-from ..sizing import Estimate
+from ..sources.resolve import resolve_source
+from ..sources.sizing import Estimate
 from .base import (
     Budget,
     CacheKey,

@@ -153,10 +153,6 @@ NO_SYSTEM_ROLE_NOTE = (
 )
 
 
-def _short(name: str) -> str:
-    return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
-
-
 def render_text(tokenizer, request: Request) -> tuple[str, bool]:
     """(the prompt as the model will read it, whether tokenizing adds special tokens).
 

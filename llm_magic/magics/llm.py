@@ -23,7 +23,7 @@ from traitlets import (
     validate,
 )
 
-from .. import api, gguf_cache, hardware, prompts, sizing
+from .. import api, hardware, prompts
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
@@ -31,6 +31,7 @@ from ..engines import registry
 from ..engines.base import LoadOptions
 from ..errors import GenerationError, LLMError
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
+from ..sources import gguf_cache, sizing
 from .cells import (
     Stream,
     Waiting,

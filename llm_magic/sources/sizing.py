@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from ..units import DTYPE_BYTES, format_bytes
 
 # Bytes per element of the safetensors dtypes; floating ones are cast to the load dtype.
 _SAFETENSORS_BYTES = {
@@ -33,7 +37,6 @@ _SAFETENSORS_BYTES = {
     "BOOL": 1,
 }
 _FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # Room left beside the weights for activations, the KV cache and the runtime (CUDA context,
 # tokenizer): a model that only just fits would fail at its first generation.
@@ -50,9 +53,8 @@ class Estimate:
     dtype: str
     source: str  # "safetensors" or "gguf"
     files: tuple[str, ...]
-    header_bytes_read: (
-        int  # the size of the headers the estimate comes from (no tensor data is read)
-    )
+    # The size of the headers the estimate comes from (no tensor data is read).
+    header_bytes_read: int
     conversion_bytes: int = 0  # RAM a not-yet-converted .gguf takes while it is converted (fp32)
 
     @property
@@ -93,7 +95,7 @@ def estimate_safetensors(folder: str | Path, dtype: str) -> Estimate | None:
         shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         return None
-    width = _DTYPE_BYTES[dtype]
+    width = DTYPE_BYTES[dtype]
     total = params = read = 0
     for shard in shards:
         header, n = read_safetensors_header(shard)
@@ -140,7 +142,7 @@ def estimate_gguf(path: str | Path, dtype: str) -> Estimate:
     every tensor on load), from the tensor table of its header."""
     params, read = read_gguf_tensor_counts(path)
     return Estimate(
-        params * _DTYPE_BYTES[dtype],
+        params * DTYPE_BYTES[dtype],
         params,
         dtype,
         "gguf",
@@ -162,22 +164,32 @@ def read_gguf_tensor_counts(path: str | Path) -> tuple[int, int]:
     return sum(int(t.n_elements) for t in reader.tensors), int(reader.data_offset)
 
 
-def estimate(source, dtype: str, converted: str | Path | None = None) -> Estimate | None:
-    """Estimate for a `loading.Source` at `dtype`; None where nothing local tells the size
+class Located(Protocol):
+    """Where a model's files are: what `estimate` reads of a `resolve.Source`."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def path(self) -> str | None: ...
+
+
+def estimate(source: Located, dtype: str, converted: str | Path | None = None) -> Estimate | None:
+    """Estimate for a `resolve.Source` at `dtype`; None where nothing local tells the size
     (a Hub id not downloaded yet, a folder of .bin files)."""
-    if dtype not in _DTYPE_BYTES:
+    if dtype not in DTYPE_BYTES:
+        return None
+    if source.path is None:
         return None
     if source.kind == "gguf":
         # After the first load the .gguf has a safetensors twin: its headers are exact.
         if converted is not None:
             return estimate_safetensors(converted, dtype)
         return estimate_gguf(source.path, dtype)
-    if source.path is None:
-        return None
     return estimate_safetensors(source.path, dtype)
 
 
-def _product(shape) -> int:
+def _product(shape: Iterable[int]) -> int:
     n = 1
     for d in shape:
         n *= int(d)
@@ -209,65 +221,62 @@ def check_fit(
     `free_gpus` maps 'cuda:0' -> free bytes; `reclaimable` maps a device ('cpu', 'cuda:0')
     -> bytes that models the budget unloads first will give back there.
     """
-    from .units import format_bytes as fb
-
     back = reclaimable or {}
     ram = None if free_ram is None else free_ram + back.get("cpu", 0)
     need = est.needed
-    if (
-        est.conversion_bytes
-        and ram is not None
-        and est.conversion_bytes + headroom(est.conversion_bytes) > ram
-    ):
+    weights = format_bytes(est.bytes)
+    converting = est.conversion_bytes
+    if converting and ram is not None and converting + headroom(converting) > ram:
         return Fit(
             False,
-            f"does not fit: converting the .gguf needs {fb(est.conversion_bytes)} of RAM (float32), {fb(ram)} free",
+            f"does not fit: converting the .gguf needs {format_bytes(converting)} of RAM"
+            f" (float32), {format_bytes(ram)} free",
         )
     if target in ("cpu", "mps"):
         if ram is None:
-            return Fit(True, f"needs {fb(est.bytes)}; free RAM unknown")
+            return Fit(True, f"needs {weights}; free RAM unknown")
         if need <= ram:
-            return Fit(True, f"fits on {target}: needs {fb(est.bytes)}, {fb(ram)} free")
-        return Fit(False, f"does not fit: needs {_need(est)}, {fb(ram)} free")
+            return Fit(True, f"fits on {target}: needs {weights}, {format_bytes(ram)} free")
+        return Fit(False, f"does not fit: needs {_need(est)}, {format_bytes(ram)} free")
 
     gpus = {d: f + back.get(d, 0) for d, f in (free_gpus or {}).items()}
     if isinstance(device_map, dict):  # the user placed the modules: judge the total only
         total = sum(gpus.values()) + (ram or 0)
         if need <= total:
-            return Fit(True, f"fits the given device map: needs {fb(est.bytes)}, {fb(total)} free")
-        return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
+            return Fit(
+                True, f"fits the given device map: needs {weights}, {format_bytes(total)} free"
+            )
+        return Fit(False, f"does not fit: needs {_need(est)}, {format_bytes(total)} free")
     dm = device_map.lower() if isinstance(device_map, str) else None
     wanted = _explicit_gpu(dm)
     if wanted is not None:  # one named GPU: nothing is offloaded, it fits there or not
         free = gpus.get(wanted)
         if free is None:
-            return Fit(True, f"needs {fb(est.bytes)}; free memory on {wanted} unknown")
+            return Fit(True, f"needs {weights}; free memory on {wanted} unknown")
         if need <= free:
-            return Fit(True, f"fits on {wanted}: needs {fb(est.bytes)}, {fb(free)} free")
-        return Fit(False, f"does not fit on {wanted}: needs {_need(est)}, {fb(free)} free")
+            return Fit(True, f"fits on {wanted}: needs {weights}, {format_bytes(free)} free")
+        return Fit(
+            False, f"does not fit on {wanted}: needs {_need(est)}, {format_bytes(free)} free"
+        )
     on_gpus = sum(gpus.values())
     names = ", ".join(gpus) or "cuda"
     if need <= on_gpus:
-        return Fit(True, f"fits on {names}: needs {fb(est.bytes)}, {fb(on_gpus)} free")
+        return Fit(True, f"fits on {names}: needs {weights}, {format_bytes(on_gpus)} free")
     spill = need - on_gpus
-    if dm in ("auto", "balanced", "balanced_low_0", "sequential") and (ram is None or spill <= ram):
+    spills_to_cpu = dm in ("auto", "balanced", "balanced_low_0", "sequential")
+    if spills_to_cpu and (ram is None or spill <= ram):
         return Fit(
             True,
-            f"will offload {fb(spill)} to cpu — generation slower ({fb(on_gpus)} free on {names})",
+            f"will offload {format_bytes(spill)} to cpu — generation slower"
+            f" ({format_bytes(on_gpus)} free on {names})",
             spill,
         )
-    total = (
-        on_gpus + (ram or 0)
-        if dm in ("auto", "balanced", "balanced_low_0", "sequential")
-        else on_gpus
-    )
-    return Fit(False, f"does not fit: needs {_need(est)}, {fb(total)} free")
+    total = on_gpus + (ram or 0) if spills_to_cpu else on_gpus
+    return Fit(False, f"does not fit: needs {_need(est)}, {format_bytes(total)} free")
 
 
 def _need(est: Estimate) -> str:
-    from .units import format_bytes as fb
-
-    return f"{fb(est.bytes)} + {fb(est.needed - est.bytes)} headroom"
+    return f"{format_bytes(est.bytes)} + {format_bytes(est.needed - est.bytes)} headroom"
 
 
 def _explicit_gpu(dm: str | None) -> str | None:
@@ -299,7 +308,7 @@ def quantized(est: Estimate, quantize: str) -> Estimate:
     .gguf not converted yet stays as it is: an overestimate, on the safe side."""
     if est.source != "safetensors":
         return est
-    width = _DTYPE_BYTES[est.dtype]
+    width = DTYPE_BYTES[est.dtype]
     saved = 0.0
     for shard in est.files:
         header, _ = read_safetensors_header(Path(shard))

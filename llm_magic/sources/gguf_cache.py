@@ -27,15 +27,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .errors import LLMError, LoadError
+from .._compat import dtype_keyword
+from ..errors import LLMError, LoadError
+from ..paths import nearest_existing
+from ..units import DTYPE_BYTES, format_bytes
+from .sizing import read_gguf_tensor_counts, read_safetensors_header
+
+if TYPE_CHECKING:
+    from ..display import DiskCard
 
 Progress = Callable[[str], None]
 
 MARK = "llm_magic_gguf.json"  # written last into a copy: its presence says the copy is complete
 _INDEX = "model.safetensors.index.json"
 _LEFTOVER = re.compile(r"^(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)$")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Beside the weights a copy holds its tokenizer, config and headers: a few MB, more for a
 # big vocabulary. Asked for on top of the weights before converting.
 _SLACK_BYTES = 16 * 1000**2
@@ -74,8 +81,6 @@ def problem(folder: Path) -> str | None:
     Cheap: the marker, every weights file the index names (or model.safetensors), and
     each file's size against its header (8 bytes of length, the JSON header, then the
     data its offsets describe). No tensor data is read."""
-    from .sizing import read_safetensors_header
-
     if not folder.is_dir():
         return "it is missing"
     if not (folder / MARK).is_file():
@@ -103,9 +108,8 @@ def problem(folder: Path) -> str | None:
         if not (folder / name).is_file():
             return f"{name} is missing"
         try:
-            read_safetensors_header(
-                folder / name
-            )  # the library refuses a file its header does not cover exactly
+            # The library refuses a file its header does not cover exactly.
+            read_safetensors_header(folder / name)
         except (OSError, ValueError) as e:
             return f"{name}: {e}"
     return None
@@ -151,7 +155,7 @@ def remove_leftovers() -> list[tuple[str, int]]:
     kernel killed while converting or deleting); a live process's folder is left alone,
     e.g. another kernel converting the same file right now. Returns (name, bytes) of
     each one removed."""
-    removed = []
+    removed: list[tuple[str, int]] = []
     try:
         entries = list(copies_dir().iterdir())
     except OSError:
@@ -177,9 +181,8 @@ def _discard(folder: Path) -> None:
     deleted copy under the real name; a kernel killed meanwhile leaves a leftover that
     `remove_leftovers` takes."""
     aside = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(
-        aside, ignore_errors=True
-    )  # this process's own, from a removal that stopped halfway
+    # This process's own, from a removal that stopped halfway.
+    shutil.rmtree(aside, ignore_errors=True)
     try:
         os.rename(folder, aside)
     except FileNotFoundError:
@@ -218,7 +221,7 @@ class ConvertedCopy:
 def converted_copies() -> list[ConvertedCopy]:
     """Every converted copy in the cache, sorted by name (leftovers of conversions are
     not copies: see `remove_leftovers`)."""
-    copies = []
+    copies: list[ConvertedCopy] = []
     try:
         entries = sorted(copies_dir().iterdir())
     except OSError:
@@ -227,10 +230,10 @@ def converted_copies() -> list[ConvertedCopy]:
         if _LEFTOVER.match(entry.name) or not entry.is_dir():
             continue
         gguf = _marked_source(entry)
-        exists = bool(gguf) and os.path.isfile(gguf)
+        exists = bool(gguf and os.path.isfile(gguf))
         stem_key_dtype = entry.name.rsplit("-", 2)
         dtype = stem_key_dtype[-1] if len(stem_key_dtype) == 3 else "?"
-        matches = exists and entry.name == converted_folder(gguf, dtype).name
+        matches = bool(gguf and exists and entry.name == converted_folder(gguf, dtype).name)
         copies.append(
             ConvertedCopy(
                 str(entry),
@@ -283,9 +286,9 @@ def delete_copies(name: str | None = None, *, all: bool = False) -> list[Convert
     return chosen
 
 
-def disk_card(deleted: tuple[ConvertedCopy, ...] = ()):
+def disk_card(deleted: tuple[ConvertedCopy, ...] = ()) -> DiskCard:
     """The card of `%llm_models --disk` (and of `%llm_unload --disk`, with what it deleted)."""
-    from .display import DiskCard
+    from ..display import DiskCard
 
     folder = copies_dir()
     return DiskCard(str(folder), tuple(converted_copies()), tuple(deleted), _free_bytes(folder))
@@ -305,34 +308,30 @@ def _remove_outdated(gguf_path: str) -> list[ConvertedCopy]:
 
 def bytes_needed(gguf_path: str, dtype: str) -> int:
     """The disk space a copy at `dtype` takes, from the GGUF header's tensor shapes."""
-    from .sizing import read_gguf_tensor_counts
-
     elements, _ = read_gguf_tensor_counts(gguf_path)
-    return elements * _DTYPE_BYTES.get(dtype, 4) + _SLACK_BYTES
+    return elements * DTYPE_BYTES.get(dtype, 4) + _SLACK_BYTES
 
 
 def _free_bytes(folder: Path) -> int:
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
+    return shutil.disk_usage(nearest_existing(folder)).free
 
 
 def check_space(gguf_path: str, dtype: str) -> None:
     """Refuse a conversion that would not fit on the cache's disk, before anything is
     read or written."""
-    from .units import format_bytes as fb
-
     target = converted_folder(gguf_path, dtype)
     needed, free = bytes_needed(gguf_path, dtype), _free_bytes(target.parent)
     if needed <= free:
         return
     raise LoadError(
         f"{Path(gguf_path).name}: not enough disk space to convert it",
-        f"the converted copy goes to {target}: it needs {fb(needed)}, {fb(free)} free there",
+        f"the converted copy goes to {target}: it needs {format_bytes(needed)},"
+        f" {format_bytes(free)} free there",
         [
-            "free space on that disk: %llm_models --disk lists the converted copies, %llm_unload --disk NAME deletes one",
-            "or keep converted copies on a bigger disk: set LLM_MAGIC_CACHE=/big/disk/llm_magic before starting the kernel",
+            "free space on that disk: %llm_models --disk lists the converted copies,"
+            " %llm_unload --disk NAME deletes one",
+            "or keep converted copies on a bigger disk: set LLM_MAGIC_CACHE=/big/disk/llm_magic"
+            " before starting the kernel",
         ],
     )
 
@@ -345,32 +344,29 @@ def ensure_converted(
 
     Every call first removes leftovers of killed conversions; a conversion first removes
     the copies of an earlier version of the same file and checks the free disk space."""
-    from .units import format_bytes as fb
-
     notes = [
-        f"removed {n}, left by a conversion whose process is gone ({fb(b)} freed)"
+        f"removed {n}, left by a conversion whose process is gone ({format_bytes(b)} freed)"
         for n, b in remove_leftovers()
     ]
     target = converted_folder(gguf_path, dtype)
     why = problem(target)
     if why is None and not reconvert:
         return target, tuple(notes)
+    name = Path(gguf_path).name
     if target.exists():
         if why is not None:
-            progress(
-                f"the converted copy of {Path(gguf_path).name} is damaged ({why}): converting it again…"
-            )
-            notes.append(
-                f"the converted copy was damaged ({why}): converted again from {Path(gguf_path).name}"
-            )
+            progress(f"the converted copy of {name} is damaged ({why}): converting it again…")
+            notes.append(f"the converted copy was damaged ({why}): converted again from {name}")
         else:
-            notes.append(f"converted again from {Path(gguf_path).name} (--reload)")
+            notes.append(f"converted again from {name} (--reload)")
         _discard(target)
     outdated = _remove_outdated(gguf_path)
     if outdated:
+        copies = "copy" if len(outdated) == 1 else "copies"
+        freed = format_bytes(sum(c.size_bytes for c in outdated))
         notes.append(
-            f"{Path(gguf_path).name} changed: removed {len(outdated)} converted cop{'y' if len(outdated) == 1 else 'ies'}"
-            f" of its earlier version ({fb(sum(c.size_bytes for c in outdated))} freed)"
+            f"{name} changed: removed {len(outdated)} converted {copies}"
+            f" of its earlier version ({freed} freed)"
         )
     check_space(gguf_path, dtype)
     convert(gguf_path, dtype, progress)
@@ -386,8 +382,6 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import dtype_keyword
-
     target = converted_folder(gguf_path, dtype)
     progress(
         f"converting {Path(gguf_path).name} to {dtype} safetensors (once; later loads reuse it)…"
@@ -401,7 +395,9 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     # A .gguf is read at float32 (transformers warns that other dtypes cast every matmul),
     # then cast once for saving.
     read_as = torch.float32 if read_from else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, **read_from, **{dtype_keyword(): read_as})
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        folder, **read_from, **{dtype_keyword(): read_as}
+    )
     model.to(getattr(torch, dtype))
     # Dequantized weights are plain tensors, but the model is still marked quantized and
     # save_pretrained refuses it: clear the marking.

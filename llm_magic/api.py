@@ -590,7 +590,7 @@ def _load_failure(
         model, attempt.get("source"), attempt.get("dtype", dtype), device_map, revision
     )
     context["loaded"] = [(entry.info.name, entry.memory_bytes) for entry in MODEL_CACHE.entries()]
-    return errors.diagnose_load(e, context)
+    return errors.diagnose(e, context, errors.LOAD)
 
 
 # --- generation ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ through a real InteractiveShell: the cell fails, the card names the cause and th
 the cache is as it was, and no half-loaded model survives. Failures this machine cannot
 produce (CUDA OOM, RAM exhaustion, a full disk, Hub HTTP errors) are injected with the
 real exception class at the narrowest boundary (`from_pretrained`), or built by the
-library's own code (`hf_raise_for_status`) and passed to the pure `diagnose_load`.
+library's own code (`hf_raise_for_status`) and passed to the pure `diagnose`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from conftest import copy_model
 from IPython.utils.capture import capture_output
 
 from llm_magic import MODEL_CACHE, errors
-from llm_magic.errors import GenerationError, LoadError, diagnose_generation, diagnose_load
+from llm_magic.errors import GENERATION, LOAD, GenerationError, LoadError, diagnose
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -229,7 +229,7 @@ def _hub_error(status: int, code: str | None):
 def test_hub_http_errors(status, code, kind, cause, fix):
     exc = _hub_error(status, code)
     assert kind in chain_types(exc)
-    error = diagnose_load(exc, {"model": "org/model", "revision": "v9", "cached_repos": []})
+    error = diagnose(exc, {"model": "org/model", "revision": "v9", "cached_repos": []}, LOAD)
     text = "\n".join(error.card_lines())
     assert error.matched == kind  # found below transformers' OSError: type first
     assert isinstance(error, LoadError) and cause in text and fix in text
@@ -277,8 +277,8 @@ def test_hub_offline_variable_is_named():
         "Cannot find the requested files in the disk cache and outgoing traffic has been disabled."
     )
     text = "\n".join(
-        diagnose_load(
-            exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}
+        diagnose(
+            exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}, LOAD
         ).card_lines()
     )
     assert "HF_HUB_OFFLINE is set, and org/m is not in the local Hugging Face cache" in text
@@ -291,7 +291,7 @@ def test_invalid_repo_id_is_explained():
     with pytest.raises(HFValidationError) as info:
         validate_repo_id("org//name")
     text = "\n".join(
-        diagnose_load(info.value, {"model": "org//name", "nearest_parent": "/data"}).card_lines()
+        diagnose(info.value, {"model": "org//name", "nearest_parent": "/data"}, LOAD).card_lines()
     )
     assert (
         "neither an existing path nor a valid Hub id" in text
@@ -477,8 +477,8 @@ CPU_ONLY_FIXES = [
 def test_cuda_on_cpu_only_torch_is_explained():
     # The exception a CPU-only torch raises for a CUDA device (on any torch build).
     exc = AssertionError("Torch not compiled with CUDA enabled")
-    diagnosis = diagnose_load(
-        exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}
+    diagnosis = diagnose(
+        exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}, LOAD
     ).diagnosis
     assert diagnosis.cause == "this torch (2.9.0+cpu) is a CPU-only build: it cannot use a GPU"
     assert diagnosis.fixes == CPU_ONLY_FIXES
@@ -516,14 +516,14 @@ def test_no_gpu_visible_is_told_apart_from_cpu_only_build():
         "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver"
     )
     text = "\n".join(
-        diagnose_load(
-            exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}
+        diagnose(
+            exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}, LOAD
         ).card_lines()
     )
     assert "built with CUDA 12.6 but sees no GPU" in text and "nvidia-smi" in text
     exc = RuntimeError("CUDA error: invalid device ordinal")
     text = "\n".join(
-        diagnose_load(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}).card_lines()
+        diagnose(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}, LOAD).card_lines()
     )
     assert "names a GPU that does not exist: 1 visible (cuda:0..cuda:0)" in text
 
@@ -602,7 +602,7 @@ def test_generation_oom_is_diagnosed():
         "CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
         "23.6 GiB of which 100.00 MiB is free."
     )
-    error = diagnose_generation(
+    error = diagnose(
         exc,
         {
             "model": "org/m",
@@ -611,6 +611,7 @@ def test_generation_oom_is_diagnosed():
             "batch_size": 8,
             "loaded": [("org/m", 14 * 10**9)],
         },
+        GENERATION,
     )
     text = "\n".join(error.card_lines())
     assert isinstance(error, GenerationError)
@@ -623,7 +624,7 @@ def test_generation_oom_is_diagnosed():
         and "smaller --max-new-tokens" in text
     )
     assert "GPU 0: 100.00 MiB free of 23.6 GiB" in text
-    plain = diagnose_generation(ZeroDivisionError("division by zero"), {"model": "org/m"})
+    plain = diagnose(ZeroDivisionError("division by zero"), {"model": "org/m"}, GENERATION)
     assert plain.diagnosis.cause is None
 
 
@@ -651,7 +652,7 @@ def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
 
 def test_accelerate_missing():
     exc = ValueError("accelerate is required when loading a GGUF file `pip install accelerate`.")
-    text = "\n".join(diagnose_load(exc, {"model": "m.gguf"}).card_lines())
+    text = "\n".join(diagnose(exc, {"model": "m.gguf"}, LOAD).card_lines())
     assert (
         "the optional package accelerate is not installed" in text
         and "pip install accelerate" in text
@@ -715,7 +716,7 @@ def test_matching_is_type_first_then_message():
                 "Error no file named model.safetensors, or pytorch_model.bin, found in directory x"
             ) from e
     except OSError as wrapped:
-        error = diagnose_load(wrapped, {"model": "m"})
+        error = diagnose(wrapped, {"model": "m"}, LOAD)
     assert "the disk is full" in error.diagnosis.cause
 
 

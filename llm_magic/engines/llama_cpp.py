@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata as _metadata
 from typing import Any
 
-from ..errors import GenerationError, LoadError, diagnose_generation
+from ..errors import GENERATION, GenerationError, LoadError, diagnose
 from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
 
 KIND = "llama.cpp"
@@ -243,7 +243,7 @@ class LlamaCppEngine:
             "context_length": self.context_limit(),
             "dtype": self.info.dtype,
         }
-        wrapped = diagnose_generation(error, context)
+        wrapped = diagnose(error, context, GENERATION)
         if wrapped is not error:
             wrapped.__cause__ = error
         return wrapped

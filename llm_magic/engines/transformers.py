@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import cpu_matmul, hardware
 from ..cache import MODEL_CACHE, clear_frames_of
-from ..errors import GenerationError, diagnose_generation
+from ..errors import GENERATION, GenerationError, diagnose
 from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
 
 
@@ -384,7 +384,7 @@ def _explain(
         "context_length": limit,
         "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
     }
-    wrapped = diagnose_generation(error, context)
+    wrapped = diagnose(error, context, GENERATION)
     if wrapped is not error:
         wrapped.__cause__ = error
     return wrapped

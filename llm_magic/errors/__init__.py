@@ -1,7 +1,8 @@
 """Exception -> diagnosis (what failed, likely cause, fixes), and its short rendering.
 
-`card` holds the types and the card, `rules` the rule engine, `wording` what the
-catalogues share, and `load`, `generation`, `server` one catalogue per stage.
+`card` holds the types and the card, `rules` the rule engine and `diagnose`, `wording`
+what the catalogues share, and `load`, `generation`, `server` one catalogue per stage:
+`diagnose(e, context, LOAD)` is the LoadError to raise `from e`.
 """
 
 from .card import (
@@ -14,19 +15,20 @@ from .card import (
     original_line,
     quiet_interrupt,
 )
-from .generation import GENERATION_RULES, diagnose_generation
-from .load import LOAD_RULES, PROBE_NOTE, diagnose_load
-from .rules import Context, Rule, chain, find_rule, is_type
-from .server import SERVER_RULES, diagnose_server
+from .generation import GENERATION
+from .load import LOAD, PROBE_NOTE
+from .rules import Catalogue, Context, Rule, chain, diagnose, find_rule, is_type
+from .server import SERVER
 from .wording import fmt_bytes
 
 __all__ = [
-    "GENERATION_RULES",
-    "LOAD_RULES",
+    "GENERATION",
+    "LOAD",
     "MAX_DETAILS",
     "MAX_FIXES",
     "PROBE_NOTE",
-    "SERVER_RULES",
+    "SERVER",
+    "Catalogue",
     "Context",
     "Diagnosis",
     "GenerationError",
@@ -34,9 +36,7 @@ __all__ = [
     "LoadError",
     "Rule",
     "chain",
-    "diagnose_generation",
-    "diagnose_load",
-    "diagnose_server",
+    "diagnose",
     "find_rule",
     "fmt_bytes",
     "is_type",

@@ -1,13 +1,17 @@
 """The generation catalogue: unexpected exceptions while generating (bad flags and
 prompts are checked before generating, by the generation code, and raise
-GenerationError directly)."""
+GenerationError directly).
+
+context: model, prompt_tokens, max_new_tokens, batch_size, context_length, dtype, gpus,
+ram_free/ram_total, loaded (name, bytes) pairs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .card import Diagnosis, GenerationError, LLMError
-from .rules import Context, Rule, find_rule, pattern
+from .card import Diagnosis, GenerationError
+from .rules import Catalogue, Context, Rule, pattern
 from .wording import memory_facts, parse_cuda_oom, unload_fix
 
 
@@ -48,31 +52,24 @@ def _gen_index(exc: BaseException, ctx: Context) -> Diagnosis:
     )
 
 
-GENERATION_RULES: list[Rule] = [
-    Rule("cuda_oom", ("torch.OutOfMemoryError",), _gen_oom("cuda")),
-    Rule("cpu_oom", ("builtins.MemoryError",), _gen_oom("cpu")),
-    Rule(
-        "cuda_oom_msg", ("builtins.RuntimeError",), _gen_oom("cuda"), pattern(r"CUDA out of memory")
+GENERATION = Catalogue(
+    rules=(
+        Rule("cuda_oom", ("torch.OutOfMemoryError",), _gen_oom("cuda")),
+        Rule("cpu_oom", ("builtins.MemoryError",), _gen_oom("cpu")),
+        Rule(
+            "cuda_oom_msg",
+            ("builtins.RuntimeError",),
+            _gen_oom("cuda"),
+            pattern(r"CUDA out of memory"),
+        ),
+        Rule(
+            "cpu_oom_msg",
+            ("builtins.RuntimeError",),
+            _gen_oom("cpu"),
+            pattern(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
+        ),
+        Rule("index", ("builtins.IndexError",), _gen_index, pattern(r"index out of range in self")),
     ),
-    Rule(
-        "cpu_oom_msg",
-        ("builtins.RuntimeError",),
-        _gen_oom("cpu"),
-        pattern(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
-    ),
-    Rule("index", ("builtins.IndexError",), _gen_index, pattern(r"index out of range in self")),
-]
-
-
-def diagnose_generation(exc: BaseException, context: Context | None = None) -> LLMError:
-    """The GenerationError to raise (`from exc`) for an unexpected exception while
-    generating. context: model, prompt_tokens, max_new_tokens, batch_size,
-    context_length, dtype, gpus, ram_free/ram_total, loaded (name, bytes) pairs."""
-    if isinstance(exc, LLMError):
-        return exc
-    ctx = context or {}
-    found = find_rule(exc, GENERATION_RULES)
-    d = found[0].explain(found[1], ctx) if found else Diagnosis(_gen_what(ctx))
-    error = GenerationError(d.what, d.cause, d.fixes, d.details)
-    error.matched = type(found[1]).__name__ if found else None
-    return error
+    error_class=GenerationError,
+    what=_gen_what,
+)

@@ -14,8 +14,8 @@ import errno
 import re
 from collections.abc import Callable
 
-from .card import Diagnosis, LLMError, LoadError
-from .rules import Context, Rule, find_rule, pattern
+from .card import Diagnosis, LoadError
+from .rules import Catalogue, Context, Rule, pattern
 from .wording import (
     fmt_bytes,
     hub_url,
@@ -376,128 +376,117 @@ def _not_causal_lm(exc: BaseException, ctx: Context) -> Diagnosis:  # [6]
     )
 
 
-def _unrecognised_load(exc: BaseException, ctx: Context) -> Diagnosis:
-    return Diagnosis(_what(ctx))
-
-
 def _is_enospc(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.ENOSPC
 
 
-LOAD_RULES: list[Rule] = [
-    # The library's own exception types first...
-    Rule("gated", ("huggingface_hub.GatedRepoError",), _gated),
-    Rule("repo_not_found", ("huggingface_hub.RepositoryNotFoundError",), _repo_not_found),
-    Rule("revision_not_found", ("huggingface_hub.RevisionNotFoundError",), _revision_not_found),
-    Rule(
-        "hub_unreachable",
-        ("huggingface_hub.LocalEntryNotFoundError", "huggingface_hub.OfflineModeIsEnabled"),
-        _hub_unreachable,
-    ),
-    Rule("bad_repo_id", ("huggingface_hub.HFValidationError",), _bad_repo_id),
-    Rule("corrupt_weights", ("safetensors.SafetensorError",), _corrupt_weights),
-    Rule("cuda_oom", ("torch.OutOfMemoryError",), _oom_cuda),
-    Rule("cpu_oom", ("builtins.MemoryError",), _oom_cpu),
-    Rule("disk_full", ("builtins.OSError",), _disk_full, when=_is_enospc),
-    Rule(
-        "no_gguf",
-        ("builtins.ImportError",),
-        _missing_package("gguf", "needed to read .gguf files"),
-        pattern(r"\bgguf\b"),
-    ),
-    Rule(
-        "no_accelerate",
-        ("builtins.ImportError",),
-        _missing_package("accelerate", "needed for device_map"),
-        pattern(r"\baccelerate\b"),
-    ),
-    # ...then builtins recognised by their message.
-    Rule("cuda_oom_msg", ("builtins.RuntimeError",), _oom_cuda, pattern(r"CUDA out of memory")),
-    Rule(
-        "cpu_oom_msg",
-        ("builtins.RuntimeError",),
-        _oom_cpu,
-        pattern(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
-    ),
-    Rule(
-        "no_accelerate_msg",
-        ("builtins.ValueError", "builtins.ImportError"),
-        _missing_package("accelerate", "needed for device_map and .gguf files"),
-        pattern(r"requires `?accelerate`?|accelerate is required"),
-    ),
-    Rule(
-        "cpu_only_torch",
-        ("builtins.AssertionError",),
-        _cuda_assert,
-        pattern(r"Torch not compiled with CUDA enabled"),
-    ),
-    Rule(
-        "no_gpu",
-        ("builtins.RuntimeError",),
-        _no_gpu_visible,
-        pattern(
-            r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal|CUDA driver initialization failed"
+LOAD = Catalogue(
+    rules=(
+        # The library's own exception types first...
+        Rule("gated", ("huggingface_hub.GatedRepoError",), _gated),
+        Rule("repo_not_found", ("huggingface_hub.RepositoryNotFoundError",), _repo_not_found),
+        Rule("revision_not_found", ("huggingface_hub.RevisionNotFoundError",), _revision_not_found),
+        Rule(
+            "hub_unreachable",
+            ("huggingface_hub.LocalEntryNotFoundError", "huggingface_hub.OfflineModeIsEnabled"),
+            _hub_unreachable,
+        ),
+        Rule("bad_repo_id", ("huggingface_hub.HFValidationError",), _bad_repo_id),
+        Rule("corrupt_weights", ("safetensors.SafetensorError",), _corrupt_weights),
+        Rule("cuda_oom", ("torch.OutOfMemoryError",), _oom_cuda),
+        Rule("cpu_oom", ("builtins.MemoryError",), _oom_cpu),
+        Rule("disk_full", ("builtins.OSError",), _disk_full, when=_is_enospc),
+        Rule(
+            "no_gguf",
+            ("builtins.ImportError",),
+            _missing_package("gguf", "needed to read .gguf files"),
+            pattern(r"\bgguf\b"),
+        ),
+        Rule(
+            "no_accelerate",
+            ("builtins.ImportError",),
+            _missing_package("accelerate", "needed for device_map"),
+            pattern(r"\baccelerate\b"),
+        ),
+        # ...then builtins recognised by their message.
+        Rule("cuda_oom_msg", ("builtins.RuntimeError",), _oom_cuda, pattern(r"CUDA out of memory")),
+        Rule(
+            "cpu_oom_msg",
+            ("builtins.RuntimeError",),
+            _oom_cpu,
+            pattern(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
+        ),
+        Rule(
+            "no_accelerate_msg",
+            ("builtins.ValueError", "builtins.ImportError"),
+            _missing_package("accelerate", "needed for device_map and .gguf files"),
+            pattern(r"requires `?accelerate`?|accelerate is required"),
+        ),
+        Rule(
+            "cpu_only_torch",
+            ("builtins.AssertionError",),
+            _cuda_assert,
+            pattern(r"Torch not compiled with CUDA enabled"),
+        ),
+        Rule(
+            "no_gpu",
+            ("builtins.RuntimeError",),
+            _no_gpu_visible,
+            pattern(
+                r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal|CUDA driver initialization failed"
+            ),
+        ),
+        Rule(
+            "mps_oom_msg",
+            ("builtins.RuntimeError",),
+            _oom_cpu,
+            pattern(r"MPS backend out of memory"),
+        ),
+        Rule(
+            "no_mps",
+            ("builtins.RuntimeError", "builtins.AssertionError"),
+            _mps_unavailable,
+            pattern(
+                r"not linked with support for mps|MPS backend is supported on|mps.*not available"
+            ),
+        ),
+        Rule(
+            "bad_device_map",
+            ("builtins.ValueError",),
+            _bad_device_map,
+            pattern(r"When passing device_map as a string"),
+        ),
+        Rule(
+            "no_weights",
+            ("builtins.OSError",),
+            _no_weights,
+            pattern(r"no file named .*found in directory"),
+        ),
+        Rule(
+            "no_config",
+            ("builtins.ValueError",),
+            _no_config,
+            pattern(r"Unrecognized model in|should have a `model_type` key"),
+        ),
+        Rule(
+            "no_tokenizer",
+            ("builtins.ValueError", "builtins.OSError"),
+            _no_tokenizer,
+            pattern(r"Couldn't instantiate the backend tokenizer|Can't load tokenizer for"),
+        ),
+        Rule(
+            "unknown_architecture",
+            ("builtins.ValueError",),
+            _unknown_architecture,
+            pattern(r"does not recognize this architecture"),
+        ),
+        Rule(
+            "not_causal_lm",
+            ("builtins.ValueError",),
+            _not_causal_lm,
+            pattern(r"Unrecognized configuration class"),
         ),
     ),
-    Rule(
-        "mps_oom_msg", ("builtins.RuntimeError",), _oom_cpu, pattern(r"MPS backend out of memory")
-    ),
-    Rule(
-        "no_mps",
-        ("builtins.RuntimeError", "builtins.AssertionError"),
-        _mps_unavailable,
-        pattern(r"not linked with support for mps|MPS backend is supported on|mps.*not available"),
-    ),
-    Rule(
-        "bad_device_map",
-        ("builtins.ValueError",),
-        _bad_device_map,
-        pattern(r"When passing device_map as a string"),
-    ),
-    Rule(
-        "no_weights",
-        ("builtins.OSError",),
-        _no_weights,
-        pattern(r"no file named .*found in directory"),
-    ),
-    Rule(
-        "no_config",
-        ("builtins.ValueError",),
-        _no_config,
-        pattern(r"Unrecognized model in|should have a `model_type` key"),
-    ),
-    Rule(
-        "no_tokenizer",
-        ("builtins.ValueError", "builtins.OSError"),
-        _no_tokenizer,
-        pattern(r"Couldn't instantiate the backend tokenizer|Can't load tokenizer for"),
-    ),
-    Rule(
-        "unknown_architecture",
-        ("builtins.ValueError",),
-        _unknown_architecture,
-        pattern(r"does not recognize this architecture"),
-    ),
-    Rule(
-        "not_causal_lm",
-        ("builtins.ValueError",),
-        _not_causal_lm,
-        pattern(r"Unrecognized configuration class"),
-    ),
-]
-
-
-def diagnose_load(exc: BaseException, context: Context | None = None) -> LLMError:
-    """The LoadError to raise (`from exc`) for a failure while resolving or loading.
-
-    An LLMError is returned as is (it already explains itself). The caller raises the
-    result `from exc`, after `cache.clear_frames_of(exc)` dropped the half-loaded model's frames.
-    """
-    if isinstance(exc, LLMError):
-        return exc
-    ctx = context or {}
-    found = find_rule(exc, LOAD_RULES)
-    d = found[0].explain(found[1], ctx) if found else _unrecognised_load(exc, ctx)
-    error = LoadError(d.what, d.cause, d.fixes, d.details)
-    error.matched = type(found[1]).__name__ if found else None
-    return error
+    error_class=LoadError,
+    what=_what,
+)

@@ -1,13 +1,20 @@
 """The server catalogue: a model served over the OpenAI-compatible API
-(engines/server.py). The openai client's own exception classes come first; under
-APIConnectionError, the link that says why (refused, unknown host, TLS) is matched before
-the generic one. The key itself is never in the context: only the name of the variable
-that holds it."""
+(engines/server.py), for a load (LoadError) or a generation (GenerationError), which the
+caller names.
+
+The openai client's own exception classes come first; under APIConnectionError, the link
+that says why (refused, unknown host, TLS) is matched before the generic one, and since
+httpcore hides that link with `from None`, the walk enters suppressed contexts.
+
+context: stage ("load"/"generate"), url (no credentials), model, api_key_env (the
+variable's name: the key itself is never in the context), served (ids), timeout,
+max_new_tokens, label.
+"""
 
 from __future__ import annotations
 
 from .card import Diagnosis, LLMError
-from .rules import Context, Rule, pattern
+from .rules import Catalogue, Context, Rule, pattern
 
 _HTTPX = ("httpx", "httpx2")  # the openai client's HTTP library, under either name
 _READ_TIMEOUT = tuple(
@@ -231,58 +238,35 @@ def _server_failed(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(_srv_what(ctx), f"the server failed ({status}): {_server_body(exc)}", fixes)
 
 
-SERVER_RULES: list[Rule] = [
-    Rule("timeout", ("openai.APITimeoutError",) + _READ_TIMEOUT, _timed_out),
-    Rule("refused", ("builtins.ConnectionRefusedError",), _refused),
-    Rule("unknown_host", ("socket.gaierror",), _unknown_host),
-    Rule("tls", ("ssl.SSLError",), _tls),
-    Rule("dropped", _DROPPED, _dropped),
-    Rule(
-        "key_refused", ("openai.AuthenticationError", "openai.PermissionDeniedError"), _key_refused
+SERVER = Catalogue(
+    rules=(
+        Rule("timeout", ("openai.APITimeoutError",) + _READ_TIMEOUT, _timed_out),
+        Rule("refused", ("builtins.ConnectionRefusedError",), _refused),
+        Rule("unknown_host", ("socket.gaierror",), _unknown_host),
+        Rule("tls", ("ssl.SSLError",), _tls),
+        Rule("dropped", _DROPPED, _dropped),
+        Rule(
+            "key_refused",
+            ("openai.AuthenticationError", "openai.PermissionDeniedError"),
+            _key_refused,
+        ),
+        Rule("not_found", ("openai.NotFoundError",), _not_found),
+        Rule(
+            "context_too_long",
+            ("openai.BadRequestError", "openai.UnprocessableEntityError"),
+            _context_too_long,
+            _CONTEXT_TOO_LONG,
+        ),
+        Rule(
+            "bad_request",
+            ("openai.BadRequestError", "openai.UnprocessableEntityError", "openai.ConflictError"),
+            _bad_request,
+        ),
+        Rule("rate_limited", ("openai.RateLimitError",), _rate_limited),
+        Rule("server_failed", ("openai.InternalServerError",), _server_failed),
+        Rule("connection", ("openai.APIConnectionError",), _connection),
     ),
-    Rule("not_found", ("openai.NotFoundError",), _not_found),
-    Rule(
-        "context_too_long",
-        ("openai.BadRequestError", "openai.UnprocessableEntityError"),
-        _context_too_long,
-        _CONTEXT_TOO_LONG,
-    ),
-    Rule(
-        "bad_request",
-        ("openai.BadRequestError", "openai.UnprocessableEntityError", "openai.ConflictError"),
-        _bad_request,
-    ),
-    Rule("rate_limited", ("openai.RateLimitError",), _rate_limited),
-    Rule("server_failed", ("openai.InternalServerError",), _server_failed),
-    Rule("connection", ("openai.APIConnectionError",), _connection),
-]
-
-
-def _find_in_full_chain(exc: BaseException, rules: list[Rule]) -> tuple[Rule, BaseException] | None:
-    """find_rule over the chain with suppressed contexts too: httpcore raises its
-    ConnectError `from None`, hiding the ConnectionRefusedError that says why."""
-    links: list[BaseException] = []
-    while exc is not None and all(exc is not link for link in links):
-        links.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    for rule in rules:
-        for link in links:
-            if rule.matches(link):
-                return rule, link
-    return None
-
-
-def diagnose_server(
-    exc: BaseException, context: Context | None = None, error_class: type[LLMError] = LLMError
-) -> LLMError:
-    """The LoadError or GenerationError (`error_class`) to raise for a failure talking to
-    a server. context: stage ("load"/"generate"), url (no credentials), model, api_key_env
-    (the variable's name), served (ids), timeout, max_new_tokens, label."""
-    if isinstance(exc, LLMError):
-        return exc
-    ctx = context or {}
-    found = _find_in_full_chain(exc, SERVER_RULES)
-    d = found[0].explain(found[1], ctx) if found else Diagnosis(_srv_what(ctx))
-    error = error_class(d.what, d.cause, d.fixes, d.details)
-    error.matched = type(found[1]).__name__ if found else None
-    return error
+    error_class=LLMError,  # callers name LoadError or GenerationError
+    what=_srv_what,
+    suppressed=True,
+)

@@ -1,4 +1,4 @@
-"""Load failures → short cards with recovery tips (issue 4).
+"""Load failures → short cards with recovery tips.
 
 Each catalogue entry is driven by the real bad input where this machine can produce it,
 through a real InteractiveShell: the cell fails, the card names the cause and the fix,
@@ -25,6 +25,7 @@ from IPython.utils.capture import capture_output
 
 from llm_magic import MODEL_CACHE, errors
 from llm_magic.errors import GENERATION, LOAD, GenerationError, LoadError, diagnose
+from llm_magic.units import format_bytes
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -99,7 +100,7 @@ def chain_types(error: BaseException) -> list[str]:
     return [type(e).__name__ for e in errors.chain(error)]
 
 
-# ---------------------------------------------------------------- 1. Hub unreachable
+# ------------------------------------------------------------------- Hub unreachable
 
 
 def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id, closed_endpoint):
@@ -112,7 +113,7 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id,
     assert constants.ENDPOINT == closed_endpoint
     started = time.perf_counter()
     error, text = fail(loaded, "%llm_load llm-magic-tests/tiny-gpt3")
-    assert time.perf_counter() - started <= 5.0  # the issue's hard limit
+    assert time.perf_counter() - started <= 5.0  # a hard limit: fail fast, not retry for minutes
     assert "LocalEntryNotFoundError" in chain_types(error)
     assert f"the Hub ({closed_endpoint}) could not be reached" in text
     assert "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
@@ -173,7 +174,7 @@ def test_hub_probe_counts_an_error_status_as_reachable(monkeypatch, hub_error_en
     assert loading.hub_reachable(timeout=5) is True
 
 
-# ------------------------------------------------------- 2. Hub HTTP errors (no Hub here)
+# ---------------------------------------------------------- Hub HTTP errors (no Hub here)
 
 
 def _hub_error(status: int, code: str | None):
@@ -235,7 +236,7 @@ def test_hub_http_errors(status, code, kind, cause, fix):
     assert isinstance(error, LoadError) and cause in text and fix in text
 
 
-# ------------------------------------------------------------ 3. path does not exist
+# --------------------------------------------------------------- path does not exist
 
 
 def nearest_folder_named(error: LoadError) -> tuple[Path, str]:
@@ -299,7 +300,7 @@ def test_invalid_repo_id_is_explained():
     )
 
 
-# ------------------------------------------------ 4. no weights, no config, no model_type
+# --------------------------------------------------- no weights, no config, no model_type
 
 
 def test_folder_without_weights(loaded, tiny_model_dir, tmp_path):
@@ -324,7 +325,7 @@ def test_config_without_model_type(loaded, tiny_model_dir, tmp_path):
     assert "config.json in" in text and "has no model_type" in text and '"model_type"' in text
 
 
-# ---------------------------------------------------------------- 5. unknown architecture
+# ------------------------------------------------------------------- unknown architecture
 
 
 def test_unknown_model_type(loaded, tiny_model_dir, tmp_path):
@@ -344,7 +345,7 @@ def test_unknown_model_type(loaded, tiny_model_dir, tmp_path):
     )
 
 
-# ---------------------------------------------------------------- 6. not a causal LM
+# ------------------------------------------------------------------- not a causal LM
 
 
 def test_seq2seq_model_is_not_a_causal_lm(loaded, tiny_model_dir, tmp_path):
@@ -384,7 +385,7 @@ def test_encoder_loaded_as_lm_head_gets_a_warning(shell, tiny_model_dir, tmp_pat
     )
 
 
-# ----------------------------------------------------------- 7. corrupt / truncated weights
+# -------------------------------------------------------------- corrupt / truncated weights
 
 
 def test_truncated_safetensors_names_the_file(loaded, tiny_model_dir, tmp_path):
@@ -400,7 +401,7 @@ def test_truncated_safetensors_names_the_file(loaded, tiny_model_dir, tmp_path):
     )
 
 
-# ------------------------------------------------------------------ 8. no tokenizer files
+# --------------------------------------------------------------------- no tokenizer files
 
 
 def test_folder_without_tokenizer(loaded, tiny_model_dir, tmp_path):
@@ -458,7 +459,7 @@ def test_a_file_that_is_not_gguf_says_no_gguf_magic(loaded, tmp_path, content, s
     assert "not a GGUF file (no GGUF magic)" in text and says in text
 
 
-# ------------------------------------------------------------------- 9. device maps
+# ---------------------------------------------------------------------- device maps
 
 
 def test_bad_device_map(loaded, tiny_model_dir):
@@ -528,7 +529,7 @@ def test_no_gpu_visible_is_told_apart_from_cpu_only_build():
     assert "names a GPU that does not exist: 1 visible (cuda:0..cuda:0)" in text
 
 
-# ---------------------------------------------------------------------------- 10. dtype
+# -------------------------------------------------------------------------------- dtype
 
 
 def test_unknown_dtype(loaded, tiny_model_dir):
@@ -547,7 +548,7 @@ def test_bf16_on_pre_ampere_gpu_is_warned():
     assert choose_dtype(t4, None, "auto", "auto").dtype == "float16"
 
 
-# ------------------------------------------------------------------- 11. out of memory
+# ----------------------------------------------------------------------- out of memory
 
 
 def _raise_on_weights(monkeypatch, exc: BaseException) -> None:
@@ -564,7 +565,7 @@ def _raise_on_weights(monkeypatch, exc: BaseException) -> None:
 def _tiny_bytes(folder: Path, per_param: int) -> str:
     from safetensors.torch import load_file
 
-    return errors.fmt_bytes(
+    return format_bytes(
         sum(t.numel() for t in load_file(folder / "model.safetensors").values()) * per_param
     )
 
@@ -582,7 +583,7 @@ def test_cuda_out_of_memory(loaded, tiny_model_dir, monkeypatch):
     assert f"the model needs about {_tiny_bytes(tiny_model_dir, 2)} at float16" in text
     assert "GPU 0: 1.12 GiB free of 15.77 GiB" in text
     entry = MODEL_CACHE.find("base")
-    assert f"cached models: {entry.info.name} ({errors.fmt_bytes(entry.info.memory_bytes)})" in text
+    assert f"cached models: {entry.info.name} ({format_bytes(entry.info.memory_bytes)})" in text
     assert f"%llm_unload {entry.info.name}" in text and "max_memory" in text
 
 
@@ -628,7 +629,7 @@ def test_generation_oom_is_diagnosed():
     assert plain.diagnosis.cause is None
 
 
-# ------------------------------------------------------------- 12. optional packages
+# ----------------------------------------------------------------- optional packages
 
 
 def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
@@ -659,7 +660,7 @@ def test_accelerate_missing():
     )
 
 
-# ------------------------------------------------------------------------- 13. disk full
+# ----------------------------------------------------------------------------- disk full
 
 
 def test_disk_full(loaded, tiny_model_dir, monkeypatch):
@@ -744,7 +745,7 @@ def test_errors_notebook_runs_and_shows_cards():
     assert "Warning" not in outputs  # the stray scan trips no deprecated module attribute
 
 
-# ------------------------------------- 2 again, end to end: a Hub that answers with errors
+# ----------------------- Hub HTTP errors again, end to end: a Hub that answers with errors
 
 
 def test_hub_http_errors_end_to_end(tmp_path, hub_error_endpoint):

@@ -8,6 +8,7 @@ what the catalogues share, and `load`, `generation`, `server` one catalogue per 
 from .card import (
     MAX_DETAILS,
     MAX_FIXES,
+    MAX_ORIGINAL,
     Diagnosis,
     GenerationError,
     LLMError,
@@ -17,20 +18,21 @@ from .card import (
 )
 from .generation import GENERATION
 from .load import LOAD, PROBE_NOTE
-from .rules import Catalogue, Context, Rule, chain, diagnose, find_rule, is_type
+from .rules import Catalogue, Context, Explain, Rule, chain, diagnose, find_rule, is_type
 from .server import SERVER
-from .wording import fmt_bytes
 
 __all__ = [
     "GENERATION",
     "LOAD",
     "MAX_DETAILS",
     "MAX_FIXES",
+    "MAX_ORIGINAL",
     "PROBE_NOTE",
     "SERVER",
     "Catalogue",
     "Context",
     "Diagnosis",
+    "Explain",
     "GenerationError",
     "LLMError",
     "LoadError",
@@ -38,7 +40,6 @@ __all__ = [
     "chain",
     "diagnose",
     "find_rule",
-    "fmt_bytes",
     "is_type",
     "original_line",
     "quiet_interrupt",

@@ -10,18 +10,21 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 
+# A card stays short: what, cause, these many details and fixes, the original, the hint.
 MAX_DETAILS = 4
 MAX_FIXES = 4
+MAX_ORIGINAL = 110  # characters of the original message's first line, cut at a word
 
 
 @dataclass
 class Diagnosis:
-    what: str  # what failed, naming the user's input
-    cause: str | None = None  # the likely cause; None when we do not recognise the error
+    # What failed, naming the user's input.
+    what: str
+    # The likely cause; None when no rule recognises the error.
+    cause: str | None = None
     fixes: list[str] = field(default_factory=list)
-    details: list[str] = field(
-        default_factory=list
-    )  # facts that support the cause (sizes, memory, files)
+    # Facts that support the cause (sizes, memory, files).
+    details: list[str] = field(default_factory=list)
 
 
 class LLMError(Exception):
@@ -36,12 +39,12 @@ class LLMError(Exception):
         cause: str | None = None,
         fixes: list[str] | None = None,
         details: list[str] | None = None,
-    ):
+    ) -> None:
         self.diagnosis = Diagnosis(what, cause, list(fixes or []), list(details or []))
-        self.verbose = False  # set by `--verbose`: the card is followed by the full traceback
-        self.matched: str | None = (
-            None  # the type in the chain a rule recognised, when not the top one
-        )
+        # Set by `--verbose`: the card is followed by the full traceback.
+        self.verbose = False
+        # The type in the chain a rule recognised, when not the top one.
+        self.matched: str | None = None
         super().__init__(what if cause is None else f"{what}: {cause}")
 
     def card_lines(self) -> list[str]:
@@ -76,16 +79,6 @@ class LLMError(Exception):
         return lines
 
 
-def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
-    """Make IPython show one line for this Ctrl-C instead of a traceback through torch
-    and transformers (hundreds of lines). It stays a KeyboardInterrupt, so the cell still
-    fails as interrupted and the cells queued after it do not run; `%llm_tb` still
-    prints the full traceback."""
-    line = f"KeyboardInterrupt: {message}"
-    interrupt._render_traceback_ = lambda: [line]  # IPython asks the instance (showtraceback)
-    return interrupt
-
-
 class LoadError(LLMError):
     """`%llm_load` / `llm_magic.load` failed."""
 
@@ -96,9 +89,21 @@ class GenerationError(LLMError):
     """`%%llm_generate` / `llm_magic.generate` failed."""
 
 
+def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+    """Make IPython show one line for this Ctrl-C instead of a traceback through torch
+    and transformers (hundreds of lines). It stays a KeyboardInterrupt, so the cell still
+    fails as interrupted and the cells queued after it do not run; `%llm_tb` still
+    prints the full traceback."""
+    line = f"KeyboardInterrupt: {message}"
+    # IPython asks the instance (showtraceback), so the method is set on this one only.
+    interrupt._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    return interrupt
+
+
 def original_line(exc: BaseException) -> str:
-    """`Type: first line of the message` (the message cut at a word, near 110 characters)."""
+    """`Type: first line of the message` (the message cut at a word, near MAX_ORIGINAL
+    characters)."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    if len(first) > 110:
-        first = first[:110].rsplit(" ", 1)[0].rstrip(" ,.;:") + " …"
+    if len(first) > MAX_ORIGINAL:
+        first = first[:MAX_ORIGINAL].rsplit(" ", 1)[0].rstrip(" ,.;:") + " …"
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -8,68 +8,65 @@ ram_free/ram_total, loaded (name, bytes) pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .card import Diagnosis, GenerationError
-from .rules import Catalogue, Context, Rule, pattern
-from .wording import memory_facts, parse_cuda_oom, unload_fix
+from .rules import Catalogue, Context, Explain, Rule, pattern
+from .wording import memory_facts, model_name, unload_fixes
 
 
-def _gen_what(ctx: Context) -> str:
-    return f"generation with {ctx.get('model') or 'the model'} failed"
+def _what(ctx: Context) -> str:
+    return f"generation with {model_name(ctx)} failed"
 
 
-def _gen_oom(device: str) -> Callable[[BaseException, Context], Diagnosis]:
+def _out_of_memory(device: str) -> Explain:
     def explain(exc: BaseException, ctx: Context) -> Diagnosis:
-        details = memory_facts(ctx, device)
-        if device == "cuda" and not ctx.get("gpus"):
-            details = parse_cuda_oom(str(exc)) + details
+        details = memory_facts(ctx, device, str(exc))
         if ctx.get("prompt_tokens"):
             details.insert(
                 0,
-                f"prompt {ctx['prompt_tokens']} tokens, --max-new-tokens {ctx.get('max_new_tokens')}, batch {ctx.get('batch_size') or 1}",
+                f"prompt {ctx['prompt_tokens']} tokens, "
+                f"--max-new-tokens {ctx.get('max_new_tokens')}, "
+                f"batch {ctx.get('batch_size') or 1}",
             )
         fixes = [
-            "generate less at once: a smaller --max-new-tokens, a shorter prompt, or a smaller --batch-size"
+            "generate less at once: a smaller --max-new-tokens, a shorter prompt, "
+            "or a smaller --batch-size",
+            *unload_fixes(ctx),
+            "reload with less memory: %llm_load MODEL --dtype bfloat16 --reload",
         ]
-        fixes += [f for f in [unload_fix(ctx)] if f]
-        fixes.append("reload with less memory: %llm_load MODEL --dtype bfloat16 --reload")
         where = "the GPU" if device == "cuda" else "the machine's RAM"
-        return Diagnosis(
-            _gen_what(ctx), f"{where} ran out of memory while generating", fixes, details
-        )
+        return Diagnosis(_what(ctx), f"{where} ran out of memory while generating", fixes, details)
 
     return explain
 
 
-def _gen_index(exc: BaseException, ctx: Context) -> Diagnosis:
+def _index(exc: BaseException, ctx: Context) -> Diagnosis:
     limit = ctx.get("context_length")
     return Diagnosis(
-        _gen_what(ctx),
-        "a token position or id is outside the model's tables: the prompt plus new tokens exceed its context"
-        + (f" ({limit} tokens)" if limit else ""),
+        _what(ctx),
+        "a token position or id is outside the model's tables: "
+        "the prompt plus new tokens exceed its context" + (f" ({limit} tokens)" if limit else ""),
         ["shorten the prompt or lower --max-new-tokens"],
     )
 
 
 GENERATION = Catalogue(
     rules=(
-        Rule("cuda_oom", ("torch.OutOfMemoryError",), _gen_oom("cuda")),
-        Rule("cpu_oom", ("builtins.MemoryError",), _gen_oom("cpu")),
+        Rule("cuda_oom", ("torch.OutOfMemoryError",), _out_of_memory("cuda")),
+        Rule("cpu_oom", ("builtins.MemoryError",), _out_of_memory("cpu")),
         Rule(
             "cuda_oom_msg",
             ("builtins.RuntimeError",),
-            _gen_oom("cuda"),
+            _out_of_memory("cuda"),
             pattern(r"CUDA out of memory"),
         ),
         Rule(
             "cpu_oom_msg",
             ("builtins.RuntimeError",),
-            _gen_oom("cpu"),
+            _out_of_memory("cpu"),
             pattern(r"DefaultCPUAllocator: (can't allocate|not enough) memory"),
         ),
-        Rule("index", ("builtins.IndexError",), _gen_index, pattern(r"index out of range in self")),
+        Rule("index", ("builtins.IndexError",), _index, pattern(r"index out of range in self")),
     ),
     error_class=GenerationError,
-    what=_gen_what,
+    what=_what,
 )

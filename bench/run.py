@@ -1,6 +1,7 @@
 """llm_magic side by side with plain transformers, in one run.
 
-    .venv/bin/python bench/run.py            # full: SmolLM2-135M-Instruct + tiny GPT-2 (< 15 min on 2 cores)
+    .venv/bin/python bench/run.py            # full: SmolLM2-135M-Instruct + tiny GPT-2
+                                             # (< 15 min on 2 cores)
     .venv/bin/python bench/run.py --smoke    # tiny model only, one or two repetitions (~1 min)
 
 Writes BENCHMARKS.md (table with targets, the machine, versions) and results.json
@@ -60,7 +61,8 @@ class Row:
     llm_magic: str = ""  # the figure, formatted
     plain: str = ""  # the plain-transformers figure it is compared with
     ratio: float | None = None  # the number the target is checked on
-    status: str = ""  # PASS, MISS, REPORT, skipped (...), error: ... (a side's dtype or token count differs too)
+    # PASS, MISS, REPORT, skipped (...), error: ... (a side's dtype or token count differs too)
+    status: str = ""
     note: str = ""
     data: dict = field(default_factory=dict)  # raw measurements
 
@@ -211,7 +213,7 @@ def row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: flo
     """The Hub unreachable without a packet leaving this machine: the workers' HF_ENDPOINT
     is a socket on 127.0.0.1, started here, that accepts and never answers."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from loopback import SilentServer, loopback_env
+    from support.loopback import SilentServer, loopback_env
 
     with SilentServer() as hub:
         return _row_hub(
@@ -250,19 +252,25 @@ def _row_hub(env, tiny_dir: str, reps: int, plain_by_id: bool, plain_timeout: fl
                 "hub", {"side": "plain", "target": TINY_HUB_ID}, env, timeout=plain_timeout
             )
             plain_id = r["seconds"]
-            row.plain = f"by id {fmt_s(plain_id)} ({plain_id / plain_path:.0f}× its by-path {fmt_s(plain_path)})"
+            row.plain = (
+                f"by id {fmt_s(plain_id)} "
+                f"({plain_id / plain_path:.0f}× its by-path {fmt_s(plain_path)})"
+            )
         except subprocess.TimeoutExpired:
             plain_id = None
             row.plain = f"by id > {plain_timeout:.0f} s (stopped) vs by path {fmt_s(plain_path)}"
         except WorkerError as e:
             plain_id = None
-            row.plain = f"by id failed after {time.perf_counter() - started:.0f} s: {str(e).splitlines()[-1][:120]}"
+            row.plain = (
+                f"by id failed after {time.perf_counter() - started:.0f} s: "
+                f"{str(e).splitlines()[-1][:120]}"
+            )
         runs["plain_by_id_seconds"] = plain_id
     else:
         row.plain = f"by path {fmt_s(plain_path)}; by id not run (--smoke)"
     row.note = (
-        "whole load in a new process (torch/transformers imported before timing); llm_magic's by-id load "
-        "reads the cached snapshot without touching the network"
+        "whole load in a new process (torch/transformers imported before timing); "
+        "llm_magic's by-id load reads the cached snapshot without touching the network"
     )
     row.data = runs
     return row
@@ -354,8 +362,9 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[tuple[Row, Row
     compare_sides(stream, "new token counts", {s: [x["tokens"] for x in g[s]] for s in sides})
     judge(stream, stream.ratio >= 0.95)
     stream.note = (
-        f"llm_magic {g['llm_magic'][0]['tokens']} new tokens in {g['llm_magic'][0]['dtype']}, plain "
-        f"{g['plain'][0]['tokens']} in {g['plain'][0]['dtype']} (its count set to what llm_magic generated); "
+        f"llm_magic {g['llm_magic'][0]['tokens']} new tokens in {g['llm_magic'][0]['dtype']}, "
+        f"plain {g['plain'][0]['tokens']} in {g['plain'][0]['dtype']} "
+        "(its count set to what llm_magic generated); "
         "end to end (template, tokenize, generate, decode)"
     )
     stream.data = g
@@ -371,12 +380,14 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[tuple[Row, Row
     judge(over, over.ratio >= 4)
     over.note = (
         f"via {o['via']}, up to {o['new_tokens_per_prompt']} new tokens per prompt, batch size "
-        f"{o['prompts']}, rows stopping at eos on every side ({o['llm_magic'][0]['tokens']} new tokens on each); "
+        f"{o['prompts']}, rows stopping at eos on every side "
+        f"({o['llm_magic'][0]['tokens']} new tokens on each); "
         f"llm_magic / plain batched {a / c:.2f}×"
     )
     if o.get("products"):
         over.note += (
-            f"; {o['products']}; the first run, excluded, took {o['first_llm_magic_seconds']:.1f} s "
+            f"; {o['products']}; the first run, excluded, took "
+            f"{o['first_llm_magic_seconds']:.1f} s "
             f"(median llm_magic run {med([x['seconds'] for x in o['llm_magic']]):.1f} s)"
         )
     over.data = o
@@ -386,8 +397,8 @@ def rows_generate(env, model_arg: str, label: str, args) -> tuple[tuple[Row, Row
 # The mix a notebook sees, to judge the default dtype on: one long prompt read, one answer
 # decoded, one --over batch (plain model.generate for each part, in each dtype).
 MIX = (
-    "a 512-token prompt read (the model's context if shorter) + 128 tokens decoded at batch 1 + 8 prompts × 32 "
-    "tokens decoded at batch 8"
+    "a 512-token prompt read (the model's context if shorter) + 128 tokens decoded at batch 1 "
+    "+ 8 prompts × 32 tokens decoded at batch 8"
 )
 
 
@@ -453,11 +464,12 @@ def rows_dtype(env, path: str, label: str, args, stream: dict | None) -> tuple[R
         )
     judge(dt, dt.ratio >= 0.9)
     dt.note = (
-        f"default chosen: {default} ({r['reason']}); best on the mix: {best}. The mix: {MIX}. Batch-1 decode "
-        f"alone: {default} {table[default]['b1'] / table[other]['b1']:.2f}× {other}; batch 8: "
-        f"{table[default]['b8'] / table[other]['b8']:.2f}×; {r['prefill_len']}-token prefill: "
-        f"{table[default]['prefill'] / table[other]['prefill']:.2f}×. Plain model.generate on both (`--over` "
-        "batches in llm_magic may use packed products instead: see over_batch)"
+        f"default chosen: {default} ({r['reason']}); best on the mix: {best}. The mix: {MIX}. "
+        f"Batch-1 decode alone: {default} {table[default]['b1'] / table[other]['b1']:.2f}× "
+        f"{other}; batch 8: {table[default]['b8'] / table[other]['b8']:.2f}×; "
+        f"{r['prefill_len']}-token prefill: "
+        f"{table[default]['prefill'] / table[other]['prefill']:.2f}×. Plain model.generate on "
+        "both (`--over` batches in llm_magic may use packed products instead: see over_batch)"
     )
     dt.data = {"raw": r, "medians": table}
 
@@ -478,9 +490,10 @@ def rows_dtype(env, path: str, label: str, args, stream: dict | None) -> tuple[R
         if compare_sides(bw, "dtypes", {"llm_magic": [magic_dtype], "plain": [default]}):
             bw.status = f"REPORT ({'aim met' if bw.ratio >= 0.4 else 'below aim'})"
     bw.note = (
-        f"limit {limit:.1f} tok/s = {bandwidth / 1e9:.1f} GB/s ÷ {per_token / 1e6:.0f} MB of weights per token; "
-        f"read bandwidth from a {args.bandwidth_mb} MiB float32 torch sum, same run; llm_magic's figure is "
-        "generate_stream's, plain's the dtype table's batch-1 decode"
+        f"limit {limit:.1f} tok/s = {bandwidth / 1e9:.1f} GB/s ÷ "
+        f"{per_token / 1e6:.0f} MB of weights per token; "
+        f"read bandwidth from a {args.bandwidth_mb} MiB float32 torch sum, same run; "
+        "llm_magic's figure is generate_stream's, plain's the dtype table's batch-1 decode"
     )
     bw.data = {"bandwidth_bytes_per_s": bandwidth, "bytes_per_token": per_token, "limit_tps": limit}
     return dt, bw, table
@@ -532,8 +545,8 @@ def rows_memory(
         ]
     )
     peak.note = (
-        f"weights {fmt_bytes(w)} ({runs['llm_magic'][0]['dtype']}); plain = from_pretrained of the same "
-        "folder"
+        f"weights {fmt_bytes(w)} ({runs['llm_magic'][0]['dtype']}); "
+        "plain = from_pretrained of the same folder"
         + (
             f"; anonymous memory alone (RSS without the checkpoint's mmapped file pages): "
             f"{anon:.2f}×"
@@ -586,8 +599,8 @@ def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -
     )
     raw = Row(
         "llamacpp_vs_raw",
-        "`--engine llama.cpp` decode vs raw llama-cpp-python `create_chat_completion(stream=True)`, "
-        "same threads and context",
+        "`--engine llama.cpp` decode vs raw llama-cpp-python "
+        "`create_chat_completion(stream=True)`, same threads and context",
         "≥ 0.9×",
         model=label,
     )
@@ -653,9 +666,11 @@ def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -
         decode.ratio = rate["llamacpp"] / rate["plain"]
         judge(decode, decode.ratio >= 3.5)
         decode.note = (
-            f"llm_magic's own transformers engine on the file: {rate['transformers']:.1f} tok/s, so llama.cpp is "
-            f"{rate['llamacpp'] / rate['transformers']:.1f}× it; plain side = the converted bf16 weights (what "
-            "transformers' `gguf_file=` load dequantizes to). Q4_1 arithmetic is not the dequantized model's: "
+            "llm_magic's own transformers engine on the file: "
+            f"{rate['transformers']:.1f} tok/s, so llama.cpp is "
+            f"{rate['llamacpp'] / rate['transformers']:.1f}× it; "
+            "plain side = the converted bf16 weights (what transformers' `gguf_file=` load "
+            "dequantizes to). Q4_1 arithmetic is not the dequantized model's: "
             f"texts differ (llama.cpp: {sides['llamacpp']['text_start'][:50]!r}…)"
         )
         raw.llm_magic = decode.llm_magic
@@ -664,7 +679,8 @@ def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -
         judge(raw, raw.ratio >= 0.9)
         raw_default = tps(sides["raw"]["default_runs"])
         raw.note = (
-            f"both streaming, {sides['llamacpp']['threads']} threads, n_ctx {sides['llamacpp']['n_ctx']}; raw with its "
+            f"both streaming, {sides['llamacpp']['threads']} threads, "
+            f"n_ctx {sides['llamacpp']['n_ctx']}; raw with its "
             f"defaults (`Llama(model_path)`: {sides['raw']['default_threads']} thread(s), n_ctx "
             f"{sides['raw']['default_n_ctx']}): {raw_default:.1f} tok/s"
         )
@@ -692,7 +708,8 @@ def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -
         )
         judge(load, load.ratio <= 0.5)
         load.note = (
-            f"library imports before timing on both sides (llama_cpp: {fmt_s(med([r['import_seconds'] for r in runs['llamacpp']]))}; "
+            "library imports before timing on both sides (llama_cpp: "
+            f"{fmt_s(med([r['import_seconds'] for r in runs['llamacpp']]))}; "
             "torch + transformers take seconds more)"
             + (
                 f"; this run converted the .gguf first ({fmt_s(converted_seconds)}, once)"
@@ -715,7 +732,10 @@ def rows_engines(env, gguf: str | None, converted_seconds: float | None, args) -
             m_nf4 / m_bf16,
         )
         judge(mem, mem.ratio <= 0.45)
-        mem.note = "embeddings (tied output head) stay bf16; the linear layers take 4 bits + one fp32 scale per 64"
+        mem.note = (
+            "embeddings (tied output head) stay bf16; "
+            "the linear layers take 4 bits + one fp32 scale per 64"
+        )
         nf4.llm_magic, nf4.plain, nf4.ratio = (
             f"{rate['nf4']:.1f} tok/s",
             f"{rate['plain']:.1f} tok/s (bf16)",
@@ -893,15 +913,17 @@ def write_report(
             "",
             "## The CPU dtype decision, measured",
             "",
-            "Plain `model.generate` (greedy, fixed new tokens) and one forward pass over the prompt, on the same "
-            "weights loaded in each dtype:",
+            "Plain `model.generate` (greedy, fixed new tokens) and one forward pass over the "
+            "prompt, on the same weights loaded in each dtype:",
             "",
-            "| dtype | batch-1 decode tok/s | batch-8 decode tok/s (all sequences) | prefill tok/s | weight bytes read per token | the mix |",
+            "| dtype | batch-1 decode tok/s | batch-8 decode tok/s (all sequences) "
+            "| prefill tok/s | weight bytes read per token | the mix |",
             "|---|---|---|---|---|---|",
         ]
         for d, t in dtype_table.items():
             lines.append(
-                f"| {d} | {t['b1']:.1f} | {t['b8']:.1f} | {t['prefill']:.0f} | {t['bytes_per_token'] / 1e6:.1f} MB "
+                f"| {d} | {t['b1']:.1f} | {t['b8']:.1f} | {t['prefill']:.0f} "
+                f"| {t['bytes_per_token'] / 1e6:.1f} MB "
                 f"| {t['mix_seconds']:.2f} s |"
             )
         lines += ["", f"The mix: {MIX}."]
@@ -910,7 +932,8 @@ def write_report(
         "",
         "## Machine",
         "",
-        f"- CPU: {machine.get('cpu', '?')}, {machine['cores']} cores ({machine['cores_usable']} usable)",
+        f"- CPU: {machine.get('cpu', '?')}, {machine['cores']} cores "
+        f"({machine['cores_usable']} usable)",
         "- flags: "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in f.items())
         + f" ({len(machine.get('cpu_flags', ()))} flags in all in results.json)",
@@ -1103,7 +1126,8 @@ def main(argv=None) -> int:
 
     report()
     log(
-        f"wrote {out / 'BENCHMARKS.md'} and {out / 'results.json'} in {time.perf_counter() - started:.0f} s"
+        f"wrote {out / 'BENCHMARKS.md'} and {out / 'results.json'} "
+        f"in {time.perf_counter() - started:.0f} s"
     )
     print(out / "BENCHMARKS.md")
     return 0

@@ -109,8 +109,8 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
 
     row = Row(
         "server_over",
-        f"--over {prompts} prompts (concurrency {concurrency}) vs the same prompts one after another "
-        "(raw openai client), transformers serve --continuous-batching",
+        f"--over {prompts} prompts (concurrency {concurrency}) vs the same prompts one after "
+        "another (raw openai client), transformers serve --continuous-batching",
         "≥ 4×",
         model="SmolLM2-135M-Instruct on transformers serve",
     )
@@ -135,7 +135,7 @@ def row_server_over(url: str, model: str, prompts: int, new_tokens: int, concurr
         namespace={},
         greedy=True,
         max_new_tokens=new_tokens,
-        batch_size=concurrency,
+        concurrency=concurrency,
     )
     ours = time.perf_counter() - started
     assert [r.prompt for r in results] == items and not results.failed
@@ -166,7 +166,7 @@ def server_rows(
     only: tuple[str, ...] | None = None,
 ) -> list[Row]:
     """Start the server, measure both rows, stop it."""
-    import servers
+    from support import servers
 
     import llm_magic
     from llm_magic import loading
@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     )
     for r in rows:
         print(
-            f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  ratio {r.ratio}  {r.note}"
+            f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  "
+            f"ratio {r.ratio}  {r.note}"
         )
     if args.out is None:
         return 0

@@ -26,8 +26,10 @@ def measure(dtype: str) -> float:
     card = llm_magic.unload(all=True)
     returned = card.rss_before - card.rss_after
     print(
-        f"{dtype:9s} weights {weights / 1e6:6.0f} MB  RSS {card.rss_before / 1e6:6.0f} -> {card.rss_after / 1e6:6.0f} MB"
-        f"  returned {returned / 1e6:6.0f} MB = {returned / weights:.0%} of the weights  (model gone: {card.freed})"
+        f"{dtype:9s} weights {weights / 1e6:6.0f} MB  "
+        f"RSS {card.rss_before / 1e6:6.0f} -> {card.rss_after / 1e6:6.0f} MB"
+        f"  returned {returned / 1e6:6.0f} MB = {returned / weights:.0%} of the weights  "
+        f"(model gone: {card.freed})"
     )
     return returned / weights
 

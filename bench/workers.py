@@ -330,7 +330,7 @@ def job_prepare(args: dict) -> dict:
     """Build the tiny model (and its Hub-cache layout); convert the .gguf once if its
     converted copy is missing; tell which dtype llm_magic picks for each model."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
+    from support.tiny_model import build_tiny_gpt2, lay_out_as_hub_cache
 
     from llm_magic import gguf_cache, hardware, loading
 
@@ -559,7 +559,7 @@ def job_memory(args: dict) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- engines and quantization (issue 13)
+# ------------------------------------------------------ engines and quantization (issue 13)
 
 
 def gguf_data_bytes(path: str) -> int:

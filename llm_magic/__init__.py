@@ -10,7 +10,6 @@ first model.
 from __future__ import annotations
 
 from ._version import __version__
-
 from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
@@ -71,8 +70,8 @@ def unload_ipython_extension(ipython) -> None:
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
     from . import completion
-    from .display import format_bytes
     from .magics import remove_magics, unwatch_cells, unwatch_shell
+    from .units import format_bytes
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     released = MODEL_CACHE.clear()

@@ -13,23 +13,25 @@ import sys
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .engines.base import CacheKey, Engine, ModelInfo
 
 
 @dataclass(eq=False)
 class LoadedModel:
     """A cached model: `.model`, `.tokenizer` and `.info` (plain metadata)."""
 
-    key: Hashable
+    key: CacheKey
     model: Any
     tokenizer: Any
-    info: Any  # loading.ModelInfo
+    info: ModelInfo
     aliases: set[str] = field(default_factory=set)
     last_used: float = field(default_factory=time.time)
     packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
-    engine: Any = None  # engines.Engine: what generates with this model; None once unloaded
+    engine: Engine | None = None  # what generates with this model; None once unloaded
 
     @property
     def name(self) -> str:
@@ -50,9 +52,9 @@ class LoadedModel:
 
 class ModelCache:
     def __init__(self) -> None:
-        self._entries: dict[Hashable, LoadedModel] = {}
-        self._aliases: dict[str, Hashable] = {}
-        self.last: Hashable | None = None  # the key of the model loaded or used last
+        self._entries: dict[CacheKey, LoadedModel] = {}
+        self._aliases: dict[str, CacheKey] = {}
+        self.last: CacheKey | None = None  # the key of the model loaded or used last
         # The budget (0: no limit). Loading past it unloads the least recently used first.
         self.max_models = 0
         self.memory_budget = 0  # bytes
@@ -66,7 +68,7 @@ class ModelCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, key: Hashable) -> bool:
+    def __contains__(self, key: CacheKey) -> bool:
         return key in self._entries
 
     def entries(self) -> list[LoadedModel]:
@@ -75,13 +77,13 @@ class ModelCache:
     def total_bytes(self) -> int:
         return sum(e.memory_bytes for e in self._entries.values())
 
-    def get(self, key: Hashable) -> LoadedModel | None:
+    def get(self, key: CacheKey) -> LoadedModel | None:
         entry = self._entries.get(key)
         if entry is not None:
             self.touch(entry)
         return entry
 
-    def peek(self, key: Hashable) -> LoadedModel | None:
+    def peek(self, key: CacheKey) -> LoadedModel | None:
         """`get` without marking the entry used."""
         return self._entries.get(key)
 

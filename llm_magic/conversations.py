@@ -218,7 +218,7 @@ def ask(
     turn (replaced turns, history left out), and `.conversation`.
     """
     from . import generation
-    from .chat_display import ChatResult
+    from .results import ChatResult
 
     notes: list[str] = []
     if retry:

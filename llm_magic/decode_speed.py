@@ -90,7 +90,7 @@ def note_result(entry, result) -> None:
     decoding = result.seconds - result.time_to_first_token
     if result.new_tokens < MIN_TOKENS or decoding <= 0:
         return
-    record(str(entry.key[0]), label(info), (result.new_tokens - 1) / decoding, result.new_tokens)
+    record(entry.key.weights, label(info), (result.new_tokens - 1) / decoding, result.new_tokens)
 
 
 def llama_cpp_hint(identity: str, info) -> str:

@@ -15,7 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .display import CommandsCard, format_bytes
+from .display import CommandsCard
+from .units import format_bytes
 
 # The weights files transformers loads from a snapshot; one of them (or the shards an index
 # names) must be there for the snapshot to load without the network.
@@ -343,10 +344,7 @@ def loaded() -> tuple[LoadedEntry, ...]:
 def _loaded_line(entry) -> str:
     """The request that hits this cache entry again: same model, dtype and device map."""
     line = f"%llm_load {_quote(entry.name)} --dtype {entry.info.dtype}"
-    key = (
-        entry.key if isinstance(entry.key, tuple) else ()
-    )  # api's (identity, dtype, device_map, ...)
-    device_map = key[2] if len(key) > 2 else "auto"
+    device_map = entry.key.device_map
     if device_map != "auto":
         line += f" --device-map {_quote(str(device_map))}"
     if entry.info.kind == "hub" and entry.info.revision:

@@ -1,5 +1,5 @@
-"""Generation shared by every engine: settings, seeds, the context budget, and the
-results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
+"""Generation shared by every engine: the run of one prompt or many, seeds, the context
+budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
 
 On Ctrl-C an engine returns what it made so far; it becomes the partial result, carried
 by the re-raised KeyboardInterrupt as `.result`.
@@ -12,72 +12,17 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 from . import prompts
-from .display import GenerationResult, GenerationResults
-from .engines import Engine, Rendered, Request, Run
+from .engines.base import Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
+from .results import GenerationResult, GenerationResults
+from .settings import Settings
 
 TextCallback = Callable[[str], None]
-PromptCallback = Callable[
-    [str, "int | None"], None
-]  # (prompt as the model reads it, its token count if known)
+# (the prompt as the model reads it, its token count if known)
+PromptCallback = Callable[[str, "int | None"], None]
 ProgressCallback = Callable[[int, int], None]  # (groups done, groups in all)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to generate. The defaults are those of `%%llm_generate` and `llm_magic.generate`."""
-
-    max_new_tokens: int = 256
-    greedy: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    system: str | None = None
-    raw: bool = False
-
-    def check(self) -> None:
-        """Refuse settings that cannot work, before any token is computed."""
-        if self.max_new_tokens <= 0:
-            raise GenerationError(
-                f"--max-new-tokens {self.max_new_tokens}: at least 1 new token is needed",
-                fixes=["--max-new-tokens 256", "%config LLMMagics.max_new_tokens = 256"],
-            )
-        if not self.greedy and not self.temperature > 0:
-            raise GenerationError(
-                f"--temperature {self.temperature}: sampling needs a temperature above 0",
-                "temperature 0 would mean always taking the most likely token, which is greedy decoding",
-                ["--greedy for deterministic output", "--temperature 0.7 to sample"],
-            )
-        if not self.greedy and not 0 < self.top_p <= 1:
-            raise GenerationError(
-                f"--top-p {self.top_p}: must be in (0, 1]",
-                fixes=["--top-p 0.9", "--top-p 1 turns it off"],
-            )
-        if not self.greedy and self.top_k < 0:
-            raise GenerationError(
-                f"--top-k {self.top_k}: must be 0 (off) or more",
-                fixes=["--top-k 50", "--top-k 0 turns it off"],
-            )
-        if any(s == "" for s in self.stop):
-            raise GenerationError(
-                "--stop '': an empty stop string would stop at once",
-                fixes=["--stop '\\n\\n'", "leave --stop out"],
-            )
-
-    def recorded(self) -> dict:
-        """The settings as the result records them (what decided the text)."""
-        d = asdict(self)
-        d["stop"] = list(self.stop)
-        d.pop("seed")  # recorded on its own
-        if self.greedy:  # unused by greedy decoding: don't suggest they mattered
-            for key in ("temperature", "top_p", "top_k"):
-                d.pop(key)
-        return d
 
 
 def request(prompt: str, settings: Settings, label: str = "the prompt") -> Request:
@@ -260,7 +205,7 @@ def generate(
     except (
         GenerationError
     ) as e:  # an engine failing part-way (a server dropping the stream) hands over its text
-        partial = getattr(e, "run", None)
+        partial = partial_run(e)
         if partial is not None:
             (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
         raise
@@ -279,7 +224,6 @@ def generate_many(
     texts: Sequence[str],
     settings: Settings,
     *,
-    batch_size: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_prompt: PromptCallback | None = None,
 ) -> GenerationResults:
@@ -302,7 +246,7 @@ def generate_many(
     slots: list[GenerationResult | None] = [None] * len(rows)
     started = time.perf_counter()
     groups = engine.run_many(
-        rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), batch_size, on_progress
+        rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), on_progress
     )
     try:
         for index, (indices, run) in enumerate(groups):

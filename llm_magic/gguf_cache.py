@@ -321,7 +321,7 @@ def _free_bytes(folder: Path) -> int:
 def check_space(gguf_path: str, dtype: str) -> None:
     """Refuse a conversion that would not fit on the cache's disk, before anything is
     read or written."""
-    from .display import format_bytes as fb
+    from .units import format_bytes as fb
 
     target = converted_folder(gguf_path, dtype)
     needed, free = bytes_needed(gguf_path, dtype), _free_bytes(target.parent)
@@ -345,7 +345,7 @@ def ensure_converted(
 
     Every call first removes leftovers of killed conversions; a conversion first removes
     the copies of an earlier version of the same file and checks the free disk space."""
-    from .display import format_bytes as fb
+    from .units import format_bytes as fb
 
     notes = [
         f"removed {n}, left by a conversion whose process is gone ({fb(b)} freed)"

@@ -12,11 +12,12 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import gguf_cache, hardware, sizing
+from .engines.base import ModelInfo
 from .errors import PROBE_NOTE, LoadError
 
 Progress = Callable[[str], None]
@@ -44,34 +45,6 @@ class Source:
             st = os.stat(self.path)
             return f"gguf:{self.path}:{st.st_size}:{st.st_mtime_ns}"
         return f"{self.kind}:{self.path}"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Plain facts about a loaded model: what the cards show. Holds no tensor or model."""
-
-    name: str
-    kind: str
-    class_name: str
-    num_params: int
-    memory_bytes: int
-    device: str
-    dtype: str
-    dtype_reason: str
-    source: str
-    revision: str | None
-    load_seconds: float
-    trust_remote_code: bool = False
-    converted_from: str | None = None  # the .gguf file, for a converted model
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-    chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
-    load_notes: tuple[
-        str, ...
-    ] = ()  # what this load did on the way (a copy converted again): its card only
-    engine: str = "transformers"  # engines/: what generates with it
-    details: tuple[
-        tuple[str, str], ...
-    ] = ()  # more card rows (engine, quantization, context, threads)
 
 
 def resolve_source(name: str, revision: str | None = None) -> Source:
@@ -273,8 +246,9 @@ def load_model(
     max_memory: dict | None = None,
     reconvert: bool = False,
     quantize: str | None = None,
-) -> tuple[Any, Any, ModelInfo]:
-    """Read tokenizer and weights; returns (model, tokenizer, info). A .gguf is read from
+) -> tuple[Any, Any, ModelInfo, tuple[str, ...]]:
+    """Read tokenizer and weights; returns (model, tokenizer, info, what was done on the way:
+    notes for the card). A .gguf is read from
     its converted copy, made first when missing or damaged, or again with `reconvert`.
     `quantize` (nf4, fp4, int8) loads the linear layers quantized by bitsandbytes."""
     import torch
@@ -330,7 +304,7 @@ def load_model(
             num_params=_quantized_param_count(model),
             details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),),
         )
-    return model, tokenizer, replace(info, load_notes=notes)
+    return model, tokenizer, info, notes
 
 
 # --quantize: bitsandbytes' 4-bit (NF4, FP4) and 8-bit (LLM.int8) linear layers.

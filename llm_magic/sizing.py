@@ -209,7 +209,7 @@ def check_fit(
     `free_gpus` maps 'cuda:0' -> free bytes; `reclaimable` maps a device ('cpu', 'cuda:0')
     -> bytes that models the budget unloads first will give back there.
     """
-    from .display import format_bytes as fb
+    from .units import format_bytes as fb
 
     back = reclaimable or {}
     ram = None if free_ram is None else free_ram + back.get("cpu", 0)
@@ -265,7 +265,7 @@ def check_fit(
 
 
 def _need(est: Estimate) -> str:
-    from .display import format_bytes as fb
+    from .units import format_bytes as fb
 
     return f"{fb(est.bytes)} + {fb(est.needed - est.bytes)} headroom"
 

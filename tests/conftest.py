@@ -4,7 +4,6 @@ a Hub cache laid out on disk, and a fresh InteractiveShell per test."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # way; subprocesses and nbclient's kernels inherit it. The guard refuses any connection
 # or name lookup aimed elsewhere, in this process and (through a sitecustomize) in the
 # Python subprocesses the tests start, and fails the test that tried.
-import loopback  # noqa: E402
-import network_guard  # noqa: E402
+from support import loopback, network_guard  # noqa: E402
 
 HUB_REFUSES = loopback.ClosedPort()
 loopback.loopback_env(os.environ, HUB_REFUSES.url)
@@ -90,9 +88,7 @@ def hub_error_endpoint() -> str:
 
 # ---- end of network --------------------------------------------------------------------
 
-from tiny_model import build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
-
-TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"
+from support.tiny_model import TINY_HUB_ID, build_tiny_gpt2, lay_out_as_hub_cache  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -100,14 +96,16 @@ def pytest_addoption(parser):
         "--assume-cpu-flags",
         default=None,
         metavar="FLAGS",
-        help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; '' for none), "
-        "given to llm_magic.hardware.assume: every expectation must hold on any machine",
+        help="run the suite as on a CPU-only machine with these CPU flags (comma-separated; "
+        "'' for none), given to llm_magic.hardware.assume: every expectation must hold on any "
+        "machine",
     )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _assumed_hardware(request):
-    """With --assume-cpu-flags, llm_magic's hardware choices read those facts, not this machine's."""
+    """With --assume-cpu-flags, llm_magic's hardware choices read those facts, not this
+    machine's."""
     flags = request.config.getoption("--assume-cpu-flags")
     if flags is None:
         yield None
@@ -143,10 +141,10 @@ def tiny_hub_id(tiny_model_dir) -> str:
 @pytest.fixture(scope="session")
 def written_cache(tiny_model_dir) -> dict:
     """Repositories written into HF_HOME's hub cache by huggingface_hub's own
-    hf_hub_download, from a loopback stand-in for the Hub (hub_server.py): two revisions,
-    a partial and a sharded snapshot."""
-    from hub_server import write_test_repos
+    hf_hub_download, from a loopback stand-in for the Hub (support/hub_server.py): two
+    revisions, a partial and a sharded snapshot."""
     from huggingface_hub import constants
+    from support.hub_server import write_test_repos
 
     return write_test_repos(tiny_model_dir, Path(constants.HF_HUB_CACHE))
 
@@ -181,9 +179,3 @@ def _empty_cache_after_test():
     from llm_magic import MODEL_CACHE
 
     MODEL_CACHE.clear()
-
-
-def copy_model(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
-    """A copy of a model folder without the files named in `skip` (for broken-folder tests)."""
-    shutil.copytree(src, dst, ignore=lambda _d, names: [n for n in names if n in skip])
-    return dst

@@ -13,7 +13,7 @@ from IPython.utils.capture import capture_output
 
 import llm_magic
 from llm_magic import CONVERSATIONS, MODEL_CACHE, Conversation, GenerationError, LLMError
-from llm_magic.chat_display import ChatResult
+from llm_magic.results import ChatResult
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FOX = "The quick brown fox jumps over the lazy dog. " * 8  # ~80 tokens of the tiny model
@@ -326,7 +326,7 @@ def test_chat_magics_read_the_llm_magics_config(shell, tiny):
     assert result.new_tokens == 2 and result.settings["greedy"] is True
 
 
-# --- a real instruct model ---------------------------------------------------------------------------
+# --- a real instruct model --------------------------------------------------------------
 
 
 @pytest.mark.slow

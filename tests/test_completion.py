@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from hub_server import HOLDOUT, TWO_REVS, V1
 from IPython.core.completer import provisionalcompleter
+from support.hub_server import HOLDOUT, TWO_REVS, V1
 
 from llm_magic import completion
 

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHub
+from support.hub_server import HOLDOUT, MAIN, PARTIAL, SHARDED, TWO_REVS, V1, LoopbackHub
 
 import llm_magic
 from llm_magic import MODEL_CACHE, loading

@@ -1,5 +1,7 @@
 """Every card's HTML reads well in JupyterLab's light and dark themes, and on a plain
 white page (the fallbacks): text contrast at least 4.5:1 (WCAG AA), glyph marks 3:1.
+Every colour is a theme variable with a fallback, written in the style table only, and
+every text a card shows is escaped.
 
 The colours are resolved the way a browser does (`var(--name, fallback)`, `inherit`,
 rgba blended over the background), with the variables' values from JupyterLab's own
@@ -8,35 +10,47 @@ Chromium for a look by eye."""
 
 from __future__ import annotations
 
+import ast
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
+from llm_magic.conversations import Conversation, Turn
 from llm_magic.display import (
     BatchProgress,
-    GenerationResult,
-    GenerationResults,
+    CommandsCard,
+    ConversationsCard,
+    ConversationView,
+    DiskCard,
     LoadCard,
     ModelRow,
     ModelsCard,
     PromptView,
+    ServerCard,
     StatusLine,
     StreamView,
     UnloadCard,
+    style,
 )
-from llm_magic.loading import ModelInfo
+from llm_magic.engines.base import ModelInfo
+from llm_magic.engines.server_load import ServerInfo
+from llm_magic.gguf_cache import ConvertedCopy
+from llm_magic.results import ChatResult, GenerationResult, GenerationResults
 
-# From @jupyterlab/theme-light-extension and theme-dark-extension (variables.css).
+# From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension
+# (style/variables.css, the md-* palette values they name).
 THEMES = {
     "jupyterlab-light": {
         "--jp-layout-color0": "#ffffff",
         "--jp-layout-color2": "#eeeeee",
         "--jp-ui-font-color2": "rgba(0,0,0,0.54)",
         "--jp-content-font-color1": "rgba(0,0,0,0.87)",
-        "--jp-success-color0": "#388e3c",
-        "--jp-error-color1": "#f44336",
-        "--jp-warn-color0": "#f57c00",
+        "--jp-success-color0": "#1b5e20",
+        "--jp-error-color1": "#d32f2f",
+        "--jp-warn-color0": "#e65100",
+        "--jp-warn-color1": "#f57c00",
     },
     "jupyterlab-dark": {
         "--jp-layout-color0": "#111111",
@@ -46,6 +60,7 @@ THEMES = {
         "--jp-success-color0": "#388e3c",
         "--jp-error-color1": "#f44336",
         "--jp-warn-color0": "#f57c00",
+        "--jp-warn-color1": "#ff9800",
     },
     "plain white page": {},  # no variables: the fallbacks, black text on white
 }
@@ -131,9 +146,14 @@ class _Walker(HTMLParser):
             self.texts.append((data.strip(), *self.stack[-1]))
 
 
+# Text from the user, the model, the file system or a server, with markup in it: every
+# card must show it as text (escaped), never as markup.
+MARKUP = "<i>x</i>"
+
+
 def _info(**changes) -> ModelInfo:
     values = dict(
-        name="/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        name=f"/models/{MARKUP}'SmolLM2-135M-Instruct.Q4_1.gguf",
         kind="gguf",
         class_name="LlamaForCausalLM",
         num_params=134_515_008,
@@ -141,10 +161,12 @@ def _info(**changes) -> ModelInfo:
         device="cpu",
         dtype="bfloat16",
         dtype_reason="the CPU has native bf16",
-        source="/cache/x",
+        source=f"/cache/{MARKUP}",
         revision=None,
         load_seconds=1.9,
-        warnings=("tokenizer has no pad token: generation pads with the eos token",),
+        converted_from=f"/models/{MARKUP}.gguf",
+        warnings=(f"tokenizer has no pad token {MARKUP}",),
+        chat_template=False,
     )
     values.update(changes)
     return ModelInfo(**values)
@@ -152,7 +174,7 @@ def _info(**changes) -> ModelInfo:
 
 def _result(**changes) -> GenerationResult:
     values = dict(
-        text="The capital of France is Paris. <b>bold?</b>",
+        text=f"The capital of France is Paris. {MARKUP}",
         prompt="What is the capital of France?",
         rendered_prompt="<|im_start|>user\nWhat is the capital of France?",
         token_ids=(1, 2),
@@ -164,30 +186,92 @@ def _result(**changes) -> GenerationResult:
         stop_reason="eos",
         settings={"greedy": True},
         seed=None,
-        model_id="/models/SmolLM2.gguf",
+        model_id=f"/models/{MARKUP}SmolLM2.gguf",
         revision=None,
         dtype="bfloat16",
         device="cpu",
         versions={},
-        notes=("max_new_tokens lowered from 256 to 200",),
+        notes=(f"max_new_tokens lowered from 256 to 200 {MARKUP}",),
     )
     values.update(changes)
     return GenerationResult(**values)
 
 
+def _copy(name: str, **changes) -> ConvertedCopy:
+    values = dict(
+        folder=f"/cache/{name}",
+        name=name,
+        dtype="bfloat16",
+        size_bytes=270_000_000,
+        gguf=f"/models/{MARKUP}.gguf",
+        source_exists=True,
+        source_matches=True,
+    )
+    values.update(changes)
+    return ConvertedCopy(**values)
+
+
+_SERVER = ServerInfo(
+    name=f"org/{MARKUP}",
+    kind="server",
+    class_name="served",
+    num_params=0,
+    memory_bytes=0,
+    device="http://127.0.0.1:8000/v1",
+    dtype="served",
+    dtype_reason="chosen by the server",
+    source="http://127.0.0.1:8000/v1",
+    revision=None,
+    engine="server",
+    url="http://127.0.0.1:8000/v1",
+    served=({"id": f"org/{MARKUP}", "owned_by": MARKUP}, {"id": MARKUP}),
+    server=f"vllm {MARKUP}",
+    latency=0.012,
+    load_seconds=0.02,
+    api_key_env="OPENAI_API_KEY",
+    warnings=(f"the server did not say its context {MARKUP}",),
+)
+_CONVERSATION = Conversation(
+    f"c{MARKUP}",
+    f"smol{MARKUP}",
+    f"You are helpful. {MARKUP}",
+    [Turn(f"Hi {MARKUP}", f"Hello {MARKUP}"), Turn("And?", f"Well {MARKUP}", interrupted=True)],
+    sent_from=1,
+)
+
 CARDS = {
-    "load card": LoadCard(_info(), "new", 1, 269_030_016, 1.9),
+    "load card": LoadCard(
+        _info(), "new", 1, 269_030_016, 1.9, aliases=(MARKUP,), budget_notes=(MARKUP,)
+    ),
+    "server card": ServerCard(_SERVER, "new", 1, 0, 0.02, aliases=(MARKUP,)),
     "unload card (still held)": UnloadCard(
-        (("/m/x", (), 100, "bfloat16"),), False, 200, 100, held_by=("m",)
+        ((f"/m/{MARKUP}", (MARKUP,), 100, "bfloat16"),), False, 200, 100, held_by=(MARKUP,)
     ),
     "models": ModelsCard(
-        (ModelRow("smol", "/m/x.gguf", "", "bfloat16", "cpu", 100, 5.0, True),), 100, 1000
+        (ModelRow(MARKUP, f"/m/{MARKUP}'x.gguf", "", "bfloat16", "cpu", 100, 5.0, True),),
+        100,
+        1000,
+    ),
+    "disk": DiskCard(
+        f"/cache/{MARKUP}",
+        (_copy(MARKUP), _copy("b", source_matches=False), _copy("c", problem=MARKUP)),
+        free_bytes=10**9,
+    ),
+    "commands (%llm_load, no MODEL)": CommandsCard(
+        f"What this machine can load now {MARKUP}",
+        ((f"cached {MARKUP}", ((MARKUP, MARKUP, f"%llm_load {MARKUP}"),)), ("none", ())),
+        (MARKUP,),
     ),
     "result": _result(),
-    "results (--over)": GenerationResults([_result(), _result(stop_reason="length")]),
-    "streaming": StreamView("The capital of"),
-    "prompt (--show-prompt)": PromptView("<|im_start|>system\nYou are helpful.<|im_end|>", 14),
-    "status line": StatusLine("reading weights…"),
+    "results (--over)": GenerationResults(
+        [_result(), _result(stop_reason="length", error=f"failed {MARKUP}")]
+    ),
+    "chat answer": ChatResult.of(_result(), _CONVERSATION, (MARKUP,)),
+    "conversation (--show)": ConversationView.of(_CONVERSATION),
+    "conversations (--list)": ConversationsCard(((MARKUP, MARKUP, 2, True), ("b", None, 1, False))),
+    "streaming": StreamView(f"The capital of {MARKUP}", (MARKUP,)),
+    "prompt (--show-prompt)": PromptView(f"<|im_start|>system\n{MARKUP}<|im_end|>", 14),
+    "status line": StatusLine(f"reading weights… {MARKUP}"),
     "batch progress": BatchProgress(1, 3, 24),
 }
 
@@ -217,3 +301,88 @@ def test_the_contrast_check_sees_the_old_grey_on_dark():
         contrast(_rgba("#666666"), dark) < 4.5
         and contrast(_rgba("#ffffff"), _rgba("#f6f6f6")) < 1.2
     )
+
+
+class _Markup(HTMLParser):
+    """The tags, attributes and inline styles of a piece of HTML."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attributes: set[str] = set()
+        self.styles: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attributes |= {name for name, _ in attrs}
+        self.styles += [value for name, value in attrs if name == "style" and value]
+
+
+def _markup(html_text: str) -> _Markup:
+    parser = _Markup()
+    parser.feed(html_text)
+    return parser
+
+
+# What the cards themselves write; anything else came from a text left unescaped.
+CARD_TAGS = {"div", "span", "b", "table", "tr", "td", "th", "pre", "code", "progress"}
+CARD_ATTRIBUTES = {"style", "title", "value", "max"}
+
+
+@pytest.mark.parametrize("kind", list(CARDS))
+def test_every_card_escapes_what_it_shows(kind):
+    html_text = card_html(CARDS[kind])
+    found = _markup(html_text)
+    assert found.tags <= CARD_TAGS, f"{kind}: unescaped markup {found.tags - CARD_TAGS}"
+    assert found.attributes <= CARD_ATTRIBUTES, f"{kind}: {found.attributes - CARD_ATTRIBUTES}"
+    if kind != "batch progress":  # counts only
+        assert "&lt;i&gt;x&lt;/i&gt;" in html_text
+
+
+_THEME_VARIABLE = re.compile(r"var\(--jp-[\w-]+,\s*[^()\s][^()]*\)")
+_COLOUR_LITERAL = re.compile(r"#[0-9a-fA-F]{3,8}\b|\b(?:rgba?|hsla?)\(")
+_COLOUR_PROPERTIES = {"color", "background", "background-color", "border-color"}
+
+
+@pytest.mark.parametrize("kind", list(CARDS))
+def test_every_colour_a_card_draws_is_a_theme_variable_with_a_fallback(kind):
+    for style_text in _markup(card_html(CARDS[kind])).styles:
+        for declaration in re.split(r";(?![^(]*\))", style_text):
+            prop, _, value = (part.strip() for part in declaration.partition(":"))
+            if prop in _COLOUR_PROPERTIES:
+                assert value == "inherit" or _THEME_VARIABLE.fullmatch(value), (kind, declaration)
+            assert not _COLOUR_LITERAL.search(_THEME_VARIABLE.sub("", value)), (kind, declaration)
+
+
+def test_the_style_table_holds_theme_variables_only():
+    colours = {"DIM", "TEXT", "BOX", "OK", "ERROR", "WARN"}
+    for name in colours:
+        assert _THEME_VARIABLE.fullmatch(getattr(style, name)), name
+    for name in ("TEXT_STYLE", "FOOTER_STYLE", "ROLE_STYLE", "STATUS_STYLE", "CARD_STYLE"):
+        assert not _COLOUR_LITERAL.search(_THEME_VARIABLE.sub("", getattr(style, name))), name
+
+
+def test_no_module_but_the_style_table_writes_a_colour():
+    package = Path(style.__file__).parents[1]
+    written = []
+    for path in sorted(package.rglob("*.py")):
+        if path == Path(style.__file__):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if _COLOUR_LITERAL.search(node.value) or re.search(
+                    r"(?<![\w-])(?:color|background)\s*:\s*[#\w]", node.value
+                ):
+                    written.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
+    assert not written, "\n".join(written)
+
+
+def test_the_warn_mark_stands_out_in_every_theme():
+    """The ⚠ and the rule of a warning (3:1, non-text contrast) on each theme's page; and
+    the check itself: JupyterLab 4 light's next warn colour would not do on white."""
+    for name, theme in THEMES.items():
+        page = _rgba(theme.get("--jp-layout-color0", "#ffffff"))
+        warn = _resolve(style.WARN, theme, None)
+        assert contrast(warn, page) >= 3.0, f"{name}: {contrast(warn, page):.1f}:1"
+    light = THEMES["jupyterlab-light"]
+    assert contrast(_rgba(light["--jp-warn-color1"]), _rgba(light["--jp-layout-color0"])) < 3.0

@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
 from IPython.utils.capture import capture_output
+from support.tiny_model import copy_model
 
 from llm_magic import MODEL_CACHE, errors
 from llm_magic.errors import GENERATION, LOAD, GenerationError, LoadError, diagnose
@@ -514,7 +514,8 @@ def test_mps_unavailable_fails_after_the_model_exists_and_frees_it(loaded, tiny_
 
 def test_no_gpu_visible_is_told_apart_from_cpu_only_build():
     exc = RuntimeError(
-        "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver"
+        "Found no NVIDIA driver on your system. "
+        "Please check that you have an NVIDIA GPU and installed a driver"
     )
     text = "\n".join(
         diagnose(
@@ -755,7 +756,8 @@ def test_hub_http_errors_end_to_end(tmp_path, hub_error_endpoint):
 
     script = (
         "import llm_magic\n"
-        "for model, revision in [('org/missing', None), ('org/gated', None), ('org/model', 'v9')]:\n"
+        "for model, revision in "
+        "[('org/missing', None), ('org/gated', None), ('org/model', 'v9')]:\n"
         "    try:\n"
         "        llm_magic.load(model, revision=revision)\n"
         "    except llm_magic.LoadError as e:\n"

@@ -21,7 +21,7 @@ from IPython.utils.capture import capture_output
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError
-from llm_magic.display import GenerationResult, GenerationResults
+from llm_magic.results import GenerationResult, GenerationResults
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -205,7 +205,8 @@ def test_smollm2_greedy_equals_plain_generate_and_answers_paris(shell, smol):
 def test_variables_attributes_items_and_escapes(shell, tiny):
     shell.run_cell(
         "class Doc:\n    title = 'Moby Dick'\n"
-        "doc = Doc()\ninfo = {'author': 'Melville', 0: 'zero'}\nwords = ['whale', 'sea']\nyear = 1851\n"
+        "doc = Doc()\ninfo = {'author': 'Melville', 0: 'zero'}\n"
+        "words = ['whale', 'sea']\nyear = 1851\n"
     )
     result, _ = run(
         shell,
@@ -245,7 +246,8 @@ def test_unknown_name_is_an_error_naming_it(shell, tiny):
 def test_system_raw_show_prompt_and_out(shell, tiny):
     result, captured = run(
         shell,
-        "%%llm_generate --greedy --max-new-tokens 3 --raw --system 'Be brief.' --show-prompt --out res\nHello",
+        "%%llm_generate --greedy --max-new-tokens 3 --raw --system 'Be brief.' "
+        "--show-prompt --out res\nHello",
     )
     assert result.success
     assert shell.user_ns["res"] is result.result is shell.user_ns["_"]
@@ -393,7 +395,8 @@ def test_stop_string_cuts_the_text_and_stops_early(shell, tiny):
     index, stop = found
     result, _ = run(
         shell,
-        f"%%llm_generate --seed {seed} --max-new-tokens 30 --stop {stop} --stop '\\n'\nThe quick brown",
+        f"%%llm_generate --seed {seed} --max-new-tokens 30 --stop {stop} --stop '\\n'\n"
+        "The quick brown",
     )
     r = result.result
     assert r.stop_reason == "stop string" and r.stop_string == stop
@@ -801,7 +804,8 @@ def test_interrupt_in_a_real_kernel(smollm2_gguf):
         assert reply["content"]["status"] == "ok"  # the kernel lives
         assert outputs == ["1 True False\n"]
         reply, _ = execute(
-            "%%llm_generate -m smol --greedy --max-new-tokens 8 --no-stream\nWhat is the capital of France?"
+            "%%llm_generate -m smol --greedy --max-new-tokens 8 --no-stream\n"
+            "What is the capital of France?"
         )
         assert reply["content"]["status"] == "ok"
     finally:

@@ -38,7 +38,8 @@ def test_gguf_converts_once_and_a_new_process_reuses_it(smollm2_gguf, tmp_path, 
             "-c",
             "import json, sys, llm_magic\n"
             "msgs = []\n"
-            "h, card = llm_magic.load_with_card(sys.argv[1], dtype='bfloat16', progress=msgs.append)\n"
+            "h, card = llm_magic.load_with_card("
+            "sys.argv[1], dtype='bfloat16', progress=msgs.append)\n"
             "print(json.dumps({'messages': msgs, 'source': h.info.source, 'card': card.text()}))",
             smollm2_gguf,
         ],

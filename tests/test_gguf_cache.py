@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_model import build_tiny_gguf
+from support.tiny_model import build_tiny_gguf
 
 import llm_magic
 from llm_magic import MODEL_CACHE, gguf_cache
@@ -184,7 +184,8 @@ def test_a_conversion_killed_while_saving_leaves_a_partial_folder_the_next_load_
         [
             sys.executable,
             "-c",
-            "import sys, llm_magic; llm_magic.load(sys.argv[1], dtype='bfloat16', device_map='cpu')",
+            "import sys, llm_magic; "
+            "llm_magic.load(sys.argv[1], dtype='bfloat16', device_map='cpu')",
             bigger_gguf,
         ],
         env=dict(os.environ),
@@ -253,7 +254,7 @@ def test_a_conversion_that_will_not_fit_on_the_disk_is_refused_before_writing(
     assert "not enough disk space to convert it" in text and str(target) in text
     needed = gguf_cache.bytes_needed(tiny_gguf, "bfloat16")
     assert needed > shutil.disk_usage(disk).free
-    from llm_magic.display import format_bytes
+    from llm_magic.units import format_bytes
 
     assert (
         f"needs {format_bytes(needed)}, {format_bytes(shutil.disk_usage(disk).free)} free" in text
@@ -286,9 +287,12 @@ def test_two_processes_converting_the_same_file_at_once_both_succeed(bigger_gguf
         "import torch, transformers\n"  # imported before the start line, so both convert together
         "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n"
         "messages = []\n"
-        "h = llm_magic.load(sys.argv[1], dtype='bfloat16', device_map='cpu', progress=messages.append)\n"
-        "print(json.dumps({'source': h.info.source, 'converted': any('converting' in m for m in messages),\n"
-        "                  'answer': llm_magic.generate('Hello', greedy=True, max_new_tokens=4, raw=True).text}))\n"
+        "h = llm_magic.load("
+        "sys.argv[1], dtype='bfloat16', device_map='cpu', progress=messages.append)\n"
+        "print(json.dumps({'source': h.info.source, "
+        "'converted': any('converting' in m for m in messages),\n"
+        "                  'answer': "
+        "llm_magic.generate('Hello', greedy=True, max_new_tokens=4, raw=True).text}))\n"
     )
     children = [
         subprocess.Popen(

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import llm_magic
-from llm_magic import MODEL_CACHE, api, hardware, loading, sizing
+from llm_magic import MODEL_CACHE, hardware, loading, sizing
 from llm_magic.display import LoadCard, ModelsCard, UnloadCard
+from llm_magic.engines import transformers_load
 from llm_magic.errors import LLMError, LoadError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -267,7 +268,7 @@ def test_memory_budget_from_plain_python_and_as_a_string(shell, tiny_model_dir):
 
 
 def _estimate_for(path: str, dtype: str) -> sizing.Estimate:
-    return api.estimate(loading.resolve_source(path), dtype)
+    return transformers_load.estimate(loading.resolve_source(path), dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -306,7 +307,7 @@ def test_estimate_reads_every_shard_of_a_sharded_checkpoint(tiny_model_dir, tmp_
 
 def test_estimate_of_a_gguf_not_converted_yet_reads_its_header(smollm2_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path))  # no converted twin here
-    est = api.estimate(loading.resolve_source(smollm2_gguf), "bfloat16")
+    est = transformers_load.estimate(loading.resolve_source(smollm2_gguf), "bfloat16")
     assert est.source == "gguf" and est.num_params == 134_515_008
     assert est.bytes == 2 * est.num_params and est.conversion_bytes == 4 * est.num_params
     assert not any(tmp_path.iterdir()), "estimating must not convert"
@@ -501,7 +502,7 @@ def test_unload_ext_says_what_it_freed_in_one_line_and_removes_the_magics(shell,
     size = MODEL_CACHE.total_bytes()
     with capture_output() as out:
         ok(shell, "%unload_ext llm_magic")
-    from llm_magic.display import format_bytes
+    from llm_magic.units import format_bytes
 
     assert out.stdout.splitlines() == [
         f"llm_magic unloaded: 1 model, {format_bytes(size)} freed; "

@@ -19,6 +19,7 @@ import pytest
 import llm_magic
 from llm_magic import MODEL_CACHE, LoadError, decode_speed, generation
 from llm_magic.engines import Request
+from llm_magic.settings import Settings
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -31,7 +32,8 @@ def handle(smollm2_gguf):
 
 
 def raw_chat(path: str, handle, messages, max_tokens: int) -> tuple[str, dict]:
-    """What a user writes without llm_magic (same file, threads and context): the text and its usage."""
+    """What a user writes without llm_magic (same file, threads and context): the text and
+    its usage."""
     llm = llama_cpp.Llama(
         model_path=path, n_ctx=handle.model.n_ctx(), n_threads=handle.model.n_threads, verbose=False
     )
@@ -93,7 +95,7 @@ def test_multi_turn_messages_match_raw_llama_cpp(handle, smollm2_gguf):
         {"role": "assistant", "content": "Blue."},
         {"role": "user", "content": "Name another one."},
     )
-    settings = generation.Settings(greedy=True, max_new_tokens=24)
+    settings = Settings(greedy=True, max_new_tokens=24)
     result = generation.generate(handle.engine, Request(messages), settings)
     assert "Name a colour." in result.rendered_prompt and "Blue." in result.rendered_prompt
     assert result.text == raw_chat(smollm2_gguf, handle, [dict(m) for m in messages], 24)[0]
@@ -207,7 +209,7 @@ def test_missing_llama_cpp_python_gives_the_install_line(smollm2_gguf, monkeypat
 
 
 def test_generations_record_decode_speeds_for_the_card(handle, smollm2_gguf):
-    identity = str(handle.key[0])
+    identity = handle.key.weights
     decode_speed._file(identity).unlink(missing_ok=True)
     llm_magic.generate(
         PROMPT, model=handle, greedy=True, max_new_tokens=2
@@ -221,7 +223,7 @@ def test_generations_record_decode_speeds_for_the_card(handle, smollm2_gguf):
 
 @pytest.mark.slow
 def test_transformers_card_says_how_much_faster_llama_cpp_decodes(shell, smollm2_gguf):
-    identity = str(llm_magic.api.loading.resolve_source(smollm2_gguf).identity)
+    identity = llm_magic.loading.resolve_source(smollm2_gguf).identity
     decode_speed._file(identity).unlink(missing_ok=True)
     card = shell.run_line_magic("llm_load", f"{smollm2_gguf} --dtype bfloat16 --as tf").text()
     assert "no decode speed measured here yet" in card

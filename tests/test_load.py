@@ -113,7 +113,8 @@ def test_hub_id_not_cached_goes_to_the_hub(tiny_hub_id, monkeypatch):
     from llm_magic import loading
     from llm_magic.loading import resolve_source
 
-    # The session's Hub is a closed port on 127.0.0.1 (conftest): an id that is not cached fails at once.
+    # The session's Hub is a closed port on 127.0.0.1 (conftest): an id that is not cached
+    # fails at once.
     with pytest.raises(LocalEntryNotFoundError):
         resolve_source("llm-magic-tests/not-cached-anywhere")
     # Where the Hub answers, the id is left for from_pretrained to download.
@@ -175,7 +176,7 @@ def test_missing_path_fails_with_a_short_card(shell, tmp_path):
 
 
 def test_folder_without_tokenizer_fails_clearly(shell, tiny_model_dir, tmp_path):
-    from conftest import copy_model
+    from support.tiny_model import copy_model
 
     folder = copy_model(
         tiny_model_dir,
@@ -266,7 +267,10 @@ def test_a_gpu_left_unused_is_warned_on_the_card(shell, tiny_model_dir):
     with hardware.assume(Hardware(gpus=(a100,), cuda_built=True, cpu_flags=frozenset({"avx2"}))):
         result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu")
     assert result.success, result.error_in_exec
-    warning = "a GPU is present (NVIDIA A100-SXM4-40GB) but the model is on cpu: --device-map auto uses it"
+    warning = (
+        "a GPU is present (NVIDIA A100-SXM4-40GB) but the model is on cpu: "
+        "--device-map auto uses it"
+    )
     assert warning in result.result.info.warnings and f"⚠ {warning}" in result.result.text()
     with hardware.assume(Hardware(cpu_flags=frozenset({"avx2"}))):  # the same machine without a GPU
         result, _ = run(shell, f"%llm_load {tiny_model_dir} --device-map cpu --reload")

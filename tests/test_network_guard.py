@@ -1,4 +1,4 @@
-"""The guard of tests/network_guard.py refuses every non-loopback target before the real
+"""The guard of tests/support/network_guard.py refuses every non-loopback target before the real
 call, so no packet can leave; loopback passes through. The real `connect` and lookups are
 replaced by recorders here, so even a guard bug could not send anything.
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from network_guard import NetworkGuardError, is_loopback
+from support.network_guard import NetworkGuardError, is_loopback
 
 DOC_ADDRESS = str(
     ipaddress.IPv4Address((192 << 24) | (0 << 16) | (2 << 8) | 1)
@@ -189,7 +189,8 @@ def test_notebook_kernels_get_the_loopback_hub_and_the_guard(network_guard_on, t
 
     source = RECORD_IN_SUBPROCESS + (
         "print('ENDPOINT', os.environ['HF_ENDPOINT'])\n"
-        "print('PROXY', [v for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') if os.environ.get(v)])\n"
+        "print('PROXY', [v for v in ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') "
+        "if os.environ.get(v)])\n"
         "print('GUARD', '_llm_magic_network_guard' in sys.modules)\n"
         "try:\n"
         f"    socket.gethostbyname({HUB_NAME!r})\n"

@@ -149,11 +149,18 @@ def test_wheel_in_a_fresh_venv_loads_and_generates(wheel, tmp_path, tiny_model_d
         from IPython.core.interactiveshell import InteractiveShell
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "llm_magic")
-        card = ip.run_line_magic("llm_load", sys.argv[1] + " --device-map cpu --dtype float32 --as tiny")
-        result = ip.run_cell_magic("llm_generate", "-m tiny --max-new-tokens 5 --greedy --no-stream", "The capital of France")
+        card = ip.run_line_magic(
+            "llm_load", sys.argv[1] + " --device-map cpu --dtype float32 --as tiny"
+        )
+        result = ip.run_cell_magic(
+            "llm_generate",
+            "-m tiny --max-new-tokens 5 --greedy --no-stream",
+            "The capital of France",
+        )
+        extras = ("gguf", "openai", "llama_cpp")
         print(json.dumps({
             "module": llm_magic.__file__, "card": card.text(), "tokens": result.new_tokens,
-            "extras": {name: importlib.util.find_spec(name) is not None for name in ("gguf", "openai", "llama_cpp")},
+            "extras": {name: importlib.util.find_spec(name) is not None for name in extras},
         }))
     """)
     out = subprocess.run(

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import llm_magic
-from llm_magic import MODEL_CACHE, LoadError, api, loading
+from llm_magic import MODEL_CACHE, LoadError, loading
+from llm_magic.engines import transformers_load
 
 bitsandbytes = pytest.importorskip("bitsandbytes")
 
@@ -51,9 +52,9 @@ def test_int8_generation_does_not_flood_the_output(shell, tiny_model_dir, caplog
 
 def test_the_fit_check_estimates_the_quantized_size_from_headers(tiny_model_dir):
     source = loading.resolve_source(str(tiny_model_dir))
-    full = api.estimate(source, "bfloat16")
+    full = transformers_load.estimate(source, "bfloat16")
     for kind in ("nf4", "int8"):
-        est = api.estimate(source, "bfloat16", kind)
+        est = transformers_load.estimate(source, "bfloat16", kind)
         handle = llm_magic.load(str(tiny_model_dir), dtype="bfloat16", quantize=kind)
         real = handle.info.memory_bytes
         assert est.bytes < full.bytes
@@ -87,7 +88,7 @@ def test_nf4_smollm2_is_under_half_of_bf16_and_still_answers_paris(shell, smollm
     assert nf4.model.get_memory_footprint() <= 0.5 * bf16.model.get_memory_footprint()
     assert "quantization  nf4: 4-bit NF4" in card
     source = loading.resolve_source(smollm2_gguf)
-    est = api.estimate(source, "bfloat16", "nf4")  # the converted copy's headers
+    est = transformers_load.estimate(source, "bfloat16", "nf4")  # the converted copy's headers
     assert abs(est.bytes - nf4.info.memory_bytes) <= 0.1 * nf4.info.memory_bytes
     result = shell.run_cell_magic(
         "llm_generate",

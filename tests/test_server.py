@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import servers
 from IPython.utils.capture import capture_output
+from support import servers
 
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError, LoadError
@@ -114,6 +114,23 @@ def test_load_card_lists_and_unloads(loaded, server):
     assert len(MODEL_CACHE) == 0 and entry.engine is None
 
 
+def test_a_server_model_past_max_models_says_what_it_unloaded_as_a_local_one_does(
+    shell, server, tiny_model_dir
+):
+    shell.run_line_magic("config", "LLMMagics.max_models = 1")
+    try:
+        shell.run_line_magic("llm_load", f"{tiny_model_dir} --as first --dtype bfloat16")
+        served = shell.run_line_magic("llm_load", f"--server {server.url} --as srv")
+        local = shell.run_line_magic("llm_load", f"{tiny_model_dir} --as again --dtype bfloat16")
+    finally:
+        MODEL_CACHE.set_budget(max_models=0)
+    budget = "least recently used, to stay within the budget of 1 model"
+    assert f"unloaded first (bfloat16, 284 KB), {budget}" in served.notes()
+    assert f"unloaded srv (served, 0 B), {budget}" in local.notes()
+    assert f"⚠ unloaded first (bfloat16, 284 KB), {budget}" in served.text()
+    assert [e.aliases for e in MODEL_CACHE.entries()] == [{"again"}]
+
+
 def test_model_named_explicitly_is_the_same_entry(shell, server):
     served = servers.served_ids(server.url)[0]
     a = llm_magic.load(served, server=server.url)
@@ -191,7 +208,8 @@ def test_raw_system_and_show_prompt(loaded):
     shell, entry, _ = loaded
     result, out = run(
         shell,
-        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\nThe capital of France is",
+        "%%llm_generate --raw --greedy --max-new-tokens 4 --show-prompt --out r\n"
+        "The capital of France is",
     )
     assert result.success, result.error_in_exec
     assert shell.user_ns["r"] is result.result
@@ -199,8 +217,8 @@ def test_raw_system_and_show_prompt(loaded):
     assert out.outputs[0].data["text/plain"].endswith("The capital of France is")
     system, out = run(
         shell,
-        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' --show-prompt --no-stream\n"
-        + QUESTION,
+        "%%llm_generate --greedy --max-new-tokens 4 --system 'Answer in French.' "
+        "--show-prompt --no-stream\n" + QUESTION,
     )
     shown = out.outputs[0].data["text/plain"]
     assert (

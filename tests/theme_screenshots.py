@@ -24,12 +24,14 @@ def page(theme: dict) -> str:
     background = theme.get("--jp-layout-color0", "#ffffff")
     text = theme.get("--jp-content-font-color1", "#000000")
     body = "".join(
-        f"<h4 style='color:{text};font-family:sans-serif;margin:1em 0 .3em'>{html.escape(kind)}</h4>"
+        f"<h4 style='color:{text};font-family:sans-serif;margin:1em 0 .3em'>"
+        f"{html.escape(kind)}</h4>"
         f"<div style='color:{text}'>{card_html(card)}</div>"
         for kind, card in CARDS.items()
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><style>:root{{{variables}}}</style></head>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<style>:root{{{variables}}}</style></head>"
         f"<body style='background:{background};margin:1em;width:900px'>{body}</body></html>"
     )
 

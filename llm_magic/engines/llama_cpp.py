@@ -29,8 +29,30 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata as _metadata
 from typing import Any
 
+from ..cache import LoadedModel
+from ..display import LoadCard
 from ..errors import GENERATION, GenerationError, LoadError, diagnose
-from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
+from ..loading import resolve_source
+from ..settings import Settings
+from ..sizing import Estimate
+from .base import (
+    Budget,
+    CacheKey,
+    Capabilities,
+    Completion,
+    Loaded,
+    LoadOptions,
+    LoadReport,
+    ModelInfo,
+    Plan,
+    Progress,
+    ProgressCallback,
+    Rendered,
+    Request,
+    Run,
+    TextCallback,
+)
+from .cards import load_card
 
 KIND = "llama.cpp"
 INSTALL = 'pip install "llm_magic[llama-cpp]"'
@@ -44,6 +66,7 @@ class LlamaCppEngine:
     unloading leaves it holding nothing."""
 
     kind = KIND
+    capabilities = Capabilities(group="prompt")
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel; .model is the Llama object
@@ -153,9 +176,8 @@ class LlamaCppEngine:
         self,
         rows: Sequence[Rendered],
         seed: int | None,
-        settings,
+        settings: Settings,
         budget: Budget,
-        batch_size: int | None,
         on_progress: ProgressCallback | None,
     ) -> Iterator[tuple[list[int], Run]]:
         """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a time)."""
@@ -166,7 +188,7 @@ class LlamaCppEngine:
             run = self.run([row], seed, max_new, settings)
             run.notes = notes + (
                 ("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
-                if batch_size and batch_size > 1 and index == 0
+                if settings.batch_size and settings.batch_size > 1 and index == 0
                 else ()
             )
             yield [index], run
@@ -284,39 +306,70 @@ def missing_error(name: str) -> LoadError:
     )
 
 
-def load(source, progress=None):
-    """Open `source` (a .gguf) with llama.cpp; returns (the Llama object, ModelInfo)."""
-    from ..hardware import physical_cores
-    from ..loading import ModelInfo
+class LlamaCppLoader:
+    def plan(self, options: LoadOptions, progress: Progress | None) -> Plan:
+        name = options.model
+        if name is None:
+            raise LoadError("no model given", fixes=["%llm_load $path --engine llama.cpp"])
+        if options.quantize:
+            raise LoadError(
+                f"--quantize {options.quantize} with --engine llama.cpp: "
+                "llama.cpp runs the file as quantized in it",
+                fixes=[
+                    "leave out --quantize: the .gguf is quantized already",
+                    "leave out --engine to quantize with bitsandbytes",
+                ],
+            )
+        source = resolve_source(name, options.revision)
+        if source.kind != "gguf" or source.path is None:
+            raise LoadError(
+                f"{source.name}: --engine llama.cpp runs .gguf files only",
+                "llama.cpp reads its own file format, GGUF; this is a "
+                + ("Hub id" if source.kind == "hub" else "folder"),
+                [
+                    "leave out --engine to load it with transformers",
+                    "or convert it to .gguf with llama.cpp's convert_hf_to_gguf.py",
+                ],
+            )
+        if not available():
+            raise missing_error(source.name)
+        # The weights are mapped as they are in the file.
+        size = os.path.getsize(source.path)
+        est = Estimate(size, 0, "gguf", "gguf", (source.path,), 0)
+        return Plan(CacheKey(KIND, source.identity), name, est, "cpu", source=source)
 
-    if source.kind != "gguf":
-        raise LoadError(
-            f"{source.name}: --engine llama.cpp runs .gguf files only",
-            "llama.cpp reads its own file format, GGUF; this is a "
-            + ("Hub id" if source.kind == "hub" else "folder"),
-            [
-                "leave out --engine to load it with transformers",
-                "or convert it to .gguf with llama.cpp's convert_hf_to_gguf.py",
-            ],
-        )
-    if not available():
-        raise missing_error(source.name)
+    def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
+        assert plan.source is not None and plan.source.path is not None
+        llm, info = _open(plan.source.name, plan.source.path, progress)
+        return Loaded(llm, None, info, LlamaCppEngine)
+
+    def card(self, entry: LoadedModel, report: LoadReport) -> LoadCard:
+        return load_card(entry, report)
+
+
+LOADER = LlamaCppLoader()
+
+
+def _open(name: str, path: str, progress: Progress | None) -> tuple[Any, ModelInfo]:
+    """Open the .gguf at `path` with llama.cpp; returns (the Llama object, its facts)."""
     import llama_cpp
 
+    from ..hardware import physical_cores
+
     started = time.perf_counter()
-    trained = _trained_context(source.path)
+    trained = _trained_context(path)
     n_ctx = min(trained, MAX_CONTEXT) if trained else MAX_CONTEXT
     threads = physical_cores()
     if progress:
-        progress(f"opening {os.path.basename(source.path)} with llama.cpp ({threads} threads)…")
+        progress(f"opening {os.path.basename(path)} with llama.cpp ({threads} threads)…")
     try:
-        llm = llama_cpp.Llama(model_path=source.path, n_ctx=n_ctx, n_threads=threads, verbose=False)
+        llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, verbose=False)
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
         raise LoadError(
-            f"{os.path.basename(source.path)}: llama.cpp could not open the file",
+            f"{os.path.basename(path)}: llama.cpp could not open the file",
             "it is not a GGUF model this llama.cpp can read: truncated or damaged, or an architecture it does not know",
             [
-                f"check the file: {os.path.getsize(source.path)} bytes at {source.path}",
+                f"check the file: {os.path.getsize(path)} bytes at {path}",
                 "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
                 "or leave out --engine: transformers reads .gguf files of the architectures it knows",
             ],
@@ -326,7 +379,7 @@ def load(source, progress=None):
         llm.chat_format = "chat_template.default"
     seconds = time.perf_counter() - started
     kind = _file_type(llm.metadata)
-    size = os.path.getsize(source.path)
+    size = os.path.getsize(path)
     state = _context_bytes(llm)
     context = f"{n_ctx} tokens" + (
         f" (trained on {trained}; capped to keep the KV cache small)"
@@ -343,15 +396,15 @@ def load(source, progress=None):
         ("threads", f"{threads} (one per physical core)"),
     )
     info = ModelInfo(
-        name=source.name,
-        kind=source.kind,
+        name=name,
+        kind="gguf",
         class_name=f"llama.cpp {llm.metadata.get('general.architecture', '?')}",
         num_params=int(llama_cpp.llama_model_n_params(llm._model.model)),
         memory_bytes=size + state,
         device="cpu",
         dtype=kind.split()[0],
         dtype_reason="as quantized in the file; llama.cpp computes on it directly",
-        source=source.path,
+        source=path,
         revision=None,
         load_seconds=seconds,
         engine=KIND,

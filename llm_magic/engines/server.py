@@ -26,7 +26,18 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SERVER, GenerationError, chain, diagnose
-from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
+from ..settings import Settings
+from .base import (
+    Budget,
+    Capabilities,
+    Completion,
+    ProgressCallback,
+    Rendered,
+    Request,
+    Run,
+    TextCallback,
+    failed_midway,
+)
 
 
 @dataclass
@@ -95,6 +106,8 @@ class ServerEngine:
     """Generation with a model served over the OpenAI-compatible API."""
 
     kind = "server"
+    # The server batches what it is sent at once; it counts a prompt's tokens itself.
+    capabilities = Capabilities(group="request", counts_prompt_tokens=False)
 
     def __init__(self, info, connection: Connection) -> None:
         self._info = info  # serving.ServerInfo
@@ -172,8 +185,9 @@ class ServerEngine:
                 if streamed.parts:  # the server dropped mid-stream: keep what came
                     partial = streamed.completion("error")
                     partial.error = str(error)
-                    error.run = Run(
-                        completions + [partial], started, time.perf_counter(), streamed.first_at
+                    so_far = completions + [partial]
+                    failed_midway(
+                        error, Run(so_far, started, time.perf_counter(), streamed.first_at)
                     )
                 raise error from e
             completions.append(streamed.completion(None))
@@ -229,21 +243,15 @@ class ServerEngine:
         self,
         rows: Sequence[Rendered],
         seed: int | None,
-        settings,
+        settings: Settings,
         budget: Budget,
-        batch_size: int | None,
         on_progress: ProgressCallback | None,
     ) -> Iterator[tuple[list[int], Run]]:
-        """Every row its own request, `batch_size` (or DEFAULTS.concurrency) in flight at
+        """Every row its own request, `settings.concurrency` (default: DEFAULTS.concurrency) in flight at
         once; yields ([index], run) as each finishes. A row that fails after its retries is
         a completion with `error` set, and the others go on; if every row fails, the first
         failure is raised as the card."""
-        size = batch_size or DEFAULTS.concurrency
-        if size < 1:
-            raise GenerationError(
-                f"--concurrency {size}: must be at least 1",
-                fixes=["--concurrency 16", "leave it out"],
-            )
+        size = settings.concurrency or DEFAULTS.concurrency
         max_new, notes = budget(rows)
         client = self.connection.client()  # its own connection pool, closed when the run ends
         pool = ThreadPoolExecutor(

@@ -19,7 +19,17 @@ from typing import Any
 from .. import cpu_matmul, hardware
 from ..cache import MODEL_CACHE, clear_frames_of
 from ..errors import GENERATION, GenerationError, diagnose
-from . import Budget, Completion, ProgressCallback, Rendered, Request, Run, TextCallback
+from ..settings import Settings
+from .base import (
+    Budget,
+    Capabilities,
+    Completion,
+    ProgressCallback,
+    Rendered,
+    Request,
+    Run,
+    TextCallback,
+)
 
 
 class TransformersEngine:
@@ -27,6 +37,7 @@ class TransformersEngine:
     through the cache entry, so unloading the entry leaves it holding nothing."""
 
     kind = "transformers"
+    capabilities = Capabilities(group="batch")
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel
@@ -91,18 +102,13 @@ class TransformersEngine:
         self,
         rows: Sequence[Rendered],
         seed: int | None,
-        settings,
+        settings: Settings,
         budget: Budget,
-        batch_size: int | None,
         on_progress: ProgressCallback | None,
     ) -> Iterator[tuple[list[int], Run]]:
-        """Left-padded batches of `batch_size` rows (8 on a CPU, 32 on a GPU by default)."""
-        size = batch_size or auto_batch_size(self.entry.model)
-        if size < 1:
-            raise GenerationError(
-                f"--batch-size {size}: must be at least 1",
-                fixes=["--batch-size 8", "leave it out to choose one"],
-            )
+        """Left-padded batches of `settings.batch_size` rows (default: 8 on a CPU, 32 on a
+        GPU)."""
+        size = settings.batch_size or auto_batch_size(self.entry.model)
         starts = range(0, len(rows), size)
         if on_progress is not None:
             on_progress(0, len(starts))

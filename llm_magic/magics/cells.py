@@ -1,5 +1,6 @@
-"""What every generating cell magic shares (`%%llm_generate`, `%%llm_chat`): the
-sampling flags and their parsing, `--out`, `--show-prompt`, and the cell's run itself:
+"""What every generating cell magic shares (`%%llm_generate`, `%%llm_chat`): the flags
+made from the generation options (settings.OPTIONS) and the Settings they give, `--out`,
+`--show-prompt`, and the cell's run itself:
 the text streaming in, a status line under --no-stream, the --over progress bar, and
 Ctrl-C keeping the partial result."""
 
@@ -10,56 +11,49 @@ import re
 import sys
 import time
 from contextlib import contextmanager
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, parse_argstring
 from IPython.display import display
+from traitlets import Bool, Float, Int, TraitType, Unicode
 
-from .. import generation
+from .. import settings as settings_module
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
 from ..errors import quiet_interrupt
+from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
 
-DEFAULTS = generation.Settings()  # stated by the flags' help and LLMMagics' traits
 
-# The flags of every generating cell magic (%%llm_generate, %%llm_chat), with one help text.
-_GENERATION_FLAGS = [
-    argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help=f"At most this many new tokens. Default: {DEFAULTS.max_new_tokens} (LLMMagics.max_new_tokens).",
-    ),
-    argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help=f"Sampling temperature, above 0. Default: {DEFAULTS.temperature} (LLMMagics.temperature).",
-    ),
-    argument(
-        "--top-p",
-        type=float,
-        default=None,
-        help="Sample among the likeliest tokens up to this probability mass (1: all). "
-        f"Default: {DEFAULTS.top_p} (LLMMagics.top_p).",
-    ),
-    argument(
-        "--top-k",
-        type=int,
-        default=None,
-        help=f"Sample among the k likeliest tokens (0: all). Default: {DEFAULTS.top_k} (LLMMagics.top_k).",
-    ),
-    argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="Seed for sampling: the same seed gives the same text. "
-        "Default: a fresh one, shown with the result.",
-    ),
-    argument(
-        "--greedy",
-        action="store_true",
-        help="Always take the likeliest token: deterministic. Default: off (LLMMagics.greedy).",
-    ),
+def _flag(option: Option) -> Any:
+    """The argparse flag of a generation option; its help states the default and its trait."""
+    kwargs: dict[str, Any] = {
+        "int": {"type": int, "default": None},
+        "float": {"type": float, "default": None},
+        "switch": {"action": "store_true"},
+        "list": {"action": "append", "default": None},
+        "text": {"default": None},
+    }[option.kind]
+    help_text = option.help
+    if option.configurable:
+        help_text += f" Default: {option.default_text} (LLMMagics.{option.name})."
+    return argument(option.flag, help=help_text, **kwargs)
+
+
+def option_trait(name: str, default: Any = None) -> TraitType[Any, Any]:
+    """The LLMMagics trait holding a notebook's default for the generation option `name`:
+    its type, default and help come from the option (`default` when the trait's own
+    differs: 0 for "the engine chooses")."""
+    option = next(o for o in OPTIONS + GENERATE_OPTIONS if o.name == name)
+    kind = {"int": Int, "float": Float, "switch": Bool, "text": Unicode}[option.kind]
+    value = option.default if default is None else default
+    trait: TraitType[Any, Any] = kind(
+        value, help=f"Default {option.flag} of the generating cells: {option.help}"
+    )
+    return trait.tag(config=True)
+
+
+# How a cell shows its answer (not how it is generated).
+_CELL_FLAGS = [
     argument("--no-stream", action="store_true", help="Show the text only when it is complete."),
     argument(
         "--out",
@@ -67,23 +61,43 @@ _GENERATION_FLAGS = [
         help="Also store the result in this variable (the partial one if interrupted).",
     ),
     argument(
-        "--stop",
-        action="append",
-        default=None,
-        help="Stop when this text appears; the text is cut before it. "
-        "Repeatable; \\n and \\t stand for newline and tab.",
-    ),
-    argument(
         "--show-prompt", action="store_true", help="Show the prompt exactly as the model reads it."
     ),
 ]
 
 
-def generation_flags(magic):
-    """Add the generating flags to a magic (under its other @argument lines, in this order)."""
-    for flag in reversed(_GENERATION_FLAGS):
+def generation_flags(magic: Any) -> Any:
+    """Add the flags of every generating cell (%%llm_generate, %%llm_chat): the sampling
+    options and how the answer is shown (under the magic's other @argument lines)."""
+    for flag in reversed([_flag(o) for o in OPTIONS] + _CELL_FLAGS):
         magic = flag(magic)
     return magic
+
+
+def generate_flags(magic: Any) -> Any:
+    """Add the options of %%llm_generate alone (system, raw, batch size, concurrency)."""
+    for flag in reversed([_flag(o) for o in GENERATE_OPTIONS]):
+        magic = flag(magic)
+    return magic
+
+
+def settings_from(args: Any, options: tuple[Option, ...], defaults: Any) -> Settings:
+    """The Settings of a generating cell: each option's flag when given, else the trait on
+    `defaults` (LLMMagics) that holds the notebook's default, else Settings' own."""
+    values: dict[str, Any] = {}
+    for option in options:
+        given = getattr(args, option.name)
+        configured = getattr(defaults, option.name) if option.configurable else None
+        if option.kind == "switch":
+            values[option.name] = bool(given or configured)
+        elif option.kind == "list":
+            values[option.name] = tuple(unescape(unquote(s)) for s in given or [])
+        elif option.kind == "text":
+            values[option.name] = (unquote(given) if given is not None else configured) or None
+        else:
+            # A trait at 0 where the option's default is None: the engine chooses.
+            values[option.name] = pick(given, configured or None)
+    return settings_module.make(**values)
 
 
 def parse_line(magic, line: str):
@@ -288,7 +302,7 @@ def batch_progress(jupyter: bool, items: int):
     if not jupyter:
         try:
             yield lambda done, total: print(
-                f"\r{BatchProgress(done, total, items).plain()}",
+                f"\r{BatchProgress(done, total, items).text()}",
                 end="",
                 file=sys.stderr,
                 flush=True,

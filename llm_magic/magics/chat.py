@@ -19,8 +19,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import api
-from ..chat_display import ConversationsCard, ConversationView
 from ..conversations import CONVERSATIONS
+from ..display import ConversationsCard, ConversationView
 from .cells import generation_flags, out_name, parse_line, prompt_shower, run_streamed, unquote
 from .llm import LLMMagics
 
@@ -164,7 +164,7 @@ class ChatMagics(Magics):
                 namespace=ns,
                 stream=sink,
                 on_prompt=prompt_shower(args.show_prompt),
-                **settings.generation_settings(args),
+                settings=settings.sampling_settings(args),
             )
 
         return run_streamed(call, sink, out, self.shell)

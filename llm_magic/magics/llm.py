@@ -27,19 +27,22 @@ from .. import api, gguf_cache, hardware, prompts, sizing
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
+from ..engines import registry
+from ..engines.base import LoadOptions
 from ..errors import GenerationError, LLMError
+from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from .cells import (
-    DEFAULTS,
     Stream,
     Waiting,
     batch_progress,
+    generate_flags,
     generation_flags,
+    option_trait,
     out_name,
     parse_line,
-    pick,
     prompt_shower,
     run_streamed,
-    unescape,
+    settings_from,
     unquote,
 )
 
@@ -58,9 +61,10 @@ class LLMMagics(Magics):
         False, help="Load without progress or card unless asked (as --quiet on every %llm_load)."
     ).tag(config=True)
     engine = CaselessStrEnum(
-        ("transformers", "llama.cpp"),
-        "transformers",
-        help="Default --engine of %llm_load: transformers, or llama.cpp (.gguf files only).",
+        registry.local_names(),
+        registry.DEFAULT,
+        help="Default --engine of %llm_load: "
+        + "; ".join(f"{e.name} ({e.summary})" for e in registry.ENGINES if not e.by_server),
     ).tag(config=True)
     max_models = Int(
         0,
@@ -85,31 +89,19 @@ class LLMMagics(Magics):
         # The budget lives on the cache, so llm_magic.load() from plain Python honours it too.
         MODEL_CACHE.set_budget(**{change["name"]: change["new"]})
 
-    # Defaults of %%llm_generate (each flag overrides its trait for one cell).
-    max_new_tokens = Int(
-        DEFAULTS.max_new_tokens, help="Default --max-new-tokens of %%llm_generate."
-    ).tag(config=True)
-    temperature = Float(
-        DEFAULTS.temperature, help="Default --temperature of %%llm_generate (when sampling)."
-    ).tag(config=True)
-    top_p = Float(
-        DEFAULTS.top_p, help="Default --top-p of %%llm_generate (when sampling; 1 turns it off)."
-    ).tag(config=True)
-    top_k = Int(
-        DEFAULTS.top_k, help="Default --top-k of %%llm_generate (when sampling; 0 turns it off)."
-    ).tag(config=True)
-    greedy = Bool(
-        DEFAULTS.greedy, help="Decode greedily by default (as --greedy on every %%llm_generate)."
-    ).tag(config=True)
+    # Defaults of the generating cells (each flag overrides its trait for one cell): one
+    # per configurable option of settings.OPTIONS (tests/test_settings.py checks).
+    max_new_tokens = option_trait("max_new_tokens")
+    temperature = option_trait("temperature")
+    top_p = option_trait("top_p")
+    top_k = option_trait("top_k")
+    greedy = option_trait("greedy")
+    system = option_trait("system", "")
+    batch_size = option_trait("batch_size", 0)
+    concurrency = option_trait("concurrency", 16)
     stream = Bool(
         True,
         help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).",
-    ).tag(config=True)
-    system = Unicode(
-        "", help="Default --system message of %%llm_generate (empty: the chat template's own)."
-    ).tag(config=True)
-    batch_size = Int(
-        0, help="Default --batch-size of %%llm_generate --over (0: 8 on CPU, 32 on a GPU)."
     ).tag(config=True)
     max_history = Int(
         0,
@@ -126,9 +118,6 @@ class LLMMagics(Magics):
         "",
         help="Default --api-key-env of %llm_load: the variable holding the server's key "
         "(empty: OPENAI_API_KEY when set, else no key).",
-    ).tag(config=True)
-    concurrency = Int(
-        16, help="Requests in flight for %%llm_generate --over on a server model (--concurrency)."
     ).tag(config=True)
     request_timeout = Float(
         300.0, help="Seconds to wait for a server's reply (each request; connecting: at most 10 s)."
@@ -202,10 +191,11 @@ class LLMMagics(Magics):
     )
     @argument(
         "--engine",
-        choices=("transformers", "llama.cpp"),
+        choices=registry.local_names(),
         default=None,
-        help="What generates: transformers (a torch module in the kernel) or llama.cpp (a .gguf run as it is, "
-        "quantized; needs llm_magic[llama-cpp]). Default: transformers (LLMMagics.engine).",
+        help="What generates: "
+        + "; ".join(f"{e.name}: {e.summary}" for e in registry.ENGINES if not e.by_server)
+        + f". Default: {registry.DEFAULT} (LLMMagics.engine).",
     )
     @argument(
         "--quantize",
@@ -235,26 +225,26 @@ class LLMMagics(Magics):
         server = unquote(args.server or self.server) or None
         engine = args.engine or self.engine
         with (
-            self._status(quiet, hf_bars=server is None and engine != "llama.cpp") as progress,
+            self._status(quiet, hf_bars=registry.shows_library_bars(engine, server)) as progress,
             _verbose_errors(args.verbose),
         ):
-            handle, card = api.load_with_card(
-                unquote(args.model) if args.model else None,
+            options = LoadOptions(
+                model=unquote(args.model) if args.model else None,
+                engine=engine,
                 dtype=dtype,
                 device_map=args.device_map or self.device_map,
                 revision=args.revision,
                 trust_remote_code=args.trust_remote_code,
-                alias=args.alias,
-                reload=args.reload,
-                progress=progress,
                 max_memory=_parse_max_memory(args.max_memory),
-                force=args.force,
-                quiet=quiet,
+                quantize=args.quantize,
                 server=server,
                 api_key_env=unquote(args.api_key_env or self.api_key_env) or None,
-                engine=engine,
-                quantize=args.quantize,
+                alias=args.alias,
+                reload=args.reload,
+                force=args.force,
+                quiet=quiet,
             )
+            handle, card = api.load_with_card(options=options, progress=progress)
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
 
@@ -309,14 +299,6 @@ class LLMMagics(Magics):
     )
     @generation_flags
     @argument(
-        "--system",
-        default=None,
-        help="A system message (chat models), filled like the prompt. Default: none (LLMMagics.system).",
-    )
-    @argument(
-        "--raw", action="store_true", help="Send the cell as it is, without the chat template."
-    )
-    @argument(
         "--over",
         default=None,
         help="Run the cell once per item of this list variable, {item} standing for the item; "
@@ -328,20 +310,7 @@ class LLMMagics(Magics):
         help="Send the cell as written: no {name} filling (for pasted code "
         "full of braces; {{ stays {{).",
     )
-    @argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="Prompts per batch with --over. Default: 0 = 8 on CPU, "
-        "32 on a GPU (LLMMagics.batch_size).",
-    )
-    @argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="Requests in flight with --over on a server model. "
-        "Default: 16 (LLMMagics.concurrency).",
-    )
+    @generate_flags
     @cell_magic
     def llm_generate(self, line: str, cell: str):
         """Generate from the cell's text with a loaded model (the chat template applied
@@ -369,8 +338,7 @@ class LLMMagics(Magics):
         sink = (
             self.stream_sink(args) if over is None else None
         )  # --over shows a progress bar instead
-        system = unquote(args.system) if args.system is not None else self.system
-        settings = dict(self.generation_settings(args), system=system or None, raw=args.raw)
+        settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self)
         on_prompt = prompt_shower(args.show_prompt)
         waiting = (
             Waiting(jupyter) if over is None and sink is None else None
@@ -383,31 +351,21 @@ class LLMMagics(Magics):
                     model=unquote(args.model) if args.model else None,
                     namespace=None if args.no_fill else ns,
                     over=over,
-                    batch_size=pick(args.concurrency, pick(args.batch_size, self.batch_size))
-                    or None,
+                    settings=settings,
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
                     on_start=(sink or waiting).start if over is None else None,
-                    **settings,
                 )
 
         return run_streamed(
             call, sink, out, self.shell, waiting
         )  # shown once, as the cell's value; `_` and Out[n] hold it
 
-    def generation_settings(self, args) -> dict:
-        """The sampling settings of a generating cell (the generation_flags): each flag
-        given, else its trait."""
-        return dict(
-            max_new_tokens=pick(args.max_new_tokens, self.max_new_tokens),
-            greedy=args.greedy or self.greedy,
-            temperature=pick(args.temperature, self.temperature),
-            top_p=pick(args.top_p, self.top_p),
-            top_k=pick(args.top_k, self.top_k),
-            seed=args.seed,
-            stop=[unescape(unquote(s)) for s in args.stop or []],
-        )
+    def sampling_settings(self, args) -> Settings:
+        """The Settings of a generating cell's sampling flags: each flag given, else its
+        trait."""
+        return settings_from(args, OPTIONS, self)
 
     def stream_sink(self, args) -> Stream | None:
         """Where the text streams (None: shown only when complete, --no-stream)."""

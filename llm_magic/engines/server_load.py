@@ -1,5 +1,6 @@
-"""`%llm_load [MODEL] --server URL`: a model served over the OpenAI-compatible API, put in
-the same cache as local models (no weights: memory 0, so the budget ignores it).
+"""How the server engine loads (`%llm_load [MODEL] --server URL`): it asks the server what
+it serves, and puts the model in the same cache as local ones (no weights: memory 0, so a
+memory budget ignores it; a model count counts it).
 
 Loading asks the server what it serves (`GET /models`, timed: the round trip on the
 card) and checks MODEL against it; the same request again is a cache hit with no network
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .cache import MODEL_CACHE, LoadedModel
-from .display import ServerCard
-from .engines.server import DEFAULTS, Connection, ServerEngine, public_url
-from .errors import SERVER, LoadError, diagnose
+from ..cache import MODEL_CACHE, LoadedModel
+from ..display import ServerCard
+from ..errors import SERVER, LoadError, diagnose
+from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
+from .server import DEFAULTS, Connection, ServerEngine, public_url
 
 # /models fields that give a model's context length, by server.
 _CONTEXT_FIELDS = (
@@ -31,38 +33,18 @@ _CONTEXT_FIELDS = (
 
 
 @dataclass(frozen=True)
-class ServerInfo:
-    """Plain facts about a served model (the card, `%llm_models`, each result's metadata).
-    Named like loading.ModelInfo's fields where they mean the same; holds no key."""
+class ServerInfo(ModelInfo):
+    """A served model's facts: ModelInfo's (device and source are the URL, dtype "served"),
+    and what the server said of itself. Holds no key: only its variable's name."""
 
-    name: str  # the id the server serves it under
-    url: str  # without credentials
-    served: tuple[dict, ...]  # the server's /models entries, as it sent them
-    server: str | None  # what the server says it is: Server header, /version
-    latency: float  # seconds, one /models round trip
-    load_seconds: float
-    api_key_env: str | None  # the variable's name, never its value
-    kind: str = "server"
-    class_name: str = "served"
-    num_params: int = 0
-    memory_bytes: int = 0  # the weights live on the server
-    dtype: str = "served"
-    dtype_reason: str = "chosen by the server"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    converted_from: str | None = None
-    warnings: tuple[str, ...] = field(default_factory=tuple)
+    url: str = ""  # without credentials
+    served: tuple[dict[str, Any], ...] = ()  # the server's /models entries, as it sent them
+    server: str | None = None  # what the server says it is: Server header, /version
+    latency: float = 0.0  # seconds, one /models round trip
+    api_key_env: str | None = None  # the variable's name, never its value
 
     @property
-    def device(self) -> str:
-        return self.url
-
-    @property
-    def source(self) -> str:
-        return self.url
-
-    @property
-    def entry(self) -> dict:
+    def entry(self) -> dict[str, Any]:
         return next((m for m in self.served if m.get("id") == self.name), {})
 
     @property
@@ -89,88 +71,77 @@ def default_key_env(api_key_env: str | None) -> str | None:
     return "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else None
 
 
-def load_with_card(
-    model: str | None,
-    server: str,
-    *,
-    api_key_env: str | None = None,
-    alias: str | None = None,
-    reload: bool = False,
-    timeout: float | None = None,
-    progress=None,
-) -> tuple[LoadedModel, ServerCard]:
-    """The cached entry for MODEL on the server at `server` (MODEL None: the one model it
-    serves), and its card. Fails with a LoadError card; the cache is then unchanged."""
-    started = time.perf_counter()
-    if alias is not None and not alias.isidentifier():
-        raise LoadError(f"--as {alias!r}: an alias must be a plain name (letters, digits, _)")
-    url = normalize_url(server)
-    key_env = default_key_env(api_key_env)
-    if key_env and not os.environ.get(key_env):
-        raise LoadError(
-            f"--api-key-env {key_env}: the variable is not set in the kernel's environment",
-            fixes=[
-                f"import os, getpass; os.environ[{key_env!r}] = getpass.getpass()  (then %llm_load again)",
-                "leave out --api-key-env for a server without keys",
-            ],
-        )
-    entry = None if reload else _cached(url, model, key_env)
-    state = "cached"
-    if entry is None:
-        state = "reloaded" if reload and _cached(url, model, key_env) is not None else "new"
+class ServerLoader:
+    def plan(self, options: LoadOptions, progress: Progress | None) -> Plan:
+        """The cached entry's key when the cache can tell without asking the server (MODEL
+        given, or the one model of this server loaded before); else the server is asked."""
+        assert options.server is not None
+        started = time.perf_counter()
+        url = normalize_url(options.server)
+        key_env = default_key_env(options.api_key_env)
+        if key_env and not os.environ.get(key_env):
+            raise LoadError(
+                f"--api-key-env {key_env}: the variable is not set in the kernel's environment",
+                fixes=[
+                    f"import os, getpass; os.environ[{key_env!r}] = getpass.getpass()  "
+                    "(then %llm_load again)",
+                    "leave out --api-key-env for a server without keys",
+                ],
+            )
+        if not options.reload:
+            known = _cached_key(url, options.model, key_env)
+            if known is not None:
+                return Plan(known, options.model or url)
         if progress:
             progress(f"asking {public_url(url)} what it serves…")
-        info, connection = _probe(Connection(url, key_env, timeout), model, started)
-        key = _key(connection.url, info.name, key_env)
-        entry = (
-            None if reload else MODEL_CACHE.get(key)
-        )  # the same model, reached by another spelling of the URL
-        if entry is not None:
-            state = "cached"
-        else:
-            entry = LoadedModel(key, None, None, info)
-            entry.engine = ServerEngine(info, connection)
-            MODEL_CACHE.put(entry)
-    if alias:
-        MODEL_CACHE.alias(entry, alias)
-    seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
-    return entry, card(entry, state, seconds)
+        connection = Connection(url, key_env, options.timeout)
+        info, connection = _probe(connection, options.model, started)
+        # The key names the URL that answered: the same model reached by another spelling
+        # of the URL (with or without /v1) is the same entry.
+        return Plan(_key(connection.url, info.name, key_env), info.name, state=(info, connection))
+
+    def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
+        info, connection = plan.state
+        return Loaded(None, None, info, lambda entry: ServerEngine(info, connection))
+
+    def card(self, entry: LoadedModel, report: LoadReport) -> ServerCard:
+        engine = entry.engine
+        timeout = engine.connection.timeout if isinstance(engine, ServerEngine) else None
+        return ServerCard(
+            info=entry.info,
+            cache_state=report.state,
+            cache_models=report.cache_models,
+            cache_bytes=report.cache_bytes,
+            seconds=report.seconds,
+            aliases=tuple(sorted(entry.aliases)),
+            concurrency=DEFAULTS.concurrency,
+            timeout=timeout or DEFAULTS.timeout,
+            budget_notes=report.notes,
+        )
 
 
-def card(entry: LoadedModel, state: str = "cached", seconds: float = 0.0) -> ServerCard:
-    engine = entry.engine
-    return ServerCard(
-        info=entry.info,
-        cache_state=state,
-        cache_models=len(MODEL_CACHE),
-        cache_bytes=MODEL_CACHE.total_bytes(),
-        seconds=seconds,
-        aliases=tuple(sorted(entry.aliases)),
-        concurrency=DEFAULTS.concurrency,
-        timeout=(engine.connection.timeout if engine is not None else None) or DEFAULTS.timeout,
-    )
+LOADER = ServerLoader()
 
 
-def _key(url: str, model: str, key_env: str | None) -> tuple:
-    return ("server", url, model, key_env)
+def _key(url: str, model: str, key_env: str | None) -> CacheKey:
+    return CacheKey("server", f"{url} {model}", api_key_env=key_env)
 
 
-def _cached(url: str, model: str | None, key_env: str | None) -> LoadedModel | None:
-    """The cached entry for this request, found without asking the server."""
+def _cached_key(url: str, model: str | None, key_env: str | None) -> CacheKey | None:
+    """The key of the cached entry this request names, found without asking the server."""
     if model is not None:
-        return MODEL_CACHE.get(_key(url, model, key_env))
+        key = _key(url, model, key_env)
+        return key if key in MODEL_CACHE else None
     same = [
-        e
+        e.key
         for e in MODEL_CACHE.entries()
-        if isinstance(e.key, tuple)
-        and e.key[:1] == ("server",)
-        and e.key[1] == url
-        and e.key[3] == key_env
+        if e.key.engine == "server"
+        and isinstance(e.info, ServerInfo)
+        and e.info.url == public_url(url)
+        and e.key.api_key_env == key_env
     ]
-    if len(same) == 1:  # MODEL left out: the one model of this server loaded before
-        MODEL_CACHE.touch(same[0])
-        return same[0]
-    return None
+    # MODEL left out: the one model of this server loaded before.
+    return same[0] if len(same) == 1 else None
 
 
 def _probe(
@@ -221,9 +192,26 @@ def _probe(
                 "start the server with that model (vllm serve MODEL, transformers serve MODEL, ...)"
             ],
         )
-    return ServerInfo(
-        model, url, served, server, latency, time.perf_counter() - started, connection.api_key_env
-    ), connection
+    info = ServerInfo(
+        name=model,
+        kind="server",
+        class_name="served",
+        num_params=0,
+        memory_bytes=0,  # the weights live on the server
+        device=url,
+        dtype="served",
+        dtype_reason="chosen by the server",
+        source=url,
+        revision=None,
+        load_seconds=time.perf_counter() - started,
+        engine="server",
+        url=url,
+        served=served,
+        server=server,
+        latency=latency,
+        api_key_env=connection.api_key_env,
+    )
+    return info, connection
 
 
 def _models(connection: Connection) -> tuple[list, str | None, float, Connection]:
@@ -295,15 +283,3 @@ def _server_software(client, raw, connection: Connection) -> str | None:
     if header:
         parts.insert(0, header)
     return "; ".join(parts) or None
-
-
-def as_dict(info: ServerInfo) -> dict[str, Any]:
-    """The facts a notebook may keep (no key)."""
-    return {
-        "model": info.name,
-        "url": info.url,
-        "server": info.server,
-        "served": list(info.served),
-        "latency": info.latency,
-        "api_key_env": info.api_key_env,
-    }

@@ -144,7 +144,7 @@ class NetworkGuard:
     def _refuse(self, attempt: str) -> None:
         message = (
             f"network guard: {self.test} tried to reach a non-loopback address ({attempt}); "
-            "tests may only reach 127.0.0.0/8, ::1 and localhost (see tests/loopback.py)"
+            "tests may only reach 127.0.0.0/8, ::1 and localhost (see tests/support/loopback.py)"
         )
         with self._lock:
             self._refused.append(message)
@@ -174,7 +174,8 @@ class NetworkGuard:
 
 def cover_subprocesses(env: dict, log_path: str | Path) -> None:
     """Make Python subprocesses started with `env` install the guard at start-up (through
-    the `sitecustomize` in tests/network_guard_site) and log what they refuse to `log_path`."""
+    the `sitecustomize` in tests/support/network_guard_site) and log what they refuse to
+    `log_path`."""
     env[LOG_VARIABLE] = str(log_path)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE_DIR), env.get("PYTHONPATH")]))
 
@@ -193,6 +194,7 @@ def install_in_subprocess() -> NetworkGuard | None:
     global SUBPROCESS_GUARD
     guard = SUBPROCESS_GUARD = NetworkGuard(log_path, writes_log=True)
     command = " ".join(getattr(sys, "argv", None) or ["python"])[:120]
-    guard.test = f"{os.environ.get(TEST_VARIABLE, '<outside any test>')} (subprocess {os.getpid()}: {command})"
+    test = os.environ.get(TEST_VARIABLE, "<outside any test>")
+    guard.test = f"{test} (subprocess {os.getpid()}: {command})"
     guard.install()
     return guard

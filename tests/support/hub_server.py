@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 _RESOLVE = re.compile(r"^/(?P<repo>.+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
-# The repositories of the `hf_written_cache` fixture (conftest.py).
+# The repositories of the `written_cache` fixture (tests/conftest.py).
 TWO_REVS = "discovery-tests/two-revisions"  # main complete, v1 with config.json only
 PARTIAL = "discovery-tests/partial"  # config.json only: an interrupted download
 SHARDED = "discovery-tests/sharded"  # an index naming two shards, one of them missing

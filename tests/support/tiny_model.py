@@ -17,6 +17,9 @@ _CORPUS = [
     "Hello world! Numbers like 0 1 2 3 4 5 6 7 8 9 appear too.",
 ] * 20
 
+# The id under which the `tiny_hub_id` fixture lays the tiny model out in the Hub cache.
+TINY_HUB_ID = "llm-magic-tests/tiny-gpt2"
+
 
 def build_tiny_gpt2(folder: Path, layers: int = 2, width: int = 64, init_std: float = 0.02) -> Path:
     """Write a tiny GPT-2 with `save_pretrained` (safetensors + tokenizer) into `folder`.
@@ -76,6 +79,12 @@ def lay_out_as_hub_cache(model_dir: Path, hub_cache: Path, repo_id: str) -> Path
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def copy_model(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of a model folder without the files named in `skip` (for broken-folder tests)."""
+    shutil.copytree(src, dst, ignore=lambda _d, names: [n for n in names if n in skip])
+    return dst
 
 
 def build_tiny_gguf(

@@ -3,7 +3,8 @@
 
 The equality tests must fail with it and pass without it:
 
-    PYTHONPATH=tests python -m pytest -p mutate_repetition_penalty tests/test_generation.py -k equals
+    PYTHONPATH=tests python -m pytest -p support.mutate_repetition_penalty \
+        tests/test_generation.py -k equals
 
 Never loaded unless asked for with `-p`.
 """

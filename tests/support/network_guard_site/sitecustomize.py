@@ -1,6 +1,7 @@
 """Imported by Python at start-up in subprocesses of the test session (tests/conftest.py puts
-this folder on their PYTHONPATH): installs tests/network_guard.py's guard there too, so a
-kernel or worker that tried to reach another machine is refused and reported to the test."""
+this folder on their PYTHONPATH): installs tests/support/network_guard.py's guard there too,
+so a kernel or worker that tried to reach another machine is refused and reported to the
+test."""
 
 import importlib.util
 import os

@@ -1,0 +1,29 @@
+"""The one style table: every colour and shared inline style that cards and results draw
+with. No other module writes a colour: they name these."""
+
+from __future__ import annotations
+
+# Colours from JupyterLab's theme variables, so light and dark themes both read well;
+# the fallbacks serve classic Notebook, VS Code and static HTML (a white page).
+# Text keeps the theme's own colours; the accent colours mark only glyphs and borders,
+# since no single orange or red reads as text on both a white and a near-black page.
+DIM = "var(--jp-ui-font-color2, #666)"  # labels, footers, status lines
+TEXT = "var(--jp-content-font-color1, inherit)"
+BOX = "var(--jp-layout-color2, #f0f0f0)"  # the --show-prompt box
+OK = "var(--jp-success-color0, #2e7d32)"
+ERROR = "var(--jp-error-color1, #c62828)"
+# The warn glyph and rule: JupyterLab 4's darkest warn colour, 3.8:1 on its light theme's
+# white and 7.0:1 on its dark theme's #111 (warn-color1 is 2.7:1 on white); the fallback
+# 3.9:1 on a white page. Too light for text: warnings are written in TEXT.
+WARN = "var(--jp-warn-color0, #b26a00)"
+
+# A card: its title, rows and notes in the notebook's monospace.
+CARD_STYLE = "font-family:monospace;font-size:90%;line-height:1.4"
+# A one-line status (progress, the current step).
+STATUS_STYLE = f"font-family:monospace;color:{DIM}"
+# Model text and prompts: wrapped, in the notebook's own font.
+TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
+# The line under a text: counts, timings, what stopped it.
+FOOTER_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.4em"
+# The role above each message of a conversation.
+ROLE_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.5em"

@@ -1,0 +1,314 @@
+"""The engine interface and the plain data that cross it: what every engine is asked to do
+(load, render, run, run many), what it may offer beyond that (its `Capabilities`), and the
+values going in (`LoadOptions`, `Settings`, `Request`) and out (`ModelInfo`, `Rendered`,
+`Completion`, `Run`). No heavy import here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+from ..errors import LLMError, LoadError
+from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..cache import LoadedModel
+    from ..loading import Source
+    from ..sizing import Estimate
+
+TextCallback = Callable[[str], None]
+ProgressCallback = Callable[[int, int], None]  # (groups done, groups in all): batches, or requests
+Progress = Callable[[str], None]  # a status line while loading
+# rows -> (max_new_tokens, notes): the context budget of one group of rows
+Budget = Callable[[Sequence["Rendered"]], "tuple[int, tuple[str, ...]]"]
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: the `%llm_load` options as one value (`llm_magic.load`'s keywords).
+
+    The engine is `server` when `server` is given, else `engine`. Which of these name the
+    weights and how they are held is the engine's to say: it makes the `CacheKey`."""
+
+    model: str | None = None
+    engine: str = "transformers"
+    dtype: str = "auto"
+    device_map: str | Mapping[str, Any] = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    max_memory: Mapping[str | int, str] | None = None
+    quantize: str | None = None
+    server: str | None = None
+    api_key_env: str | None = None
+    timeout: float | None = None  # seconds to wait for a server's reply
+    # How this one call behaves; not part of what is cached.
+    alias: str | None = None
+    reload: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    @property
+    def engine_name(self) -> str:
+        return "server" if self.server else self.engine
+
+    def check(self) -> None:
+        """Refuse what no engine can do, before anything is read."""
+        if self.alias is not None and not self.alias.isidentifier():
+            raise LoadError(
+                f"--as {self.alias!r}: an alias must be a plain name (letters, digits, _)"
+            )
+
+
+class LoadKeywords(TypedDict, total=False):
+    """The keywords `llm_magic.load` takes for a `LoadOptions` (every field but `model`)."""
+
+    engine: str
+    dtype: str
+    device_map: str | Mapping[str, Any]
+    revision: str | None
+    trust_remote_code: bool
+    max_memory: Mapping[str | int, str] | None
+    quantize: str | None
+    server: str | None
+    api_key_env: str | None
+    timeout: float | None
+    alias: str | None
+    reload: bool
+    force: bool
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What makes two loads the same cached model: the engine, the weights (a Hub snapshot,
+    a file with its size and time, a model at a server's URL) and how they are held."""
+
+    engine: str
+    weights: str
+    dtype: str | None = None
+    device_map: str = "auto"
+    quantize: str | None = None
+    trust_remote_code: bool = False
+    max_memory: tuple[tuple[str, str], ...] = ()
+    api_key_env: str | None = None  # a server model reached with another key is another entry
+
+    @staticmethod
+    def pairs(value: Mapping[Any, Any] | None) -> tuple[tuple[str, str], ...]:
+        """A mapping as sorted (str, str) pairs: hashable, order-free."""
+        return tuple(sorted((str(k), str(v)) for k, v in (value or {}).items()))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Plain facts about a loaded model: what the cards, `%llm_models` and each result's
+    metadata show. Holds no tensor or model."""
+
+    name: str
+    kind: str  # what MODEL was: "hub", "folder", "gguf", "server"
+    class_name: str
+    num_params: int
+    memory_bytes: int
+    device: str
+    dtype: str
+    dtype_reason: str
+    source: str
+    revision: str | None
+    load_seconds: float
+    engine: str = "transformers"
+    trust_remote_code: bool = False
+    converted_from: str | None = None  # the .gguf file, for a converted model
+    warnings: tuple[str, ...] = ()
+    chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
+    details: tuple[tuple[str, str], ...] = ()  # more card rows (quantization, context, threads)
+
+
+@dataclass
+class Plan:
+    """What a load will do, decided before any weights are read: the cache key, and what
+    the fit check needs. `state` is the engine's own (a dtype choice, a server's answer)."""
+
+    key: CacheKey
+    name: str  # the model as the user named it
+    estimate: Estimate | None = None  # the bytes it will take, from file headers
+    target: str | None = None  # the device kind the estimate is checked against
+    # The card's fit line when nothing was checked (None: no line, e.g. a server model).
+    unchecked: str | None = None
+    source: Source | None = None  # the files, where MODEL names files (failure facts need them)
+    state: Any = None
+
+
+@dataclass
+class Loaded:
+    """A finished load: the objects, their facts, and how to make the engine once the cache
+    entry exists (engines read the model through the entry, so unloading empties them)."""
+
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    engine: Callable[[LoadedModel], Engine]
+    notes: tuple[str, ...] = ()  # what this load did on the way, said on its card only
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How a `%llm_load` went, for its card."""
+
+    state: str  # "new", "cached" or "reloaded"
+    seconds: float  # the load, or the cache lookup
+    fit: str | None  # the fit check's verdict
+    notes: tuple[str, ...]  # models the budget unloaded, what the load did on the way
+    cache_models: int
+    cache_bytes: int
+
+
+class Card(Protocol):
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any: ...
+
+
+class Loader(Protocol):
+    """How an engine loads: planned first (cheap: no weights read), then loaded when the
+    cache does not hold the plan's key already."""
+
+    def plan(self, options: LoadOptions, progress: Progress | None) -> Plan: ...
+
+    def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded: ...
+
+    def card(self, entry: LoadedModel, report: LoadReport) -> Card: ...
+
+
+# --- generating -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine offers beyond the one question every engine answers. Callers ask
+    here, never which engine it is."""
+
+    # How run_many groups prompts, in the words of a results summary: "batch" (padded
+    # batches in the kernel), "request" (concurrent requests) or "prompt" (one by one).
+    group: str = "batch"
+    # Whether `render` counts the prompt's tokens before anything is sent.
+    counts_prompt_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate from: chat messages ({"role", "content"} dicts, the format every
+    chat API takes). With `raw`, no chat template: the messages' text is sent as it is."""
+
+    messages: tuple[Mapping[str, str], ...]
+    raw: bool = False
+    label: str = "the prompt"  # named in errors: "the prompt", "prompt [3]"
+
+    @property
+    def text(self) -> str:
+        """The last user message: the prompt as the user wrote it (after filling)."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+    @property
+    def system(self) -> str | None:
+        return next((m["content"] for m in self.messages if m["role"] == "system"), None)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A request in the engine's own form, before anything is generated."""
+
+    request: Request
+    shown: str  # what --show-prompt shows: the text the model reads, or the messages sent
+    tokens: int | None  # prompt tokens, where the engine can count them before sending
+    payload: Any = None  # the engine's own form (token ids, a JSON body, ...)
+    notes: tuple[str, ...] = ()  # said with the result (e.g. how the prompt was sent)
+
+
+@dataclass
+class Completion:
+    """One row's answer."""
+
+    text: str  # stop strings cut off
+    new_tokens: int
+    stop_reason: str  # "eos", "length", "stop string", "interrupted" or "error"
+    stop_string: str | None = None
+    token_ids: tuple[int, ...] = ()  # where the engine has them
+    prompt_tokens: int | None = None  # the engine's own count, where it reports one
+    error: str | None = None  # for a row that failed on its own (the others stand)
+
+
+@dataclass
+class Run:
+    """One generation call over one or more rows."""
+
+    completions: list[Completion]
+    started: float
+    ended: float
+    first_token_at: float | None = None
+    interrupt: KeyboardInterrupt | None = None  # Ctrl-C arrived: completions are partial
+    notes: tuple[str, ...] = ()  # e.g. max_new_tokens lowered to fit the context
+    products: str | None = None  # which faster matrix products ran (transformers batches)
+
+
+def failed_midway(error: LLMError, run: Run) -> LLMError:
+    """Mark `error` as a failure after text was made: `run` holds that text, which the
+    result keeps (see `Engine.run`)."""
+    error.partial_run = run  # type: ignore[attr-defined]
+    return error
+
+
+def partial_run(error: BaseException) -> Run | None:
+    """The text an engine made before failing, if `failed_midway` marked the error."""
+    run = getattr(error, "partial_run", None)
+    return run if isinstance(run, Run) else None
+
+
+class Engine(Protocol):
+    """What a cached model's engine does for generation."""
+
+    kind: str  # the registry's name for it: recorded in results, never branched on
+    capabilities: Capabilities
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts recorded in each result's metadata (engine, server, versions)."""
+        ...
+
+    def context_limit(self) -> int | None:
+        """Positions the model reads (prompt + new tokens), where known."""
+        ...
+
+    def render(self, request: Request) -> Rendered:
+        """The request in the engine's form; raises GenerationError for one it refuses."""
+        ...
+
+    def run(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        max_new: int,
+        settings: Settings,
+        on_text: TextCallback | None = None,
+    ) -> Run:
+        """Generate for `rows` (one, when streaming to `on_text`).
+
+        Ctrl-C is caught and returned as `Run.interrupt` with the partial completions. A
+        failure after some text was made (a server dropping the stream) raises the
+        GenerationError marked by `failed_midway` with the run so far: the text is kept."""
+        ...
+
+    def run_many(
+        self,
+        rows: Sequence[Rendered],
+        seed: int | None,
+        settings: Settings,
+        budget: Budget,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[tuple[list[int], Run]]:
+        """Many rows, as the engine does them best (padded batches of `settings.batch_size`,
+        `settings.concurrency` requests at once): yields (the rows' indices, their run) as
+        each group finishes."""
+        ...

@@ -1,0 +1,240 @@
+"""What `llm_magic.generate` and `llm_magic.chat` return: one generation, the results of a
+`--over` run, and a chat answer that knows its conversation.
+
+Plain values only: a result kept in `Out` must not keep a model alive. Each shows itself as
+text/plain for terminals and escaped text/html for Jupyter, with what produced it as the
+display's metadata (the notebook file keeps it)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from .display.card import warning_html
+from .display.style import DIM, FOOTER_STYLE, TEXT_STYLE
+from .paths import short_name
+from .units import format_seconds
+
+MimeBundle = tuple[dict[str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class GenerationResult:
+    """One generation: `.text` and what produced it (counts, timings, settings, model).
+
+    `str(result)` is the text, so a result can fill `{name}` in a later prompt.
+    """
+
+    text: str
+    prompt: str  # the prompt after {name} filling
+    rendered_prompt: str  # what the model read: the chat template applied, or the raw text
+    token_ids: tuple[int, ...]  # the new tokens (up to and including eos / the stop string)
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token: float | None  # seconds from the call to the first new token
+    seconds: float  # the generate call (for a batch: the whole batch)
+    tokens_per_second: float
+    stop_reason: str  # "eos", "length", "stop string" or "interrupted"
+    settings: dict[str, Any]  # max_new_tokens, greedy, temperature, top_p, top_k, stop, ...
+    seed: int | None
+    model_id: str
+    revision: str | None
+    dtype: str
+    device: str
+    versions: dict[str, str]  # python, torch, transformers, llm_magic
+    stop_string: str | None = None
+    notes: tuple[str, ...] = ()
+    batch: tuple[int, int] | None = None  # (index of the batch, batch size) for --over runs
+    # Batches on a CPU that emulates the dtype: which faster products ran.
+    products: str | None = None
+    engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
+    error: str | None = None  # an --over item that failed on its own: why (the others stand)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.plain()
+
+    def footer(self) -> str:
+        ttft = "–" if self.time_to_first_token is None else format_seconds(self.time_to_first_token)
+        mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
+        stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
+        return (
+            f"{self.prompt_tokens} prompt tokens · {self.new_tokens} new · "
+            f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
+            f"{mode} · {short_name(self.model_id)} {self.dtype}"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """What produced this text, for the notebook file (the display's metadata)."""
+        return {
+            "model": self.model_id,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "device": self.device,
+            "settings": dict(self.settings),
+            "seed": self.seed,
+            "versions": dict(self.versions),
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "time_to_first_token": self.time_to_first_token,
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "stop_reason": self.stop_reason,
+            "batch": self.batch,
+            "products": self.products,
+            "engine": self.engine,
+            "error": self.error,
+        }
+
+    def _warnings(self) -> tuple[str, ...]:
+        return self.notes + ((self.error,) if self.error else ())
+
+    def plain(self, with_text: bool = True) -> str:
+        lines = [self.text.rstrip("\n")] if with_text else []
+        lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self._warnings()]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        e = html.escape
+        notes = "".join(warning_html(n) for n in self._warnings())
+        return (
+            f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
+            f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
+        )
+
+    def text_already_shown(self) -> None:
+        """The text has just streamed to a terminal: the next display (Out[n]) shows the
+        footer only, so the answer is not printed twice. Later displays show it all."""
+        object.__setattr__(self, "_text_on_screen", True)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> MimeBundle:
+        plain = self.plain(with_text=not self.__dict__.pop("_text_on_screen", False))
+        return {"text/plain": plain, "text/html": self.html()}, {"llm_magic": self.metadata()}
+
+
+class GenerationResults(list[GenerationResult]):
+    """The results of a `--over` run: one GenerationResult per item, in order."""
+
+    # The whole run, start to end (set by generation.generate_many).
+    wall_seconds: float | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self]
+
+    @property
+    def failed(self) -> list[int]:
+        """The items whose request failed on its own (their `.error` says why)."""
+        return [i for i, r in enumerate(self) if r.error is not None]
+
+    def to_pandas(self) -> Any:
+        """One row per item: item, text, prompt/new tokens, stop reason, seconds, error
+        (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from .errors import LLMError
+
+            raise LLMError(
+                "results.to_pandas() needs pandas", fixes=["pip install pandas"]
+            ) from None
+        return pd.DataFrame(
+            [
+                {
+                    "item": i,
+                    "prompt": r.prompt,
+                    "text": r.text,
+                    "prompt_tokens": r.prompt_tokens,
+                    "new_tokens": r.new_tokens,
+                    "stop_reason": r.stop_reason,
+                    "seconds": r.seconds,
+                    "error": r.error,
+                }
+                for i, r in enumerate(self)
+            ]
+        )
+
+    def summary(self) -> str:
+        batches = {r.batch[0] for r in self if r.batch is not None}
+        seconds = sum({r.batch[0]: r.seconds for r in self if r.batch is not None}.values())
+        if self.wall_seconds is not None:  # concurrent requests overlap: the sum would overstate
+            seconds = self.wall_seconds
+        new = sum(r.new_tokens for r in self)
+        rate = new / seconds if seconds > 0 else 0.0
+        interrupted = sum(r.stop_reason == "interrupted" for r in self)
+        tail = f" · {interrupted} interrupted" if interrupted else ""
+        if self.failed:
+            items = ", ".join(f"[{i}]" for i in self.failed[:8])
+            more = " ..." if len(self.failed) > 8 else ""
+            tail += f" · {len(self.failed)} failed ({items}{more})"
+        model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
+        groups = f"{len(batches)} batch{'es' if len(batches) != 1 else ''}"
+        if self and (self[0].engine or {}).get("engine") == "server":
+            groups = f"{len(self)} requests"
+        return (
+            f"{len(self)} results in {groups} · {new} new tokens · "
+            f"{format_seconds(seconds)} · {rate:.1f} tokens/s in all{tail}{model}"
+        )
+
+    def plain(self) -> str:
+        parts = [
+            f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
+            + (f" · {r.error}" if r.error else "")
+            for i, r in enumerate(self)
+        ]
+        return "\n".join(parts + ["── " + self.summary()])
+
+    def html(self) -> str:
+        e = html.escape
+        rows = "".join(
+            f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
+            f"<td style='text-align:left'><div style='{TEXT_STYLE}'>{e(r.text.strip())}</div>"
+            f"<div style='{FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}"
+            f"{e(' · ' + r.error) if r.error else ''}</div></td></tr>"
+            for i, r in enumerate(self)
+        )
+        return (
+            f"<div><table style='border:none'>{rows}</table>"
+            f"<div style='{FOOTER_STYLE}'>{e(self.summary())}</div></div>"
+        )
+
+    def __repr__(self) -> str:
+        return self.plain()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> MimeBundle:
+        meta = [r.metadata() for r in self]
+        return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": meta}
+
+
+class HasMessages(Protocol):
+    """What a chat answer reads of its conversation (conversations.Conversation)."""
+
+    @property
+    def messages(self) -> list[dict[str, str]]: ...
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class ChatResult(GenerationResult):
+    """One chat answer: a GenerationResult (`.text`, counts, timings, footer), plus the
+    conversation it is a turn of (`.conversation`, `.messages`)."""
+
+    conversation: HasMessages | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(
+        cls,
+        result: GenerationResult,
+        conversation: HasMessages,
+        notes: tuple[str, ...] = (),
+    ) -> ChatResult:
+        values = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
+        values["notes"] = tuple(notes) + result.notes
+        return cls(**values, conversation=conversation)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The whole conversation so far, as chat messages (this answer included)."""
+        return self.conversation.messages if self.conversation is not None else []

@@ -35,8 +35,7 @@ __all__ = [
 
 
 def load_ipython_extension(ipython) -> None:
-    from . import completion
-    from .magics import ChatMagics, LLMMagics, watch_cells, watch_shell
+    from .magics import ChatMagics, LLMMagics, completion, watch_cells, watch_shell
 
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
@@ -50,8 +49,7 @@ def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
-    from . import completion
-    from .magics import remove_magics, unwatch_cells, unwatch_shell
+    from .magics import completion, remove_magics, unwatch_cells, unwatch_shell
     from .units import format_bytes
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()

@@ -232,7 +232,8 @@ def generate(
     (single prompts). Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
     """
-    from . import decode_speed, generation, prompts
+    from . import generation, prompts
+    from .engines import decode_speed
 
     entry = _generation_model(model)
     chosen = settings_module.make(settings, **keywords)

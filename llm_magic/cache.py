@@ -14,40 +14,10 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .engines.base import CacheKey, Engine, ModelInfo
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A cached model: `.model`, `.tokenizer` and `.info` (plain metadata)."""
-
-    key: CacheKey
-    model: Any
-    tokenizer: Any
-    info: ModelInfo
-    aliases: set[str] = field(default_factory=set)
-    last_used: float = field(default_factory=time.time)
-    packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
-    engine: Engine | None = None  # what generates with this model; None once unloaded
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def packed_bytes(self) -> int:
-        return self.packed.nbytes if self.packed is not None else 0
-
-    @property
-    def memory_bytes(self) -> int:
-        """The model's footprint, plus the weights packed for batches if any."""
-        return self.info.memory_bytes + self.packed_bytes
-
-    def __repr__(self) -> str:
-        return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
+from .engines.base import CacheKey, LoadedModel
 
 
 class ModelCache:

@@ -89,7 +89,7 @@ def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> Bas
         options.model or "", source, dtype, options.device_map, options.revision
     )
     context["loaded"] = [(entry.info.name, entry.memory_bytes) for entry in MODEL_CACHE.entries()]
-    return errors.diagnose_load(e, context)
+    return errors.diagnose(e, context, errors.LOAD)
 
 
 # --- before loading: size and room ------------------------------------------------------

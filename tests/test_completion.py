@@ -6,7 +6,7 @@ from __future__ import annotations
 from IPython.core.completer import provisionalcompleter
 from support.hub_server import HOLDOUT, TWO_REVS, V1
 
-from llm_magic import completion
+from llm_magic.magics import completion
 
 
 def offered(shell, text: str) -> list[str]:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from IPython.utils.capture import capture_output
 
 import llm_magic
-from llm_magic import cpu_matmul, hardware
+from llm_magic import hardware
+from llm_magic.engines import cpu_matmul
 from llm_magic.hardware import Hardware
 
 AVX2 = Hardware(cpu_flags=frozenset({"avx2", "fma"}))

@@ -1,11 +1,11 @@
-"""Load failures → short cards with recovery tips (issue 4).
+"""Load failures → short cards with recovery tips.
 
 Each catalogue entry is driven by the real bad input where this machine can produce it,
 through a real InteractiveShell: the cell fails, the card names the cause and the fix,
 the cache is as it was, and no half-loaded model survives. Failures this machine cannot
 produce (CUDA OOM, RAM exhaustion, a full disk, Hub HTTP errors) are injected with the
 real exception class at the narrowest boundary (`from_pretrained`), or built by the
-library's own code (`hf_raise_for_status`) and passed to the pure `diagnose_load`.
+library's own code (`hf_raise_for_status`) and passed to the pure `diagnose`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from IPython.utils.capture import capture_output
 from support.tiny_model import copy_model
 
 from llm_magic import MODEL_CACHE, errors
-from llm_magic.errors import GenerationError, LoadError, diagnose_generation, diagnose_load
+from llm_magic.errors import GENERATION, LOAD, GenerationError, LoadError, diagnose
+from llm_magic.units import format_bytes
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -99,7 +100,7 @@ def chain_types(error: BaseException) -> list[str]:
     return [type(e).__name__ for e in errors.chain(error)]
 
 
-# ---------------------------------------------------------------- 1. Hub unreachable
+# ------------------------------------------------------------------- Hub unreachable
 
 
 def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id, closed_endpoint):
@@ -112,7 +113,7 @@ def test_unknown_hub_id_offline_fails_fast_with_close_names(loaded, tiny_hub_id,
     assert constants.ENDPOINT == closed_endpoint
     started = time.perf_counter()
     error, text = fail(loaded, "%llm_load llm-magic-tests/tiny-gpt3")
-    assert time.perf_counter() - started <= 5.0  # the issue's hard limit
+    assert time.perf_counter() - started <= 5.0  # a hard limit: fail fast, not retry for minutes
     assert "LocalEntryNotFoundError" in chain_types(error)
     assert f"the Hub ({closed_endpoint}) could not be reached" in text
     assert "llm-magic-tests/tiny-gpt3 is not in the local cache" in text
@@ -173,7 +174,7 @@ def test_hub_probe_counts_an_error_status_as_reachable(monkeypatch, hub_error_en
     assert hub.hub_reachable(timeout=5) is True
 
 
-# ------------------------------------------------------- 2. Hub HTTP errors (no Hub here)
+# ---------------------------------------------------------- Hub HTTP errors (no Hub here)
 
 
 def _hub_error(status: int, code: str | None):
@@ -229,13 +230,13 @@ def _hub_error(status: int, code: str | None):
 def test_hub_http_errors(status, code, kind, cause, fix):
     exc = _hub_error(status, code)
     assert kind in chain_types(exc)
-    error = diagnose_load(exc, {"model": "org/model", "revision": "v9", "cached_repos": []})
+    error = diagnose(exc, {"model": "org/model", "revision": "v9", "cached_repos": []}, LOAD)
     text = "\n".join(error.card_lines())
     assert error.matched == kind  # found below transformers' OSError: type first
     assert isinstance(error, LoadError) and cause in text and fix in text
 
 
-# ------------------------------------------------------------ 3. path does not exist
+# --------------------------------------------------------------- path does not exist
 
 
 def nearest_folder_named(error: LoadError) -> tuple[Path, str]:
@@ -277,8 +278,8 @@ def test_hub_offline_variable_is_named():
         "Cannot find the requested files in the disk cache and outgoing traffic has been disabled."
     )
     text = "\n".join(
-        diagnose_load(
-            exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}
+        diagnose(
+            exc, {"model": "org/m", "offline": True, "cached_repos": ["org/mm"]}, LOAD
         ).card_lines()
     )
     assert "HF_HUB_OFFLINE is set, and org/m is not in the local Hugging Face cache" in text
@@ -291,7 +292,7 @@ def test_invalid_repo_id_is_explained():
     with pytest.raises(HFValidationError) as info:
         validate_repo_id("org//name")
     text = "\n".join(
-        diagnose_load(info.value, {"model": "org//name", "nearest_parent": "/data"}).card_lines()
+        diagnose(info.value, {"model": "org//name", "nearest_parent": "/data"}, LOAD).card_lines()
     )
     assert (
         "neither an existing path nor a valid Hub id" in text
@@ -311,7 +312,7 @@ def test_an_invalid_hub_id_names_the_nearest_existing_folder(loaded, tmp_path, m
     assert named == tmp_path / "bad--id"
 
 
-# ------------------------------------------------ 4. no weights, no config, no model_type
+# --------------------------------------------------- no weights, no config, no model_type
 
 
 def test_folder_without_weights(loaded, tiny_model_dir, tmp_path):
@@ -336,7 +337,7 @@ def test_config_without_model_type(loaded, tiny_model_dir, tmp_path):
     assert "config.json in" in text and "has no model_type" in text and '"model_type"' in text
 
 
-# ---------------------------------------------------------------- 5. unknown architecture
+# ------------------------------------------------------------------- unknown architecture
 
 
 def test_unknown_model_type(loaded, tiny_model_dir, tmp_path):
@@ -356,7 +357,7 @@ def test_unknown_model_type(loaded, tiny_model_dir, tmp_path):
     )
 
 
-# ---------------------------------------------------------------- 6. not a causal LM
+# ------------------------------------------------------------------- not a causal LM
 
 
 def test_seq2seq_model_is_not_a_causal_lm(loaded, tiny_model_dir, tmp_path):
@@ -396,7 +397,7 @@ def test_encoder_loaded_as_lm_head_gets_a_warning(shell, tiny_model_dir, tmp_pat
     )
 
 
-# ----------------------------------------------------------- 7. corrupt / truncated weights
+# -------------------------------------------------------------- corrupt / truncated weights
 
 
 def test_truncated_safetensors_names_the_file(loaded, tiny_model_dir, tmp_path):
@@ -412,7 +413,7 @@ def test_truncated_safetensors_names_the_file(loaded, tiny_model_dir, tmp_path):
     )
 
 
-# ------------------------------------------------------------------ 8. no tokenizer files
+# --------------------------------------------------------------------- no tokenizer files
 
 
 def test_folder_without_tokenizer(loaded, tiny_model_dir, tmp_path):
@@ -470,7 +471,7 @@ def test_a_file_that_is_not_gguf_says_no_gguf_magic(loaded, tmp_path, content, s
     assert "not a GGUF file (no GGUF magic)" in text and says in text
 
 
-# ------------------------------------------------------------------- 9. device maps
+# ---------------------------------------------------------------------- device maps
 
 
 def test_bad_device_map(loaded, tiny_model_dir):
@@ -489,8 +490,8 @@ CPU_ONLY_FIXES = [
 def test_cuda_on_cpu_only_torch_is_explained():
     # The exception a CPU-only torch raises for a CUDA device (on any torch build).
     exc = AssertionError("Torch not compiled with CUDA enabled")
-    diagnosis = diagnose_load(
-        exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}
+    diagnosis = diagnose(
+        exc, {"model": "m", "device_map": "cuda", "torch_version": "2.9.0+cpu"}, LOAD
     ).diagnosis
     assert diagnosis.cause == "this torch (2.9.0+cpu) is a CPU-only build: it cannot use a GPU"
     assert diagnosis.fixes == CPU_ONLY_FIXES
@@ -529,19 +530,19 @@ def test_no_gpu_visible_is_told_apart_from_cpu_only_build():
         "Please check that you have an NVIDIA GPU and installed a driver"
     )
     text = "\n".join(
-        diagnose_load(
-            exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}
+        diagnose(
+            exc, {"model": "m", "device_map": "cuda", "torch_cuda": "12.6", "gpu_count": 0}, LOAD
         ).card_lines()
     )
     assert "built with CUDA 12.6 but sees no GPU" in text and "nvidia-smi" in text
     exc = RuntimeError("CUDA error: invalid device ordinal")
     text = "\n".join(
-        diagnose_load(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}).card_lines()
+        diagnose(exc, {"model": "m", "device_map": "cuda:1", "gpu_count": 1}, LOAD).card_lines()
     )
     assert "names a GPU that does not exist: 1 visible (cuda:0..cuda:0)" in text
 
 
-# ---------------------------------------------------------------------------- 10. dtype
+# -------------------------------------------------------------------------------- dtype
 
 
 def test_unknown_dtype(loaded, tiny_model_dir):
@@ -560,7 +561,7 @@ def test_bf16_on_pre_ampere_gpu_is_warned():
     assert choose_dtype(t4, None, "auto", "auto").dtype == "float16"
 
 
-# ------------------------------------------------------------------- 11. out of memory
+# ----------------------------------------------------------------------- out of memory
 
 
 def _raise_on_weights(monkeypatch, exc: BaseException) -> None:
@@ -577,7 +578,7 @@ def _raise_on_weights(monkeypatch, exc: BaseException) -> None:
 def _tiny_bytes(folder: Path, per_param: int) -> str:
     from safetensors.torch import load_file
 
-    return errors.fmt_bytes(
+    return format_bytes(
         sum(t.numel() for t in load_file(folder / "model.safetensors").values()) * per_param
     )
 
@@ -595,7 +596,7 @@ def test_cuda_out_of_memory(loaded, tiny_model_dir, monkeypatch):
     assert f"the model needs about {_tiny_bytes(tiny_model_dir, 2)} at float16" in text
     assert "GPU 0: 1.12 GiB free of 15.77 GiB" in text
     entry = MODEL_CACHE.find("base")
-    assert f"cached models: {entry.info.name} ({errors.fmt_bytes(entry.info.memory_bytes)})" in text
+    assert f"cached models: {entry.info.name} ({format_bytes(entry.info.memory_bytes)})" in text
     assert f"%llm_unload {entry.info.name}" in text and "max_memory" in text
 
 
@@ -615,7 +616,7 @@ def test_generation_oom_is_diagnosed():
         "CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
         "23.6 GiB of which 100.00 MiB is free."
     )
-    error = diagnose_generation(
+    error = diagnose(
         exc,
         {
             "model": "org/m",
@@ -624,6 +625,7 @@ def test_generation_oom_is_diagnosed():
             "batch_size": 8,
             "loaded": [("org/m", 14 * 10**9)],
         },
+        GENERATION,
     )
     text = "\n".join(error.card_lines())
     assert isinstance(error, GenerationError)
@@ -636,11 +638,11 @@ def test_generation_oom_is_diagnosed():
         and "smaller --max-new-tokens" in text
     )
     assert "GPU 0: 100.00 MiB free of 23.6 GiB" in text
-    plain = diagnose_generation(ZeroDivisionError("division by zero"), {"model": "org/m"})
+    plain = diagnose(ZeroDivisionError("division by zero"), {"model": "org/m"}, GENERATION)
     assert plain.diagnosis.cause is None
 
 
-# ------------------------------------------------------------- 12. optional packages
+# ----------------------------------------------------------------- optional packages
 
 
 def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
@@ -664,14 +666,14 @@ def test_gguf_package_missing(loaded, smollm2_gguf, monkeypatch, tmp_path):
 
 def test_accelerate_missing():
     exc = ValueError("accelerate is required when loading a GGUF file `pip install accelerate`.")
-    text = "\n".join(diagnose_load(exc, {"model": "m.gguf"}).card_lines())
+    text = "\n".join(diagnose(exc, {"model": "m.gguf"}, LOAD).card_lines())
     assert (
         "the optional package accelerate is not installed" in text
         and "pip install accelerate" in text
     )
 
 
-# ------------------------------------------------------------------------- 13. disk full
+# ----------------------------------------------------------------------------- disk full
 
 
 def test_disk_full(loaded, tiny_model_dir, monkeypatch):
@@ -728,7 +730,7 @@ def test_matching_is_type_first_then_message():
                 "Error no file named model.safetensors, or pytorch_model.bin, found in directory x"
             ) from e
     except OSError as wrapped:
-        error = diagnose_load(wrapped, {"model": "m"})
+        error = diagnose(wrapped, {"model": "m"}, LOAD)
     assert "the disk is full" in error.diagnosis.cause
 
 
@@ -756,7 +758,7 @@ def test_errors_notebook_runs_and_shows_cards():
     assert "Warning" not in outputs  # the stray scan trips no deprecated module attribute
 
 
-# ------------------------------------- 2 again, end to end: a Hub that answers with errors
+# ----------------------- Hub HTTP errors again, end to end: a Hub that answers with errors
 
 
 def test_hub_http_errors_end_to_end(tmp_path, hub_error_endpoint):

@@ -53,7 +53,7 @@ def test_wheel_metadata_and_files(wheel):
     assert {
         "llm_magic/py.typed",
         "llm_magic/sources/discovery.py",
-        "llm_magic/completion.py",
+        "llm_magic/magics/completion.py",
     } <= names
     assert not any(n.startswith("tests/") for n in names)
     assert "License-Expression: Apache-2.0" in metadata

@@ -5,15 +5,15 @@ values going in (`LoadOptions`, `Settings`, `Request`) and out (`ModelInfo`, `Re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from ..errors import LLMError, LoadError
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..cache import LoadedModel
     from ..sources.resolve import Source
     from ..sources.sizing import Estimate
 
@@ -151,6 +151,36 @@ class Loaded:
     info: ModelInfo
     engine: Callable[[LoadedModel], Engine]
     notes: tuple[str, ...] = ()  # what this load did on the way, said on its card only
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A cached model: `.model`, `.tokenizer` and `.info` (plain metadata)."""
+
+    key: CacheKey
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    aliases: set[str] = field(default_factory=set)
+    last_used: float = field(default_factory=time.time)
+    packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
+    engine: Engine | None = None  # what generates with this model; None once unloaded
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def packed_bytes(self) -> int:
+        return self.packed.nbytes if self.packed is not None else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        """The model's footprint, plus the weights packed for batches if any."""
+        return self.info.memory_bytes + self.packed_bytes
+
+    def __repr__(self) -> str:
+        return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..cache import LoadedModel
 from ..display import LoadCard
-from ..errors import GenerationError, LoadError, diagnose_generation
+from ..errors import GENERATION, GenerationError, LoadError, diagnose
 from ..settings import Settings
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
@@ -265,7 +265,7 @@ class LlamaCppEngine:
             "context_length": self.context_limit(),
             "dtype": self.info.dtype,
         }
-        wrapped = diagnose_generation(error, context)
+        wrapped = diagnose(error, context, GENERATION)
         if wrapped is not error:
             wrapped.__cause__ = error
         return wrapped

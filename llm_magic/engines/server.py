@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import GenerationError, diagnose_server
+from ..errors import SERVER, GenerationError, chain, diagnose
 from ..settings import Settings
 from .base import (
     Budget,
@@ -94,20 +94,12 @@ class Connection:
     def scrub(self, error: BaseException) -> BaseException:
         """The error with the key cut out of its message, should a server echo it back."""
         key = self.key()
-        for e in _links(error):
+        for e in chain(error, suppressed=True):
             if key and key in str(e):
                 e.args = tuple(a.replace(key, "***") if isinstance(a, str) else a for a in e.args)
                 if isinstance(getattr(e, "message", None), str):
                     e.message = e.message.replace(key, "***")
         return error
-
-
-def _links(error: BaseException | None) -> list[BaseException]:
-    out = []
-    while error is not None and error not in out:
-        out.append(error)
-        error = error.__cause__ or error.__context__
-    return out
 
 
 class ServerEngine:
@@ -378,7 +370,7 @@ class ServerEngine:
             "label": row.request.label,
             "served": [m.get("id") for m in self._info.served],
         }
-        return diagnose_server(error, context, GenerationError)
+        return diagnose(error, context, SERVER, GenerationError)
 
 
 class _Streamed:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
-from ..errors import LoadError, diagnose_server
+from ..errors import SERVER, LoadError, diagnose
 from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
 from .server import DEFAULTS, Connection, ServerEngine, public_url
 
@@ -160,7 +160,7 @@ def _probe(
         listing, server, latency, connection = _models(connection)
     except Exception as e:
         connection.scrub(e)
-        raise diagnose_server(e, context, LoadError) from e
+        raise diagnose(e, context, SERVER, LoadError) from e
     served = tuple(m for m in listing if isinstance(m, dict) and isinstance(m.get("id"), str))
     ids = [m["id"] for m in served]
     url = public_url(connection.url)

@@ -16,10 +16,11 @@ from collections.abc import Iterator, Sequence
 from functools import cache
 from typing import Any
 
-from .. import cpu_matmul, hardware
+from .. import hardware
 from ..cache import MODEL_CACHE, clear_frames_of
-from ..errors import GenerationError, diagnose_generation
+from ..errors import GENERATION, GenerationError, diagnose
 from ..settings import Settings
+from . import cpu_matmul
 from .base import (
     Budget,
     Capabilities,
@@ -386,7 +387,7 @@ def _explain(
         "context_length": limit,
         "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
     }
-    wrapped = diagnose_generation(error, context)
+    wrapped = diagnose(error, context, GENERATION)
     if wrapped is not error:
         wrapped.__cause__ = error
     return wrapped

@@ -139,8 +139,7 @@ def estimate(source: Source, dtype: str, quantize: str | None = None) -> sizing.
 def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
     """For a .gguf loaded with transformers while llama-cpp-python is installed: how much
     faster llama.cpp decodes it, as measured here (decode_speed), else that it can."""
-    from .. import decode_speed
-    from . import llama_cpp
+    from . import decode_speed, llama_cpp
 
     if entry.info.kind != "gguf" or not llama_cpp.available():
         return ()

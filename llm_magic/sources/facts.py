@@ -1,4 +1,4 @@
-"""The facts a failed load is explained with (errors.diagnose_load reads them): the
+"""The facts a failed load is explained with (errors.diagnose(..., LOAD) reads them): the
 request, the local caches and their disks, the machine, the demo model, and the files of
 the folder that failed. Each is gathered on its own, so one that cannot be read leaves
 the others.
@@ -27,7 +27,7 @@ def failure_context(
     device_map: str | dict | None,
     revision: str | None,
 ) -> dict[str, Any]:
-    """Facts about a failed load for errors.diagnose_load; each gathered on its own so
+    """Facts about a failed load for errors.diagnose(..., LOAD); each gathered on its own so
     one that cannot be read leaves the others."""
     ctx: dict[str, Any] = {
         "model": name,

@@ -74,7 +74,7 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     if not hub.hub_reachable():
         # Fail in a second, not after minutes of retries (transformers retries each file
         # with backoff): ask huggingface_hub for the cached file only, which raises its
-        # real LocalEntryNotFoundError for errors.diagnose_load to explain.
+        # real LocalEntryNotFoundError for errors.diagnose(..., LOAD) to explain.
         from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 

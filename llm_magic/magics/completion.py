@@ -22,7 +22,7 @@ from IPython.core.completer import (
     context_matcher,
 )
 
-from .cache import MODEL_CACHE
+from ..cache import MODEL_CACHE
 
 IDENTIFIER = "llm_magic.completion"
 _MAGICS = ("llm_load", "llm_unload", "llm_generate")
@@ -154,7 +154,7 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
 def _models(prefix: str) -> list[SimpleCompletion]:
     """What `%llm_load MODEL` may take: loaded models, cached Hub ids, converted .gguf
     originals and the demo model, then .gguf files and folders on disk."""
-    from .sources import discovery, gguf_cache
+    from ..sources import discovery, gguf_cache
 
     found: dict[str, str] = {}
     for e in MODEL_CACHE.entries():
@@ -186,7 +186,7 @@ def _hub_ids() -> tuple[str, ...]:
     except OSError:
         return ()
     if stamp not in _hub_memo:
-        from .sources import hub
+        from ..sources import hub
 
         _hub_memo.clear()
         _hub_memo[stamp] = hub.cached_repo_ids()
@@ -195,7 +195,7 @@ def _hub_ids() -> tuple[str, ...]:
 
 def _revisions(words: list[str], prefix: str) -> list[SimpleCompletion]:
     """Branches, tags and commits cached for the model named on the line."""
-    from .sources import hub
+    from ..sources import hub
 
     model = next((w for w in words[1:] if not w.startswith("-")), None)
     names: list[str] = []

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .hardware import Hardware, free_ram_bytes
+from ..hardware import Hardware, free_ram_bytes
 
 PACK_SHARE_OF_FREE_RAM = 0.5  # pack only when the copy takes at most this share of free RAM
 

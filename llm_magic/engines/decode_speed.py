@@ -30,13 +30,13 @@ def machine_id() -> str:
             )
     except OSError:
         pass
-    from .hardware import physical_cores
+    from ..hardware import physical_cores
 
     return f"{cpu or os.uname().machine} × {physical_cores()} cores"
 
 
 def _file(identity: str) -> Path:
-    from .sources.gguf_cache import cache_root
+    from ..sources.gguf_cache import cache_root
 
     key = hashlib.sha256(f"{identity}\0{machine_id()}".encode()).hexdigest()[:16]
     return cache_root() / "speed" / f"{key}.json"

@@ -1,0 +1,46 @@
+"""Exception -> diagnosis (what failed, likely cause, fixes), and its short rendering.
+
+`card` holds the types and the card, `rules` the rule engine and `diagnose`, `wording`
+what the catalogues share, and `load`, `generation`, `server` one catalogue per stage:
+`diagnose(e, context, LOAD)` is the LoadError to raise `from e`.
+"""
+
+from .card import (
+    MAX_DETAILS,
+    MAX_FIXES,
+    MAX_ORIGINAL,
+    Diagnosis,
+    GenerationError,
+    LLMError,
+    LoadError,
+    original_line,
+    quiet_interrupt,
+)
+from .generation import GENERATION
+from .load import LOAD, PROBE_NOTE
+from .rules import Catalogue, Context, Explain, Rule, chain, diagnose, find_rule, is_type
+from .server import SERVER
+
+__all__ = [
+    "GENERATION",
+    "LOAD",
+    "MAX_DETAILS",
+    "MAX_FIXES",
+    "MAX_ORIGINAL",
+    "PROBE_NOTE",
+    "SERVER",
+    "Catalogue",
+    "Context",
+    "Diagnosis",
+    "Explain",
+    "GenerationError",
+    "LLMError",
+    "LoadError",
+    "Rule",
+    "chain",
+    "diagnose",
+    "find_rule",
+    "is_type",
+    "original_line",
+    "quiet_interrupt",
+]

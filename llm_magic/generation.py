@@ -260,9 +260,11 @@ def generate_many(
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
         e.result = GenerationResults(r for r in slots if r is not None)
+        e.result.group = engine.capabilities.group
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
     results = GenerationResults(slots)
+    results.group = engine.capabilities.group
     results.wall_seconds = time.perf_counter() - started
     return results

@@ -120,6 +120,8 @@ class GenerationResults(list[GenerationResult]):
 
     # The whole run, start to end (set by generation.generate_many).
     wall_seconds: float | None = None
+    # How the engine grouped the prompts (its Capabilities.group): "batch", "request", "prompt".
+    group: str = "batch"
 
     @property
     def texts(self) -> list[str]:
@@ -171,9 +173,9 @@ class GenerationResults(list[GenerationResult]):
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
         model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
-        groups = f"{len(batches)} batch{'es' if len(batches) != 1 else ''}"
-        if self and (self[0].engine or {}).get("engine") == "server":
-            groups = f"{len(self)} requests"
+        count = len(batches) if self.group == "batch" else len(self)
+        plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
+        groups = f"{count} {self.group}{plural}"
         return (
             f"{len(self)} results in {groups} · {new} new tokens · "
             f"{format_seconds(seconds)} · {rate:.1f} tokens/s in all{tail}{model}"

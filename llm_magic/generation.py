@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import prompts
+from . import prompts, structured
 from .engines.base import Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
 from .results import GenerationResult, GenerationResults
@@ -77,8 +77,14 @@ def _results(
         engine.describe(),
     )
     results = []
+    fmt = settings.answer_format
+    # Asked after the run: a server's are learned at its first request with a format.
+    enforced = fmt is not None and fmt.kind in engine.capabilities.answer_formats
     # An interrupted run may hold fewer completions than rows.
     for rendered, done in zip(rows, run.completions, strict=False):
+        answer = None
+        if fmt is not None and done.error is None:
+            answer = structured.check(fmt, done.text, done.stop_reason, enforced, run.format_note)
         prompt_tokens = done.prompt_tokens if done.prompt_tokens is not None else rendered.tokens
         results.append(
             GenerationResult(
@@ -105,9 +111,33 @@ def _results(
                 products=run.products,
                 engine=described,
                 error=done.error,
+                answer=answer,
             )
         )
     return results
+
+
+def _refuse_cut_answer(result: GenerationResult, max_new: int) -> None:
+    """An answer that --max-new-tokens cut off before its format closed is no data: a card
+    that says how many tokens it had (the result, text kept, rides on the error)."""
+    answer = result.answer
+    if answer is None or not answer.incomplete or result.stop_reason != "length":
+        return
+    more = max(2 * max_new, max_new + 64)
+    error = GenerationError(
+        f"the answer was cut off after {result.new_tokens} new tokens, before its "
+        f"{answer.format.describe()} was complete",
+        f"it needed more than the {max_new} new tokens --max-new-tokens allowed: "
+        "result.data is None",
+        [
+            f"--max-new-tokens {more}",
+            "ask for a shorter answer (fewer or shorter fields)",
+            "the text so far is in --out VAR, or e.result in Python",
+        ],
+        [f"text so far: {result.text[:80]!r}" + ("…" if len(result.text) > 80 else "")],
+    )
+    error.result = result  # type: ignore[attr-defined]
+    raise error
 
 
 def _budget(
@@ -164,6 +194,11 @@ class _StopHeldBack:
             self.shown = len(text)
 
 
+def _format_notes(settings: Settings) -> tuple[str, ...]:
+    """What the answer's format has to say (a --regex that looks mangled)."""
+    return settings.answer_format.notes if settings.answer_format is not None else ()
+
+
 def _seed(settings: Settings) -> int | None:
     """The seed to use: the given one, or for sampling a fresh one (recorded, so any
     sampled text can be reproduced)."""
@@ -209,13 +244,14 @@ def generate(
         if partial is not None:
             (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
         raise
-    run.notes = notes + _unused_seed(settings) + run.notes
+    run.notes = notes + _unused_seed(settings) + run.notes + _format_notes(settings)
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     if isinstance(shown, _StopHeldBack):
         shown.finish(result.text)
     if run.interrupt is not None:
         run.interrupt.result = result
         raise run.interrupt
+    _refuse_cut_answer(result, max_new)
     return result
 
 
@@ -250,7 +286,7 @@ def generate_many(
     )
     try:
         for index, (indices, run) in enumerate(groups):
-            run.notes = _unused_seed(settings) + run.notes
+            run.notes = _unused_seed(settings) + run.notes + _format_notes(settings)
             done = _results(
                 engine, run, [rows[i] for i in indices], settings, seed, (index, len(indices))
             )

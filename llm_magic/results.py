@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from .display.card import warning_html
+from .display.data import data_html, data_text
 from .display.style import DIM, FOOTER_STYLE, TEXT_STYLE
 from .paths import short_name
+from .structured import Answer
 from .units import format_seconds
 
 MimeBundle = tuple[dict[str, str], dict[str, Any]]
@@ -50,6 +52,24 @@ class GenerationResult:
     products: str | None = None
     engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
+    # The answer read against --schema/--choice/--regex (None: free text was asked for).
+    answer: Answer | None = None
+
+    @property
+    def data(self) -> Any:
+        """The parsed answer: an instance of the pydantic class, plain JSON values, the
+        choice, or the matched text; None when not valid or no format was asked for."""
+        return self.answer.data if self.answer is not None else None
+
+    @property
+    def valid(self) -> bool | None:
+        """Whether the answer conforms to its format (None: no format was asked for)."""
+        return self.answer.valid if self.answer is not None else None
+
+    @property
+    def validation_error(self) -> str | None:
+        """Why the answer does not conform (None when it does)."""
+        return self.answer.error if self.answer is not None else None
 
     def __str__(self) -> str:
         return self.text
@@ -61,10 +81,11 @@ class GenerationResult:
         ttft = "–" if self.time_to_first_token is None else format_seconds(self.time_to_first_token)
         mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
         stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
+        answer = f" · {self.answer.status}" if self.answer is not None else ""
         return (
             f"{self.prompt_tokens} prompt tokens · {self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
-            f"{mode} · {short_name(self.model_id)} {self.dtype}"
+            f"{mode} · {short_name(self.model_id)} {self.dtype}{answer}"
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -87,21 +108,31 @@ class GenerationResult:
             "products": self.products,
             "engine": self.engine,
             "error": self.error,
+            "answer": _answer_metadata(self.answer),
         }
 
     def _warnings(self) -> tuple[str, ...]:
-        return self.notes + ((self.error,) if self.error else ())
+        answer = self.answer
+        invalid = (
+            (f"the answer does not conform: {answer.error}",)
+            if answer is not None and not answer.valid
+            else ()
+        )
+        return self.notes + ((self.error,) if self.error else ()) + invalid
 
     def plain(self, with_text: bool = True) -> str:
         lines = [self.text.rstrip("\n")] if with_text else []
+        if self.answer is not None and self.answer.valid:
+            lines.append("→ " + parsed_text(self.answer))
         lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self._warnings()]
         return "\n".join(lines)
 
     def html(self) -> str:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
+        parsed = parsed_html(self.answer) if self.answer is not None and self.answer.valid else ""
         return (
-            f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
+            f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>{parsed}"
             f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
         )
 
@@ -134,7 +165,9 @@ class GenerationResults(list[GenerationResult]):
 
     def to_pandas(self) -> Any:
         """One row per item: item, text, prompt/new tokens, stop reason, seconds, error
-        (needs pandas)."""
+        (needs pandas). With --schema, one typed column per top-level field (integers
+        as integers), then `valid` and `validation_error`; with --choice or --regex, a
+        `data` column."""
         try:
             import pandas as pd
         except ImportError:
@@ -143,7 +176,7 @@ class GenerationResults(list[GenerationResult]):
             raise LLMError(
                 "results.to_pandas() needs pandas", fixes=["pip install pandas"]
             ) from None
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             [
                 {
                     "item": i,
@@ -158,6 +191,7 @@ class GenerationResults(list[GenerationResult]):
                 for i, r in enumerate(self)
             ]
         )
+        return _with_answer_columns(pd, frame, [r.answer for r in self])
 
     def summary(self) -> str:
         batches = {r.batch[0] for r in self if r.batch is not None}
@@ -172,6 +206,12 @@ class GenerationResults(list[GenerationResult]):
             items = ", ".join(f"[{i}]" for i in self.failed[:8])
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
+        answers = [r.answer for r in self if r.answer is not None]
+        if answers:
+            tail += f" · {sum(a.valid for a in answers)}/{len(answers)} valid"
+            incomplete = sum(a.incomplete for a in answers)
+            tail += f" ({incomplete} incomplete)" if incomplete else ""
+            tail += f" · {answers[0].status}"
         model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
         count = len(batches) if self.group == "batch" else len(self)
         plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
@@ -185,6 +225,7 @@ class GenerationResults(list[GenerationResult]):
         parts = [
             f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
             + (f" · {r.error}" if r.error else "")
+            + _row_answer(r.answer)
             for i, r in enumerate(self)
         ]
         return "\n".join(parts + ["── " + self.summary()])
@@ -195,7 +236,7 @@ class GenerationResults(list[GenerationResult]):
             f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
             f"<td style='text-align:left'><div style='{TEXT_STYLE}'>{e(r.text.strip())}</div>"
             f"<div style='{FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}"
-            f"{e(' · ' + r.error) if r.error else ''}</div></td></tr>"
+            f"{e(' · ' + r.error) if r.error else ''}{e(_row_answer(r.answer))}</div></td></tr>"
             for i, r in enumerate(self)
         )
         return (
@@ -240,3 +281,79 @@ class ChatResult(GenerationResult):
     def messages(self) -> list[dict[str, str]]:
         """The whole conversation so far, as chat messages (this answer included)."""
         return self.conversation.messages if self.conversation is not None else []
+
+
+# --- typed answers -------------------------------------------------------------------------
+
+
+def parsed_text(answer: Answer) -> str:
+    """The parsed answer in one line of text (after the streamed text)."""
+    return data_text(answer.plain_data())
+
+
+def parsed_html(answer: Answer) -> str:
+    """The parsed answer as a small table (an object) or pretty JSON, escaped."""
+    return data_html(answer.plain_data())
+
+
+def _row_answer(answer: Answer | None) -> str:
+    if answer is None:
+        return ""
+    return " · valid" if answer.valid else f" · not valid: {answer.error}"
+
+
+def _answer_metadata(answer: Answer | None) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    return {
+        "format": answer.format.recorded(),
+        "valid": answer.valid,
+        "error": answer.error,
+        "enforced": answer.enforced,
+        "how": answer.how,
+        "incomplete": answer.incomplete,
+        "data": answer.plain_data(),
+    }
+
+
+# pandas dtypes for JSON Schema types: nullable, so an invalid row (None) keeps integers
+# integers.
+_DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean"}
+_USUAL_COLUMNS = ("item", "prompt", "text", "prompt_tokens", "new_tokens", "stop_reason")
+
+
+def _with_answer_columns(pd: Any, frame: Any, answers: list[Answer | None]) -> Any:
+    """`frame` with the answers' columns after `text`: one per top-level field of an
+    object schema (typed from the schema), else one `data` column; then `valid` and
+    `validation_error`."""
+    fmt = next((a.format for a in answers if a is not None), None)
+    if fmt is None:
+        return frame
+    data = [a.plain_data() if a is not None and a.valid else None for a in answers]
+    columns: dict[str, Any] = {}
+    if fmt.fields:
+        for name, spec in fmt.fields.items():
+            values = [d.get(name) if isinstance(d, dict) else None for d in data]
+            column = f"data.{name}" if name in frame.columns or name in _USUAL_COLUMNS else name
+            columns[column] = _typed(pd, values, spec)
+    else:
+        columns["data"] = pd.Series(data, dtype=object if fmt.kind == "json" else None)
+    columns["valid"] = pd.Series([a is not None and a.valid for a in answers], dtype=bool)
+    columns["validation_error"] = [a.error if a is not None else None for a in answers]
+    at = list(frame.columns).index("text") + 1
+    for offset, (name, values) in enumerate(columns.items()):
+        frame.insert(at + offset, name, values)
+    return frame
+
+
+def _typed(pd: Any, values: list[Any], spec: Any) -> Any:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    dtype = _DTYPES.get(kind) if isinstance(kind, str) else None
+    if dtype is not None:
+        try:
+            return pd.Series(values, dtype=dtype)
+        except (TypeError, ValueError):  # a value of another type: keep what came
+            pass
+    if kind == "string" or (isinstance(spec, dict) and "enum" in spec and kind is None):
+        return pd.Series(values)
+    return pd.Series(values, dtype=object)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypedDict
 
 from .errors import GenerationError
+from .structured import AnswerFormat
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Settings:
     # How --over runs many prompts; neither changes what a prompt's answer means.
     batch_size: int | None = None  # rows per batch in the kernel (None: the engine chooses)
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
+    # The format the answer must take (--schema, --choice, --regex); None: free text.
+    answer_format: AnswerFormat | None = None
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any token is computed."""
@@ -74,6 +77,9 @@ class Settings:
         d["stop"] = list(self.stop)
         for key in ("seed", "batch_size", "concurrency"):  # the seed is recorded on its own
             d.pop(key)
+        d.pop("answer_format")  # asdict copied it field by field: plain data instead
+        if self.answer_format is not None:
+            d["answer_format"] = self.answer_format.recorded()
         if self.greedy:  # unused by greedy decoding: don't suggest they mattered
             for key in ("temperature", "top_p", "top_k"):
                 d.pop(key)
@@ -95,6 +101,7 @@ class SamplingKeywords(TypedDict, total=False):
     top_k: int
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
+    answer_format: AnswerFormat | None
 
 
 class SettingsKeywords(SamplingKeywords, total=False):
@@ -138,13 +145,14 @@ class Option:
 
     name: str
     help: str
-    kind: Literal["int", "float", "switch", "list", "text"]
+    kind: Literal["int", "float", "switch", "list", "text", "format"]
     configurable: bool = True
     shown_default: str | None = None  # the default in words, where its value says little
+    flags: tuple[str, ...] = ()  # where the field has other flags than its name's (first: main)
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flags[0] if self.flags else "--" + self.name.replace("_", "-")
 
     @property
     def default(self) -> Any:
@@ -187,6 +195,14 @@ OPTIONS: tuple[Option, ...] = (
         "\\n and \\t stand for newline and tab.",
         "list",
         configurable=False,
+    ),
+    Option(
+        "answer_format",
+        "The format the answer must take, enforced while decoding where the engine can, "
+        "and checked: result.data is the parsed value.",
+        "format",
+        configurable=False,
+        flags=("--schema", "--choice", "--regex"),
     ),
 )
 

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cache",),  # the kernel's loaded models
     ("engines.base",),  # the engine interface and the plain data crossing it
     ("sources",),  # what MODEL names, before any weights are read
-    ("settings", "prompts", "results"),  # values every engine shares
+    ("settings", "prompts", "results", "structured"),  # values every engine shares
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
     ("hardware", "quiet", "units", "paths", "_version", "_compat"),  # leaves

@@ -223,6 +223,10 @@ class Capabilities:
     group: str = "batch"
     # Whether `render` counts the prompt's tokens before anything is sent.
     counts_prompt_tokens: bool = True
+    # The kinds of answer format (structured.KINDS: "json", "choice", "regex") the engine
+    # enforces while decoding; any other is only checked after. A server's are learned
+    # from the server at the first request that asks for a format.
+    answer_formats: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,9 @@ class Run:
     interrupt: KeyboardInterrupt | None = None  # Ctrl-C arrived: completions are partial
     notes: tuple[str, ...] = ()  # e.g. max_new_tokens lowered to fit the context
     products: str | None = None  # which faster matrix products ran (transformers batches)
+    # How the answer's format was treated, in a few words: the grammar backend that
+    # enforced it, or why it could not be enforced.
+    format_note: str = ""
 
 
 def failed_midway(error: LLMError, run: Run) -> LLMError:

@@ -339,7 +339,7 @@ class LLMMagics(Magics):
         sink = (
             self.stream_sink(args) if over is None else None
         )  # --over shows a progress bar instead
-        settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self)
+        settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self, ns)
         on_prompt = prompt_shower(args.show_prompt)
         waiting = (
             Waiting(jupyter) if over is None and sink is None else None
@@ -366,7 +366,7 @@ class LLMMagics(Magics):
     def sampling_settings(self, args) -> Settings:
         """The Settings of a generating cell's sampling flags: each flag given, else its
         trait."""
-        return settings_from(args, OPTIONS, self)
+        return settings_from(args, OPTIONS, self, self.shell.user_ns)
 
     def stream_sink(self, args) -> Stream | None:
         """Where the text streams (None: shown only when complete, --no-stream)."""

@@ -113,12 +113,14 @@ class GenerationResult:
 
     def _warnings(self) -> tuple[str, ...]:
         answer = self.answer
-        invalid = (
-            (f"the answer does not conform: {answer.error}",)
-            if answer is not None and not answer.valid
-            else ()
-        )
-        return self.notes + ((self.error,) if self.error else ()) + invalid
+        said: tuple[str, ...] = ()
+        if answer is not None and not answer.enforced:
+            said += (
+                f"{answer.format.describe()} not enforced: {answer.how or 'the engine cannot'}",
+            )
+        if answer is not None and not answer.valid:
+            said += (f"the answer does not conform: {answer.error}",)
+        return self.notes + ((self.error,) if self.error else ()) + said
 
     def plain(self, with_text: bool = True) -> str:
         lines = [self.text.rstrip("\n")] if with_text else []

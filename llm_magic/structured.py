@@ -246,11 +246,11 @@ class Answer:
 
     @property
     def status(self) -> str:
-        """For the footer: `schema Person · enforced (llguidance)`."""
-        state = ("enforced" if self.enforced else "validated, not enforced") + (
-            f" ({self.how})" if self.how else ""
-        )
-        return f"{self.format.describe()} · {state}"
+        """For the footer: `schema Person · enforced (llguidance)`, or `schema Person ·
+        validated, not enforced` (why not: `how`, said as a note)."""
+        if self.enforced:
+            return f"{self.format.describe()} · enforced" + (f" ({self.how})" if self.how else "")
+        return f"{self.format.describe()} · validated, not enforced"
 
     def plain_data(self) -> Any:
         """The data as plain JSON values (a pydantic instance dumped)."""

@@ -106,13 +106,15 @@ class AnswerFormat:
             schema = inline_schema(spec)
             label = label or repr(spec.strip())
         else:
-            what = type(spec).__name__
-            if isinstance(spec, type):
-                what = f"the class {spec.__name__} (not a pydantic model)"
+            what = (
+                f"the class {spec.__name__} is not a pydantic model class"
+                if isinstance(spec, type)
+                else f"a {type(spec).__name__} is not a schema"
+            )
             raise GenerationError(
-                f"--schema {label or what}: a schema is a pydantic model class, a JSON Schema "
-                f"dict, or the inline form; this is {what}",
-                fixes=[
+                f"--schema {label}: {what}" if label else f"--schema: {what}",
+                "a schema is a pydantic model class, a JSON Schema dict, or the inline form",
+                [
                     "class Person(pydantic.BaseModel): name: str; age: int  (then --schema Person)",
                     "--schema 'name, age int, city'",
                 ],
@@ -299,7 +301,9 @@ def from_flags(
         if name is None and spec.isidentifier():
             name = spec  # a bare name: the inline form needs a type or a comma
         if name is not None:
-            return AnswerFormat.of_schema(_lookup(name, namespace, "--schema"), label=name)
+            sign = "$" if spec.startswith("$") else ""
+            value = _lookup(name, namespace, "--schema", sign)
+            return AnswerFormat.of_schema(value, label=name)
         return AnswerFormat.of_schema(spec)
     if choice:
         words = [_unquote(c) for c in choice]
@@ -353,12 +357,13 @@ def _variable_name(word: str) -> str | None:
     return None
 
 
-def _lookup(name: str, namespace: Mapping[str, Any], flag: str) -> Any:
+def _lookup(name: str, namespace: Mapping[str, Any], flag: str, sign: str = "$") -> Any:
+    """The variable `name` (written `sign`+name), or the card with the nearest name."""
     if name in namespace:
         return namespace[name]
     visible = [k for k in namespace if not k.startswith("_")]
     close = difflib.get_close_matches(name, visible, n=1, cutoff=0.6)
-    fixes = [f"did you mean {flag} {close[0]}?"] if close else []
+    fixes = [f"did you mean {flag} {sign}{close[0]}?"] if close else []
     if flag == "--schema":
         fixes.append(
             f"define it first: class {name}(pydantic.BaseModel): ...  (or a JSON Schema dict)"

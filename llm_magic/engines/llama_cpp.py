@@ -25,7 +25,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from importlib import metadata as _metadata
 from typing import Any
 
@@ -179,7 +179,7 @@ class LlamaCppEngine:
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
+    ) -> Generator[tuple[list[int], Run], None, None]:
         """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a time)."""
         if on_progress is not None:
             on_progress(0, len(rows))

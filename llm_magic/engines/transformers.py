@@ -12,7 +12,7 @@ torch and transformers are imported inside the functions: `import llm_magic` sta
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from functools import cache
 from typing import Any
 
@@ -106,7 +106,7 @@ class TransformersEngine:
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
+    ) -> Generator[tuple[list[int], Run], None, None]:
         """Left-padded batches of `settings.batch_size` rows (default: 8 on a CPU, 32 on a
         GPU)."""
         size = settings.batch_size or auto_batch_size(self.entry.model)
@@ -202,7 +202,8 @@ def context_limit(model, tokenizer) -> int | None:
     config = getattr(model, "config", None)
     configs = [config]
     try:  # multimodal and encoder-decoder configs keep the text decoder's length inside
-        configs.insert(0, config.get_text_config(decoder=True))
+        if config is not None:
+            configs.insert(0, config.get_text_config(decoder=True))
     except (AttributeError, TypeError, ValueError):
         pass
     for cfg in configs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -152,10 +153,10 @@ def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
 def load_model(
     source: Source,
     dtype: hardware.DtypeChoice,
-    device_map: str | dict = "auto",
+    device_map: str | Mapping[str, Any] = "auto",
     trust_remote_code: bool = False,
     progress: Progress | None = None,
-    max_memory: dict | None = None,
+    max_memory: dict[str | int, str] | None = None,
     reconvert: bool = False,
     quantize: str | None = None,
 ) -> tuple[Any, Any, ModelInfo, tuple[str, ...]]:
@@ -171,6 +172,8 @@ def load_model(
     where = source.path
     notes: tuple[str, ...] = ()
     if source.kind == "gguf":
+        if source.path is None:  # resolve_source gives every .gguf source its file
+            raise LoadError(f"{source.name}: a .gguf source without its file")
         folder, notes = gguf_cache.ensure_converted(source.path, dtype.dtype, progress, reconvert)
         where = str(folder)
     remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
@@ -189,6 +192,9 @@ def load_model(
             ],
         )
     progress(f"reading weights of {source.name} ({dtype.dtype})…")
+    placement: str | dict[str, Any] | None = (
+        device_map if isinstance(device_map, str) else dict(device_map)
+    )
     if (
         device_map == "auto"
         and not max_memory
@@ -196,10 +202,10 @@ def load_model(
     ):
         # No accelerator: "auto" places everything on the CPU anyway, and accelerate's
         # planning costs ~10% of a small model's load time (bench/).
-        device_map = None
+        placement = None
     model = AutoModelForCausalLM.from_pretrained(
         where,
-        device_map=device_map,
+        device_map=placement,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
         **({"max_memory": max_memory} if max_memory else {}),

@@ -52,7 +52,8 @@ class Conversation:
 
     @property
     def messages(self) -> list[dict[str, str]]:
-        """The conversation as chat messages: the system one (if any), then user and assistant in turn."""
+        """The conversation as chat messages: the system one (if any), then user and
+        assistant in turn."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [m for turn in self.turns for m in turn.messages()]
 

@@ -1,5 +1,6 @@
 """Generation shared by every engine: the run of one prompt or many, seeds, the context
-budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
+budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which
+one it is.
 
 On Ctrl-C an engine returns what it made so far; it becomes the partial result, carried
 by the re-raised KeyboardInterrupt as `.result`.

@@ -129,7 +129,8 @@ def choose_dtype(
             )
         return DtypeChoice(
             "float16",
-            f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16; float16 runs on its tensor cores",
+            f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16; "
+            "float16 runs on its tensor cores",
         )
     if kind == "mps":
         return DtypeChoice("float16", "Apple GPU (MPS): float16 is its fast path")
@@ -144,7 +145,8 @@ def choose_dtype(
     if hw.cpu_fast_half_kernels:
         return DtypeChoice(
             "bfloat16",
-            "no native bf16 on this CPU, but one-prompt decoding is memory-bound and bf16 reads half the bytes: "
+            "no native bf16 on this CPU, but one-prompt decoding is memory-bound "
+            "and bf16 reads half the bytes: "
             "1.2-1.5x fp32's tokens/s on AVX2; long prompts run faster with --dtype float32" + cast,
         )
     widened = (

@@ -85,7 +85,8 @@ class _Filler(string.Formatter):
             return getattr(value, attr)
         except AttributeError as e:
             raise GenerationError(
-                f"{{{field_name}}} in {self.where}: {type(value).__name__} has no attribute {attr!r}",
+                f"{{{field_name}}} in {self.where}: "
+                f"{type(value).__name__} has no attribute {attr!r}",
                 fixes=["check the attribute name", "write {{ and }} for literal braces"],
             ) from e
 

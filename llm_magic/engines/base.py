@@ -180,7 +180,8 @@ class LoadedModel:
         return self.info.memory_bytes + self.packed_bytes
 
     def __repr__(self) -> str:
-        return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
+        info = self.info
+        return f"<LoadedModel {info.name} {info.class_name} {info.dtype} on {info.device}>"
 
 
 @dataclass(frozen=True)

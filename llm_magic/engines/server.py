@@ -196,7 +196,8 @@ class ServerEngine:
             first_token_at = first_token_at or streamed.first_at
             if streamed.usage is None:
                 notes += (
-                    "the server reported no usage while streaming: new tokens counted as streamed pieces, "
+                    "the server reported no usage while streaming: "
+                    "new tokens counted as streamed pieces, "
                     "prompt tokens unknown (0)",
                 )
         return Run(
@@ -249,10 +250,10 @@ class ServerEngine:
         budget: Budget,
         on_progress: ProgressCallback | None,
     ) -> Generator[tuple[list[int], Run], None, None]:
-        """Every row its own request, `settings.concurrency` (default: DEFAULTS.concurrency) in flight at
-        once; yields ([index], run) as each finishes. A row that fails after its retries is
-        a completion with `error` set, and the others go on; if every row fails, the first
-        failure is raised as the card."""
+        """Every row its own request, `settings.concurrency` (default: DEFAULTS.concurrency)
+        in flight at once; yields ([index], run) as each finishes. A row that fails after its
+        retries is a completion with `error` set, and the others go on; if every row fails,
+        the first failure is raised as the card."""
         size = settings.concurrency or DEFAULTS.concurrency
         max_new, notes = budget(rows)
         client = self.connection.client()  # its own connection pool, closed when the run ends
@@ -393,7 +394,8 @@ class _Streamed:
             reason, stop_string = _stop_reason(self.finish, None, None)
         else:
             stop_string = None
-        # Without usage (interrupted, or a server that does not report it): one token per streamed piece.
+        # Without usage (interrupted, or a server that does not report it): one token per
+        # streamed piece.
         return Completion(
             "".join(self.parts),
             new if new is not None else self.pieces,

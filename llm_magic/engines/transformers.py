@@ -120,7 +120,8 @@ class TransformersEngine:
             for index, start in enumerate(starts):
                 chunk = rows[start : start + size]
                 max_new, notes = budget(chunk)
-                # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
+                # One seed per batch (seed + index): a batch's samples do not depend on the
+                # batches before it.
                 run = self.run(chunk, None if seed is None else seed + index, max_new, settings)
                 run.notes, run.products = notes, products
                 yield list(range(start, start + len(chunk))), run
@@ -147,7 +148,10 @@ class TransformersEngine:
 
 # --- prompts -----------------------------------------------------------------------
 
-NO_TEMPLATE_NOTE = "no chat template: the prompt was continued as plain text (a base model completes text, it does not answer)"
+NO_TEMPLATE_NOTE = (
+    "no chat template: the prompt was continued as plain text "
+    "(a base model completes text, it does not answer)"
+)
 NO_SYSTEM_ROLE_NOTE = (
     "no system role without a chat template: the --system text went first, as plain text "
     "the model continues (write the instruction into the prompt, or use --raw to say you mean it)"

@@ -185,9 +185,11 @@ def load_model(
     if _is_empty(tokenizer):
         raise LoadError(
             f"{source.name}: the tokenizer is empty",
-            "the folder has weights but no tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
+            "the folder has weights but no tokenizer files "
+            "(tokenizer.json, tokenizer_config.json, vocab files)",
             [
-                "copy the tokenizer files in: AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
+                "copy the tokenizer files in: "
+                "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
                 "or load the model the folder was made from by its Hub id",
             ],
         )
@@ -309,13 +311,15 @@ def describe(
     if "disk" in placed or (offloaded and len(placed) > 1):
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
         warnings.append(
-            f"{n} module(s) offloaded to {' and '.join(offloaded)}: generation will be several times slower"
+            f"{n} module(s) offloaded to {' and '.join(offloaded)}: "
+            "generation will be several times slower"
             " — free memory, use a smaller dtype, or raise max_memory"
         )
     hw = hardware.probe()
     if hw.gpus and all(d == "cpu" for d in devices):
         warnings.append(
-            f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: --device-map auto uses it"
+            f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: "
+            "--device-map auto uses it"
         )
     if dtype.warning:
         warnings.append(dtype.warning)
@@ -325,7 +329,8 @@ def describe(
         model.config, "is_decoder", False
     ):
         warnings.append(
-            f"{model.config.model_type} is an encoder (masked LM): transformers loaded it as {type(model).__name__},"
+            f"{model.config.model_type} is an encoder (masked LM): "
+            f"transformers loaded it as {type(model).__name__},"
             " but it was not trained to continue text and will not generate sensible output"
         )
     commit = (

@@ -156,7 +156,8 @@ def out_name(text: str | None) -> str | None:
 
 
 def prompt_shower(show: bool):
-    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
+    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above
+    the answer."""
     return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
 
 

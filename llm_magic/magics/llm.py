@@ -72,12 +72,14 @@ class LLMMagics(Magics):
     ).tag(config=True)
     max_models = Int(
         0,
-        help="The most models the cache holds (0: no limit); loading one more unloads the least recently used.",
+        help="The most models the cache holds (0: no limit); "
+        "loading one more unloads the least recently used.",
     ).tag(config=True)
     memory_budget = Union(
         [Int(), Unicode()],
         default_value=0,
-        help="The most bytes of weights the cache holds, as a number or a string like '8GB' (0: no limit); "
+        help="The most bytes of weights the cache holds, "
+        "as a number or a string like '8GB' (0: no limit); "
         "loading past it unloads the least recently used models first.",
     ).tag(config=True)
 
@@ -109,14 +111,16 @@ class LLMMagics(Magics):
     ).tag(config=True)
     max_history = Int(
         0,
-        help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
+        help="The most earlier turns %%llm_chat sends with a new one "
+        "(0: as many as the context holds; "
         "the oldest are left out first).",
     ).tag(config=True)
 
     # Server models (%llm_load --server URL).
     server = Unicode(
         "",
-        help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).",
+        help="Default --server of %llm_load: "
+        "the base URL of an OpenAI-compatible server (empty: none).",
     ).tag(config=True)
     api_key_env = Unicode(
         "",
@@ -143,14 +147,16 @@ class LLMMagics(Magics):
         "model",
         nargs="?",
         default=None,
-        help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
-        "serves (left out: the one it serves). Without it and without --server: what this machine can load now.",
+        help="Hub id (org/name), a save_pretrained folder, or a .gguf file; "
+        "with --server, the id the server serves (left out: the one it serves). "
+        "Without it and without --server: what this machine can load now.",
     )
     @argument(
         "--server",
         default=None,
         help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
-        "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: none, the model runs here (LLMMagics.server).",
+        "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. "
+        "Default: none, the model runs here (LLMMagics.server).",
     )
     @argument(
         "--api-key-env",
@@ -173,7 +179,8 @@ class LLMMagics(Magics):
     @argument(
         "--max-memory",
         default=None,
-        help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; the rest is offloaded (slower).",
+        help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; "
+        "the rest is offloaded (slower).",
     )
     @argument(
         "--trust-remote-code",
@@ -430,7 +437,8 @@ def _parse_max_memory(text: str | None) -> dict | None:
             from IPython.core.error import UsageError
 
             raise UsageError(
-                f"--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], e.g. 0=20GB,cpu=30GB; got {text!r}"
+                "--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], "
+                f"e.g. 0=20GB,cpu=30GB; got {text!r}"
             )
         device = device.strip()
         caps[int(device) if device.isdigit() else device] = size.strip()

@@ -359,3 +359,19 @@ def _typed(pd: Any, values: list[Any], spec: Any) -> Any:
     if kind == "string" or (isinstance(spec, dict) and "enum" in spec and kind is None):
         return pd.Series(values)
     return pd.Series(values, dtype=object)
+
+
+# The attribute that carries a partial result on the exception that ended its run.
+_CARRIED = "result"
+
+
+def carry_result(error: BaseException, result: GenerationResult | GenerationResults) -> None:
+    """Attach what a run made before it ended (Ctrl-C's KeyboardInterrupt, a GenerationError
+    after text was made) to the exception, as its `.result`: whoever catches it keeps it."""
+    setattr(error, _CARRIED, result)
+
+
+def carried_result(error: BaseException) -> GenerationResult | GenerationResults | None:
+    """The partial result `carry_result` attached to `error`, or None."""
+    result = getattr(error, _CARRIED, None)
+    return result if isinstance(result, GenerationResult | GenerationResults) else None

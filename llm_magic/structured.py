@@ -223,8 +223,9 @@ class AnswerFormat:
         if found is _NO_JSON:
             return Parsed(None, False, "not JSON: " + _json_error(text))
         if self.model is not None:
+            model: Any = self.model  # a pydantic model class (checked when it was given)
             try:
-                return Parsed(self.model.model_validate(found), True, None)
+                return Parsed(model.model_validate(found), True, None)
             except Exception as e:  # pydantic.ValidationError: its first errors, in one line
                 return Parsed(None, False, _pydantic_errors(e))
         error = schema_error(self.schema_dict, found)

@@ -91,7 +91,9 @@ class AnswerFormat:
             label = label or spec.__name__
         elif isinstance(spec, Mapping):
             schema = dict(spec)
-            label = label or "the schema dict"
+            # "schema dict" (or the schema's title) reads better than nothing in a card
+            title = schema.get("title")
+            label = label or (title if isinstance(title, str) and title else "dict")
         elif isinstance(spec, str) and spec.strip().startswith("{"):
             try:
                 schema = json.loads(spec)

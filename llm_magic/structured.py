@@ -220,6 +220,10 @@ class AnswerFormat:
             return Parsed(None, False, f"{_short(said)!r} does not match /{self.pattern}/")
         return self._parse_json(text)
 
+    def holds_whole_value(self, text: str) -> bool:
+        """Whether `text` holds a whole JSON value (for a schema), whatever it says."""
+        return self.kind == "json" and _json_in(text) is not _NO_JSON
+
     def _parse_json(self, text: str) -> Parsed:
         found = _json_in(text)
         if found is _NO_JSON:
@@ -265,9 +269,12 @@ class Answer:
 
 def check(fmt: AnswerFormat, text: str, stop_reason: str, enforced: bool, how: str = "") -> Answer:
     """`text` read against `fmt`. An answer that stopped early (length, interrupted) and
-    does not parse is incomplete, not wrong."""
+    does not parse is incomplete, not wrong. Where nothing enforced the format, a whole
+    JSON value followed by more words is the model's answer, judged as it is: the words
+    after it, not the answer, were cut."""
     data, valid, error = fmt.parse(text)
-    incomplete = not valid and stop_reason in ("length", "interrupted")
+    stopped_early = not valid and stop_reason in ("length", "interrupted")
+    incomplete = stopped_early and (enforced or not fmt.holds_whole_value(text))
     if incomplete:
         error = f"incomplete: generation stopped ({stop_reason}) before the answer was complete"
     return Answer(fmt, data, valid, error, enforced, how, incomplete)

@@ -107,6 +107,17 @@ def test_choice_and_regex_read_the_answer():
     assert structured.ascii_pattern(r"[\d.]+\s\w") == "[0-9.]+[ \\t\\n\\r\\f\\v][0-9A-Za-z_]"
 
 
+def test_a_cut_answer_is_incomplete_unless_a_free_one_closed_its_json_before_the_cut():
+    fmt = AnswerFormat.of_schema("name, age int")
+    cut = structured.check(fmt, '{"name": "Ma', "length", enforced=True)
+    assert cut.incomplete and cut.data is None
+    # Not enforced: a whole object, then chatter cut by the limit: the object is judged.
+    chatty = '{"name": "Maria", "age": 34, "extra": 1}\n\nThis JSON is'
+    judged = structured.check(fmt, chatty, "length", enforced=False)
+    assert not judged.incomplete and "'extra' was unexpected" in judged.error
+    assert structured.check(fmt, '{"name": "Ma', "length", enforced=False).incomplete
+
+
 def test_bad_formats_are_cards_that_name_the_part():
     with pytest.raises(GenerationError) as bad_schema:
         AnswerFormat.of_schema({"type": "object", "properties": {"x": {"type": "frobnicate"}}})

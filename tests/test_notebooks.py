@@ -81,7 +81,7 @@ def test_extract_notebook_types_the_answers():
     notebook = run(EXAMPLES / "extract.ipynb")
     table = cell_text(_cells_with(notebook, 'table[["name"')[0])
     assert table.count("True") == 4 and "False" not in table  # every row valid
-    dtype = cell_text(_cells_with(notebook, 'table["age"].dtype')[0])
+    dtype = " ".join(cell_text(_cells_with(notebook, 'table["age"].dtype')[0]).split())
     assert dtype.startswith("(Int64Dtype(), Person(name=")  # integers, and a pydantic instance
     labels = cell_text(_cells_with(notebook, "[r.data for r in labels]")[0])
     assert set(ast.literal_eval(labels)) <= {"positive", "negative", "neutral"}

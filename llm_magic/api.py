@@ -388,7 +388,7 @@ def compare(
             result = _generate(
                 target, prompt, chosen, namespace, over, sink, progress, on_prompt, None
             )
-        except KeyboardInterrupt as e:
+        except (KeyboardInterrupt, Exception) as e:
             partial = getattr(e, "result", None)
             if partial is not None:
                 comparison[target.label] = partial
@@ -400,13 +400,17 @@ def compare(
     results: dict[str, Any] = {}
     try:
         comparison.notes = side_by_side.run(turns, one, results)
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, Exception) as e:
+        # What was made stays: the models done, and the one stopped part-way (Ctrl-C, a
+        # server dropping its stream) where its error carries its text.
+        stopped = getattr(e, "result", None)
         partial = dict(comparison)
         comparison.clear()
         comparison.update(
             {n: results.get(n, partial.get(n)) for n in names if n in results or n in partial}
         )
-        e.result = comparison  # type: ignore[attr-defined]
+        if isinstance(e, KeyboardInterrupt) or comparison or stopped is not None:
+            e.result = comparison  # type: ignore[attr-defined]
         raise
     comparison.update((n, results[n]) for n in names)
     return comparison

@@ -206,3 +206,75 @@ def test_models_on_every_engine_and_a_servers_own_adapter(shell, tiny, ggufs):
             assert alone.result.token_ids == comparison[name].token_ids
     finally:
         server.stop()
+
+
+def test_ctrl_c_keeps_the_models_done_and_the_partial_answer(tiny):
+    pieces = []
+
+    def stream(name):
+        if name != "tiny:lora":
+            return None
+
+        def on_text(piece):
+            pieces.append(piece)
+            if len(pieces) == 3:
+                raise KeyboardInterrupt  # as Ctrl-C lands while the second model streams
+
+        return on_text
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        llm_magic.compare(
+            "The capital of France",
+            ["tiny:base", "tiny:lora"],
+            greedy=True,
+            max_new_tokens=40,
+            stream=stream,
+        )
+    partial = caught.value.result
+    assert isinstance(partial, Comparison) and partial.models == ["tiny:base", "tiny:lora"]
+    assert partial["tiny:base"].stop_reason in ("length", "eos")
+    assert partial["tiny:lora"].stop_reason == "interrupted"
+    assert partial["tiny:lora"].text.startswith("".join(pieces[:2]))
+    assert tiny.engine.active_adapter == "lora"  # at rest again: its default adapter on
+
+
+def test_a_servers_own_adapters_are_named_without_a_path(shell):
+    """vLLM lists a LoRA module as a model whose `parent` is the base: `-m MODEL:NAME` names
+    it with no %llm_adapter load, and requests go to that name (plain data: no request)."""
+    from llm_magic.cache import LoadedModel
+    from llm_magic.engines.base import CacheKey, LoadReport
+    from llm_magic.engines.server import Connection, ServerEngine
+    from llm_magic.engines.server_load import LOADER, ServerInfo
+
+    url = "http://127.0.0.1:9/v1"
+    info = ServerInfo(
+        name="base-model",
+        kind="server",
+        class_name="served",
+        num_params=0,
+        memory_bytes=0,
+        device=url,
+        dtype="served",
+        dtype_reason="chosen by the server",
+        source=url,
+        revision=None,
+        load_seconds=0.0,
+        engine="server",
+        url=url,
+        served=({"id": "base-model"}, {"id": "sql-lora", "parent": "base-model"}),
+    )
+    engine = ServerEngine(info, Connection(url, None))
+    entry = LoadedModel(CacheKey("server", f"{url} base-model"), None, None, info)
+    entry.engine = engine
+    MODEL_CACHE.put(entry)
+    MODEL_CACHE.alias(entry, "s")
+    card = str(LOADER.card(entry, LoadReport("new", 0.0, None, (), 1, 0)))
+    assert "adapters" in card and "sql-lora  (served: -m s:sql-lora)" in card
+    assert "sql-lora" in str(llm_magic.list_adapters("s"))
+    target = llm_magic.adapters.find("s:sql-lora")
+    assert target.adapter == "sql-lora" and entry.adapters["sql-lora"].format == "served"
+    with llm_magic.adapters.using(target):
+        assert engine.describe()["served_model"] == "sql-lora"
+    assert engine.describe()["served_model"] == "base-model"
+    with pytest.raises(LoadError, match="does not serve 'nope'"):
+        llm_magic.load_adapter("nope", model="s")

@@ -17,9 +17,15 @@ from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ModelRow, ModelsCard, UnloadCard
 from .display.adapters import AdapterCard
-from .engines.base import Card, LoadOptions, Progress
+from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
-from .results import Comparison, GenerationResult, GenerationResults
+from .results import (
+    Comparison,
+    GenerationResult,
+    GenerationResults,
+    carried_result,
+    carry_result,
+)
 from .settings import Settings
 from .sources import discovery
 from .sources.adapter import adapter_pairs
@@ -182,10 +188,9 @@ def models() -> ModelsCard:
         )
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
-    gpus = ()
-    hw_gpus = (
-        hardware.probe().gpus if "torch" in sys.modules else ()
-    )  # no torch import just to list
+    gpus: tuple[tuple[str, int, int], ...] = ()
+    # No torch import just to list.
+    hw_gpus = hardware.probe().gpus if "torch" in sys.modules else ()
     if hw_gpus:
         free = hardware.free_gpu_bytes()
         gpus = tuple(
@@ -327,8 +332,7 @@ def _generate(
         )
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
-    engine = entry.engine
-    assert engine is not None
+    engine = _engine(entry)
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
         with adapters.using(target):
@@ -389,7 +393,7 @@ def compare(
                 target, prompt, chosen, namespace, over, sink, progress, on_prompt, None
             )
         except (KeyboardInterrupt, Exception) as e:
-            partial = getattr(e, "result", None)
+            partial = carried_result(e)
             if partial is not None:
                 comparison[target.label] = partial
             raise
@@ -403,17 +407,24 @@ def compare(
     except (KeyboardInterrupt, Exception) as e:
         # What was made stays: the models done, and the one stopped part-way (Ctrl-C, a
         # server dropping its stream) where its error carries its text.
-        stopped = getattr(e, "result", None)
+        stopped = carried_result(e)
         partial = dict(comparison)
         comparison.clear()
         comparison.update(
             {n: results.get(n, partial.get(n)) for n in names if n in results or n in partial}
         )
         if isinstance(e, KeyboardInterrupt) or comparison or stopped is not None:
-            e.result = comparison  # type: ignore[attr-defined]
+            carry_result(e, comparison)
         raise
     comparison.update((n, results[n]) for n in names)
     return comparison
+
+
+def _engine(entry: LoadedModel) -> Engine:
+    """What generates with `entry`; an unloaded one is refused."""
+    if entry.engine is None:
+        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    return entry.engine
 
 
 def _generation_target(model: str | LoadedModel | None) -> adapters.Target:
@@ -442,8 +453,7 @@ def _generation_target(model: str | LoadedModel | None) -> adapters.Target:
             raise adapters.unknown_model(model)
         target = found
     entry = target.entry
-    if entry.engine is None:
-        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    _engine(entry)  # refuses an unloaded one
     MODEL_CACHE.touch(entry)
     return target
 
@@ -507,7 +517,7 @@ def chat(
     with adapters.using(target):
         return conversations.ask(
             conv,
-            target.entry.engine,
+            _engine(target.entry),
             text or "",
             chosen,
             cell_id=cell_id,
@@ -553,7 +563,7 @@ def _chat_target(conversation, model) -> tuple[Conversation, adapters.Target]:
     from .conversations import CONVERSATIONS, Conversation
 
     if isinstance(conversation, Conversation):
-        conv = CONVERSATIONS.add(conversation)
+        conv: Conversation | None = CONVERSATIONS.add(conversation)
     else:
         conv = CONVERSATIONS.get(conversation) if conversation is not None else None
     if model is None and conv is not None and conv.model is not None:

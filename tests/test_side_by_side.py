@@ -5,7 +5,12 @@ keeps apart run one after another."""
 
 from __future__ import annotations
 
+import _thread
 import html
+import io
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +241,51 @@ def test_ctrl_c_keeps_the_models_done_and_the_partial_answer(tiny):
     assert partial["tiny:lora"].stop_reason == "interrupted"
     assert partial["tiny:lora"].text.startswith("".join(pieces[:2]))
     assert tiny.engine.active_adapter == "lora"  # at rest again: its default adapter on
+
+
+class _CtrlCWhileStreaming(io.StringIO):
+    """A terminal's stdout that presses Ctrl-C (from another thread, like a signal) once
+    `model`'s column has streamed a few pieces."""
+
+    def __init__(self, model: str):
+        super().__init__()
+        self.header, self.pressed, self.pieces = f"══ {model}\n", False, 0
+
+    def write(self, text):
+        written = super().write(text)
+        if not self.pressed and self.header in self.getvalue():
+            self.pieces += 1
+            if self.pieces == 4:
+                self.pressed = True
+                threading.Thread(target=_thread.interrupt_main).start()
+                time.sleep(0.5)  # let it land here, inside the model's streaming
+        return written
+
+
+def test_ctrl_c_in_the_cell_keeps_the_comparison_so_far(shell, tiny):
+    watched, old = _CtrlCWhileStreaming("tiny:lora"), sys.stdout
+    sys.stdout = watched
+    try:
+        result = shell.run_cell(
+            "%%llm_generate -m tiny:base tiny:lora --greedy --max-new-tokens 200 --out kept\n"
+            "The capital of France",
+            store_history=True,
+        )
+    finally:
+        sys.stdout = old
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    kept = shell.user_ns["kept"]
+    assert isinstance(kept, Comparison) and shell.user_ns["_"] is kept
+    assert kept.models == ["tiny:base", "tiny:lora"]
+    assert kept["tiny:base"].stop_reason != "interrupted"
+    assert kept["tiny:lora"].stop_reason == "interrupted"
+    out = watched.getvalue()
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .startswith("KeyboardInterrupt: generation stopped; the partial result is in kept, _, Out[")
+    )
+    assert "Traceback" not in out
 
 
 def test_a_servers_own_adapters_are_named_without_a_path(shell):

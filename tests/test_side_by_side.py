@@ -243,6 +243,23 @@ def test_ctrl_c_keeps_the_models_done_and_the_partial_answer(tiny):
     assert tiny.engine.active_adapter == "lora"  # at rest again: its default adapter on
 
 
+def test_a_failing_model_leaves_the_ones_done_on_its_error(tiny):
+    def stream(name):
+        if name == "tiny:lora":  # as a model fails at its turn (a server gone, say)
+            raise GenerationError("the server went away")
+        return None
+
+    with pytest.raises(GenerationError, match="went away") as caught:
+        llm_magic.compare("Paris", ["tiny:base", "tiny:lora"], greedy=True, stream=stream)
+    partial = caught.value.result
+    assert isinstance(partial, Comparison) and partial.models == ["tiny:base"]
+    assert partial["tiny:base"].stop_reason in ("length", "eos")
+    # A failure before any model answered carries nothing.
+    with pytest.raises(GenerationError) as caught:
+        llm_magic.compare("Paris", ["tiny:lora", "tiny:base"], greedy=True, stream=stream)
+    assert not hasattr(caught.value, "result")
+
+
 class _CtrlCWhileStreaming(io.StringIO):
     """A terminal's stdout that presses Ctrl-C (from another thread, like a signal) once
     `model`'s column has streamed a few pieces."""

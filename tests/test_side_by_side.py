@@ -250,7 +250,9 @@ def test_a_failing_model_leaves_the_ones_done_on_its_error(tiny):
         return None
 
     with pytest.raises(GenerationError, match="went away") as caught:
-        llm_magic.compare("Paris", ["tiny:base", "tiny:lora"], greedy=True, stream=stream)
+        llm_magic.compare(
+            "Paris", ["tiny:base", "tiny:lora"], greedy=True, max_new_tokens=8, stream=stream
+        )
     partial = caught.value.result
     assert isinstance(partial, Comparison) and partial.models == ["tiny:base"]
     assert partial["tiny:base"].stop_reason in ("length", "eos")

@@ -10,7 +10,20 @@ first model.
 from __future__ import annotations
 
 from ._version import __version__
-from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
+    available,
+    chat,
+    compare,
+    conversation,
+    generate,
+    list_adapters,
+    load,
+    load_adapter,
+    load_with_card,
+    models,
+    unload,
+    unload_adapter,
+)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError  # noqa: E402
@@ -26,6 +39,10 @@ __all__ = [
     "Conversation",
     "models",
     "unload",
+    "compare",
+    "load_adapter",
+    "list_adapters",
+    "unload_adapter",
     "demo_model",
     "LLMError",
     "LoadError",

@@ -22,7 +22,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llm_magic"
 LAYERS: list[tuple[str, ...]] = [
     ("magics",),  # the IPython face: magics, flags, streaming display, completion
     ("api",),  # the plain-Python facade
-    ("loader", "conversations"),  # the cached-load path; the turns of a conversation
+    # the cached-load path; the turns of a conversation; adapters on loaded models; one cell
+    # through several models
+    ("loader", "conversations", "adapters", "side_by_side"),
     ("generation",),  # one prompt or many, run through any engine
     ("engines",),  # one module per engine, its load and its generation; the registry
     ("cache",),  # the kernel's loaded models

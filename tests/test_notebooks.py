@@ -73,3 +73,24 @@ def test_chat_notebook_remembers_and_resets():
     assert "[2] assistant" in cell_text(shown) and len(html) == 1 and "secret code word" in html[0]
     assert cell_text(_cells_with(notebook, "Conversation.load")[0]).strip() == "True"
     assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")
+
+
+def test_compare_notebook_trains_an_adapter_and_shows_it_beside_its_base():
+    notebook = run(EXAMPLES / "compare.ipynb")
+    loaded = _cells_with(notebook, "%llm_load")[0]
+    assert "adapter facts" in cell_text(loaded) and "-m tiny:base" in cell_text(loaded)
+    one = _cells_with(notebook, "%%llm_generate -m tiny:base tiny:facts --greedy")[0]
+    html = [o["data"]["text/html"] for o in one.outputs if "text/html" in o.get("data", {})]
+    # The streaming columns were blanked: one value shows, the two models side by side.
+    assert len(html) == 1 and "display:flex" in html[0]
+    assert html[0].index("tiny:base") < html[0].index("tiny:facts")
+    text = cell_text(one)
+    base_text = text.split("══ tiny:facts")[0]
+    facts_text = text.split("══ tiny:facts")[1]
+    assert "Paris" in facts_text.split("──")[0] and "Paris" not in base_text  # it learned
+    table = cell_text(_cells_with(notebook, 'compared.to_pandas()[["item"')[0])
+    assert len([line for line in table.splitlines()[1:] if line.strip()]) == 6
+    assert "jumps over the lazy dog" in cell_text(_cells_with(notebook, "compared.pivot()")[0])
+    assert "↳ tiny:facts (default)" in cell_text(_cells_with(notebook, "%llm_models")[0])
+    unloaded = cell_text(_cells_with(notebook, "%llm_adapter unload")[0])
+    assert unloaded.startswith("✓ unloaded adapter facts from tiny-gpt2")

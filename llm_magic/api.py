@@ -19,6 +19,7 @@ from .display import ModelRow, ModelsCard, UnloadCard
 from .engines.base import Card, LoadOptions, Progress
 from .errors import GenerationError, LLMError
 from .results import GenerationResult, GenerationResults
+from .runlog import Origin
 from .settings import Settings
 from .sources import discovery
 
@@ -248,17 +249,29 @@ def generate(
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
     engine = entry.engine
+    origin = _origin(entry)
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
         return generation.generate_many(
-            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt
+            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, origin=origin
         )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
     result = generation.generate(
-        engine, text, chosen, on_text=stream, on_prompt=on_prompt, on_start=on_start
+        engine,
+        text,
+        chosen,
+        on_text=stream,
+        on_prompt=on_prompt,
+        on_start=on_start,
+        origin=origin,
     )
     decode_speed.note_result(entry, result)  # for the card's engine comparison
     return result
+
+
+def _origin(entry: LoadedModel) -> Origin:
+    """What the run log records of the model beyond its engine: the name(s) it goes by."""
+    return Origin(alias=", ".join(sorted(entry.aliases)) or None)
 
 
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
@@ -367,6 +380,7 @@ def chat(
         max_history=max_history,
         on_text=stream,
         on_prompt=on_prompt,
+        origin=_origin(entry),
     )
 
 

@@ -750,6 +750,24 @@ class RunLog:
             sql += f" LIMIT {int(last)}"
         return list(reversed(self._select(sql, tuple(args))))
 
+    def count(
+        self,
+        *,
+        model: str | None = None,
+        search: str | None = None,
+        since: str | None = None,
+        cell_id: str | None = None,
+        kind: str | None = None,
+    ) -> int:
+        """How many runs `query` would give without `last`."""
+        self.flush()
+        where, args = self._where(model, search, since, cell_id, None, kind)
+        return int(
+            self._run(
+                lambda db: db.execute(f"SELECT count(*) FROM runs{where}", args).fetchone()[0]
+            )
+        )
+
     def _where(self, model, search, since, cell_id, ids, kind) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         args: list[Any] = []

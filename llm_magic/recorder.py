@@ -149,16 +149,20 @@ def deterministic(settings: Settings) -> bool:
 
 
 def request_key(
-    facts: ModelFacts, settings: Settings, seed: int | None, rendered: str
+    facts: ModelFacts,
+    settings: Settings,
+    seed: int | None,
+    rendered: str,
+    recorded: dict[str, Any] | None = None,
 ) -> str | None:
     """sha256 of everything that decides the answer (see the module's docstring); None
-    when the weights are not known exactly."""
+    when the weights are not known exactly. `recorded`: `settings.recorded()`, if made."""
     identity = facts.identity()
     if identity is None:
         return None
     payload = {
         "model": identity,
-        "settings": settings.recorded(),
+        "settings": settings.recorded() if recorded is None else recorded,
         "seed": None if settings.greedy else seed,
         "prompt": rendered,
     }
@@ -177,12 +181,28 @@ class Recorder:
         self.cell = runlog.current_cell()
         self.ids: dict[int, int] = {}  # item (0 for a single run) -> its row's id
         self._facts: ModelFacts | None = None
+        # What every row of this call shares, made once (an --over writes many rows).
+        self._shared: dict[str, Any] | None = None
 
     @property
     def facts(self) -> ModelFacts:
         if self._facts is None:
             self._facts = model_facts(self.engine, self.log)
         return self._facts
+
+    def _key(self, seed: int | None, rendered: str) -> str | None:
+        return request_key(self.facts, self.settings, seed, rendered, self.shared["recorded"])
+
+    @property
+    def shared(self) -> dict[str, Any]:
+        if self._shared is None:
+            self._shared = {
+                "recorded": self.settings.recorded(),
+                "settings": runlog.Json(runlog.dumps(asdict(self.settings))),
+                "secrets": runlog.secrets_in_environment(self.facts.secret_names),
+                "provenance": {},  # by library versions (the same within a call)
+            }
+        return self._shared
 
     # --- replay -------------------------------------------------------------------------
 
@@ -191,7 +211,7 @@ class Recorder:
         deterministic and an identical one completed before; else None (generate it)."""
         if self.log is None or not deterministic(self.settings):
             return [None] * len(rows)
-        keys = [request_key(self.facts, self.settings, seed, r.shown) for r in rows]
+        keys = [self._key(seed, r.shown) for r in rows]
         wanted = [k for k in keys if k is not None]
         if not wanted:
             return [None] * len(rows)
@@ -245,42 +265,43 @@ class Recorder:
         ended it part-way."""
         if self.log is None:
             return
-        row = self._row(item)
+        row = self._row(item, result.versions)
         for name, column in _COLUMN_OF.items():
             row[column] = getattr(result, name)
         if error is not None:
             row["error"] = _message(error)
-        row["request_key"] = request_key(
-            self.facts, self.settings, result.seed, result.rendered_prompt
-        )
-        row["provenance"]["versions"] = result.versions
-        row["result"] = {
-            f.name: getattr(result, f.name)
-            for f in fields(result)
-            if f.name not in _COLUMN_OF and f.name not in _NOT_IN_RESULT | _NOT_VALUES
-        }
+        row["request_key"] = self._key(result.seed, result.rendered_prompt)
+        row["result"] = {name: getattr(result, name) for name in _result_fields(type(result))}
         self._write(row, 0 if item is None else item, at_once)
 
     def failed(self, rendered: Rendered, error: BaseException, seed: int | None) -> None:
         """Log a run that failed before any text: what was asked, and why it failed."""
         if self.log is None:
             return
-        row = self._row(None)
+        row = self._row(None, None)
         row.update(
             prompt=rendered.request.text,
             rendered=rendered.shown,
             seed=seed,
             stop_reason="error",
             error=_message(error),
-            request_key=request_key(self.facts, self.settings, seed, rendered.shown),
+            request_key=self._key(seed, rendered.shown),
         )
         self._write(row, 0, True)
 
-    def _row(self, item: int | None) -> dict[str, Any]:
+    def _provenance(self, versions: dict[str, str] | None) -> runlog.Json:
+        """The model's facts and the library versions, serialized once per call."""
+        key = json.dumps(versions, sort_keys=True)
+        made = self.shared["provenance"].get(key)
+        if made is None:
+            provenance = dict(self.facts.provenance, versions=versions)
+            if self.cell is None and sys.argv and sys.argv[0].endswith(".py"):
+                provenance["script"] = sys.argv[0]
+            made = self.shared["provenance"][key] = runlog.Json(runlog.dumps(provenance))
+        return made
+
+    def _row(self, item: int | None, versions: dict[str, str] | None) -> dict[str, Any]:
         facts, cell, origin = self.facts, self.cell, self.origin
-        provenance = dict(facts.provenance)
-        if cell is None and sys.argv and sys.argv[0].endswith(".py"):
-            provenance["script"] = sys.argv[0]
         return {
             "time": runlog.now(),
             "kind": self.kind,
@@ -300,8 +321,8 @@ class Recorder:
             "conversation": origin.conversation,
             "turn": origin.turn,
             "item": item,
-            "settings": asdict(self.settings),
-            "provenance": provenance,
+            "settings": self.shared["settings"],
+            "provenance": self._provenance(versions),
         }
 
     def _write(self, row: dict[str, Any], item: int, at_once: bool) -> None:
@@ -310,7 +331,7 @@ class Recorder:
             row,
             on_id=lambda row_id: self.ids.__setitem__(item, row_id),
             at_once=at_once,
-            secret_names=self.facts.secret_names,
+            secrets=self.shared["secrets"],
         )
 
     def flush(self) -> None:
@@ -321,6 +342,21 @@ class Recorder:
         """`result` carrying the id of its row (`%llm_log --show ID`), once written."""
         row_id = self.ids.get(item)
         return result if row_id is None else replace(result, run_id=row_id)
+
+
+def _result_fields(kind: type) -> tuple[str, ...]:
+    """The fields of a result class that go into the row's `result` JSON."""
+    found = _RESULT_FIELDS.get(kind)
+    if found is None:
+        found = _RESULT_FIELDS[kind] = tuple(
+            f.name
+            for f in fields(kind)
+            if f.name not in _COLUMN_OF and f.name not in _NOT_IN_RESULT | _NOT_VALUES
+        )
+    return found
+
+
+_RESULT_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _message(error: BaseException) -> str:

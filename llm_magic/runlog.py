@@ -337,6 +337,11 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+class Json(str):
+    """Text that is JSON already: a JSON column given one is stored as it is (a value
+    shared by many rows is serialized once)."""
+
+
 def dumps(value: Any) -> str:
     """`value` as compact JSON (plain data goes straight through `json`: it is the cost of
     logging a run)."""
@@ -485,6 +490,7 @@ class RunLog:
         self.unavailable: str | None = None  # why the log is off for this process, once said
         self.fts = False
         self.newer = False  # a file written by a newer llm_magic: read, never written
+        self.writes = 0  # write transactions of runs made by this process
 
     # --- opening --------------------------------------------------------------------------
 
@@ -650,14 +656,14 @@ class RunLog:
         row: Mapping[str, Any],
         on_id: Callable[[int], None] | None = None,
         at_once: bool = True,
-        secret_names: Iterable[str] = (),
+        secrets: Sequence[str] | None = None,
     ) -> None:
         """Queue one row and write the queue now, or with `at_once=False` when
         `flush_every` seconds passed since the last write. The row is made into SQL values
-        here (its JSON columns serialized), with the value of every key or token in the
-        environment replaced by '[redacted]' (`secret_names`: more variables that hold
-        one). `on_id` is called with the row's id once it is written."""
-        values = _values(row, secrets_in_environment(secret_names))
+        here (its JSON columns serialized), with every key or token replaced by
+        '[redacted]': `secrets` (default: `secrets_in_environment()`). `on_id` is called
+        with the row's id once it is written."""
+        values = _values(row, secrets_in_environment() if secrets is None else secrets)
         with self._lock:
             self._pending.append((values, on_id))
             if at_once or time.monotonic() - self._last_write >= self.flush_every:
@@ -670,7 +676,12 @@ class RunLog:
         with self._lock:
             if not self._pending:
                 return True
-            if self.unavailable is not None or self.newer:
+            try:
+                self.connection()
+            except LogUnavailable:
+                self._pending.clear()
+                return True
+            if self.newer:
                 self._pending.clear()
                 return True
             rows = self._pending
@@ -689,6 +700,7 @@ class RunLog:
                 self._pending = rows + self._pending  # another kernel is writing: later
                 return False
             self._last_write = time.monotonic()
+            self.writes += 1
             for (_, on_id), row_id in zip(rows, ids, strict=True):
                 if on_id is not None:
                     on_id(row_id)
@@ -937,7 +949,9 @@ def _values(row: Mapping[str, Any], secrets: Sequence[str]) -> list[Any]:
     values: list[Any] = []
     for column in COLUMNS:
         value = row.get(column)
-        if column in JSON_COLUMNS and value is not None:
+        if isinstance(value, Json):
+            value = str(value)
+        elif column in JSON_COLUMNS and value is not None:
             value = dumps(value)
         elif isinstance(value, bool):
             value = int(value)

@@ -126,6 +126,12 @@ def test_reuse_never_replays_unseeded_sampling_but_replays_a_seed(shell, tiny, r
     )
     assert again.replayed_from is not None and again.text == one.text
     assert again.run_id == one.run_id and len(run_log.query()) == 2
+    other, _ = cell(
+        shell,
+        f"%%llm_generate --max-new-tokens 4 --no-stream --reuse --seed {one.seed + 1}\n"
+        "Roll the dice",
+    )
+    assert other.replayed_from is None and len(run_log.query()) == 3
 
 
 def test_a_replayed_request_is_a_different_model_s_own(shell, tiny, tiny_varied_dir, run_log):

@@ -7,7 +7,12 @@ SmolLM2 notebook and a server model are in tests/test_notebooks.py and test_serv
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -282,3 +287,59 @@ def test_llama_cpp_runs_are_logged_with_the_file_hash(smollm2_gguf, run_log):
         "What is the capital of France?", greedy=True, max_new_tokens=4, reuse=True
     )
     assert again.replayed_from is not None and again.text == first.text
+
+
+_CRASHING_OVER = textwrap.dedent(
+    """
+    import sys, time
+    import llm_magic
+    folder, items = sys.argv[1], [f"item number {i}" for i in range(40)]
+    llm_magic.load(folder, alias="tiny", quiet=True)
+
+    def slowly(done, total):  # a long run: it is killed part-way
+        print(done, flush=True)
+        time.sleep(0.3)
+
+    llm_magic.generate(
+        "Repeat: {item}", over=items, namespace={}, greedy=True, max_new_tokens=2,
+        batch_size=2, progress=slowly,
+    )
+    print("finished", flush=True)
+    """
+)
+
+
+def test_a_crashed_over_resumes_with_reuse(tiny_model_dir, run_log):
+    """A kernel killed (SIGKILL) part-way through an --over of 40: what it finished up to
+    a second before is in the log, and the same run with --reuse generates the rest."""
+    crashing = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_OVER, str(tiny_model_dir)],
+        env={**os.environ, "LLM_MAGIC_LOG_PATH": str(run_log.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and crashing.poll() is None:
+        if (
+            run_log.path.exists()
+            and sqlite3.connect(run_log.path).execute("SELECT count(*) FROM runs").fetchone()[0]
+        ):
+            break
+        time.sleep(0.2)
+    crashing.kill()
+    out, _ = crashing.communicate(timeout=60)
+    assert "finished" not in out and crashing.returncode == -signal.SIGKILL
+    logged = len(run_log.query())
+    assert 0 < logged < 40
+    llm_magic.load(str(tiny_model_dir), alias="tiny", quiet=True)
+    resumed = llm_magic.generate(
+        "Repeat: {item}",
+        over=[f"item number {i}" for i in range(40)],
+        namespace={},
+        greedy=True,
+        max_new_tokens=2,
+        batch_size=2,
+        reuse=True,
+    )
+    assert sum(r.replayed_from is not None for r in resumed) == logged
+    assert len(run_log.query()) == 40

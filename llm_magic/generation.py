@@ -1,5 +1,6 @@
 """Generation shared by every engine: the run of one prompt or many, seeds, the context
-budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
+budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which
+one it is.
 
 On Ctrl-C an engine returns what it made so far; it becomes the partial result, carried
 by the re-raised KeyboardInterrupt as `.result`.
@@ -11,13 +12,13 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from . import prompts
 from .engines.base import Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
 from .recorder import Recorder
-from .results import GenerationResult, GenerationResults
+from .results import GenerationResult, GenerationResults, carry_result
 from .runlog import Origin
 from .settings import Settings
 
@@ -212,14 +213,13 @@ def generate(
     )
     try:
         run = engine.run([rendered], seed, max_new, settings, shown)
-    except (
-        GenerationError
-    ) as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+    except GenerationError as e:
+        # An engine failing part-way (a server dropping the stream) hands over its text.
         partial = partial_run(e)
         if partial is not None:
-            (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
-            record.add(e.result, error=e)
-            e.result = record.with_id(e.result)
+            (made,) = _results(engine, partial, [rendered], settings, seed, None)
+            record.add(made, error=e)
+            carry_result(e, record.with_id(made))
         else:
             record.failed(rendered, e, seed)
         raise
@@ -230,12 +230,12 @@ def generate(
     if isinstance(shown, _StopHeldBack):
         shown.finish(result.text)
     if run.interrupt is not None:
-        run.interrupt.result = result
+        carry_result(run.interrupt, result)
         raise run.interrupt
     return result
 
 
-def _no_groups() -> Iterator[tuple[list[int], Run]]:
+def _no_groups() -> Generator[tuple[list[int], Run], None, None]:
     """What an engine's run_many yields when every item was answered from the log."""
     yield from ()
 
@@ -303,17 +303,19 @@ def generate_many(
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
         record.flush()
-        e.result = GenerationResults(
+        so_far = GenerationResults(
             record.with_id(r, i) for i, r in enumerate(slots) if r is not None
         )
-        e.result.group = engine.capabilities.group
+        so_far.group = engine.capabilities.group
+        carry_result(e, so_far)
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
         record.flush()
-    results = GenerationResults(
-        record.with_id(r, i) if r is not None else r for i, r in enumerate(slots)
-    )
+    done = [record.with_id(r, i) for i, r in enumerate(slots) if r is not None]
+    if len(done) != len(slots):  # run_many must yield every row once
+        raise GenerationError(f"the engine returned {len(done)} results for {len(slots)} prompts")
+    results = GenerationResults(done)
     results.group = engine.capabilities.group
     results.wall_seconds = time.perf_counter() - started
     return results

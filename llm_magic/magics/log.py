@@ -126,19 +126,25 @@ def watch_runs(shell) -> None:
     shell.events.register("post_run_cell", _cell_ends)
 
 
-def _cell_starts(shell):
-    def starts(info) -> None:
+class _CellStarts:
+    """The pre_run_cell callback: the cell about to run, told to the run log."""
+
+    def __init__(self, shell) -> None:
+        self.shell = shell
+
+    def __call__(self, info) -> None:
         runlog.cell_started(
             runlog.Cell(
                 id=getattr(info, "cell_id", None),
-                execution_count=shell.execution_count,
+                execution_count=self.shell.execution_count,
                 text=getattr(info, "raw_cell", "") or "",
-                notebook=runlog.notebook_path(shell.user_ns),
+                notebook=runlog.notebook_path(self.shell.user_ns),
             )
         )
 
-    starts.llm_magic_log = True  # found again by unwatch_runs
-    return starts
+
+def _cell_starts(shell) -> _CellStarts:
+    return _CellStarts(shell)
 
 
 def _cell_ends(result=None) -> None:
@@ -147,7 +153,7 @@ def _cell_ends(result=None) -> None:
 
 def unwatch_runs(shell) -> None:
     for callback in list(shell.events.callbacks["pre_run_cell"]):
-        if getattr(callback, "llm_magic_log", False):
+        if isinstance(callback, _CellStarts):
             shell.events.unregister("pre_run_cell", callback)
     if _cell_ends in shell.events.callbacks["post_run_cell"]:
         shell.events.unregister("post_run_cell", _cell_ends)

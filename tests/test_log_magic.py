@@ -93,11 +93,14 @@ def test_every_run_is_a_row_with_its_model_and_cell(shell, tiny, tiny_model_dir,
 
 def test_reuse_answers_a_repeated_greedy_cell_from_the_log_and_says_so(shell, tiny, run_log):
     first, _ = cell(shell, f"{GREEDY}\nOnce upon a time", "story")
-    started = time.perf_counter()
-    again, printed = cell(shell, f"{GREEDY} --reuse\nOnce upon a time", "story")
-    took = time.perf_counter() - started
-    assert took < 0.05, f"--reuse took {took * 1000:.1f} ms"
-    assert again.text == first.text and again.run_id == first.run_id
+    # The fastest of three: the machine's other work must not decide the figure.
+    took = []
+    for _ in range(3):
+        started = time.perf_counter()
+        again, _ = cell(shell, f"{GREEDY} --reuse\nOnce upon a time", "story")
+        took.append(time.perf_counter() - started)
+        assert again.text == first.text and again.run_id == first.run_id
+    assert min(took) < 0.05, f"--reuse took {[round(t * 1000, 1) for t in took]} ms"
     shown = again.plain()
     assert f"↺ from the run log: run {first.run_id}, generated " in shown
     assert again.replayed_from in shown and first.replayed_from is None
@@ -309,6 +312,19 @@ _CRASHING_OVER = textwrap.dedent(
 )
 
 
+def _rows_written(path: Path) -> int:
+    """The rows another process has written so far (0 before it made the file's tables)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.OperationalError:  # the file made, its schema not yet committed
+        return 0
+    finally:
+        db.close()
+
+
 def test_a_crashed_over_resumes_with_reuse(tiny_model_dir, run_log):
     """A kernel killed (SIGKILL) part-way through an --over of 40: what it finished up to
     a second before is in the log, and the same run with --reuse generates the rest."""
@@ -320,10 +336,7 @@ def test_a_crashed_over_resumes_with_reuse(tiny_model_dir, run_log):
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and crashing.poll() is None:
-        if (
-            run_log.path.exists()
-            and sqlite3.connect(run_log.path).execute("SELECT count(*) FROM runs").fetchone()[0]
-        ):
+        if _rows_written(run_log.path):
             break
         time.sleep(0.2)
     crashing.kill()

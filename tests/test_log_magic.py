@@ -142,6 +142,27 @@ def test_reuse_never_replays_unseeded_sampling_but_replays_a_seed(shell, tiny, r
     assert other.replayed_from is None and len(run_log.query()) == 3
 
 
+def test_a_sampled_run_logged_without_a_seed_is_never_replayed(tiny, run_log):
+    """An engine that samples without saying which seed it drew logs the run with no seed;
+    an unseeded request then has the same key as that row, and is generated anew all the
+    same: only greedy or an explicit seed is replayed."""
+    from dataclasses import replace
+
+    from llm_magic import recorder, settings
+    from llm_magic.engines.base import Rendered, Request
+
+    sampled = settings.make(max_new_tokens=4)
+    made = llm_magic.generate("Roll the dice", max_new_tokens=4)
+    record = recorder.Recorder(tiny.engine, sampled, None, "generate")
+    record.add(replace(made, seed=None))  # as an engine that draws no seed of its own logs it
+    key = recorder.request_key(record.facts, sampled, None, made.rendered_prompt)
+    assert key is not None and key in run_log.find_answers([key])
+    asked = Rendered(
+        Request(({"role": "user", "content": "Roll the dice"},)), made.rendered_prompt, 0
+    )
+    assert record.replayed([asked], None) == [None]
+
+
 def test_a_replayed_request_is_a_different_model_s_own(shell, tiny, tiny_varied_dir, run_log):
     cell(shell, f"{GREEDY}\nSame words")
     shell.run_line_magic("llm_load", f"{tiny_varied_dir} --as other --quiet")

@@ -13,6 +13,7 @@ from ._version import __version__
 from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
     available,
     chat,
+<<<<<<< HEAD
     compare,
     conversation,
     generate,
@@ -23,6 +24,16 @@ from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
     models,
     unload,
     unload_adapter,
+=======
+    conversation,
+    forget,
+    generate,
+    load,
+    load_with_card,
+    log,
+    models,
+    unload,
+>>>>>>> i25
 )
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
@@ -39,10 +50,15 @@ __all__ = [
     "Conversation",
     "models",
     "unload",
+<<<<<<< HEAD
     "compare",
     "load_adapter",
     "list_adapters",
     "unload_adapter",
+=======
+    "log",
+    "forget",
+>>>>>>> i25
     "demo_model",
     "LLMError",
     "LoadError",
@@ -52,13 +68,23 @@ __all__ = [
 
 
 def load_ipython_extension(ipython) -> None:
-    from .magics import ChatMagics, LLMMagics, completion, watch_cells, watch_shell
+    from .magics import (
+        ChatMagics,
+        LLMMagics,
+        LogMagics,
+        completion,
+        watch_cells,
+        watch_runs,
+        watch_shell,
+    )
 
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
     ipython.register_magics(ChatMagics(ipython, settings))
+    ipython.register_magics(LogMagics(ipython))
     watch_shell(ipython)
     watch_cells(ipython)
+    watch_runs(ipython)
     completion.register(ipython)
 
 
@@ -66,7 +92,8 @@ def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
-    from .magics import completion, remove_magics, unwatch_cells, unwatch_shell
+    from . import runlog
+    from .magics import completion, remove_magics, unwatch_cells, unwatch_runs, unwatch_shell
     from .units import format_bytes
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
@@ -74,6 +101,9 @@ def unload_ipython_extension(ipython) -> None:
     CONVERSATIONS.clear()
     unwatch_shell(ipython)
     unwatch_cells(ipython)
+    unwatch_runs(ipython)
+    runlog.close_all()  # what waits is written; %config LLMMagics.log* go back to defaults
+    runlog.reset_config()
     completion.unregister(ipython)
     remove_magics(ipython)
     models = (

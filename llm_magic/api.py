@@ -12,13 +12,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
+<<<<<<< HEAD
 from . import adapters, hardware, loader, side_by_side
+=======
+from . import hardware, loader, runlog
+>>>>>>> i25
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ModelRow, ModelsCard, UnloadCard
 from .display.adapters import AdapterCard
 from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
+<<<<<<< HEAD
 from .results import (
     Comparison,
     GenerationResult,
@@ -26,6 +31,10 @@ from .results import (
     carried_result,
     carry_result,
 )
+=======
+from .results import GenerationResult, GenerationResults
+from .runlog import Origin
+>>>>>>> i25
 from .settings import Settings
 from .sources import discovery
 from .sources.adapter import adapter_pairs
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .conversations import Conversation
+    from .display.log import LogStatsCard
     from .engines.base import LoadKeywords
     from .settings import SamplingKeywords, SettingsKeywords
 
@@ -333,8 +343,10 @@ def _generate(
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
     engine = _engine(entry)
+    origin = _origin(entry)
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
+<<<<<<< HEAD
         with adapters.using(target):
             return generation.generate_many(
                 engine, texts, chosen, on_progress=progress, on_prompt=on_prompt
@@ -344,10 +356,26 @@ def _generate(
         result = generation.generate(
             engine, text, chosen, on_text=stream, on_prompt=on_prompt, on_start=on_start
         )
+=======
+        return generation.generate_many(
+            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, origin=origin
+        )
+    text = prompt if namespace is None else prompts.fill(prompt, namespace)
+    result = generation.generate(
+        engine,
+        text,
+        chosen,
+        on_text=stream,
+        on_prompt=on_prompt,
+        on_start=on_start,
+        origin=origin,
+    )
+>>>>>>> i25
     decode_speed.note_result(entry, result)  # for the card's engine comparison
     return result
 
 
+<<<<<<< HEAD
 def compare(
     prompt: str,
     models: Sequence[str | LoadedModel],
@@ -418,6 +446,11 @@ def compare(
         raise
     comparison.update((n, results[n]) for n in names)
     return comparison
+=======
+def _origin(entry: LoadedModel) -> Origin:
+    """What the run log records of the model beyond its engine: the name(s) it goes by."""
+    return Origin(alias=", ".join(sorted(entry.aliases)) or None)
+>>>>>>> i25
 
 
 def _engine(entry: LoadedModel) -> Engine:
@@ -514,6 +547,7 @@ def chat(
     if system is not None:
         conv.system = system or None
     conversations.CONVERSATIONS.last = conv.name
+<<<<<<< HEAD
     with adapters.using(target):
         return conversations.ask(
             conv,
@@ -526,6 +560,20 @@ def chat(
             on_text=stream,
             on_prompt=on_prompt,
         )
+=======
+    return conversations.ask(
+        conv,
+        _engine(entry),
+        text or "",
+        chosen,
+        cell_id=cell_id,
+        retry=retry,
+        max_history=max_history,
+        on_text=stream,
+        on_prompt=on_prompt,
+        origin=_origin(entry),
+    )
+>>>>>>> i25
 
 
 def conversation(name: str | None = None) -> Conversation:
@@ -582,6 +630,172 @@ def _chat_target(conversation, model) -> tuple[Conversation, adapters.Target]:
     if target.adapter != entry.default_adapter:  # a conversation of its own per adapter
         label = f"{label}:{target.adapter or 'base'}"
     if conv is None:
+<<<<<<< HEAD
         conv = CONVERSATIONS.open(conversation or label)
     conv.model = label
     return conv, target
+=======
+        conv = CONVERSATIONS.open(conversation or model_label(entry))
+    conv.model = model_label(entry)
+    return conv, entry
+
+
+# --- the run log -------------------------------------------------------------------------------
+
+
+def _log_store(path: str | None) -> runlog.RunLog:
+    """The log to read: `path`, else the configured one (read even while logging is off)."""
+    found = runlog.store(path or runlog.log_path())
+    assert found is not None
+    return found
+
+
+def _filters(
+    model: str | None, search: str | None, since: str | None, cell: str | None, kind: str | None
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "search": search,
+        "since": runlog.since(since) if since else None,
+        "cell_id": cell,
+        "kind": kind,
+    }
+
+
+def log(
+    *,
+    last: int | None = None,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    kind: str | None = None,
+    path: str | None = None,
+) -> Any:
+    """The run log as a pandas DataFrame, one row per run (oldest first): every generation,
+    chat turn, --over item and score, with its model (model, alias, model_hash, engine,
+    dtype, quantization, device, server), cell (notebook, cell_id, execution_count, cell),
+    prompt, rendered, answer, counts, seed, and the JSON columns settings, provenance
+    and result as dicts.
+
+    last: only the latest N. model: a part of the model's name or alias. search: words
+    in the cell, prompt or answer (full-text). since: a date ('2025-06-01'), a date and
+    time, a span back from now ('2h', '3d'), today or yesterday. cell: a cell id (or its
+    start). kind: generate, chat, over or score. path: another log file."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise LLMError("llm_magic.log() needs pandas", fixes=["pip install pandas"]) from None
+    rows = _log_store(path).query(last=last, **_filters(model, search, since, cell, kind))
+    frame = pd.DataFrame(rows, columns=["id", *runlog.COLUMNS])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["greedy"] = frame["greedy"].astype("boolean")
+    return frame
+
+
+def log_card(
+    *,
+    last: int | None = 10,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    kind: str | None = None,
+    path: str | None = None,
+    notes: tuple[str, ...] = (),
+) -> Card:
+    """The latest runs as a card (what `%llm_log` shows)."""
+    from .display.log import RunsCard, runs_title
+
+    store = _log_store(path)
+    filters = _filters(model, search, since, cell, kind)
+    rows = store.query(last=last, **filters)
+    total = store.count(**filters)
+    what = [
+        f"{name} {value}"
+        for name, value in (("model", model), ("search", search), ("since", since))
+        if value
+    ] + ([f"cell {cell[:8]}"] if cell else [])
+    extra = list(notes)
+    if search and not store.fts:
+        extra.append("this Python's SQLite has no full-text search (FTS5): searched as text")
+    if not rows:
+        extra.append("no runs" + (" match" if what else " logged yet"))
+    if not runlog.enabled() and path is None:
+        extra.append("logging is off (LLM_MAGIC_LOG=0 or LLMMagics.log = False)")
+    return RunsCard(
+        runs_title(len(rows), total, str(store.path), what),
+        tuple(_shown_row(r) for r in rows),
+        tuple(extra),
+    )
+
+
+def _shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "when": runlog.local_time(row["time"]).strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def log_run(run_id: int, *, path: str | None = None) -> Card:
+    """One run whole, as the log holds it (what `%llm_log --show ID` shows)."""
+    from .display.log import RunCard
+
+    store = _log_store(path)
+    rows = store.query(ids=[run_id])
+    if not rows:
+        raise LLMError(
+            f"no run {run_id} in the log",
+            f"{store.path} holds {store.count()} runs",
+            ["%llm_log lists the latest, with their ids"],
+        )
+    return RunCard(_shown_row(rows[0]))
+
+
+def log_stats(*, path: str | None = None) -> LogStatsCard:
+    """How many runs the log holds, its size and where it is (`%llm_log --stats`)."""
+    from .display.log import LogStatsCard
+
+    store = _log_store(path)
+    facts = store.stats()
+    search = (
+        "full-text (SQLite FTS5)" if store.fts else "plain text: this Python's SQLite has no FTS5"
+    )
+
+    def local(stored: str | None) -> str | None:
+        return runlog.local_time(stored).strftime("%Y-%m-%d %H:%M") if stored else None
+
+    return LogStatsCard(
+        path=facts["path"],
+        runs=facts["runs"],
+        size=facts["bytes"],
+        first=local(facts["first"]),
+        last=local(facts["last"]),
+        models=tuple(facts["models"]),
+        kinds=tuple(facts["kinds"]),
+        search=search,
+        schema=facts["schema"],
+        on=runlog.enabled() or path is not None,
+    )
+
+
+def forget(
+    ids: Iterable[int] = (),
+    *,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    all: bool = False,  # noqa: A002 (mirrors --all)
+    path: str | None = None,
+) -> int:
+    """Delete runs from the log for good (their text does not stay in the file); returns
+    how many. Runs are named by id, or by model, search, since or cell (as in `log`);
+    `all=True` deletes every one."""
+    chosen = [int(i) for i in ids]
+    return _log_store(path).forget(
+        ids=chosen or None,
+        model=model,
+        search=search,
+        since=runlog.since(since) if since else None,
+        cell_id=cell,
+        everything=all,
+    )
+>>>>>>> i25

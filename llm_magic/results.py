@@ -50,6 +50,9 @@ class GenerationResult:
     products: str | None = None
     engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
+    run_id: int | None = None  # its row in the run log (`%llm_log --show ID`), once written
+    # Answered from the run log (--reuse): when the logged run was made (local time).
+    replayed_from: str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -94,8 +97,22 @@ class GenerationResult:
             "products": self.products,
             "engine": self.engine,
             "error": self.error,
+<<<<<<< HEAD
             "adapter": self.adapter,
+=======
+            "run_id": self.run_id,
+            "replayed_from": self.replayed_from,
+>>>>>>> i25
         }
+
+    def replay_line(self) -> str | None:
+        """Where a --reuse answer came from (None: it was generated now)."""
+        if self.replayed_from is None:
+            return None
+        return (
+            f"↺ from the run log: run {self.run_id}, generated {self.replayed_from} "
+            "(the same deterministic request; not generated again)"
+        )
 
     def _warnings(self) -> tuple[str, ...]:
         return self.notes + ((self.error,) if self.error else ())
@@ -103,11 +120,15 @@ class GenerationResult:
     def plain(self, with_text: bool = True) -> str:
         lines = [self.text.rstrip("\n")] if with_text else []
         lines += ["── " + self.footer()] + [f"⚠ {note}" for note in self._warnings()]
-        return "\n".join(lines)
+        replayed = self.replay_line()
+        return "\n".join(lines + ([replayed] if replayed else []))
 
     def html(self) -> str:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
+        replayed = self.replay_line()
+        if replayed:
+            notes += f"<div style='{FOOTER_STYLE}'>{e(replayed)}</div>"
         return (
             f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
             f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
@@ -168,20 +189,24 @@ class GenerationResults(list[GenerationResult]):
         )
 
     def summary(self) -> str:
-        batches = {r.batch[0] for r in self if r.batch is not None}
-        seconds = sum({r.batch[0]: r.seconds for r in self if r.batch is not None}.values())
+        made = [r for r in self if r.replayed_from is None]  # the runs of this call
+        batches = {r.batch[0] for r in made if r.batch is not None}
+        seconds = sum({r.batch[0]: r.seconds for r in made if r.batch is not None}.values())
         if self.wall_seconds is not None:  # concurrent requests overlap: the sum would overstate
             seconds = self.wall_seconds
-        new = sum(r.new_tokens for r in self)
+        new = sum(r.new_tokens for r in made)
         rate = new / seconds if seconds > 0 else 0.0
         interrupted = sum(r.stop_reason == "interrupted" for r in self)
         tail = f" · {interrupted} interrupted" if interrupted else ""
+        replayed = sum(r.replayed_from is not None for r in self)
+        if replayed:
+            tail += f" · {replayed} from the run log (--reuse), not generated again"
         if self.failed:
             items = ", ".join(f"[{i}]" for i in self.failed[:8])
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
         model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
-        count = len(batches) if self.group == "batch" else len(self)
+        count = len(batches) if self.group == "batch" else len(made)
         plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
         groups = f"{count} {self.group}{plural}"
         return (

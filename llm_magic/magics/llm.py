@@ -22,11 +22,12 @@ from traitlets import (
     TraitError,
     Unicode,
     Union,
+    default,
     observe,
     validate,
 )
 
-from .. import api, hardware, prompts
+from .. import api, hardware, prompts, runlog
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
@@ -144,6 +145,28 @@ class LLMMagics(Magics):
             {"concurrency": "concurrency", "request_timeout": "timeout"}[change["name"]],
             change["new"],
         )
+
+    # The run log (llm_magic/runlog.py): every run appended to a SQLite file.
+    reuse = option_trait("reuse")
+    log = Bool(
+        True,
+        help="Log every run (generation, chat turn, --over item, score) to the run log, a "
+        "SQLite file (LLMMagics.log_path). Default: on, unless LLM_MAGIC_LOG=0.",
+    ).tag(config=True)
+    log_path = Unicode(
+        "",
+        help="The run log's file (empty: $LLM_MAGIC_LOG_PATH, else runs.db in "
+        "$LLM_MAGIC_CACHE, ~/.cache/llm_magic by default).",
+    ).tag(config=True)
+
+    @default("log")
+    def _log_default(self):
+        return runlog.enabled()
+
+    @observe("log", "log_path")
+    def _apply_log(self, change):
+        # Kept with the log, so llm_magic.generate() from plain Python honours it too.
+        runlog.configure(**{"enabled" if change["name"] == "log" else "path": change["new"]})
 
     @magic_arguments()
     @argument(

@@ -13,27 +13,18 @@ from ._version import __version__
 from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
     available,
     chat,
-<<<<<<< HEAD
     compare,
     conversation,
+    forget,
     generate,
     list_adapters,
     load,
     load_adapter,
     load_with_card,
-    models,
-    unload,
-    unload_adapter,
-=======
-    conversation,
-    forget,
-    generate,
-    load,
-    load_with_card,
     log,
     models,
     unload,
->>>>>>> i25
+    unload_adapter,
 )
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
@@ -50,15 +41,12 @@ __all__ = [
     "Conversation",
     "models",
     "unload",
-<<<<<<< HEAD
     "compare",
     "load_adapter",
     "list_adapters",
     "unload_adapter",
-=======
     "log",
     "forget",
->>>>>>> i25
     "demo_model",
     "LLMError",
     "LoadError",

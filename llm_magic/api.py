@@ -12,18 +12,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-<<<<<<< HEAD
-from . import adapters, hardware, loader, side_by_side
-=======
-from . import hardware, loader, runlog
->>>>>>> i25
+from . import adapters, hardware, loader, runlog, side_by_side
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ModelRow, ModelsCard, UnloadCard
 from .display.adapters import AdapterCard
 from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
-<<<<<<< HEAD
 from .results import (
     Comparison,
     GenerationResult,
@@ -31,10 +26,7 @@ from .results import (
     carried_result,
     carry_result,
 )
-=======
-from .results import GenerationResult, GenerationResults
 from .runlog import Origin
->>>>>>> i25
 from .settings import Settings
 from .sources import discovery
 from .sources.adapter import adapter_pairs
@@ -346,36 +338,25 @@ def _generate(
     origin = _origin(entry)
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
-<<<<<<< HEAD
         with adapters.using(target):
             return generation.generate_many(
-                engine, texts, chosen, on_progress=progress, on_prompt=on_prompt
+                engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, origin=origin
             )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
     with adapters.using(target):
         result = generation.generate(
-            engine, text, chosen, on_text=stream, on_prompt=on_prompt, on_start=on_start
+            engine,
+            text,
+            chosen,
+            on_text=stream,
+            on_prompt=on_prompt,
+            on_start=on_start,
+            origin=origin,
         )
-=======
-        return generation.generate_many(
-            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, origin=origin
-        )
-    text = prompt if namespace is None else prompts.fill(prompt, namespace)
-    result = generation.generate(
-        engine,
-        text,
-        chosen,
-        on_text=stream,
-        on_prompt=on_prompt,
-        on_start=on_start,
-        origin=origin,
-    )
->>>>>>> i25
     decode_speed.note_result(entry, result)  # for the card's engine comparison
     return result
 
 
-<<<<<<< HEAD
 def compare(
     prompt: str,
     models: Sequence[str | LoadedModel],
@@ -446,11 +427,11 @@ def compare(
         raise
     comparison.update((n, results[n]) for n in names)
     return comparison
-=======
+
+
 def _origin(entry: LoadedModel) -> Origin:
     """What the run log records of the model beyond its engine: the name(s) it goes by."""
     return Origin(alias=", ".join(sorted(entry.aliases)) or None)
->>>>>>> i25
 
 
 def _engine(entry: LoadedModel) -> Engine:
@@ -547,7 +528,6 @@ def chat(
     if system is not None:
         conv.system = system or None
     conversations.CONVERSATIONS.last = conv.name
-<<<<<<< HEAD
     with adapters.using(target):
         return conversations.ask(
             conv,
@@ -559,21 +539,8 @@ def chat(
             max_history=max_history,
             on_text=stream,
             on_prompt=on_prompt,
+            origin=_origin(target.entry),
         )
-=======
-    return conversations.ask(
-        conv,
-        _engine(entry),
-        text or "",
-        chosen,
-        cell_id=cell_id,
-        retry=retry,
-        max_history=max_history,
-        on_text=stream,
-        on_prompt=on_prompt,
-        origin=_origin(entry),
-    )
->>>>>>> i25
 
 
 def conversation(name: str | None = None) -> Conversation:
@@ -630,14 +597,9 @@ def _chat_target(conversation, model) -> tuple[Conversation, adapters.Target]:
     if target.adapter != entry.default_adapter:  # a conversation of its own per adapter
         label = f"{label}:{target.adapter or 'base'}"
     if conv is None:
-<<<<<<< HEAD
         conv = CONVERSATIONS.open(conversation or label)
     conv.model = label
     return conv, target
-=======
-        conv = CONVERSATIONS.open(conversation or model_label(entry))
-    conv.model = model_label(entry)
-    return conv, entry
 
 
 # --- the run log -------------------------------------------------------------------------------
@@ -798,4 +760,3 @@ def forget(
         cell_id=cell,
         everything=all,
     )
->>>>>>> i25

@@ -97,12 +97,9 @@ class GenerationResult:
             "products": self.products,
             "engine": self.engine,
             "error": self.error,
-<<<<<<< HEAD
             "adapter": self.adapter,
-=======
             "run_id": self.run_id,
             "replayed_from": self.replayed_from,
->>>>>>> i25
         }
 
     def replay_line(self) -> str | None:

@@ -22,15 +22,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llm_magic"
 LAYERS: list[tuple[str, ...]] = [
     ("magics",),  # the IPython face: magics, flags, streaming display, completion
     ("api",),  # the plain-Python facade
-<<<<<<< HEAD
     # the cached-load path; the turns of a conversation; adapters on loaded models; one cell
     # through several models
     ("loader", "conversations", "adapters", "side_by_side"),
-    ("generation",),  # one prompt or many, run through any engine
-=======
-    ("loader", "conversations"),  # the cached-load path; the turns of a conversation
     ("generation", "recorder"),  # one prompt or many, run through any engine; its log rows
->>>>>>> i25
     ("engines",),  # one module per engine, its load and its generation; the registry
     ("cache",),  # the kernel's loaded models
     ("engines.base",),  # the engine interface and the plain data crossing it

@@ -996,6 +996,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also the typed-answer rows (bench/structured_rows.py: --schema vs none on SmolLM2)",
     )
+    p.add_argument(
+        "--log",
+        action="store_true",
+        help="also the run log's rows (bench/log_rows.py: its cost per generation, an "
+        "--over of 1,000, --reuse)",
+    )
     args = p.parse_args(argv)
     smoke = args.smoke
     # Repetitions and sizes: the full run fits in < 15 min on 2 cores.
@@ -1135,6 +1141,23 @@ def main(argv=None) -> int:
             STRUCTURED_ROWS,
             lambda: tuple(
                 structured_rows(8 if smoke else 32, 16 if smoke else 64, 1 if smoke else 5)
+            ),
+        )
+    if args.log:
+        from log_rows import LOG_ROWS, log_rows
+
+        attempt(
+            LOG_ROWS,
+            lambda: tuple(
+                log_rows(
+                    main_arg,
+                    label,
+                    prep["tiny_dir"],
+                    runs=5 if smoke else 30,
+                    new_tokens=8 if smoke else 32,
+                    items=200 if smoke else 1000,
+                    only=tuple(args.only) if args.only else None,
+                )
             ),
         )
 

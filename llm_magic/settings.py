@@ -33,6 +33,8 @@ class Settings:
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
     # The format the answer must take (--schema, --choice, --regex); None: free text.
     answer_format: AnswerFormat | None = None
+    # Answer an identical deterministic request from the run log instead of generating it.
+    reuse: bool = False
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any token is computed."""
@@ -75,7 +77,8 @@ class Settings:
         """The settings as the result records them (what decided the text)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
-        for key in ("seed", "batch_size", "concurrency"):  # the seed is recorded on its own
+        # The seed is recorded on its own; the others say how the text was got, not what.
+        for key in ("seed", "batch_size", "concurrency", "reuse"):
             d.pop(key)
         d.pop("answer_format")  # asdict copied it field by field: plain data instead
         if self.answer_format is not None:
@@ -102,6 +105,7 @@ class SamplingKeywords(TypedDict, total=False):
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
     answer_format: AnswerFormat | None
+    reuse: bool
 
 
 class SettingsKeywords(SamplingKeywords, total=False):
@@ -203,6 +207,13 @@ OPTIONS: tuple[Option, ...] = (
         "format",
         configurable=False,
         flags=("--schema", "--choice", "--regex"),
+    ),
+    Option(
+        "reuse",
+        "Answer from the run log when the same deterministic request (greedy, or the same "
+        "--seed; same model, settings and prompt) ran before, in milliseconds; with --over, "
+        "generate only the items not logged yet (resumes an interrupted run).",
+        "switch",
     ),
 )
 

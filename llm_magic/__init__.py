@@ -10,7 +10,17 @@ first model.
 from __future__ import annotations
 
 from ._version import __version__
-from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
+    available,
+    chat,
+    conversation,
+    generate,
+    load,
+    load_with_card,
+    models,
+    score,  # noqa: E402
+    unload,
+)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError  # noqa: E402
@@ -22,6 +32,7 @@ __all__ = [
     "load_with_card",
     "generate",
     "chat",
+    "score",
     "conversation",
     "Conversation",
     "models",

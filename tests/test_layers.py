@@ -23,12 +23,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("magics",),  # the IPython face: magics, flags, streaming display, completion
     ("api",),  # the plain-Python facade
     ("loader", "conversations"),  # the cached-load path; the turns of a conversation
-    ("generation",),  # one prompt or many, run through any engine
+    ("generation", "scoring"),  # one prompt or many, run (or scored) through any engine
     ("engines",),  # one module per engine, its load and its generation; the registry
     ("cache",),  # the kernel's loaded models
     ("engines.base",),  # the engine interface and the plain data crossing it
     ("sources",),  # what MODEL names, before any weights are read
-    ("settings", "prompts", "results"),  # values every engine shares
+    ("settings", "prompts", "results", "logprobs", "scores"),  # values every engine shares
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
     ("hardware", "quiet", "units", "paths", "_version", "_compat"),  # leaves

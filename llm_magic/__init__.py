@@ -18,7 +18,7 @@ from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
     load,
     load_with_card,
     models,
-    score,  # noqa: E402
+    score,
     unload,
 )
 from .cache import MODEL_CACHE  # noqa: E402

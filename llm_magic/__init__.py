@@ -46,11 +46,12 @@ __all__ = [
 
 
 def load_ipython_extension(ipython) -> None:
-    from .magics import ChatMagics, LLMMagics, completion, watch_cells, watch_shell
+    from .magics import ChatMagics, LLMMagics, ScoreMagics, completion, watch_cells, watch_shell
 
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
     ipython.register_magics(ChatMagics(ipython, settings))
+    ipython.register_magics(ScoreMagics(ipython, settings))
     watch_shell(ipython)
     watch_cells(ipython)
     completion.register(ipython)

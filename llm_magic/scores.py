@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import logprobs
-from .display.card import warning_html
+from .display.card import plural, warning_html
 from .display.style import CARD_STYLE, DIM, FOOTER_STYLE, OK, TEXT_STYLE
 from .display.tokens import legend_html, tokens_html
 from .logprobs import TokenLogprob
@@ -380,7 +380,7 @@ class ScoreResults(list):
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        parts = [f"{len(self)} items scored"]
+        parts = [f"{plural(len(self), 'item')} scored"]
         if self.interrupted:
             parts[0] += f" of {self.items} (interrupted: the rest were not)"
         parts += [f"{k} {v:.3f}" for k, v in self.accuracy.items()]

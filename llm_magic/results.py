@@ -17,6 +17,7 @@ from .display.style import DIM, FOOTER_STYLE, TEXT_STYLE
 from .display.tokens import legend_html, tokens_html
 from .logprobs import TokenLogprob
 from .paths import short_name
+from .scores import ScoreResults
 from .units import format_seconds
 
 MimeBundle = tuple[dict[str, str], dict[str, Any]]
@@ -290,3 +291,24 @@ class ChatResult(GenerationResult):
     def messages(self) -> list[dict[str, str]]:
         """The whole conversation so far, as chat messages (this answer included)."""
         return self.conversation.messages if self.conversation is not None else []
+
+
+# The attribute that carries a partial result on the exception that ended its run.
+_CARRIED = "result"
+
+
+def carry_result(
+    error: BaseException, result: GenerationResult | GenerationResults | ScoreResults
+) -> None:
+    """Attach what a run made before it ended (Ctrl-C's KeyboardInterrupt, a GenerationError
+    after text was made) to the exception, as its `.result`: whoever catches it keeps it."""
+    setattr(error, _CARRIED, result)
+
+
+def carried_result(
+    error: BaseException,
+) -> GenerationResult | GenerationResults | ScoreResults | None:
+    """The partial result `carry_result` attached to `error`, or None."""
+    result = getattr(error, _CARRIED, None)
+    kept = GenerationResult | GenerationResults | ScoreResults
+    return result if isinstance(result, kept) else None

@@ -310,7 +310,10 @@ class ChoiceScores:
         return self.plain()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> MimeBundle:
-        meta = {"choices": list(self.choices), "probabilities": self.probabilities}
+        meta: dict[str, Any] = {
+            "choices": list(self.choices),
+            "probabilities": self.probabilities,
+        }
         meta.update(answer=self.answer, **self.scores[0].metadata())
         return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": meta}
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from . import generation
 from .engines.base import Engine, Scored, ScorePair
 from .errors import GenerationError
+from .results import carry_result
 from .scores import ChoiceScores, ScoreResult, ScoreResults
 from .settings import Settings
 
@@ -118,7 +119,8 @@ def score(
                 scored[i] = (one, now - last)
             last = now
     except KeyboardInterrupt as e:
-        e.result = _results(engine, items, pairs, owners, wanted, scored, results, started)
+        partial = _results(engine, items, pairs, owners, wanted, scored, results, started)
+        carry_result(e, partial)
         raise
     finally:
         groups.close()

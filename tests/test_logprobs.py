@@ -122,7 +122,9 @@ def test_the_frame_the_table_and_the_cell_view(tiny):
     assert DISTRIBUTION_SHORT in data["text/plain"] and "tokens_table()" in data["text/plain"]
     spans = _titled_spans(data["text/html"])
     assert "".join(text for text, _ in spans) == result.text.rstrip("\n")
-    assert all(title.startswith(repr(t.token)) for (_, title), t in zip(spans, result.tokens))
+    assert all(
+        title.startswith(repr(t.token)) for (_, title), t in zip(spans, result.tokens, strict=True)
+    )
     assert "hover a token" in data["text/html"]
     assert meta["llm_magic"]["logprobs"]["top"] == 3
     assert meta["llm_magic"]["logprobs"]["total"] == pytest.approx(result.logprob)

@@ -45,7 +45,7 @@ def _alternatives(top: Any, k: int) -> list[Alternative]:
     return [Alternative(t, None, v) for t, v in pairs[:k]]
 
 
-def chat_records(content: Sequence[Any], start: int, k: int) -> list[TokenLogprob]:
+def chat_records(content: Sequence[Any] | None, start: int, k: int) -> list[TokenLogprob]:
     """Records of a chat reply's `logprobs.content` items (numbered from `start`)."""
     return [
         TokenLogprob.of(
@@ -169,8 +169,10 @@ def scored(reply: Any, prepared: Prepared, top: int, url: str) -> Scored:
             + ("none" if logprobs is None else "no token offsets to place them"),
         )
     end = len(prepared.prompt)
-    tops = logprobs.top_logprobs or [None] * len(tokens)
-    picked, notes, context_tokens = [], [], 0
+    tops = getattr(logprobs, "top_logprobs", None) or [None] * len(tokens)
+    picked: list[TokenLogprob] = []
+    notes: list[str] = []
+    context_tokens = 0
     for offset, token, value, alternatives in zip(offsets, tokens, values, tops, strict=False):
         if offset >= end:
             break  # the generated token

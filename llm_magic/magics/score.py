@@ -12,7 +12,14 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import api, prompts
 from ..errors import GenerationError
-from .cells import batch_progress, out_name, parse_line, run_streamed, unquote
+from .cells import (
+    batch_progress,
+    out_name,
+    parse_line,
+    run_streamed,
+    unquote,
+    user_namespace,
+)
 from .llm import LLMMagics
 
 
@@ -101,7 +108,7 @@ class ScoreMagics(Magics):
         lm-evaluation-harness computes them. With --context, the cell is scored after it;
         with --choices, each choice is scored after the cell."""
         args = parse_line(self.llm_score, line)
-        ns = self.shell.user_ns
+        ns = user_namespace(self)
         out = out_name(args.out)
         over = self._over(args, ns)
         choices = self._choices(args.choices, ns)

@@ -991,6 +991,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="also the server rows (bench/server_rows.py: starts transformers serve)",
     )
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="also the scoring and --logprobs rows (bench/score_rows.py: needs lm-eval)",
+    )
     args = p.parse_args(argv)
     smoke = args.smoke
     # Repetitions and sizes: the full run fits in < 15 min on 2 cores.
@@ -1047,6 +1052,7 @@ def main(argv=None) -> int:
         meta = {
             "command": "python bench/run.py"
             + (" --smoke" if smoke else "")
+            + (" --score" if args.score else "")
             + (f" --only {' '.join(args.only)}" if args.only else ""),
             "smoke": smoke,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -1123,6 +1129,11 @@ def main(argv=None) -> int:
     attempt(
         ENGINE_ROWS, lambda: rows_engines(env, gguf, prep.get("gguf_converted_now_seconds"), args)
     )
+    if args.score and not smoke:
+        from score_rows import SCORE_ROWS, score_rows
+
+        # In this process: the rows load SmolLM2 once and keep each side on the same object.
+        attempt(SCORE_ROWS, lambda: tuple(score_rows(only=tuple(args.only or ()) or None)))
 
     report()
     log(

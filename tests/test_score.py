@@ -146,11 +146,13 @@ def test_choices_give_probabilities_best_and_lm_eval_acc_norm(tiny):
     assert list(result.probabilities.values()) == pytest.approx([v / sum(softmax) for v in softmax])
     assert result.best == choices[lls.index(max(lls))]
     per_char = [ll / len(c) for ll, c in zip(lls, choices, strict=True)]
+    assert result.per_char == pytest.approx(per_char, abs=1e-5)
     assert result.best_norm == choices[per_char.index(max(per_char))]
     assert result.acc == float(result.best == "Rome")
     assert result.acc_norm == float(result.best_norm == "Rome")
     frame = result.frame()
     assert list(frame["choice"]) == choices and frame["probability"].sum() == pytest.approx(1)
+    assert list(frame["logprob_per_char"]) == pytest.approx(per_char, abs=1e-5)
 
 
 def test_over_items_with_their_own_choices_make_a_frame_with_accuracy(shell, tiny):

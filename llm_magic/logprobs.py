@@ -10,7 +10,7 @@ default). Sampling settings change which token was picked, never the figures sho
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,21 @@ class TokenLogprob:
         alternatives: Sequence[Alternative] = (),
     ) -> TokenLogprob:
         return cls(position, token, token_id, logprob, math.exp(logprob), tuple(alternatives))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TokenLogprob:
+        """A record written as JSON (the run log's copy of a result) read back."""
+        return cls(
+            data["position"],
+            data["token"],
+            data["token_id"],
+            data["logprob"],
+            data["probability"],
+            tuple(
+                Alternative(a["token"], a["token_id"], a["logprob"])
+                for a in data.get("alternatives") or ()
+            ),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

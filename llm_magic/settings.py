@@ -37,6 +37,8 @@ class Settings:
     # Keep each new token's log-probability and its `logprobs` likeliest alternatives
     # (None: off; 0: the tokens' own only). Changes no token.
     logprobs: int | None = None
+    # Answer an identical deterministic request from the run log instead of generating it.
+    reuse: bool = False
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any token is computed."""
@@ -86,7 +88,8 @@ class Settings:
         """The settings as the result records them (what decided the text)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
-        for key in ("seed", "batch_size", "concurrency"):  # the seed is recorded on its own
+        # The seed is recorded on its own; the others say how the text was got, not what.
+        for key in ("seed", "batch_size", "concurrency", "reuse"):
             d.pop(key)
         if self.logprobs is None:
             d.pop("logprobs")
@@ -112,6 +115,7 @@ class SamplingKeywords(TypedDict, total=False):
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
     logprobs: int | None
+    reuse: bool
 
 
 class SettingsKeywords(SamplingKeywords, total=False):
@@ -224,6 +228,13 @@ OPTIONS: tuple[Option, ...] = (
         "count",
         shown_default="off",
         const=DEFAULT_TOP,
+    ),
+    Option(
+        "reuse",
+        "Answer from the run log when the same deterministic request (greedy, or the same "
+        "--seed; same model, settings and prompt) ran before, in milliseconds; with --over, "
+        "generate only the items not logged yet (resumes an interrupted run).",
+        "switch",
     ),
 )
 

@@ -130,6 +130,17 @@ def test_the_frame_the_table_and_the_cell_view(tiny):
     assert meta["llm_magic"]["logprobs"]["total"] == pytest.approx(result.logprob)
 
 
+def test_a_reuse_replay_keeps_the_tokens(shell, tiny, run_log):
+    """A --logprobs answer replayed from the run log comes back with its token records."""
+    line = "--greedy --max-new-tokens 4 --logprobs 2 --no-stream"
+    first = shell.run_cell_magic("llm_generate", line, "Hello")
+    again = shell.run_cell_magic("llm_generate", line + " --reuse", "Hello")
+    assert again.replayed_from is not None and again.run_id == first.run_id
+    assert again.tokens == first.tokens and len(again.tokens) == 4
+    assert again.logprob == pytest.approx(first.logprob)
+    assert len(_titled_spans(again.html())) == 4
+
+
 def _titled_spans(markup: str) -> list[tuple[str, str]]:
     """(text, title) of each span with a title (a token), entities read."""
     from html.parser import HTMLParser

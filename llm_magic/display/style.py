@@ -39,3 +39,8 @@ TOKEN_BANDS: tuple[tuple[float, str], ...] = (
     (0.0, f"border-bottom:2px solid {ERROR};background:{BOX}"),
 )
 TOKEN_LEGEND = "dotted: p < 0.9 · orange: p < 0.5 · red, shaded: p < 0.2"
+# Models side by side (`-m A B`): columns that wrap onto new rows when the page is narrow.
+COLUMNS_STYLE = "display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start"
+COLUMN_STYLE = "flex:1 1 18em;min-width:0"
+# A column's or a table's head: the model's name.
+HEAD_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-bottom:.3em"

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics
@@ -162,9 +162,19 @@ def prompt_shower(show: bool):
     return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
 
 
+class Sink(Protocol):
+    """Where a run's text streams: one model's Stream, or the columns of `-m A B`."""
+
+    jupyter: bool
+    parts: list[str]
+    handle: Any
+
+    def settle(self) -> None: ...
+
+
 def run_streamed(
     call,
-    sink: Stream | None,
+    sink: Sink | None,
     out: str | None,
     shell,
     waiting: Waiting | None = None,
@@ -301,7 +311,7 @@ class Waiting:
             self.handle = None
 
 
-def _show_partial(sink: Stream | None, partial) -> None:
+def _show_partial(sink: Sink | None, partial) -> None:
     """After Ctrl-C: the partial result stays on screen where the text was streaming."""
     if partial is None:
         return

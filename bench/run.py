@@ -997,6 +997,11 @@ def main(argv=None) -> int:
         help="also the typed-answer rows (bench/structured_rows.py: --schema vs none on SmolLM2)",
     )
     p.add_argument(
+        "--score",
+        action="store_true",
+        help="also the scoring and --logprobs rows (bench/score_rows.py: needs lm-eval)",
+    )
+    p.add_argument(
         "--log",
         action="store_true",
         help="also the run log's rows (bench/log_rows.py: its cost per generation, an "
@@ -1058,6 +1063,7 @@ def main(argv=None) -> int:
         meta = {
             "command": "python bench/run.py"
             + (" --smoke" if smoke else "")
+            + (" --score" if args.score else "")
             + (f" --only {' '.join(args.only)}" if args.only else ""),
             "smoke": smoke,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -1143,6 +1149,11 @@ def main(argv=None) -> int:
                 structured_rows(8 if smoke else 32, 16 if smoke else 64, 1 if smoke else 5)
             ),
         )
+    if args.score and not smoke:
+        from score_rows import SCORE_ROWS, score_rows
+
+        # In this process: the rows load SmolLM2 once and keep each side on the same object.
+        attempt(SCORE_ROWS, lambda: tuple(score_rows(only=tuple(args.only or ()) or None)))
     if args.log:
         from log_rows import LOG_ROWS, log_rows
 

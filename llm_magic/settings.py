@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypedDict
 
 from .errors import GenerationError
+from .logprobs import DEFAULT_TOP
 from .structured import AnswerFormat
+
+# The most alternatives kept per token (the OpenAI API's top_logprobs allows 20).
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class Settings:
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
     # The format the answer must take (--schema, --choice, --regex); None: free text.
     answer_format: AnswerFormat | None = None
+    # Keep each new token's log-probability and its `logprobs` likeliest alternatives
+    # (None: off; 0: the tokens' own only). Changes no token.
+    logprobs: int | None = None
     # Answer an identical deterministic request from the run log instead of generating it.
     reuse: bool = False
 
@@ -73,6 +80,13 @@ class Settings:
                     fixes=[f"{flag} 8", "leave it out to let the engine choose"],
                 )
 
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise GenerationError(
+                f"--logprobs {self.logprobs}: the alternatives kept per token go from 0 "
+                f"to {MAX_LOGPROBS}",
+                fixes=["--logprobs (5 alternatives)", "--logprobs 0 (the tokens' own only)"],
+            )
+
     def recorded(self) -> dict[str, Any]:
         """The settings as the result records them (what decided the text)."""
         d = asdict(self)
@@ -83,6 +97,8 @@ class Settings:
         d.pop("answer_format")  # asdict copied it field by field: plain data instead
         if self.answer_format is not None:
             d["answer_format"] = self.answer_format.recorded()
+        if self.logprobs is None:
+            d.pop("logprobs")
         if self.greedy:  # unused by greedy decoding: don't suggest they mattered
             for key in ("temperature", "top_p", "top_k"):
                 d.pop(key)
@@ -105,6 +121,7 @@ class SamplingKeywords(TypedDict, total=False):
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
     answer_format: AnswerFormat | None
+    logprobs: int | None
     reuse: bool
 
 
@@ -115,6 +132,14 @@ class SettingsKeywords(SamplingKeywords, total=False):
     raw: bool
     batch_size: int | None
     concurrency: int | None
+
+
+class ScoreKeywords(TypedDict, total=False):
+    """The keywords `llm_magic.score` takes for its `Settings` (the fields scoring reads)."""
+
+    system: str | None
+    batch_size: int | None
+    logprobs: int | None
 
 
 def make(base: Settings | None = None, **keywords: Any) -> Settings:
@@ -149,10 +174,13 @@ class Option:
 
     name: str
     help: str
-    kind: Literal["int", "float", "switch", "list", "text", "format"]
+    # "count": an int flag whose value may be left out (`--logprobs` means `const`);
+    # "format": the answer's format, from --schema/--choice/--regex.
+    kind: Literal["int", "float", "switch", "list", "text", "format", "count"]
     configurable: bool = True
     shown_default: str | None = None  # the default in words, where its value says little
     flags: tuple[str, ...] = ()  # where the field has other flags than its name's (first: main)
+    const: Any = None  # a "count" flag's value when given without one
 
     @property
     def flag(self) -> str:
@@ -207,6 +235,16 @@ OPTIONS: tuple[Option, ...] = (
         "format",
         configurable=False,
         flags=("--schema", "--choice", "--regex"),
+    ),
+    Option(
+        "logprobs",
+        "Keep each new token's log-probability (the model's own distribution, before "
+        "temperature/top-p) and its K likeliest alternatives: --logprobs [K], K 5 when left "
+        "out, 0 for none. result.tokens, result.tokens_frame(). As a trait, K turns it on "
+        "for every cell; 0 leaves it off.",
+        "count",
+        shown_default="off",
+        const=DEFAULT_TOP,
     ),
     Option(
         "reuse",

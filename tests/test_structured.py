@@ -215,6 +215,15 @@ def test_the_tiny_model_writes_no_json_alone_and_only_valid_json_under_a_schema(
     assert frame["valid"].all() and frame["validation_error"].isna().all()
 
 
+def test_an_answer_replayed_from_the_run_log_is_read_into_the_same_data(tiny):
+    asked = dict(model=tiny, greedy=True, max_new_tokens=80, schema=BOUNDED)
+    first = llm_magic.generate("Replay me", **asked)
+    again = llm_magic.generate("Replay me", reuse=True, **asked)
+    assert again.replayed_from is not None and again.text == first.text
+    assert again.valid and again.data == first.data and again.answer.enforced
+    assert again.footer().endswith("· enforced (llguidance)")
+
+
 def test_choice_and_iso_date_always_conform_when_sampled(tiny):
     labels = ["positive", "negative", "neutral"]
     chosen = llm_magic.generate(

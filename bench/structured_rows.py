@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -81,6 +82,11 @@ def texts(n: int) -> list[str]:
             ][i % 2]
         )
     return out
+
+
+def _short_s(seconds: float) -> str:
+    """fmt_s, with microseconds for what a cache answers in."""
+    return f"{seconds * 1e6:.0f} µs" if seconds < 0.001 else fmt_s(seconds)
 
 
 def _decode_seconds_per_token(result) -> float:
@@ -156,12 +162,12 @@ def row_compile(handle) -> Row:
         grammar.ready_matcher(fmt, tokenizer, width, eos)
         cached.append(time.perf_counter() - started)
     first, again = statistics.median(firsts), statistics.median(cached)
-    row.llm_magic = f"first {fmt_s(first)}, cached {fmt_s(again)}"
+    row.llm_magic = f"first {fmt_s(first)}, cached {_short_s(again)}"
     row.plain = f"tokenizer conversion, once per model: {fmt_s(converting)}"
     row.ratio = again
     row.note = (
         f"first: median of 5 new schemas ({fmt_s(min(firsts))}–{fmt_s(max(firsts))}); "
-        f"cached: median of 20, max {fmt_s(max(cached))}"
+        f"cached: median of 20, max {_short_s(max(cached))}"
     )
     judge(row, again <= 0.010)
     row.data = {"first": firsts, "cached": cached, "tokenizer_conversion": converting}
@@ -304,11 +310,11 @@ def row_backend(handle) -> Row:
     l_tok = statistics.median(replay_l() for _ in range(7))
     row.llm_magic = (
         f"llguidance: {fmt_s(l_tok)} per token; compile {fmt_s(l_first)}, cached "
-        f"{fmt_s(l_cached)}; tokenizer {fmt_s(l_convert)}"
+        f"{_short_s(l_cached)}; tokenizer {fmt_s(l_convert)}"
     )
     row.plain = (
         f"xgrammar: {fmt_s(x_tok)} per token; compile {fmt_s(x_first)}, cached "
-        f"{fmt_s(x_cached)}; tokenizer {fmt_s(x_convert)}"
+        f"{_short_s(x_cached)}; tokenizer {fmt_s(x_convert)}"
     )
     row.ratio = l_tok / x_tok
     row.status = "REPORT"
@@ -320,7 +326,15 @@ def row_backend(handle) -> Row:
     return row
 
 
-def structured_rows(prompts: int = 32, new_tokens: int = 64, repeats: int = 5) -> list[Row]:
+def structured_rows(
+    prompts: int = 32,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    only: tuple[str, ...] | None = None,
+    on_row: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """The rows (`only`: these; structured_over also makes structured_valid), each handed
+    to `on_row` as it is measured, so a stopped run keeps what it measured."""
     import llm_magic
 
     handle = llm_magic.load(llm_magic.demo_model(), alias="bench_structured", quiet=True)
@@ -332,11 +346,17 @@ def structured_rows(prompts: int = 32, new_tokens: int = 64, repeats: int = 5) -
         ("structured_backend", lambda: (row_backend(handle),)),
     ]
     for name, fn in chosen:
+        if only and name not in only:
+            continue
         log(f"measuring {name}")
         try:
-            rows.extend(fn())
+            made = tuple(fn())
         except Exception as e:  # one broken row must not lose the others
-            rows.append(Row(name, name, "", status=f"error: {type(e).__name__}: {str(e)[-300:]}"))
+            made = (Row(name, name, "", status=f"error: {type(e).__name__}: {str(e)[-300:]}"),)
+        rows.extend(made)
+        for row in made:
+            if on_row is not None:
+                on_row(row)
     llm_magic.unload(all=True)
     return rows
 
@@ -345,7 +365,7 @@ def _cell_ratio(r: Row) -> str:
     if r.ratio is None:
         return "–"
     if r.name == "structured_compile":
-        return fmt_s(r.ratio)
+        return _short_s(r.ratio)
     if r.name == "structured_valid":
         return f"{r.ratio:.0%}"
     return f"{r.ratio:.2f}×"
@@ -414,13 +434,22 @@ def main(argv=None) -> int:
         default=None,
         help="put the rows into DIR/BENCHMARKS.md and DIR/results.json (e.g. bench)",
     )
+    p.add_argument("--only", nargs="*", default=None, help="these rows alone")
     args = p.parse_args(argv)
-    rows = structured_rows(args.prompts, args.new_tokens, args.repeats)
-    for r in rows:
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python bench/structured_rows.py", *given])
+
+    def on_row(r: Row) -> None:  # printed, and merged, as each row is measured
         print(
             f"{r.name}: {r.status}  ours {r.llm_magic}  |  plain {r.plain}  |  "
-            f"ratio {r.ratio}  {r.note}"
+            f"ratio {r.ratio}  {r.note}",
+            flush=True,
         )
+        if args.merge is not None:
+            merge([r], args.merge, command)
+
+    only = tuple(args.only) if args.only else None
+    rows = structured_rows(args.prompts, args.new_tokens, args.repeats, only, on_row)
     if args.out is not None:
         from dataclasses import asdict
 
@@ -435,9 +464,6 @@ def main(argv=None) -> int:
                 default=str,
             )
         )
-    if args.merge is not None:
-        given = sys.argv[1:] if argv is None else list(argv)
-        merge(rows, args.merge, " ".join(["python bench/structured_rows.py", *given]))
     return 0
 
 

@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from .settings import SamplingKeywords, SettingsKeywords
 
 
-def available() -> discovery.Available:
+def available(defaults: LoadOptions | None = None) -> discovery.Available:
     """What this machine can load now, offline, each with its `%llm_load` line (what
     `%llm_load` with no MODEL shows): cached Hub models, converted .gguf copies, the demo
-    model, and the models already loaded."""
-    return discovery.available(loader.loaded_entries())
+    model, and the models already loaded (`defaults`: the options a line's missing flags
+    stand for, `LLMMagics`' defaults in a notebook)."""
+    return discovery.available(loader.loaded_entries(defaults))
 
 
 def load(
@@ -110,7 +111,7 @@ def models() -> ModelsCard:
             ", ".join(sorted(e.aliases)),
             e.name,
             (e.info.revision or "")[:12],
-            e.info.dtype,
+            e.info.held_as,
             e.info.device,
             e.memory_bytes,
             now - e.last_used,
@@ -185,7 +186,7 @@ def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> Non
     if not several:
         return
     described = [
-        f"{e.info.dtype} on {e.info.device}"
+        f"{e.info.held_as} on {e.info.device}"
         + (f" (as {', '.join(sorted(e.aliases))})" if e.aliases else "")
         for e in several
     ]

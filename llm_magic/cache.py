@@ -147,7 +147,9 @@ class ModelCache:
         history (`Out`, `_`, `_N`) and exception tracebacks that hold the model, then gc
         and the CUDA cache. Says whether the models are gone and, if not, what holds them."""
         entries = list(entries)
-        models = [(e.name, tuple(sorted(e.aliases)), e.memory_bytes, e.info.dtype) for e in entries]
+        models = [
+            (e.name, tuple(sorted(e.aliases)), e.memory_bytes, e.info.held_as) for e in entries
+        ]
         refs = [weakref.ref(e.model) for e in entries if e.model is not None]
         targets = _owned(entries)
         for entry in entries:
@@ -194,7 +196,8 @@ class ModelCache:
 class Released:
     """What `ModelCache.unload` did: plain data, safe to keep in `Out`."""
 
-    models: tuple[tuple[str, tuple[str, ...], int, str], ...]  # (name, aliases, bytes, dtype)
+    # (name, aliases, bytes, how it was held: ModelInfo.held_as)
+    models: tuple[tuple[str, tuple[str, ...], int, str], ...]
     freed: bool  # every unloaded model object is gone
     held_by: tuple[str, ...] = ()  # user variables that still hold one, when not freed
 

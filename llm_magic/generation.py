@@ -105,6 +105,8 @@ def _results(
                 products=run.products,
                 engine=described,
                 error=done.error,
+                quantization=info.quantization,
+                held_as=info.held_as,
             )
         )
     return results

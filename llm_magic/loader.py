@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 
 from . import errors, hardware, quiet
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
@@ -57,7 +58,10 @@ def _cached_or_loaded(
         fit, notes = make_room(plan, options, progress)  # raises when it won't fit
         loaded = loader.load(plan, options, progress)
         notes += loaded.notes
-        entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info)
+        made_by = replace(
+            loaded.options or options, alias=None, reload=False, force=False, quiet=False
+        )
+        entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info, options=made_by)
         entry.engine = loaded.engine(entry)
         del loaded
         notes += [budget_note(r) for r in MODEL_CACHE.put(entry)]
@@ -187,30 +191,57 @@ def budget_note(released: Released) -> str:
 # --- what the cache holds, as `%llm_load` without MODEL lists it ------------------------
 
 
-def loaded_entries() -> tuple[LoadedEntry, ...]:
-    """The models in the kernel's cache, the most recently used first."""
+def loaded_entries(defaults: LoadOptions | None = None) -> tuple[LoadedEntry, ...]:
+    """The models in the kernel's cache, the most recently used first, each with the line
+    that hits it again (`defaults`: what a line's missing flags stand for, the notebook's
+    `LLMMagics` defaults)."""
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     return tuple(
         LoadedEntry(
             e.name,
             tuple(sorted(e.aliases)),
-            e.info.dtype,
+            e.info.held_as,
             e.info.device,
             e.memory_bytes,
-            loaded_line(e),
+            loaded_line(e, defaults),
         )
         for e in entries
     )
 
 
-def loaded_line(entry: LoadedModel) -> str:
-    """The request that hits this cache entry again: same model, dtype and device map."""
-    line = f"%llm_load {quote(entry.name)} --dtype {entry.info.dtype}"
-    device_map = entry.key.device_map
-    if device_map != "auto":
-        line += f" --device-map {quote(str(device_map))}"
-    if entry.info.kind == "hub" and entry.info.revision:
+def loaded_line(entry: LoadedModel, defaults: LoadOptions | None = None) -> str:
+    """The `%llm_load` line that hits this cache entry again: the request that made it
+    (server, engine, dtype as chosen, device map, quantization, revision...), with its
+    alias. A flag is left out where the line's default gives the same."""
+    defaults = defaults or LoadOptions()
+    made = entry.options or LoadOptions(model=entry.name)
+    words = ["%llm_load", quote(made.model or entry.name)]
+
+    def flag(name: str, value: object) -> None:
+        words.extend([name, quote(str(value))])
+
+    if made.server:
+        flag("--server", made.server)
+    elif made.engine != defaults.engine:
+        flag("--engine", made.engine)
+    if entry.key.dtype:  # the dtype chosen, where the engine chooses one
+        flag("--dtype", entry.key.dtype)
+    if isinstance(made.device_map, str) and made.device_map != defaults.device_map:
+        flag("--device-map", made.device_map)
+    if made.max_memory:
+        flag("--max-memory", ",".join(f"{k}={v}" for k, v in made.max_memory.items()))
+    if made.quantize:
+        flag("--quantize", made.quantize)
+    if made.revision:
+        flag("--revision", made.revision)
+    elif entry.info.kind == "hub" and entry.info.revision:
         main = hub.cached_snapshot(entry.name)
         if main is None or main.name != entry.info.revision:  # loaded at another revision
-            line += f" --revision {entry.info.revision}"
-    return line
+            flag("--revision", entry.info.revision)
+    if made.trust_remote_code:
+        words.append("--trust-remote-code")
+    if made.api_key_env and made.api_key_env != defaults.api_key_env:
+        flag("--api-key-env", made.api_key_env)
+    if entry.aliases:
+        flag("--as", min(entry.aliases))
+    return " ".join(words)

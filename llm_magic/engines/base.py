@@ -124,6 +124,20 @@ class ModelInfo:
     warnings: tuple[str, ...] = ()
     chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
     details: tuple[tuple[str, str], ...] = ()  # more card rows (quantization, context, threads)
+    # How the weights are quantized, where they are: "nf4", "fp4", "int8" (bitsandbytes),
+    # a GGUF file type such as "Q4_1" (llama.cpp); None: held at `dtype`.
+    quantization: str | None = None
+
+    @property
+    def held_as(self) -> str:
+        """The engine and how the weights are held, in one label: "transformers bfloat16",
+        "transformers nf4 (bfloat16 compute)", "llama.cpp Q4_1". Wherever a model's dtype
+        is shown (footers, results' metadata, %llm_models, unload cards) this is, so that
+        a 4-bit answer is never credited to the 16-bit model."""
+        weights = self.quantization or self.dtype
+        if self.quantization and self.quantization != self.dtype:
+            weights += f" ({self.dtype} compute)"
+        return f"{self.engine} {weights}"
 
 
 @dataclass
@@ -151,6 +165,9 @@ class Loaded:
     info: ModelInfo
     engine: Callable[[LoadedModel], Engine]
     notes: tuple[str, ...] = ()  # what this load did on the way, said on its card only
+    # The request as the engine settled it (a server's MODEL and the URL that answered),
+    # where it differs from the one given: what loads this entry again.
+    options: LoadOptions | None = None
 
 
 @dataclass(eq=False)
@@ -165,6 +182,9 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
     engine: Engine | None = None  # what generates with this model; None once unloaded
+    # The request that made it (alias, reload and the like aside): `%llm_load` without
+    # MODEL prints it back as the line that hits this entry again.
+    options: LoadOptions | None = None
 
     @property
     def name(self) -> str:
@@ -180,7 +200,8 @@ class LoadedModel:
         return self.info.memory_bytes + self.packed_bytes
 
     def __repr__(self) -> str:
-        return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
+        i = self.info
+        return f"<LoadedModel {i.name} {i.class_name} {i.held_as} on {i.device}>"
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class LlamaCppEngine:
             "engine": self.kind,
             "llama_cpp_python": _version(),
             "threads": getattr(llm, "n_threads", None),
-            "quantization": dict(self.entry.info.details).get("quantization"),
+            "quantization": self.entry.info.quantization,
         }
 
     def context_limit(self) -> int | None:
@@ -403,6 +403,7 @@ def _open(name: str, path: str, progress: Progress | None) -> tuple[Any, ModelIn
         memory_bytes=size + state,
         device="cpu",
         dtype=kind.split()[0],
+        quantization=kind.split()[0],
         dtype_reason="as quantized in the file; llama.cpp computes on it directly",
         source=path,
         revision=None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..cache import MODEL_CACHE, LoadedModel
@@ -42,6 +42,10 @@ class ServerInfo(ModelInfo):
     server: str | None = None  # what the server says it is: Server header, /version
     latency: float = 0.0  # seconds, one /models round trip
     api_key_env: str | None = None  # the variable's name, never its value
+
+    @property
+    def held_as(self) -> str:
+        return "served"  # the server holds the weights, as it chooses
 
     @property
     def entry(self) -> dict[str, Any]:
@@ -102,7 +106,11 @@ class ServerLoader:
 
     def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
         info, connection = plan.state
-        return Loaded(None, None, info, lambda entry: ServerEngine(info, connection))
+        # Named as it answered: the model it serves, the URL that answered (with /v1).
+        settled = replace(options, model=info.name, server=public_url(connection.url))
+        return Loaded(
+            None, None, info, lambda entry: ServerEngine(info, connection), options=settled
+        )
 
     def card(self, entry: LoadedModel, report: LoadReport) -> ServerCard:
         engine = entry.engine

@@ -8,6 +8,8 @@ stay fast, so the heavy imports live inside the functions that need them."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -215,6 +217,7 @@ def load_model(
             info,
             num_params=_quantized_param_count(model),
             details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),),
+            quantization=quantize,
         )
     return model, tokenizer, info, notes
 
@@ -230,6 +233,7 @@ def quantization_config(quantize: str, compute_dtype: str):
     import torch
     from transformers import BitsAndBytesConfig
 
+    import_bitsandbytes_offline()
     if quantize == "int8":
         import logging
 
@@ -242,6 +246,43 @@ def quantization_config(quantize: str, compute_dtype: str):
         bnb_4bit_quant_type=quantize,
         bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
     )
+
+
+# On a CPU with AVX512-BF16, importing bitsandbytes asks the Hub for a faster 4-bit kernel
+# (through the `kernels` package) and, unable to have it, logs a long warning advising
+# trust_remote_code. `kernels` reads LOCAL_KERNELS at each lookup: pointed at a local build
+# that does not exist, the lookup fails at once, offline, and bitsandbytes runs its own CPU
+# kernels, as it does wherever that build is missing.
+_BNB_HUB_KERNEL = "kernels-community/quantization-bitsandbytes"
+_NO_LOCAL_BUILD = os.path.join(os.devnull, "llm_magic-no-local-kernel")
+
+
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes (once per process) without its Hub kernel lookup or the
+    warning that lookup leaves."""
+    if "bitsandbytes" in sys.modules:
+        return
+    import logging
+
+    given = os.environ.get("LOCAL_KERNELS")
+    if given and _BNB_HUB_KERNEL + "=" in given:  # a build of the user's own: theirs to use
+        import bitsandbytes  # noqa: F401
+
+        return
+    os.environ["LOCAL_KERNELS"] = ":".join(
+        filter(None, [given, _BNB_HUB_KERNEL + "=" + _NO_LOCAL_BUILD])
+    )
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its "Failed to load CPU gemm_4bit_forward" warning
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        logger.setLevel(level)
+        if given is None:
+            os.environ.pop("LOCAL_KERNELS", None)
+        else:
+            os.environ["LOCAL_KERNELS"] = given
 
 
 def _quantized_param_count(model) -> int:

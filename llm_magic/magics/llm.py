@@ -214,7 +214,7 @@ class LLMMagics(Magics):
         """Load a causal language model into the kernel's cache and show what was done."""
         args = parse_line(self.llm_load, line)
         if args.model is None and not (args.server or self.server):
-            return api.available()
+            return api.available(self._load_defaults())
         dtype = args.dtype or self.dtype
         try:
             hardware.normalize_dtype(dtype)
@@ -248,6 +248,15 @@ class LLMMagics(Magics):
             handle, card = api.load_with_card(options=options, progress=progress)
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
         return None if quiet else card
+
+    def _load_defaults(self) -> LoadOptions:
+        """What `%llm_load` takes for the flags a line leaves out (the traits)."""
+        return LoadOptions(
+            engine=self.engine,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            api_key_env=self.api_key_env or None,
+        )
 
     @magic_arguments()
     @argument(

@@ -82,6 +82,11 @@ class ModelCache:
         self._aliases[alias] = entry.key
         entry.aliases.add(alias)
 
+    def aliased(self, alias: str) -> LoadedModel | None:
+        """The entry `alias` names, if any."""
+        key = self._aliases.get(alias)
+        return self._entries.get(key) if key is not None else None
+
     def find(self, name: str) -> LoadedModel | None:
         """An entry by alias, by the name it was loaded with, by the last part of that
         name (a file or folder of a path, the model of a Hub id: what the cards show),

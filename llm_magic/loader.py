@@ -52,7 +52,7 @@ def _cached_or_loaded(
     loader: Loader, plan: Plan, options: LoadOptions, progress: Progress | None, started: float
 ) -> tuple[LoadedModel, Card]:
     entry = None if options.reload else MODEL_CACHE.get(plan.key)
-    state, fit, notes = "cached", None, []
+    state, fit, notes = "cached", None, list(plan.notes)
     if entry is None:
         state = "reloaded" if options.reload and MODEL_CACHE.peek(plan.key) else "new"
         fit, notes = make_room(plan, options, progress)  # raises when it won't fit
@@ -66,12 +66,30 @@ def _cached_or_loaded(
         del loaded
         notes += [budget_note(r) for r in MODEL_CACHE.put(entry)]
     if options.alias:
+        before = MODEL_CACHE.aliased(options.alias)
         MODEL_CACHE.alias(entry, options.alias)
+        if before is not None and before is not entry:
+            notes.append(_alias_moved(options.alias, before))
     seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
     report = LoadReport(
         state, seconds, fit, tuple(notes), len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     )
     return entry, loader.card(entry, report)
+
+
+def _alias_moved(alias: str, before: LoadedModel) -> str:
+    """The alias now names this model: the one it named stays loaded, said with the name
+    that still reaches it."""
+    rest = sorted(before.aliases)
+    name = rest[0] if rest else before.name
+    if rest or not MODEL_CACHE.ambiguous(name):
+        reach = f"%llm_unload {quote(name)} frees it"
+    else:  # its name now means two models: an alias tells them apart
+        reach = f"{loaded_line(before)} --as NAME names it again"
+    return (
+        f"--as {alias} named {before.name} ({before.info.held_as}) until now; that model "
+        f"stays loaded ({format_bytes(before.memory_bytes)}): {reach}"
+    )
 
 
 def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> BaseException:

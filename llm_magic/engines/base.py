@@ -61,6 +61,51 @@ class LoadOptions:
             raise LoadError(
                 f"--as {self.alias!r}: an alias must be a plain name (letters, digits, _)"
             )
+        if self.api_key_env and not self.server:
+            raise LoadError(
+                f"--api-key-env {self.api_key_env}: a key is for a server model (--server URL)",
+                "without --server the model runs here, and no key is sent anywhere",
+                [
+                    f"%llm_load MODEL --server URL --api-key-env {self.api_key_env}",
+                    "leave out --api-key-env",
+                ],
+            )
+        for device, size in (self.max_memory or {}).items():
+            _check_memory_cap(device, size)
+        if self.timeout is not None and not (0 < self.timeout < float("inf")):
+            raise LoadError(f"timeout {self.timeout}: seconds to wait must be above 0")
+
+    def unused(self, *names: str) -> tuple[str, ...]:
+        """The flags among `names` (fields) set away from their defaults: what an engine
+        that does not use them says it leaves out."""
+        default = LoadOptions()
+        return tuple(
+            "--" + name.replace("_", "-")
+            for name in names
+            if getattr(self, name) != getattr(default, name)
+        )
+
+
+def _check_memory_cap(device: str | int, size: object) -> None:
+    """One --max-memory cap: a size above 0 (accelerate refuses others with a message
+    about its own format)."""
+    from ..sources.sizing import parse_bytes
+
+    example = "--max-memory 0=20GB,cpu=30GB"
+    try:
+        parsed = parse_bytes(size)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise LoadError(
+            f"--max-memory {device}={size}: not a size",
+            "a cap is a size such as 20GB, 512MB or 8GiB, or a number of bytes",
+            [example],
+        ) from None
+    if parsed <= 0:
+        raise LoadError(
+            f"--max-memory {device}={size}: a cap must be above 0",
+            f"a cap of 0 leaves no room for any weights on {device}",
+            [example, "leave a device out to let the model use what is free there"],
+        )
 
 
 class LoadKeywords(TypedDict, total=False):
@@ -153,6 +198,9 @@ class Plan:
     unchecked: str | None = None
     source: Source | None = None  # the files, where MODEL names files (failure facts need them)
     state: Any = None
+    # Said on the card, cached or not: options this engine does not use ("--dtype does not
+    # apply ..."), so that none is ignored silently.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass

@@ -336,7 +336,18 @@ class LlamaCppLoader:
         # The weights are mapped as they are in the file.
         size = os.path.getsize(source.path)
         est = Estimate(size, 0, "gguf", "gguf", (source.path,), 0)
-        return Plan(CacheKey(KIND, source.identity), name, est, "cpu", source=source)
+        unused = options.unused("dtype", "max_memory", "trust_remote_code")
+        if options.device_map not in ("auto", "cpu"):
+            unused += (f"--device-map {options.device_map}",)
+        notes = (
+            (
+                f"{', '.join(unused)}: not used by --engine llama.cpp, which runs the file's"
+                " own quantized weights on the CPU (leave out --engine for transformers)",
+            )
+            if unused
+            else ()
+        )
+        return Plan(CacheKey(KIND, source.identity), name, est, "cpu", source=source, notes=notes)
 
     def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
         assert plan.source is not None and plan.source.path is not None

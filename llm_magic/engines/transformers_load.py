@@ -47,6 +47,9 @@ class TransformersLoader:
         source = resolve_source(name, options.revision)
         checkpoint = checkpoint_dtype(source.path if source.kind != "gguf" else None)
         choice = hardware.choose_dtype(hardware.probe(), checkpoint, requested, options.device_map)
+        if source.kind == "gguf" and source.path is not None:
+            if options.reload or usable_copy(source.path, choice.dtype) is None:
+                gguf_cache.check_writable(source.path)  # before a conversion, not after it
         est = estimate(source, choice.dtype, options.quantize)
         unchecked = None
         if est is None:
@@ -204,10 +207,11 @@ def load_model(
         device_map=device_map,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
-        **({"max_memory": max_memory} if max_memory else {}),
+        **({"max_memory": dict(max_memory)} if max_memory else {}),  # accelerate edits it
         **({"quantization_config": quantization_config(quantize, dtype.dtype)} if quantize else {}),
         **remote,
     )
+    _check_placed(model, source.name, max_memory)
     seconds = time.perf_counter() - started
     if source.kind == "hub" and not source.cached:
         where = str(hub.cached_snapshot(source.name, source.revision) or where)
@@ -220,6 +224,24 @@ def load_model(
             quantization=quantize,
         )
     return model, tokenizer, info, notes
+
+
+def _check_placed(model, name: str, max_memory: dict | None) -> None:
+    """Refuse a model that --max-memory put wholly on disk: its weights stay on the meta
+    device and every generation would fail on them."""
+    placed = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
+    if not placed or not placed <= {"disk"}:
+        return
+    caps = ",".join(f"{k}={v}" for k, v in (max_memory or {}).items())
+    raise LoadError(
+        f"{name}: --max-memory {caps} leaves no room for the model on any device",
+        "every layer went to disk, and a model wholly on disk cannot generate here"
+        " (its weights stay on the meta device)",
+        [
+            "raise the caps: at least the size of one layer must fit, e.g. cpu=2GB",
+            "leave out --max-memory to use the memory that is free",
+        ],
+    )
 
 
 # --quantize: bitsandbytes' 4-bit (NF4, FP4) and 8-bit (LLM.int8) linear layers.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import hardware, loader
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
-from .display import ModelRow, ModelsCard, UnloadCard
+from .display import DiskCard, ModelRow, ModelsCard, UnloadCard
 from .engines.base import Card, LoadOptions, Progress
 from .errors import GenerationError, LLMError
 from .results import GenerationResult, GenerationResults
@@ -178,6 +178,23 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
         cache_models=len(MODEL_CACHE),
         cache_bytes=MODEL_CACHE.total_bytes(),
     )
+
+
+def delete_copies(name: str | None = None, *, all: bool = False) -> DiskCard:  # noqa: A002
+    """Delete converted .gguf copies (as `%llm_unload --disk` does): the copy NAME, every
+    copy of the .gguf NAME, or with `all=True` all of them. The card says what went, and
+    which loaded models were read from a deleted copy (they stay loaded)."""
+    from .sources import gguf_cache
+
+    deleted = gguf_cache.delete_copies(name, all=all)
+    folders = {c.folder: c.name for c in deleted}
+    said = tuple(
+        f"{e.name} ({e.info.held_as}) was read from {folders[e.info.source]}: it stays"
+        " loaded; loading its .gguf again converts it again"
+        for e in MODEL_CACHE.entries()
+        if e.info.source in folders
+    )
+    return gguf_cache.disk_card(tuple(deleted), said)
 
 
 def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> None:

@@ -55,7 +55,8 @@ def _cached_or_loaded(
     state, fit, notes = "cached", None, list(plan.notes)
     if entry is None:
         state = "reloaded" if options.reload and MODEL_CACHE.peek(plan.key) else "new"
-        fit, notes = make_room(plan, options, progress)  # raises when it won't fit
+        fit, room = make_room(plan, options, progress)  # raises when it won't fit
+        notes += room
         loaded = loader.load(plan, options, progress)
         notes += loaded.notes
         made_by = replace(

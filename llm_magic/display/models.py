@@ -222,6 +222,7 @@ class DiskCard(Card):
     copies: tuple[CopyFacts, ...] = ()  # what is there now
     deleted: tuple[CopyFacts, ...] = ()  # what this call deleted
     free_bytes: int | None = None  # on the copies' disk
+    said: tuple[str, ...] = ()  # more to say (a loaded model read from a deleted copy)
 
     def title(self) -> str:
         if self.deleted:
@@ -244,7 +245,7 @@ class DiskCard(Card):
         return rows + [("folder", self.folder + free)]
 
     def notes(self) -> list[str]:
-        return [
+        return list(self.said) + [
             f"{c.name}: damaged ({c.problem}); the next load converts it again"
             for c in self.copies
             if c.problem

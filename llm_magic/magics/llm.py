@@ -296,9 +296,7 @@ class LLMMagics(Magics):
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
         if args.disk:
-            return gguf_cache.disk_card(
-                tuple(gguf_cache.delete_copies(unquote(args.name or ""), all=args.all))
-            )
+            return api.delete_copies(unquote(args.name or ""), all=args.all)
         return api.unload(unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's

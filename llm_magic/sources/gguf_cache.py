@@ -297,12 +297,14 @@ def delete_copies(name: str | None = None, *, all: bool = False) -> list[Convert
     return chosen
 
 
-def disk_card(deleted: tuple[ConvertedCopy, ...] = ()) -> DiskCard:
-    """The card of `%llm_models --disk` (and of `%llm_unload --disk`, with what it deleted)."""
+def disk_card(deleted: tuple[ConvertedCopy, ...] = (), said: tuple[str, ...] = ()) -> DiskCard:
+    """The card of `%llm_models --disk` (and of `%llm_unload --disk`, with what it deleted
+    and what more it says)."""
     from ..display import DiskCard
 
     folder = copies_dir()
-    return DiskCard(str(folder), tuple(converted_copies()), tuple(deleted), _free_bytes(folder))
+    copies = tuple(converted_copies())
+    return DiskCard(str(folder), copies, tuple(deleted), _free_bytes(folder), said)
 
 
 def _remove_outdated(gguf_path: str) -> list[ConvertedCopy]:

@@ -152,11 +152,12 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
                 {a for e in MODEL_CACHE.entries() for a in e.aliases}
                 | {e.name for e in MODEL_CACHE.entries()}
             )
+            entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
             raise LLMError(
                 f"no cached model named {name!r}" if name else "which model? give a NAME or --all",
                 "cached: " + ", ".join(cached) if cached else "the cache is empty",
-                [f"%llm_unload {cached[0]}", "%llm_unload --all"]
-                if cached
+                [loader.unload_command(entries[0]), "%llm_unload --all"]
+                if entries
                 else ["%llm_models lists what is cached"],
             )
         entries = [entry]
@@ -209,9 +210,9 @@ def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> Non
     ]
     aliased = next((min(e.aliases) for e in several if e.aliases), None)
     fixes = [f"{what} {aliased}  (an alias names one)"] if aliased else []
-    fixes.append(
-        f"give each an alias: %llm_load {several[0].name} --dtype {several[0].info.dtype} --as NAME"
-    )
+    unnamed = next((e for e in several if not e.aliases), None)
+    if unnamed is not None:
+        fixes.append(f"give each an alias: {loader.loaded_line(unnamed)} --as NAME")
     if what == "%llm_unload":
         fixes.append("%llm_unload --all unloads every one")
     raise error(
@@ -301,9 +302,10 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
         entry = MODEL_CACHE.find(model)
         if entry is None:
             loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]
+            # Names that reach one model each (an alias before a short name two share).
             names = sorted(
                 {a for e in MODEL_CACHE.entries() for a in e.aliases}
-                | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in MODEL_CACHE.entries()}
+                | {n for e in MODEL_CACHE.entries() if (n := loader.handle_name(e))}
             )
             close = difflib.get_close_matches(model, names, n=1, cutoff=0.6)
             fixes = [f"did you mean: -m {close[0]}"] if close else []

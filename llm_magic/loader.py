@@ -81,16 +81,37 @@ def _cached_or_loaded(
 def _alias_moved(alias: str, before: LoadedModel) -> str:
     """The alias now names this model: the one it named stays loaded, said with the name
     that still reaches it."""
-    rest = sorted(before.aliases)
-    name = rest[0] if rest else before.name
-    if rest or not MODEL_CACHE.ambiguous(name):
-        reach = f"%llm_unload {quote(name)} frees it"
-    else:  # its name now means two models: an alias tells them apart
-        reach = f"{loaded_line(before)} --as NAME names it again"
+    name = handle_name(before)
+    reach = (
+        f"%llm_unload {name} frees it"
+        if name is not None
+        else f"{loaded_line(before)} --as NAME names it again"
+    )
     return (
         f"--as {alias} named {before.name} ({before.info.held_as}) until now; that model "
         f"stays loaded ({format_bytes(before.memory_bytes)}): {reach}"
     )
+
+
+def handle_name(entry: LoadedModel) -> str | None:
+    """The name that reaches `entry` alone (for -m and %llm_unload): an alias, else its
+    short name or its name where no other cached model has it; None where only an alias
+    would tell it apart (the same file at two dtypes)."""
+    if entry.aliases:
+        return min(entry.aliases)
+    short = entry.name.rstrip("/").rsplit("/", 1)[-1]
+    for name in (short, entry.name):
+        if MODEL_CACHE.find(name) is entry and not MODEL_CACHE.ambiguous(name):
+            return quote(name)
+    return None
+
+
+def unload_command(entry: LoadedModel) -> str:
+    """The command that unloads `entry`, naming it so that it means this model alone."""
+    name = handle_name(entry)
+    if name is not None:
+        return f"%llm_unload {name}"
+    return f"{loaded_line(entry)} --as NAME, then %llm_unload NAME"
 
 
 def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> BaseException:
@@ -170,9 +191,7 @@ def _fit_fixes(
     others = [e for e in MODEL_CACHE.entries() if e not in victims]
     if others:
         each = ", ".join(
-            f"%llm_unload {min(e.aliases) if e.aliases else e.name} "
-            f"frees {format_bytes(e.memory_bytes)}"
-            for e in others
+            f"{unload_command(e)} frees {format_bytes(e.memory_bytes)}" for e in others
         )
         fixes.append(each + (" (or --all)" if len(others) > 1 else ""))
     if target == "cuda" and options.device_map != "auto":

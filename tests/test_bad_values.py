@@ -188,3 +188,29 @@ def test_the_api_key_trait_is_for_servers_only(shell, tiny_model_dir):
     shell.run_line_magic("config", "LLMMagics.api_key_env = 'MY_KEY'")
     card = shell.run_line_magic("llm_load", f"{tiny_model_dir} --dtype bfloat16")
     assert card.cache_state == "new"
+
+
+# --- fixes that work -----------------------------------------------------------------------
+
+
+def test_fixes_name_a_model_by_what_reaches_it_alone(shell, tiny_model_dir):
+    """The same folder at two dtypes: its short name means both, so the fixes name the
+    alias, or the line that gives one; each fix, run, does what it says."""
+    shell.run_line_magic("llm_load", f"{tiny_model_dir} --dtype bfloat16 --as half --quiet")
+    shell.run_line_magic("llm_load", f"{tiny_model_dir} --dtype float32 --quiet")
+    card = fail(shell, "%%llm_generate -m halff --max-new-tokens 2\nHi", GenerationError)
+    assert "did you mean: -m half" in card and f"-m {tiny_model_dir.name}" not in card
+    card = fail(
+        shell, f"%%llm_generate -m {tiny_model_dir.name} --max-new-tokens 2\nHi", GenerationError
+    )
+    fix = next(line for line in card.splitlines() if "give each an alias:" in line)
+    line = fix.split("give each an alias: ")[1].replace("--as NAME", "--as full")
+    assert line == f"%llm_load {tiny_model_dir} --dtype float32 --as full"
+    again = shell.run_line_magic("llm_load", line.removeprefix("%llm_load "))
+    assert again.cache_state == "cached" and MODEL_CACHE.find("full").info.dtype == "float32"
+
+
+@pytest.mark.parametrize("path", ["./missing-model.gguf", "../../org/model", "/nowhere/org/x"])
+def test_a_missing_path_gets_no_hub_id_suggestion(shell, path):
+    card = fail(shell, f"%llm_load {path}")
+    assert "no such file or folder" in card and "for the Hub id" not in card

@@ -2,11 +2,15 @@
 
 `%llm_load <TAB>` offers the models already loaded, the Hub ids of the local Hugging
 Face cache, the converted `.gguf` originals, the demo model, and `.gguf` files and folders
-on disk; `-m`/`--model` and `%llm_unload` offer the loaded models' aliases and names;
-`--<TAB>` offers a magic's flags (read from its magic_arguments parser), `--dtype` and
-`--device-map` their values. No network, no torch: answers come from folder listings and
-the kernel's cache. Besides the magics package, the one module that imports IPython: it
-plugs into the shell's completer.
+on disk (`./` included); `-m`/`--model` (`%%llm_generate`, `%%llm_chat`) and `%llm_unload`
+offer the loaded models' aliases and names, `%llm_unload --disk` the converted copies,
+`%%llm_chat --as`/`--show`/`--reset` the conversations, `--over` the notebook's
+collections; `--<TAB>` offers a magic's flags (read from its magic_arguments parser), and
+a flag's values where the parser lists them (`--engine`, `--quantize`), `--dtype`, and
+`--device-map` as this machine's torch can place a model (no cuda on a CPU-only build).
+No network, no torch import: answers come from folder listings and the kernel's cache.
+Besides the magics package, the one module that imports IPython: it plugs into the
+shell's completer.
 """
 
 from __future__ import annotations

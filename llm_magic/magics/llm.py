@@ -45,6 +45,7 @@ from .cells import (
     prompt_shower,
     run_streamed,
     settings_from,
+    shown_in_place,
     unquote,
 )
 
@@ -442,31 +443,14 @@ class _Status:
         that this cell does not show it a second time."""
         if self.handle is None:
             return value
-        data, metadata = self.shell.display_formatter.format(value)
-        self.handle.update(data, metadata=metadata, raw=True)
-        self.handle = None
-        return _shown_already(value, self.shell)
+        handle, self.handle = self.handle, None
+        return shown_in_place(handle, value, self.shell)
 
     def close(self) -> None:
         """Not settled (the load failed): the line goes, the error card follows."""
         if self.handle is not None:
             self.handle.update({"text/plain": ""}, raw=True)
             self.handle = None
-
-
-def _shown_already(value, shell):
-    """`value`, which this cell shows already: its display as this cell's result (the
-    displayhook, which still puts it in Out and `_`) shows nothing more. Shown later, in
-    another cell, it shows as any value does."""
-    count = shell.execution_count
-
-    def displayed() -> None:
-        object.__delattr__(value, "_ipython_display_")
-        if shell.execution_count != count:
-            display(value)
-
-    object.__setattr__(value, "_ipython_display_", displayed)
-    return value
 
 
 def _first_words(model: str | None, server: str | None, hf_bars: bool) -> str:

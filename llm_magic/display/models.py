@@ -289,9 +289,10 @@ class CommandsCard(Shown):
         cell = "<td style='padding:0 1em 0 {};text-align:left;white-space:nowrap{}'>{}</td>"
         body = []
         for heading, rows in self.sections:
+            # The heading runs on over the row's other cells without widening its column.
             body.append(
-                f"<tr><td colspan='3' style='padding-top:.4em;text-align:left;color:{DIM}'>"
-                f"{e(heading)}</td></tr>"
+                "<tr><td style='padding-top:.4em;text-align:left;white-space:nowrap;"
+                f"max-width:0;overflow:visible;color:{DIM}'>{e(heading)}</td></tr>"
             )
             body += [
                 "<tr>"

@@ -16,7 +16,7 @@ from . import hardware, loader
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import DiskCard, ModelRow, ModelsCard, UnloadCard
-from .engines.base import Card, LoadOptions, Progress
+from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
 from .results import GenerationResult, GenerationResults
 from .settings import Settings
@@ -120,10 +120,9 @@ def models() -> ModelsCard:
         )
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
-    gpus = ()
-    hw_gpus = (
-        hardware.probe().gpus if "torch" in sys.modules else ()
-    )  # no torch import just to list
+    gpus: tuple[tuple[str, int, int], ...] = ()
+    # No torch import just to list.
+    hw_gpus = hardware.probe().gpus if "torch" in sys.modules else ()
     if hw_gpus:
         free = hardware.free_gpu_bytes()
         gpus = tuple(
@@ -266,7 +265,7 @@ def generate(
         )
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
-    engine = entry.engine
+    engine = _engine(entry)
     if over is not None:
         texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
         return generation.generate_many(
@@ -280,8 +279,16 @@ def generate(
     return result
 
 
+def _engine(entry: LoadedModel) -> Engine:
+    """What generates with `entry`; an unloaded one is refused."""
+    if entry.engine is None:
+        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    return entry.engine
+
+
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
     """The cached model to generate with (touched: it becomes the current one)."""
+    entry: LoadedModel | None
     if isinstance(model, LoadedModel):
         entry = model
     elif model is None:
@@ -320,8 +327,7 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
                 "-m takes an alias (--as NAME) or the name a model was loaded with",
                 fixes,
             )
-    if entry.engine is None:
-        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    _engine(entry)  # refuses an unloaded one
     MODEL_CACHE.touch(entry)
     return entry
 
@@ -379,7 +385,7 @@ def chat(
     conversations.CONVERSATIONS.last = conv.name
     return conversations.ask(
         conv,
-        entry.engine,
+        _engine(entry),
         text or "",
         chosen,
         cell_id=cell_id,
@@ -425,7 +431,7 @@ def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
     from .conversations import CONVERSATIONS, Conversation
 
     if isinstance(conversation, Conversation):
-        conv = CONVERSATIONS.add(conversation)
+        conv: Conversation | None = CONVERSATIONS.add(conversation)
     else:
         conv = CONVERSATIONS.get(conversation) if conversation is not None else None
     if model is None and conv is not None and conv.model is not None:

@@ -1,5 +1,6 @@
 """Generation shared by every engine: the run of one prompt or many, seeds, the context
-budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
+budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which
+one it is.
 
 On Ctrl-C an engine returns what it made so far; it becomes the partial result, carried
 by the re-raised KeyboardInterrupt as `.result`.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from . import prompts
 from .engines.base import Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
-from .results import GenerationResult, GenerationResults
+from .results import GenerationResult, GenerationResults, carry_result
 from .settings import Settings
 
 TextCallback = Callable[[str], None]
@@ -204,19 +205,19 @@ def generate(
     )
     try:
         run = engine.run([rendered], seed, max_new, settings, shown)
-    except (
-        GenerationError
-    ) as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+    except GenerationError as e:
+        # An engine failing part-way (a server dropping the stream) hands over its text.
         partial = partial_run(e)
         if partial is not None:
-            (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
+            (made,) = _results(engine, partial, [rendered], settings, seed, None)
+            carry_result(e, made)
         raise
     run.notes = notes + _unused_seed(settings) + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     if isinstance(shown, _StopHeldBack):
         shown.finish(result.text)
     if run.interrupt is not None:
-        run.interrupt.result = result
+        carry_result(run.interrupt, result)
         raise run.interrupt
     return result
 
@@ -261,12 +262,16 @@ def generate_many(
             if run.interrupt is not None:
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
-        e.result = GenerationResults(r for r in slots if r is not None)
-        e.result.group = engine.capabilities.group
+        so_far = GenerationResults(r for r in slots if r is not None)
+        so_far.group = engine.capabilities.group
+        carry_result(e, so_far)
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
-    results = GenerationResults(slots)
+    done = [r for r in slots if r is not None]
+    if len(done) != len(slots):  # run_many must yield every row once
+        raise GenerationError(f"the engine returned {len(done)} results for {len(slots)} prompts")
+    results = GenerationResults(done)
     results.group = engine.capabilities.group
     results.wall_seconds = time.perf_counter() - started
     return results

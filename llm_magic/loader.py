@@ -52,7 +52,8 @@ def _cached_or_loaded(
     loader: Loader, plan: Plan, options: LoadOptions, progress: Progress | None, started: float
 ) -> tuple[LoadedModel, Card]:
     entry = None if options.reload else MODEL_CACHE.get(plan.key)
-    state, fit, notes = "cached", None, list(plan.notes)
+    state, fit = "cached", None
+    notes: list[str] = list(plan.notes)
     if entry is None:
         state = "reloaded" if options.reload and MODEL_CACHE.peek(plan.key) else "new"
         fit, room = make_room(plan, options, progress)  # raises when it won't fit

@@ -21,7 +21,15 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .. import api
 from ..conversations import CONVERSATIONS
 from ..display import ConversationsCard, ConversationView
-from .cells import generation_flags, out_name, parse_line, prompt_shower, run_streamed, unquote
+from .cells import (
+    generation_flags,
+    out_name,
+    parse_line,
+    prompt_shower,
+    run_streamed,
+    unquote,
+    user_namespace,
+)
 from .llm import LLMMagics
 
 
@@ -144,7 +152,7 @@ class ChatMagics(Magics):
         return ConversationView.of(conversation)
 
     def _ask(self, args, cell: str):
-        settings, ns = self.settings, self.shell.user_ns
+        settings, ns = self.settings, user_namespace(self)
         out = out_name(args.out)
         sink = settings.stream_sink(args)
         system = unquote(args.system) if args.system is not None else None

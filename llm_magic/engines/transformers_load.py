@@ -367,11 +367,13 @@ def describe(
     """Facts for the card, derived from the loaded objects."""
     device_map = getattr(model, "hf_device_map", None) or {}
     placed = {str(v) for v in device_map.values()}
-    offloaded = sorted(placed & {"cpu", "disk"})
+    # Off an accelerator, cpu is where the model runs: only the disk is offloaded to.
+    on_accelerator = bool(placed - {"cpu", "disk"})
+    offloaded = sorted(placed & ({"cpu", "disk"} if on_accelerator else {"disk"}))
     # Disk-offloaded weights sit on the meta device until used: name the disk instead.
     devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
     warnings = []
-    if "disk" in placed or (offloaded and len(placed) > 1):
+    if offloaded:
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
         warnings.append(
             f"{n} module(s) offloaded to {' and '.join(offloaded)}: "

@@ -11,8 +11,15 @@ import contextlib
 import time
 from dataclasses import replace
 
-from . import errors, hardware, quiet
-from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
+from . import adapters, errors, hardware, quiet
+from .cache import (
+    MODEL_CACHE,
+    LoadedModel,
+    Released,
+    clear_frames_of,
+    handle_name,
+    release_memory,
+)
 from .engines import registry
 from .engines.base import Card, Loader, LoadOptions, LoadReport, Plan, Progress
 from .errors import LoadError
@@ -60,10 +67,11 @@ def _cached_or_loaded(
         notes += room
         loaded = loader.load(plan, options, progress)
         notes += loaded.notes
-        made_by = replace(
-            loaded.options or options, alias=None, reload=False, force=False, quiet=False
+        entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info)
+        # A server's settled request (the URL that answered), else the one made here.
+        entry.options = replace(
+            loaded.options or options, alias=None, reload=False, force=False, adapters=()
         )
-        entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info, options=made_by)
         entry.engine = loaded.engine(entry)
         del loaded
         notes += [budget_note(r) for r in MODEL_CACHE.put(entry)]
@@ -72,6 +80,8 @@ def _cached_or_loaded(
         MODEL_CACHE.alias(entry, options.alias)
         if before is not None and before is not entry:
             notes.append(_alias_moved(options.alias, before))
+    if options.adapters:
+        notes += _with_adapters(entry, options, state, progress)
     seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
     report = LoadReport(
         state, seconds, fit, tuple(notes), len(MODEL_CACHE), MODEL_CACHE.total_bytes()
@@ -94,25 +104,28 @@ def _alias_moved(alias: str, before: LoadedModel) -> str:
     )
 
 
-def handle_name(entry: LoadedModel) -> str | None:
-    """The name that reaches `entry` alone (for -m and %llm_unload): an alias, else its
-    short name or its name where no other cached model has it; None where only an alias
-    would tell it apart (the same file at two dtypes)."""
-    if entry.aliases:
-        return min(entry.aliases)
-    short = entry.name.rstrip("/").rsplit("/", 1)[-1]
-    for name in (short, entry.name):
-        if MODEL_CACHE.find(name) is entry and not MODEL_CACHE.ambiguous(name):
-            return quote(name)
-    return None
-
-
 def unload_command(entry: LoadedModel) -> str:
     """The command that unloads `entry`, naming it so that it means this model alone."""
     name = handle_name(entry)
     if name is not None:
         return f"%llm_unload {name}"
     return f"{loaded_line(entry)} --as NAME, then %llm_unload NAME"
+
+
+def _with_adapters(
+    entry: LoadedModel, options: LoadOptions, state: str, progress: Progress | None
+) -> list[str]:
+    """Put `--adapter`'s adapters on the model (the first becomes the one its name alone
+    means). On failure a model this call loaded is unloaded again: the cache as it was."""
+    if progress:
+        progress(f"putting adapter{'s' if len(options.adapters) > 1 else ''} on {entry.name}…")
+    try:
+        attached = adapters.attach(entry, options.adapters, default=options.adapters[0][0])
+    except BaseException:
+        if state != "cached":
+            MODEL_CACHE.unload([entry])
+        raise
+    return [budget_note(r) for r in attached.released]
 
 
 def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> BaseException:
@@ -179,7 +192,7 @@ def make_room(
         if progress:
             names = ", ".join(v.name for v in victims)
             progress(f"unloading {names} to stay within the budget…")
-        notes.append(budget_note(MODEL_CACHE.unload(victims)))
+        notes.append(budget_note(MODEL_CACHE.unload(victims, by_budget=True)))
     return verdict, notes
 
 

@@ -21,7 +21,8 @@ from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
 from ..errors import SERVER, LoadError, diagnose
 from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
-from .server import DEFAULTS, Connection, ServerEngine, public_url
+from .cards import adapters_rows
+from .server import DEFAULTS, Connection, ServerEngine, adapters_of, public_url
 
 # /models fields that give a model's context length, by server.
 _CONTEXT_FIELDS = (
@@ -166,10 +167,21 @@ class ServerLoader:
             concurrency=DEFAULTS.concurrency,
             timeout=timeout or DEFAULTS.timeout,
             budget_notes=report.notes,
+            extra_rows=_served_adapters(entry) + adapters_rows(entry),
         )
 
 
 LOADER = ServerLoader()
+
+
+def _served_adapters(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
+    """The server's own adapters of the model (vLLM lists each with the model as `parent`),
+    each usable as `-m MODEL:ADAPTER`."""
+    offered = [a for a in adapters_of(entry.info) if a not in entry.adapters]
+    if not offered:
+        return ()
+    label = min(entry.aliases) if entry.aliases else entry.name
+    return (("adapters", ", ".join(offered) + f"  (served: -m {label}:{offered[0]})"),)
 
 
 def _key(url: str, model: str, key_env: str | None) -> CacheKey:

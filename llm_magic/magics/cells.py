@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics
@@ -161,7 +161,17 @@ def prompt_shower(show: bool):
     return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
 
 
-def run_streamed(call, sink: Stream | None, out: str | None, shell, waiting: Waiting | None = None):
+class Sink(Protocol):
+    """Where a run's text streams: one model's Stream, or the columns of `-m A B`."""
+
+    jupyter: bool
+    parts: list[str]
+    handle: Any
+
+    def settle(self, result: Any = None, shell: Any = None) -> Any: ...
+
+
+def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiting | None = None):
     """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
     the partial result stays on screen, is kept where a result would be (`_`, Out[n],
     `out`), and the interrupt goes on, shown as one line instead of a traceback."""
@@ -328,7 +338,7 @@ class Waiting:
         return result
 
 
-def _show_partial(sink: Stream | None, partial) -> None:
+def _show_partial(sink: Sink | None, partial) -> None:
     """After Ctrl-C: the partial result stays on screen where the text was streaming."""
     if partial is None:
         return

@@ -2,15 +2,16 @@
 
 `%llm_load <TAB>` offers the models already loaded, the Hub ids of the local Hugging
 Face cache, the converted `.gguf` originals, the demo model, and `.gguf` files and folders
-on disk (`./` included); `-m`/`--model` (`%%llm_generate`, `%%llm_chat`) and `%llm_unload`
-offer the loaded models' aliases and names, `%llm_unload --disk` the converted copies,
-`%%llm_chat --as`/`--show`/`--reset` the conversations, `--over` the notebook's
-collections; `--<TAB>` offers a magic's flags (read from its magic_arguments parser), and
-a flag's values where the parser lists them (`--engine`, `--quantize`), `--dtype`, and
-`--device-map` as this machine's torch can place a model (no cuda on a CPU-only build).
-No network, no torch import: answers come from folder listings and the kernel's cache.
-Besides the magics package, the one module that imports IPython: it plugs into the
-shell's completer.
+on disk (`./` included); `-m`/`--model` (each of several, with `%%llm_generate`) and
+`%llm_unload` offer the loaded models' aliases and names, and `MODEL:ADAPTER` for their
+adapters; `%llm_adapter load` offers folders and .gguf files, `%llm_adapter unload` the
+adapters; `%llm_unload --disk` the converted copies, `%%llm_chat --as`/`--show`/`--reset`
+the conversations, `--over` the notebook's collections; `--<TAB>` offers a magic's flags
+(read from its magic_arguments parser), and a flag's values where the parser lists them
+(`--engine`, `--quantize`), `--dtype`, and `--device-map` as this machine's torch can place
+a model (no cuda on a CPU-only build). No network, no torch import: answers come from
+folder listings and the kernel's cache. Besides the magics package, the one module that
+imports IPython: it plugs into the shell's completer.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _MAGICS = {
     "llm_models": "line",
     "llm_generate": "cell",
     "llm_chat": "both",
+    "llm_adapter": "line",
 }
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
 _MODEL_FLAGS = ("-m", "--model")
@@ -122,10 +124,33 @@ def complete(shell, text: str) -> tuple[str, list[SimpleCompletion]] | None:
         return values(_sized_variables(shell))
     if magic == "llm_chat" and before in ("--as", "--show", "--reset"):
         return current, _conversations(current)
-    if before in _MODEL_FLAGS and magic in ("llm_generate", "llm_chat"):
+    if magic == "llm_chat" and before in _MODEL_FLAGS:
         return current, _loaded_names(current)
-    if before.startswith("-") and _takes_value(shell, magic, before):
+    if (
+        before.startswith("-")
+        and _takes_value(shell, magic, before)
+        and not (magic in ("llm_generate", "llm_adapter") and before in _MODEL_FLAGS)
+    ):
         return None  # a value we know nothing about (--as, --out, --max-new-tokens)
+    if magic == "llm_generate":
+        # -m takes one name or several: the words since the last flag are its values.
+        flag = next((w for w in reversed(words[: len(words) - bool(current)]) if w[:1] == "-"), "")
+        if flag not in _MODEL_FLAGS:
+            return None
+        return current, _loaded_names(current, adapters=True)
+    if magic == "llm_adapter":
+        if before in _MODEL_FLAGS:
+            return current, _loaded_names(current)
+        action = words[1] if len(words) > 1 and words[1] != current else None
+        if action == "unload":
+            return current, _adapter_names(current)
+        if action == "load":
+            return current, _paths(current)
+        return current, [
+            SimpleCompletion(a, type="action")
+            for a in ("load", "list", "unload")
+            if a.startswith(current) and action is None
+        ]
     if magic == "llm_unload":
         if "--disk" in words[1:]:
             return current, _copies(current)
@@ -241,9 +266,10 @@ def _copies(prefix: str) -> list[SimpleCompletion]:
     return [SimpleCompletion(n, type=t) for n, t in found.items() if n.startswith(prefix)]
 
 
-def _loaded_names(prefix: str) -> list[SimpleCompletion]:
+def _loaded_names(prefix: str, adapters: bool = False) -> list[SimpleCompletion]:
     """Aliases first, then the names the models were loaded with and their short forms
-    (the last part of a path or Hub id): what `%llm_unload` and `-m` accept."""
+    (the last part of a path or Hub id): what `%llm_unload` and `-m` accept; with
+    `adapters`, then MODEL:ADAPTER and MODEL:base for the models that have adapters."""
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     names: dict[str, str] = {}
     for e in entries:
@@ -252,7 +278,27 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
     for e in entries:
         names.setdefault(e.name, "model")
         names.setdefault(e.name.rstrip("/").rsplit("/", 1)[-1], "model")
+    if adapters:
+        for completion in _adapter_names(prefix):
+            names.setdefault(completion.text, "adapter")
+        for e in entries:
+            if e.adapters:
+                names.setdefault(f"{_label(e)}:base", "adapters off")
     return [SimpleCompletion(n, type=t) for n, t in names.items() if n.startswith(prefix)]
+
+
+def _label(entry) -> str:
+    return min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _adapter_names(prefix: str) -> list[SimpleCompletion]:
+    """MODEL:ADAPTER for every adapter on a loaded model."""
+    names = [
+        f"{_label(e)}:{a}"
+        for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
+        for a in e.adapters
+    ]
+    return [SimpleCompletion(n, type="adapter") for n in names if n.startswith(prefix)]
 
 
 def _models(prefix: str) -> list[SimpleCompletion]:

@@ -85,12 +85,13 @@ class BatchProgress(Shown):
     done: int
     total: int
     items: int
+    noun: str = "prompts"  # what the items are: prompts, texts scored
 
     def words(self) -> str:
         # A step per prompt: a server's requests, llama.cpp, batch size 1.
         if self.total == self.items:
-            return f"{self.done}/{self.items} prompts"
-        return f"batch {self.done}/{self.total} · {self.items} prompts"
+            return f"{self.done}/{self.items} {self.noun}"
+        return f"batch {self.done}/{self.total} · {self.items} {self.noun}"
 
     def text(self) -> str:
         width = 24

@@ -41,6 +41,7 @@ def _flag(option: Option) -> Any:
         "switch": {"action": "store_true"},
         "list": {"action": "append", "default": None},
         "text": {"default": None},
+        "count": {"nargs": "?", "const": option.const, "type": int, "default": None},
     }
     kwargs = by_kind[option.kind]
     help_text = option.help
@@ -54,7 +55,7 @@ def option_trait(name: str, default: Any = None) -> TraitType[Any, Any]:
     its type, default and help come from the option (`default` when the trait's own
     differs: 0 for "the engine chooses")."""
     option = next(o for o in OPTIONS + GENERATE_OPTIONS if o.name == name)
-    kind = {"int": Int, "float": Float, "switch": Bool, "text": Unicode}[option.kind]
+    kind = {"int": Int, "float": Float, "switch": Bool, "text": Unicode, "count": Int}[option.kind]
     value = option.default if default is None else default
     trait: TraitType[Any, Any] = kind(
         value, help=f"Default {option.flag} of the generating cells: {option.help}"
@@ -171,7 +172,14 @@ class Sink(Protocol):
     def settle(self, result: Any = None, shell: Any = None) -> Any: ...
 
 
-def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiting | None = None):
+def run_streamed(
+    call,
+    sink: Sink | None,
+    out: str | None,
+    shell,
+    waiting: Waiting | None = None,
+    what: str = "generation",
+):
     """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
     the partial result stays on screen, is kept where a result would be (`_`, Out[n],
     `out`), and the interrupt goes on, shown as one line instead of a traceback."""
@@ -182,7 +190,7 @@ def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiti
             waiting.done()
         partial = carried_result(e)  # what was generated before Ctrl-C
         _show_partial(sink, partial)
-        quiet_interrupt(e, _keep_partial(shell, partial, out))
+        quiet_interrupt(e, _keep_partial(shell, partial, out, what))
         raise  # the cell is interrupted: later queued cells must not run
     except Exception as e:
         partial = carried_result(e)  # a server that dropped mid-stream: its text stays
@@ -233,11 +241,13 @@ class _ShownAlready:
             display(self.value)
 
 
-def _keep_partial(shell, partial, out: str | None) -> str:
+def _keep_partial(shell, partial, out: str | None, what: str = "generation") -> str:
     """Keep an interrupted run's partial result where a finished one would be (`_`,
-    Out[n], and --out's variable); returns where, in words, for the interrupt line."""
+    Out[n], and --out's variable); returns where, in words, for the interrupt line
+    (`what` stopped: generation, scoring)."""
     if partial is None or (isinstance(partial, list) and not partial):
-        return "generation stopped before any text was made"
+        nothing = "any text was made" if what == "generation" else "anything was done"
+        return f"{what} stopped before {nothing}"
     places = []
     if out is not None:
         shell.user_ns[out] = partial
@@ -248,7 +258,7 @@ def _keep_partial(shell, partial, out: str | None) -> str:
     where = (
         ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
     )
-    return f"generation stopped; the partial result is in {where}"
+    return f"{what} stopped; the partial result is in {where}"
 
 
 def unescape(text: str) -> str:
@@ -351,7 +361,7 @@ def _show_partial(sink: Sink | None, partial) -> None:
 
 
 @contextmanager
-def batch_progress(jupyter: bool, items: int):
+def batch_progress(jupyter: bool, items: int, noun: str = "prompts"):
     """A progress bar over the batches of an --over run: a display updated in place
     in Jupyter (blanked when done), a line on stderr in a terminal."""
     if not items:
@@ -360,7 +370,7 @@ def batch_progress(jupyter: bool, items: int):
     if not jupyter:
         try:
             yield lambda done, total: print(
-                f"\r{BatchProgress(done, total, items).text()}",
+                f"\r{BatchProgress(done, total, items, noun).text()}",
                 end="",
                 file=sys.stderr,
                 flush=True,
@@ -368,8 +378,8 @@ def batch_progress(jupyter: bool, items: int):
         finally:
             print(file=sys.stderr)
         return
-    handle = display(BatchProgress(0, 1, items), display_id=True)
+    handle = display(BatchProgress(0, 1, items, noun), display_id=True)
     try:
-        yield lambda done, total: handle.update(BatchProgress(done, total, items))
+        yield lambda done, total: handle.update(BatchProgress(done, total, items, noun))
     finally:
         handle.update({"text/plain": ""}, raw=True)

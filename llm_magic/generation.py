@@ -128,6 +128,8 @@ def _results(
                 engine=described,
                 error=done.error,
                 answer=answer,
+                quantization=info.quantization,
+                held_as=info.held_as,
                 tokens=done.tokens,
                 distribution=engine.capabilities.distribution if done.tokens else None,
             )

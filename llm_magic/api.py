@@ -104,7 +104,7 @@ def load_options(
 def models() -> ModelsCard:
     """The cached models, their total, free memory and the budget (what `%llm_models` shows)."""
     now = time.time()
-    current = MODEL_CACHE.current()
+    current = _default_entry()  # the one marked *: what %%llm_generate uses without -m
     rows = tuple(
         ModelRow(
             ", ".join(sorted(e.aliases)),
@@ -228,7 +228,8 @@ def generate(
     text (`{{`/`}}` are literal braces); without it the prompt is used verbatim.
     over: run the prompt as a template once per item (`{item}`), in batches of
     `batch_size` (server models: `concurrency` requests at once); returns one result per
-    item, in order. stream: called with each new piece of text as it is generated
+    item, in order, which keep the items (`to_pandas()`; a Series keeps its index). A list,
+    tuple, Series, dict (its values) or any iterable of at most 100,000 items. stream: called with each new piece of text as it is generated
     (single prompts). Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
     """
@@ -249,9 +250,10 @@ def generate(
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
     engine = entry.engine
     if over is not None:
-        texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
+        items = prompts.items_of(over, "over=")
+        texts = prompts.fill_over(prompt, items.items, namespace or {})
         return generation.generate_many(
-            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt
+            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, over=items
         )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
     result = generation.generate(
@@ -261,14 +263,20 @@ def generate(
     return result
 
 
+def _default_entry() -> LoadedModel | None:
+    """The model a generation without `model` uses: the one used last, else (after it was
+    unloaded) the most recently used of those left."""
+    return MODEL_CACHE.current() or max(
+        MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None
+    )
+
+
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
     """The cached model to generate with (touched: it becomes the current one)."""
     if isinstance(model, LoadedModel):
         entry = model
     elif model is None:
-        entry = MODEL_CACHE.current() or max(
-            MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None
-        )
+        entry = _default_entry()
         if entry is None:
             raise GenerationError(
                 "no model is loaded",
@@ -334,7 +342,9 @@ def chat(
     in `generate`; None: the conversation's model, else the current one. system: set the
     conversation's system message; default_system: the one a conversation starting with
     this turn gets when `system` is not given. new: start the conversation over. retry:
-    ask the last question again (TEXT unused), replacing its answer. cell_id: the notebook
+    ask the last question again (TEXT unused; default: the conversation used last), with
+    that turn's own settings unless `settings` is given (keywords change single ones),
+    replacing its answer. cell_id: the notebook
     cell the turn comes from: a later turn from the same cell replaces it and drops the
     turns after it. max_history: send at most this many earlier turns (0: as many as the
     context holds, oldest left out first). How to generate: a `Settings` and/or its
@@ -343,9 +353,15 @@ def chat(
     """
     from . import conversations, prompts
 
+    if retry and conversation is None and model is None:
+        conversation = conversations.CONVERSATIONS.current()  # the one used last
     conv, entry = _chat_target(conversation, model)
+    # A retry answers again as the turn was answered: its own settings, unless given here.
+    base = settings
+    if retry and settings is None and conv.turns and conv.turns[-1].settings is not None:
+        base = conv.turns[-1].settings
     # The conversation's own system message is sent, not a Settings' one.
-    chosen = replace(settings_module.make(settings, **keywords), system=None, raw=False)
+    chosen = replace(settings_module.make(base, **keywords), system=None, raw=False)
     if system is None and default_system and (new or not conv.turns and not conv.system):
         system = default_system
     if system is not None and namespace is not None:

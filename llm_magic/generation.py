@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import prompts
-from .engines.base import Engine, Rendered, Request, Run, partial_run
+from .engines.base import Completion, Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
-from .results import GenerationResult, GenerationResults
+from .results import NOT_RUN, GenerationResult, GenerationResults
 from .settings import Settings
 
 TextCallback = Callable[[str], None]
@@ -86,7 +86,7 @@ def _results(
                 prompt=rendered.request.text,
                 rendered_prompt=rendered.shown,
                 token_ids=done.token_ids,
-                prompt_tokens=prompt_tokens or 0,
+                prompt_tokens=prompt_tokens,
                 new_tokens=done.new_tokens,
                 time_to_first_token=ttft if done.new_tokens else None,
                 seconds=seconds,
@@ -226,12 +226,15 @@ def generate_many(
     *,
     on_progress: ProgressCallback | None = None,
     on_prompt: PromptCallback | None = None,
+    over: prompts.Over | None = None,
 ) -> GenerationResults:
     """Many prompts (already filled) → one result each, in order, grouped as the engine
-    does best (padded batches, concurrent requests).
+    does best (padded batches, concurrent requests). `over`: the items the prompts were
+    filled from, kept with the results (`to_pandas()`).
 
-    On Ctrl-C: the current group stops; KeyboardInterrupt is raised with the results so
-    far (finished groups, and the partial current one) as its `.result`.
+    On Ctrl-C: the current group stops; KeyboardInterrupt is raised with one result per
+    prompt as its `.result`: the finished groups, the partial current one, and the rest
+    marked "not run".
     """
     settings.check()
     limit = engine.context_limit()
@@ -259,12 +262,31 @@ def generate_many(
             if run.interrupt is not None:
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
-        e.result = GenerationResults(r for r in slots if r is not None)
-        e.result.group = engine.capabilities.group
+        e.result = _collected(engine, rows, slots, settings, seed, started, over)
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
-    results = GenerationResults(slots)
+    return _collected(engine, rows, slots, settings, seed, started, over)
+
+
+def _collected(
+    engine: Engine,
+    rows: Sequence[Rendered],
+    slots: list[GenerationResult | None],
+    settings: Settings,
+    seed: int | None,
+    started: float,
+    over: prompts.Over | None,
+) -> GenerationResults:
+    """One result per row, in order; a row an interrupt left unrun is marked "not run"."""
+    now = time.perf_counter()
+    unrun = Run([Completion("", 0, NOT_RUN)], now, now)
+    results = GenerationResults(
+        slot if slot is not None else _results(engine, unrun, [row], settings, seed, None)[0]
+        for row, slot in zip(rows, slots, strict=True)
+    )
     results.group = engine.capabilities.group
-    results.wall_seconds = time.perf_counter() - started
+    results.wall_seconds = now - started
+    if over is not None:
+        results.items, results.labels, results.notes = over.items, over.labels, over.notes
     return results

@@ -222,6 +222,18 @@ def test_llm_models_lists_models_free_memory_and_escapes_html(shell, tiny_model_
     assert ok(shell, "%llm_models").text().startswith("0 models cached, 0 B in all")
 
 
+def test_llm_models_marks_the_model_generate_uses_after_the_current_one_is_unloaded(
+    shell, tiny_model_dir
+):
+    ok(shell, f"%llm_load {tiny_model_dir} --as older --dtype float32 --quiet")
+    ok(shell, f"%llm_load {tiny_model_dir} --as newer --dtype bfloat16 --quiet")
+    ok(shell, "%llm_unload newer")
+    marked = [line for line in ok(shell, "%llm_models").text().splitlines() if "older" in line]
+    assert marked and marked[0].startswith("*")  # the one %%llm_generate takes now
+    result = ok(shell, "%%llm_generate --greedy --max-new-tokens 2\nHello")
+    assert result.dtype == "float32"  # it is the one that generated
+
+
 # ------------------------------------------------------------------------------- budget
 
 

@@ -19,8 +19,9 @@ from typing import Any
 from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
 from ..errors import SERVER, LoadError, diagnose
+from ..redact import public_url, url_credentials, without_credentials
 from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
-from .server import DEFAULTS, Connection, ServerEngine, public_url
+from .server import DEFAULTS, Connection, ServerEngine
 
 # /models fields that give a model's context length, by server.
 _CONTEXT_FIELDS = (
@@ -78,6 +79,7 @@ class ServerLoader:
         assert options.server is not None
         started = time.perf_counter()
         url = normalize_url(options.server)
+        _refuse_credentials(url)
         key_env = default_key_env(options.api_key_env)
         if key_env and not os.environ.get(key_env):
             raise LoadError(
@@ -121,6 +123,25 @@ class ServerLoader:
 
 
 LOADER = ServerLoader()
+
+
+def _refuse_credentials(url: str) -> None:
+    """A URL holding a password or a key is refused, before anything is sent: the key is
+    read from an environment variable only, never from text that the notebook keeps."""
+    credentials = url_credentials(url)
+    if not credentials:
+        return
+    raise LoadError(
+        f"--server {public_url(url)}: the URL holds {' and '.join(credentials)}, "
+        "which llm_magic does not send",
+        "a server's key is read from an environment variable (--api-key-env): written in "
+        "the URL it would stay in the notebook, its history and tracebacks",
+        [
+            "import os, getpass; os.environ['SERVER_KEY'] = getpass.getpass()",
+            f"%llm_load --server {without_credentials(url)} --api-key-env SERVER_KEY",
+            "then take the key out of this cell: the notebook and its history keep it",
+        ],
+    )
 
 
 def _key(url: str, model: str, key_env: str | None) -> CacheKey:

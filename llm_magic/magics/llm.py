@@ -4,8 +4,8 @@ calls the plain API and wraps the result for display; the logic lives in the oth
 
 from __future__ import annotations
 
+import os
 import sys
-import traceback
 from contextlib import contextmanager
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -29,7 +29,7 @@ from ..cache import MODEL_CACHE
 from ..display import StatusLine
 from ..engines import registry
 from ..engines.base import LoadOptions
-from ..errors import GenerationError, LLMError
+from ..errors import GenerationError, LLMError, full_traceback
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from ..sources import gguf_cache, sizing
 from .cells import (
@@ -346,7 +346,7 @@ class LLMMagics(Magics):
         )  # --no-stream: a status line
 
         def call():
-            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+            with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
                 return api.generate(
                     cell.strip("\n"),
                     model=unquote(args.model) if args.model else None,
@@ -383,10 +383,9 @@ class LLMMagics(Magics):
         if error is None:
             print("no error yet")
             return
-        print(
-            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            file=sys.stderr,
-        )
+        # Credentials are cut out: the traceback quotes the cell's line, and a server's key
+        # may have been echoed into a message.
+        print(full_traceback(error, _known_keys()), file=sys.stderr)
 
     @contextmanager
     def _status(self, quiet: bool, hf_bars: bool = True):
@@ -415,6 +414,13 @@ class LLMMagics(Magics):
                 yield lambda message: handle.update(StatusLine(message))
             finally:
                 handle.update({"text/plain": ""}, raw=True)
+
+
+def _known_keys() -> list[str | None]:
+    """The keys this kernel's server models are reached with (read from the variables
+    they name), and OPENAI_API_KEY: none of them is ever printed."""
+    names = {e.key.api_key_env for e in MODEL_CACHE.entries()} | {"OPENAI_API_KEY"}
+    return [os.environ.get(name) for name in names if name]
 
 
 def _parse_max_memory(text: str | None) -> dict | None:

@@ -48,12 +48,17 @@ def run(shell, cell):
 # --- a stream that ends without a finish reason ---------------------------------------------
 
 
+@pytest.mark.parametrize("frontend", ["terminal", "jupyter"])
 def test_a_server_stopped_mid_answer_fails_with_one_card_and_keeps_the_text(
-    shell, smollm2_gguf, monkeypatch
+    shell, smollm2_gguf, monkeypatch, frontend
 ):
     """Ctrl-C in the server's terminal (SIGINT) while it streams: uvicorn ends the stream
-    cleanly, with no finish reason. That is a failure, not "stopped: stop"."""
+    cleanly, with no finish reason. That is a failure, not "stopped: stop". In a terminal
+    the text streamed stays with its footer; in Jupyter the streamed display becomes the
+    partial result (the shell given a kernel: the magics then display as in Jupyter)."""
     pytest.importorskip("llama_cpp")
+    if frontend == "jupyter":
+        monkeypatch.setattr(shell, "kernel", object(), raising=False)
     doomed = servers.llama_cpp_server(smollm2_gguf)
     try:
         shell.run_line_magic("llm_load", f"--server {doomed.url} --as doomed --quiet")
@@ -80,12 +85,16 @@ def test_a_server_stopped_mid_answer_fails_with_one_card_and_keeps_the_text(
     count = shell.execution_count - 1
     assert kept is shell.user_ns["_"] and kept is shell.user_ns["Out"][count]
     assert kept.stop_reason == "error" and kept.text == "".join(pieces) and len(pieces) >= 3
-    shown = out.stdout + out.stderr
+    displays = [o.data.get("text/plain", "") for o in out.outputs]
+    shown = out.stdout + out.stderr + "\n".join(displays)
     assert shown.count("✗ ") == 1 and "⚠" not in shown  # one card, and no note beside it
     assert "the server ended the stream before the answer was complete" in shown
     assert f"the text that arrived before the failure is kept: kept, _, Out[{count}]" in shown
     assert "stopped: error" in shown and "stopped: eos" not in shown
-    assert shown.count(pieces[1]) == 1  # the text once, above the card
+    if frontend == "terminal":
+        assert out.stdout.count(pieces[1]) == 1  # the text once, above the card
+    else:  # the streamed display, updated last to the partial result
+        assert kept.text in displays[-1] and "stopped: error" in displays[-1]
 
 
 def test_a_prompt_past_the_servers_context_fails_and_the_next_one_works(shell, llama_server):

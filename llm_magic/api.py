@@ -16,7 +16,7 @@ from . import hardware, loader
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ModelRow, ModelsCard, UnloadCard
-from .engines.base import Card, LoadOptions, Progress
+from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
 from .results import GenerationResult, GenerationResults
 from .settings import Settings
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from .conversations import Conversation
     from .engines.base import LoadKeywords
+    from .prompts import Over
     from .settings import SamplingKeywords, SettingsKeywords
 
 
@@ -119,10 +120,9 @@ def models() -> ModelsCard:
         )
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
-    gpus = ()
-    hw_gpus = (
-        hardware.probe().gpus if "torch" in sys.modules else ()
-    )  # no torch import just to list
+    gpus: tuple[tuple[str, int, int], ...] = ()
+    # No torch import just to list.
+    hw_gpus = hardware.probe().gpus if "torch" in sys.modules else ()
     if hw_gpus:
         free = hardware.free_gpu_bytes()
         gpus = tuple(
@@ -210,7 +210,7 @@ def generate(
     model: str | LoadedModel | None = None,
     settings: Settings | None = None,
     namespace: Mapping[str, Any] | None = None,
-    over: Iterable[Any] | None = None,
+    over: Iterable[Any] | Over | None = None,
     stream: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_prompt: Callable[[str, int | None], None] | None = None,
@@ -229,8 +229,9 @@ def generate(
     over: run the prompt as a template once per item (`{item}`), in batches of
     `batch_size` (server models: `concurrency` requests at once); returns one result per
     item, in order, which keep the items (`to_pandas()`; a Series keeps its index). A list,
-    tuple, Series, dict (its values) or any iterable of at most 100,000 items. stream: called with each new piece of text as it is generated
-    (single prompts). Ctrl-C stops generating and raises KeyboardInterrupt carrying the
+    tuple, Series, dict (its values) or any iterable of at most 100,000 items.
+    stream: called with each new piece of text as it is generated (single prompts).
+    Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
     """
     from . import generation, prompts
@@ -248,7 +249,7 @@ def generate(
         )
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
-    engine = entry.engine
+    engine = _engine(entry)
     if over is not None:
         items = prompts.items_of(over, "over=")
         texts = prompts.fill_over(prompt, items.items, namespace or {})
@@ -271,8 +272,16 @@ def _default_entry() -> LoadedModel | None:
     )
 
 
+def _engine(entry: LoadedModel) -> Engine:
+    """What generates with `entry`; an unloaded one is refused."""
+    if entry.engine is None:
+        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    return entry.engine
+
+
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
     """The cached model to generate with (touched: it becomes the current one)."""
+    entry: LoadedModel | None
     if isinstance(model, LoadedModel):
         entry = model
     elif model is None:
@@ -308,8 +317,7 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
                 "-m takes an alias (--as NAME) or the name a model was loaded with",
                 fixes,
             )
-    if entry.engine is None:
-        raise GenerationError(f"{entry.name} was unloaded", fixes=[f"%llm_load {entry.name}"])
+    _engine(entry)  # refuses an unloaded one
     MODEL_CACHE.touch(entry)
     return entry
 
@@ -375,7 +383,7 @@ def chat(
     conversations.CONVERSATIONS.last = conv.name
     return conversations.ask(
         conv,
-        entry.engine,
+        _engine(entry),
         text or "",
         chosen,
         cell_id=cell_id,
@@ -421,7 +429,7 @@ def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
     from .conversations import CONVERSATIONS, Conversation
 
     if isinstance(conversation, Conversation):
-        conv = CONVERSATIONS.add(conversation)
+        conv: Conversation | None = CONVERSATIONS.add(conversation)
     else:
         conv = CONVERSATIONS.get(conversation) if conversation is not None else None
     if model is None and conv is not None and conv.model is not None:

@@ -76,7 +76,8 @@ class ModelCache:
         return [self.unload(victims)] if victims else []
 
     def alias(self, entry: LoadedModel, alias: str) -> None:
-        previous = self._entries.get(self._aliases.get(alias))
+        key = self._aliases.get(alias)
+        previous = self._entries.get(key) if key is not None else None
         if previous is not None and previous is not entry:
             previous.aliases.discard(alias)
         self._aliases[alias] = entry.key
@@ -113,7 +114,7 @@ class ModelCache:
         return []
 
     def current(self) -> LoadedModel | None:
-        return self._entries.get(self.last)
+        return self._entries.get(self.last) if self.last is not None else None
 
     def set_budget(self, max_models: int | None = None, memory_budget: int | None = None) -> None:
         """Limit the cache to `max_models` models and/or `memory_budget` bytes (0: no limit)."""
@@ -349,11 +350,12 @@ def _trim_heap() -> None:
                 _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
             except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
                 pass
-    if _malloc_trim:
+    if callable(_malloc_trim):
         _malloc_trim(0)
 
 
-_malloc_trim = None
+# glibc's malloc_trim once looked up; False where there is none (not Linux, not glibc).
+_malloc_trim: Callable[[int], int] | bool | None = None
 
 
 MODEL_CACHE = ModelCache()

@@ -54,7 +54,8 @@ class Conversation:
 
     @property
     def messages(self) -> list[dict[str, str]]:
-        """The conversation as chat messages: the system one (if any), then user and assistant in turn."""
+        """The conversation as chat messages: the system one (if any), then user and
+        assistant in turn."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [m for turn in self.turns for m in turn.messages()]
 
@@ -262,7 +263,7 @@ def ask(
     turn (replaced turns, history left out), and `.conversation`.
     """
     from . import generation
-    from .results import ChatResult
+    from .results import ChatResult, GenerationResult, carried_result, carry_result
 
     notes: list[str] = []
     remarks: list[str] = []  # said with the answer, not as warnings
@@ -304,9 +305,9 @@ def ask(
             engine, request, settings, on_text=on_text, on_prompt=on_prompt
         )
     except KeyboardInterrupt as e:
-        partial = getattr(e, "result", None)
-        if partial is not None:
-            e.result = ChatResult.of(partial, conversation, tuple(notes), tuple(remarks))
+        partial = carried_result(e)
+        if isinstance(partial, GenerationResult):
+            carry_result(e, ChatResult.of(partial, conversation, tuple(notes), tuple(remarks)))
             conversation.commit(index, Turn(text, partial.text, cell_id, True, kept))
             conversation.sent_from = start
         raise

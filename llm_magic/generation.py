@@ -1,5 +1,6 @@
 """Generation shared by every engine: the run of one prompt or many, seeds, the context
-budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which one it is.
+budget, and the results. The engine (`engines/`) makes the tokens; nothing here asks which
+one it is.
 
 On Ctrl-C an engine returns what it made so far; it becomes the partial result, carried
 by the re-raised KeyboardInterrupt as `.result`.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from . import prompts
 from .engines.base import Completion, Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
-from .results import NOT_RUN, GenerationResult, GenerationResults
+from .results import NOT_RUN, GenerationResult, GenerationResults, carry_result
 from .settings import Settings
 
 TextCallback = Callable[[str], None]
@@ -202,19 +203,19 @@ def generate(
     )
     try:
         run = engine.run([rendered], seed, max_new, settings, shown)
-    except (
-        GenerationError
-    ) as e:  # an engine failing part-way (a server dropping the stream) hands over its text
+    except GenerationError as e:
+        # An engine failing part-way (a server dropping the stream) hands over its text.
         partial = partial_run(e)
         if partial is not None:
-            (e.result,) = _results(engine, partial, [rendered], settings, seed, None)
+            (made,) = _results(engine, partial, [rendered], settings, seed, None)
+            carry_result(e, made)
         raise
     run.notes = notes + _unused_seed(settings) + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     if isinstance(shown, _StopHeldBack):
         shown.finish(result.text)
     if run.interrupt is not None:
-        run.interrupt.result = result
+        carry_result(run.interrupt, result)
         raise run.interrupt
     return result
 
@@ -262,10 +263,13 @@ def generate_many(
             if run.interrupt is not None:
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
-        e.result = _collected(engine, rows, slots, settings, seed, started, over)
+        carry_result(e, _collected(engine, rows, slots, settings, seed, started, over))
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
+    finished = sum(slot is not None for slot in slots)
+    if finished != len(slots):  # run_many must yield every row once
+        raise GenerationError(f"the engine returned {finished} results for {len(slots)} prompts")
     return _collected(engine, rows, slots, settings, seed, started, over)
 
 

@@ -10,7 +10,9 @@ import contextlib
 import functools
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DTYPE_ALIASES = {
     "auto": "auto",
@@ -82,9 +84,9 @@ def normalize_dtype(name: str) -> str:
     return DTYPE_ALIASES[key]
 
 
-def target_kind(hw: Hardware, device_map: str | dict | None) -> str:
+def target_kind(hw: Hardware, device_map: str | Mapping[str, Any] | None) -> str:
     """Which kind of device the weights will mostly live on: 'cuda', 'mps' or 'cpu'."""
-    if isinstance(device_map, dict):
+    if isinstance(device_map, Mapping):
         values = {str(v) for v in device_map.values()}
         if any(v.isdigit() or v.startswith("cuda") for v in values):
             return "cuda"
@@ -102,7 +104,10 @@ def target_kind(hw: Hardware, device_map: str | dict | None) -> str:
 
 
 def choose_dtype(
-    hw: Hardware, checkpoint_dtype: str | None, requested: str = "auto", device_map="auto"
+    hw: Hardware,
+    checkpoint_dtype: str | None,
+    requested: str = "auto",
+    device_map: str | Mapping[str, Any] | None = "auto",
 ) -> DtypeChoice:
     """The dtype to load with, and why. `requested` wins over the policy, with a warning
     when the hardware runs it badly."""
@@ -124,7 +129,8 @@ def choose_dtype(
             )
         return DtypeChoice(
             "float16",
-            f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16; float16 runs on its tensor cores",
+            f"{gpu.name} (sm {gpu.capability[0]}.{gpu.capability[1]}) has no native bf16; "
+            "float16 runs on its tensor cores",
         )
     if kind == "mps":
         return DtypeChoice("float16", "Apple GPU (MPS): float16 is its fast path")
@@ -139,15 +145,16 @@ def choose_dtype(
     if hw.cpu_fast_half_kernels:
         return DtypeChoice(
             "bfloat16",
-            "no native bf16 on this CPU, but one-prompt decoding is memory-bound and bf16 reads half the bytes: "
+            "no native bf16 on this CPU, but one-prompt decoding is memory-bound "
+            "and bf16 reads half the bytes: "
             "1.2-1.5x fp32's tokens/s on AVX2; long prompts run faster with --dtype float32" + cast,
         )
-    widened = checkpoint_dtype in ("bfloat16", "float16")
-    return DtypeChoice(
-        "float32",
-        "CPU has no fast half-precision kernels"
-        + ("; widened from the checkpoint's " + checkpoint_dtype if widened else ""),
+    widened = (
+        f"; widened from the checkpoint's {checkpoint_dtype}"
+        if checkpoint_dtype in ("bfloat16", "float16")
+        else ""
     )
+    return DtypeChoice("float32", "CPU has no fast half-precision kernels" + widened)
 
 
 def _poor_fit_warning(hw: Hardware, kind: str, gpu: GPU | None, dtype: str) -> str | None:
@@ -264,11 +271,11 @@ def free_gpu_bytes() -> dict[str, int]:
     caching allocator holds reserved but unused (it hands that out first)."""
     import sys
 
-    torch = sys.modules.get("torch")
-    if torch is None:
-        if not _probe_host().gpus:  # probing imports torch; skip the CUDA calls without a GPU
-            return {}
-        import torch
+    # Probing imports torch; without torch imported yet and no GPU, skip the CUDA calls.
+    if "torch" not in sys.modules and not _probe_host().gpus:
+        return {}
+    import torch
+
     if not torch.cuda.is_available():
         return {}
     free = {}

@@ -51,7 +51,8 @@ def _cached_or_loaded(
     loader: Loader, plan: Plan, options: LoadOptions, progress: Progress | None, started: float
 ) -> tuple[LoadedModel, Card]:
     entry = None if options.reload else MODEL_CACHE.get(plan.key)
-    state, fit, notes = "cached", None, []
+    state, fit = "cached", None
+    notes: list[str] = []
     if entry is None:
         state = "reloaded" if options.reload and MODEL_CACHE.peek(plan.key) else "new"
         fit, notes = make_room(plan, options, progress)  # raises when it won't fit

@@ -17,6 +17,11 @@ from .errors import GenerationError
 _PART = re.compile(r"\.([^.\[\]]+)|\[([^\[\]]+)\]")
 
 
+def _head(field: str) -> str:
+    """The variable a field starts with: `obj` of `obj.attr[key]` (maybe empty)."""
+    return field.split(".", 1)[0].split("[", 1)[0]
+
+
 class _Filler(string.Formatter):
     """str.format's syntax, resolving `{name}`, `{obj.attr}` and `{obj[key]}` from a
     namespace by lookup only: no expression is evaluated, no dunder attribute is read."""
@@ -26,7 +31,7 @@ class _Filler(string.Formatter):
         self.where = where  # named in errors: "the prompt" or "--system"
 
     def get_field(self, field_name: str, args, kwargs):
-        head = re.match(r"[^.\[]*", field_name).group(0)
+        head = _head(field_name)
         value = self._name(head, field_name)
         pos, rest = 0, field_name[len(head) :]
         while pos < len(rest):
@@ -82,7 +87,8 @@ class _Filler(string.Formatter):
             return getattr(value, attr)
         except AttributeError as e:
             raise GenerationError(
-                f"{{{field_name}}} in {self.where}: {type(value).__name__} has no attribute {attr!r}",
+                f"{{{field_name}}} in {self.where}: "
+                f"{type(value).__name__} has no attribute {attr!r}",
                 fixes=["check the attribute name", "write {{ and }} for literal braces"],
             ) from e
 
@@ -116,11 +122,7 @@ def fill(template: str, namespace: Mapping[str, Any], where: str = "the prompt")
 def field_names(template: str) -> list[str]:
     """The variable each top-level `{field}` of `template` starts with."""
     try:
-        return [
-            re.match(r"[^.\[]*", f).group(0)
-            for _, f, _, _ in string.Formatter().parse(template)
-            if f is not None
-        ]
+        return [_head(f) for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError:
         return []
 
@@ -163,7 +165,8 @@ def items_of(value: Any, label: str = "over") -> Over:
                 "(then --over texts)"
             ],
         )
-    labels, notes = None, ()
+    labels: Any = None
+    notes: tuple[str, ...] = ()
     if isinstance(value, Mapping):
         labels, value = list(value.keys()), value.values()
         notes = (f"{label} is a dict: it runs over its values (its keys label the results)",)
@@ -225,7 +228,8 @@ def fill_over(template: str, items: Iterable, namespace: Mapping[str, Any]) -> l
             "each item of the list is put where {item} stands in the prompt",
             ["write {item} in the cell, e.g.: Translate to French: {item}"],
         )
-    return [fill(template, ChainMap({"item": item}, namespace)) for item in items]
+    names = dict(namespace)  # ChainMap's maps are mutable mappings; it writes only to the first
+    return [fill(template, ChainMap({"item": item}, names)) for item in items]
 
 
 def messages(text: str, system: str | None = None) -> tuple[dict[str, str], ...]:

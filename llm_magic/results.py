@@ -306,3 +306,19 @@ class ChatResult(GenerationResult):
     def messages(self) -> list[dict[str, str]]:
         """The whole conversation so far, as chat messages (this answer included)."""
         return self.conversation.messages if self.conversation is not None else []
+
+
+# The attribute that carries a partial result on the exception that ended its run.
+_CARRIED = "result"
+
+
+def carry_result(error: BaseException, result: GenerationResult | GenerationResults) -> None:
+    """Attach what a run made before it ended (Ctrl-C's KeyboardInterrupt, a GenerationError
+    after text was made) to the exception, as its `.result`: whoever catches it keeps it."""
+    setattr(error, _CARRIED, result)
+
+
+def carried_result(error: BaseException) -> GenerationResult | GenerationResults | None:
+    """The partial result `carry_result` attached to `error`, or None."""
+    result = getattr(error, _CARRIED, None)
+    return result if isinstance(result, GenerationResult | GenerationResults) else None

@@ -216,9 +216,7 @@ def test_interrupted_answer_stays_marked_and_retry_replaces_it(shell, tiny):
     assert again.seed == 7 and again.new_tokens == 5
 
 
-def test_retry_takes_the_conversation_used_last_and_that_turns_own_settings(
-    shell, tiny_varied_dir
-):
+def test_retry_takes_the_conversation_used_last_and_that_turns_own_settings(shell, tiny_varied_dir):
     """A greedy turn of a named conversation, retried from another cell: the same
     conversation, greedy again (so the same answer), said as a remark, not a warning; a
     flag on the retry's line changes that one setting only."""

@@ -16,7 +16,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from llm_magic.gguf_cache import ConvertedCopy
 
 from llm_magic.conversations import Conversation, Turn
 from llm_magic.display import (
@@ -38,6 +37,7 @@ from llm_magic.display import (
 from llm_magic.engines.base import ModelInfo
 from llm_magic.engines.server_load import ServerInfo
 from llm_magic.results import ChatResult, GenerationResult, GenerationResults
+from llm_magic.sources.gguf_cache import ConvertedCopy
 
 # From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension
 # (style/variables.css, the md-* palette values they name).

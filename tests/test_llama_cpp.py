@@ -18,8 +18,7 @@ import pytest
 
 import llm_magic
 from llm_magic import MODEL_CACHE, LoadError, generation
-from llm_magic.engines import decode_speed
-from llm_magic.engines import Request
+from llm_magic.engines import Request, decode_speed
 from llm_magic.settings import Settings
 from llm_magic.sources import resolve
 

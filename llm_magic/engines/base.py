@@ -6,7 +6,7 @@ values going in (`LoadOptions`, `Settings`, `Request`) and out (`ModelInfo`, `Re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
@@ -180,7 +180,8 @@ class LoadedModel:
         return self.info.memory_bytes + self.packed_bytes
 
     def __repr__(self) -> str:
-        return f"<LoadedModel {self.info.name} {self.info.class_name} {self.info.dtype} on {self.info.device}>"
+        info = self.info
+        return f"<LoadedModel {info.name} {info.class_name} {info.dtype} on {info.device}>"
 
 
 @dataclass(frozen=True)
@@ -281,16 +282,20 @@ class Run:
     products: str | None = None  # which faster matrix products ran (transformers batches)
 
 
+# The attribute that carries the run so far on an error raised after text was made.
+_PARTIAL_RUN = "partial_run"
+
+
 def failed_midway(error: LLMError, run: Run) -> LLMError:
     """Mark `error` as a failure after text was made: `run` holds that text, which the
     result keeps (see `Engine.run`)."""
-    error.partial_run = run  # type: ignore[attr-defined]
+    setattr(error, _PARTIAL_RUN, run)
     return error
 
 
 def partial_run(error: BaseException) -> Run | None:
     """The text an engine made before failing, if `failed_midway` marked the error."""
-    run = getattr(error, "partial_run", None)
+    run = getattr(error, _PARTIAL_RUN, None)
     return run if isinstance(run, Run) else None
 
 
@@ -337,7 +342,7 @@ class Engine(Protocol):
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
+    ) -> Generator[tuple[list[int], Run], None, None]:
         """Many rows, as the engine does them best (padded batches of `settings.batch_size`,
         `settings.concurrency` requests at once): yields (the rows' indices, their run) as
         each group finishes."""

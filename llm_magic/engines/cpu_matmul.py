@@ -72,8 +72,9 @@ class PackedWeights:
             else ""
         )
         return (
-            f"{self.dtype} is emulated on this CPU: {len(self.layers)} layers multiplied by fbgemm's fp16 GEMM "
-            f"over weights packed once for batches ({self.seconds:.1f} s, {self.nbytes / 1e6:.0f} MB, "
+            f"{self.dtype} is emulated on this CPU: {len(self.layers)} layers multiplied by "
+            f"fbgemm's fp16 GEMM over weights packed once for batches ({self.seconds:.1f} s, "
+            f"{self.nbytes / 1e6:.0f} MB, "
             f"kept with the model until it is unloaded){kept}"
         )
 

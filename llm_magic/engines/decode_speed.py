@@ -99,13 +99,15 @@ def llama_cpp_hint(identity: str, info) -> str:
     mine, theirs = data.get(label(info)), data.get("llama.cpp")
     if not mine or not theirs:
         return (
-            "--engine llama.cpp runs this file as it is, without dequantizing; no decode speed measured here yet "
+            "--engine llama.cpp runs this file as it is, without dequantizing; "
+            "no decode speed measured here yet "
             "(each generation with either engine records one)"
         )
     ratio = theirs["tokens_per_second"] / mine["tokens_per_second"]
     when = time.strftime("%Y-%m-%d", time.localtime(max(theirs["when"], mine["when"])))
     return (
-        f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here: {theirs['tokens_per_second']:.0f} vs "
-        f"{mine['tokens_per_second']:.0f} tokens/s ({label(info)}), measured by {theirs.get('by', 'a generation')} "
+        f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here: "
+        f"{theirs['tokens_per_second']:.0f} vs {mine['tokens_per_second']:.0f} tokens/s "
+        f"({label(info)}), measured by {theirs.get('by', 'a generation')} "
         f"and {mine.get('by', 'a generation')} on this machine, {when}"
     )

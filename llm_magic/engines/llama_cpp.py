@@ -25,7 +25,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from importlib import metadata as _metadata
 from typing import Any
 
@@ -207,8 +207,9 @@ class LlamaCppEngine:
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
-        """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a time)."""
+    ) -> Generator[tuple[list[int], Run], None, None]:
+        """Each prompt on its own, in order (`--batch-size` does not apply: one sequence at a
+        time)."""
         if on_progress is not None:
             on_progress(0, len(rows))
         for index, row in enumerate(rows):
@@ -403,11 +404,13 @@ def _open(name: str, path: str, progress: Progress | None) -> tuple[Any, ModelIn
     except ValueError as e:  # llama-cpp-python's "Failed to load model from file: ..."
         raise LoadError(
             f"{os.path.basename(path)}: llama.cpp could not open the file",
-            "it is not a GGUF model this llama.cpp can read: truncated or damaged, or an architecture it does not know",
+            "it is not a GGUF model this llama.cpp can read: truncated or damaged, "
+            "or an architecture it does not know",
             [
                 f"check the file: {os.path.getsize(path)} bytes at {path}",
                 "a newer llama.cpp may know the architecture: pip install -U llama-cpp-python",
-                "or leave out --engine: transformers reads .gguf files of the architectures it knows",
+                "or leave out --engine: "
+                "transformers reads .gguf files of the architectures it knows",
             ],
         ) from e
     if llm.metadata.get("tokenizer.chat_template") and llm.chat_format != "chat_template.default":
@@ -425,7 +428,8 @@ def _open(name: str, path: str, progress: Progress | None) -> tuple[Any, ModelIn
     details = (
         (
             "engine",
-            f"llama.cpp (llama-cpp-python {_version() or '?'}), in the kernel: the file runs as it is",
+            f"llama.cpp (llama-cpp-python {_version() or '?'}), in the kernel: "
+            "the file runs as it is",
         ),
         ("quantization", kind),
         ("context", context),

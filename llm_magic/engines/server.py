@@ -19,12 +19,12 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SERVER, GenerationError, IncompleteStream, chain, diagnose
+from ..errors import SERVER, GenerationError, IncompleteStream, LLMError, chain, diagnose
 from ..redact import public_url, redact
 from ..settings import Settings
 from .base import (
@@ -87,8 +87,10 @@ class Connection:
         key = self.key()
         for e in chain(error, suppressed=True):
             e.args = tuple(redact(a, [key]) if isinstance(a, str) else a for a in e.args)
-            if isinstance(getattr(e, "message", None), str):
-                e.message = redact(e.message, [key])
+            message = getattr(e, "message", None)
+            if isinstance(message, str):  # openai's errors repeat their text there
+                # setattr: an attribute only some exceptions have, not BaseException's
+                setattr(e, "message", redact(message, [key]))  # noqa: B010
         return error
 
 
@@ -253,11 +255,11 @@ class ServerEngine:
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
-        """Every row its own request, `settings.concurrency` (default: DEFAULTS.concurrency) in flight at
-        once; yields ([index], run) as each finishes. A row that fails after its retries is
-        a completion with `error` set, and the others go on; if every row fails, the first
-        failure is raised as the card."""
+    ) -> Generator[tuple[list[int], Run], None, None]:
+        """Every row its own request, `settings.concurrency` (default: DEFAULTS.concurrency)
+        in flight at once; yields ([index], run) as each finishes. A row that fails after its
+        retries is a completion with `error` set, and the others go on; if every row fails,
+        the first failure is raised as the card."""
         size = settings.concurrency or DEFAULTS.concurrency
         max_new, notes = budget(rows)
         client = self.connection.client()  # its own connection pool, closed when the run ends
@@ -296,7 +298,7 @@ class ServerEngine:
 
     def _one(
         self, client, row: Rendered, seed, max_new: int, settings
-    ) -> tuple[Run, GenerationError | None]:
+    ) -> tuple[Run, LLMError | None]:
         """One row's request, retried on 429/503 with back-off; never raises."""
         started = time.perf_counter()
         for attempt in range(DEFAULTS.retries + 1):
@@ -365,7 +367,7 @@ class ServerEngine:
                 return api.create(**{k: v for k, v in body.items() if k != "extra_body"})
             raise
 
-    def _explain(self, error: BaseException, row: Rendered, max_new: int) -> GenerationError:
+    def _explain(self, error: BaseException, row: Rendered, max_new: int) -> LLMError:
         self.connection.scrub(error)
         context = {
             "stage": "generate",
@@ -399,7 +401,8 @@ class _Streamed:
             reason, stop_string = _stop_reason(self.finish, self.stop_said, settings)
         else:
             stop_string = None
-        # Without usage (interrupted, or a server that does not report it): one token per streamed piece.
+        # Without usage (interrupted, or a server that does not report it): one token per
+        # streamed piece.
         return Completion(
             "".join(self.parts),
             new if new is not None else self.pieces,

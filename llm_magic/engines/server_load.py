@@ -107,10 +107,12 @@ class ServerLoader:
         return Loaded(None, None, info, lambda entry: ServerEngine(info, connection))
 
     def card(self, entry: LoadedModel, report: LoadReport) -> ServerCard:
-        engine = entry.engine
+        engine, info = entry.engine, entry.info
+        if not isinstance(info, ServerInfo):  # this loader's plans hold only ServerInfo
+            raise TypeError(f"a server card for {info.name}, which was not loaded from a server")
         timeout = engine.connection.timeout if isinstance(engine, ServerEngine) else None
         return ServerCard(
-            info=entry.info,
+            info=info,
             cache_state=report.state,
             cache_models=report.cache_models,
             cache_bytes=report.cache_bytes,

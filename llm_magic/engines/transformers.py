@@ -12,7 +12,7 @@ torch and transformers are imported inside the functions: `import llm_magic` sta
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from functools import cache
 from typing import Any
 
@@ -139,7 +139,7 @@ class TransformersEngine:
         settings: Settings,
         budget: Budget,
         on_progress: ProgressCallback | None,
-    ) -> Iterator[tuple[list[int], Run]]:
+    ) -> Generator[tuple[list[int], Run], None, None]:
         """Left-padded batches of `settings.batch_size` rows (default: 8 on a CPU, 32 on a
         GPU)."""
         size = settings.batch_size or auto_batch_size(self.entry.model)
@@ -153,7 +153,8 @@ class TransformersEngine:
             for index, start in enumerate(starts):
                 chunk = rows[start : start + size]
                 max_new, notes = budget(chunk)
-                # One seed per batch (seed + index): a batch's samples do not depend on the batches before it.
+                # One seed per batch (seed + index): a batch's samples do not depend on the
+                # batches before it.
                 run = self.run(chunk, None if seed is None else seed + index, max_new, settings)
                 run.notes, run.products = notes, products
                 yield list(range(start, start + len(chunk))), run
@@ -180,7 +181,10 @@ class TransformersEngine:
 
 # --- prompts -----------------------------------------------------------------------
 
-NO_TEMPLATE_NOTE = "no chat template: the prompt was continued as plain text (a base model completes text, it does not answer)"
+NO_TEMPLATE_NOTE = (
+    "no chat template: the prompt was continued as plain text "
+    "(a base model completes text, it does not answer)"
+)
 NO_SYSTEM_ROLE_NOTE = (
     "no system role without a chat template: the --system text went first, as plain text "
     "the model continues (write the instruction into the prompt, or use --raw to say you mean it)"
@@ -235,7 +239,8 @@ def context_limit(model, tokenizer) -> int | None:
     config = getattr(model, "config", None)
     configs = [config]
     try:  # multimodal and encoder-decoder configs keep the text decoder's length inside
-        configs.insert(0, config.get_text_config(decoder=True))
+        if config is not None:
+            configs.insert(0, config.get_text_config(decoder=True))
     except (AttributeError, TypeError, ValueError):
         pass
     for cfg in configs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -152,10 +153,10 @@ def _llama_cpp_hint(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
 def load_model(
     source: Source,
     dtype: hardware.DtypeChoice,
-    device_map: str | dict = "auto",
+    device_map: str | Mapping[str, Any] = "auto",
     trust_remote_code: bool = False,
     progress: Progress | None = None,
-    max_memory: dict | None = None,
+    max_memory: dict[str | int, str] | None = None,
     reconvert: bool = False,
     quantize: str | None = None,
 ) -> tuple[Any, Any, ModelInfo, tuple[str, ...]]:
@@ -171,6 +172,8 @@ def load_model(
     where = source.path
     notes: tuple[str, ...] = ()
     if source.kind == "gguf":
+        if source.path is None:  # resolve_source gives every .gguf source its file
+            raise LoadError(f"{source.name}: a .gguf source without its file")
         folder, notes = gguf_cache.ensure_converted(source.path, dtype.dtype, progress, reconvert)
         where = str(folder)
     remote = {} if source.cached or source.kind != "hub" else {"revision": source.revision}
@@ -182,13 +185,18 @@ def load_model(
     if _is_empty(tokenizer):
         raise LoadError(
             f"{source.name}: the tokenizer is empty",
-            "the folder has weights but no tokenizer files (tokenizer.json, tokenizer_config.json, vocab files)",
+            "the folder has weights but no tokenizer files "
+            "(tokenizer.json, tokenizer_config.json, vocab files)",
             [
-                "copy the tokenizer files in: AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
+                "copy the tokenizer files in: "
+                "AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained(FOLDER)",
                 "or load the model the folder was made from by its Hub id",
             ],
         )
     progress(f"reading weights of {source.name} ({dtype.dtype})…")
+    placement: str | dict[str, Any] | None = (
+        device_map if isinstance(device_map, str) else dict(device_map)
+    )
     if (
         device_map == "auto"
         and not max_memory
@@ -196,10 +204,10 @@ def load_model(
     ):
         # No accelerator: "auto" places everything on the CPU anyway, and accelerate's
         # planning costs ~10% of a small model's load time (bench/).
-        device_map = None
+        placement = None
     model = AutoModelForCausalLM.from_pretrained(
         where,
-        device_map=device_map,
+        device_map=placement,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
         **({"max_memory": max_memory} if max_memory else {}),
@@ -303,13 +311,15 @@ def describe(
     if "disk" in placed or (offloaded and len(placed) > 1):
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
         warnings.append(
-            f"{n} module(s) offloaded to {' and '.join(offloaded)}: generation will be several times slower"
+            f"{n} module(s) offloaded to {' and '.join(offloaded)}: "
+            "generation will be several times slower"
             " — free memory, use a smaller dtype, or raise max_memory"
         )
     hw = hardware.probe()
     if hw.gpus and all(d == "cpu" for d in devices):
         warnings.append(
-            f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: --device-map auto uses it"
+            f"a GPU is present ({hw.gpus[0].name}) but the model is on cpu: "
+            "--device-map auto uses it"
         )
     if dtype.warning:
         warnings.append(dtype.warning)
@@ -319,7 +329,8 @@ def describe(
         model.config, "is_decoder", False
     ):
         warnings.append(
-            f"{model.config.model_type} is an encoder (masked LM): transformers loaded it as {type(model).__name__},"
+            f"{model.config.model_type} is an encoder (masked LM): "
+            f"transformers loaded it as {type(model).__name__},"
             " but it was not trained to continue text and will not generate sensible output"
         )
     commit = (

@@ -91,6 +91,10 @@ class GenerationError(LLMError):
     """`%%llm_generate` / `llm_magic.generate` failed."""
 
 
+# IPython's hook: an exception with this method is shown as the lines it returns.
+_RENDER_TRACEBACK = "_render_traceback_"
+
+
 def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
     """Make IPython show one line for this Ctrl-C instead of a traceback through torch
     and transformers (hundreds of lines). It stays a KeyboardInterrupt, so the cell still
@@ -98,7 +102,7 @@ def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInter
     prints the full traceback."""
     line = f"KeyboardInterrupt: {message}"
     # IPython asks the instance (showtraceback), so the method is set on this one only.
-    interrupt._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
+    setattr(interrupt, _RENDER_TRACEBACK, lambda: [line])
     return interrupt
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.magic import Magics
 from IPython.core.magic_arguments import argument, parse_argstring
 from IPython.display import display
 from traitlets import Bool, Float, Int, TraitType, Unicode
@@ -23,18 +24,27 @@ from .. import settings as settings_module
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
 from ..errors import LLMError, quiet_interrupt
 from ..redact import redact
+from ..results import GenerationResult, carried_result
 from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
+
+
+def user_namespace(magics: Magics) -> dict[str, Any]:
+    """The notebook's variables: the user namespace of the shell the magics serve."""
+    if magics.shell is None:
+        raise UsageError("llm_magic's magics run in an IPython shell: load them with %load_ext")
+    return magics.shell.user_ns
 
 
 def _flag(option: Option) -> Any:
     """The argparse flag of a generation option; its help states the default and its trait."""
-    kwargs: dict[str, Any] = {
+    by_kind: dict[str, dict[str, Any]] = {
         "int": {"type": int, "default": None},
         "float": {"type": float, "default": None},
         "switch": {"action": "store_true"},
         "list": {"action": "append", "default": None},
         "text": {"default": None},
-    }[option.kind]
+    }
+    kwargs = by_kind[option.kind]
     help_text = option.help
     if option.configurable:
         help_text += f" Default: {option.default_text} (LLMMagics.{option.name})."
@@ -165,7 +175,8 @@ def out_name(text: str | None) -> str | None:
 
 
 def prompt_shower(show: bool):
-    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above the answer."""
+    """The on_prompt callback of --show-prompt: the prompt as the model reads it, shown above
+    the answer."""
     return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
 
 
@@ -178,15 +189,15 @@ def run_streamed(call, sink: Stream | None, out: str | None, shell, waiting: Wai
     except KeyboardInterrupt as e:
         if waiting is not None:
             waiting.done()
-        partial = getattr(e, "result", None)  # what was generated before Ctrl-C
+        partial = carried_result(e)  # what was generated before Ctrl-C
         _show_partial(sink, partial)
         quiet_interrupt(e, _keep_partial(shell, partial, out))
         raise  # the cell is interrupted: later queued cells must not run
     except Exception as e:
         if waiting is not None:
             waiting.done()
-        partial = getattr(e, "result", None)  # a server that failed mid-stream: its text stays
-        if partial is not None:
+        partial = carried_result(e)  # a server that failed mid-stream: its text stays
+        if isinstance(partial, GenerationResult):
             # On screen with its footer, as after Ctrl-C; the failure itself is said once,
             # by the card under it.
             _show_partial(sink, replace(partial, error=None))

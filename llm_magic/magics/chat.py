@@ -30,6 +30,7 @@ from .cells import (
     prompt_shower,
     run_streamed,
     unquote,
+    user_namespace,
 )
 from .llm import LLMMagics
 
@@ -153,7 +154,7 @@ class ChatMagics(Magics):
         return ConversationView.of(conversation)
 
     def _ask(self, args, cell: str):
-        settings, ns = self.settings, self.shell.user_ns
+        settings, ns = self.settings, user_namespace(self)
         out = out_name(args.out)
         sink = settings.stream_sink(args)
         system = unquote(args.system) if args.system is not None else None

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from IPython.core.completer import (
     CompletionContext,
     SimpleCompletion,
-    SimpleMatcherResult,
     context_matcher,
 )
 
@@ -57,7 +57,9 @@ def unregister(shell) -> None:
 
 def _matcher_for(shell):
     @context_matcher(identifier=IDENTIFIER)
-    def llm_magic_matcher(context: CompletionContext) -> SimpleMatcherResult:
+    # IPython's SimpleMatcherResult, as a plain dict: its optional keys are marked with
+    # typing.NotRequired, which the type check for Python 3.10 cannot read.
+    def llm_magic_matcher(context: CompletionContext) -> dict[str, Any]:
         found = complete(shell, context.text_until_cursor)
         if found is None:
             return {"completions": [], "suppress": False}

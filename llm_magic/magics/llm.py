@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -45,6 +47,7 @@ from .cells import (
     run_streamed,
     settings_from,
     unquote,
+    user_namespace,
 )
 
 
@@ -69,12 +72,14 @@ class LLMMagics(Magics):
     ).tag(config=True)
     max_models = Int(
         0,
-        help="The most models the cache holds (0: no limit); loading one more unloads the least recently used.",
+        help="The most models the cache holds (0: no limit); "
+        "loading one more unloads the least recently used.",
     ).tag(config=True)
     memory_budget = Union(
         [Int(), Unicode()],
         default_value=0,
-        help="The most bytes of weights the cache holds, as a number or a string like '8GB' (0: no limit); "
+        help="The most bytes of weights the cache holds, "
+        "as a number or a string like '8GB' (0: no limit); "
         "loading past it unloads the least recently used models first.",
     ).tag(config=True)
 
@@ -106,14 +111,16 @@ class LLMMagics(Magics):
     ).tag(config=True)
     max_history = Int(
         0,
-        help="The most earlier turns %%llm_chat sends with a new one (0: as many as the context holds; "
+        help="The most earlier turns %%llm_chat sends with a new one "
+        "(0: as many as the context holds; "
         "the oldest are left out first).",
     ).tag(config=True)
 
     # Server models (%llm_load --server URL).
     server = Unicode(
         "",
-        help="Default --server of %llm_load: the base URL of an OpenAI-compatible server (empty: none).",
+        help="Default --server of %llm_load: "
+        "the base URL of an OpenAI-compatible server (empty: none).",
     ).tag(config=True)
     api_key_env = Unicode(
         "",
@@ -140,14 +147,16 @@ class LLMMagics(Magics):
         "model",
         nargs="?",
         default=None,
-        help="Hub id (org/name), a save_pretrained folder, or a .gguf file; with --server, the id the server "
-        "serves (left out: the one it serves). Without it and without --server: what this machine can load now.",
+        help="Hub id (org/name), a save_pretrained folder, or a .gguf file; "
+        "with --server, the id the server serves (left out: the one it serves). "
+        "Without it and without --server: what this machine can load now.",
     )
     @argument(
         "--server",
         default=None,
         help="Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp, "
-        "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. Default: none, the model runs here (LLMMagics.server).",
+        "Ollama, transformers serve), e.g. http://gpu-node:8000/v1. "
+        "Default: none, the model runs here (LLMMagics.server).",
     )
     @argument(
         "--api-key-env",
@@ -170,7 +179,8 @@ class LLMMagics(Magics):
     @argument(
         "--max-memory",
         default=None,
-        help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; the rest is offloaded (slower).",
+        help="Cap per device for device_map auto, e.g. 0=20GB,cpu=30GB; "
+        "the rest is offloaded (slower).",
     )
     @argument(
         "--trust-remote-code",
@@ -320,7 +330,7 @@ class LLMMagics(Magics):
         is generated; Ctrl-C stops it, keeping what was generated. Returns the result
         (`.text`, token counts, timings, settings)."""
         args = parse_line(self.llm_generate, line)
-        ns = self.shell.user_ns
+        ns = user_namespace(self)
         out = out_name(args.out)
         over = None
         if args.over is not None and args.no_fill:
@@ -336,14 +346,13 @@ class LLMMagics(Magics):
                 )
             over = prompts.items_of(ns[name], f"--over {name}")
         jupyter = getattr(self.shell, "kernel", None) is not None
-        sink = (
-            self.stream_sink(args) if over is None else None
-        )  # --over shows a progress bar instead
+        # --over shows a progress bar instead of the streamed text.
+        sink = self.stream_sink(args) if over is None else None
         settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self)
         on_prompt = prompt_shower(args.show_prompt)
-        waiting = (
-            Waiting(jupyter) if over is None and sink is None else None
-        )  # --no-stream: a status line
+        # --no-stream: a status line while it generates.
+        waiting = Waiting(jupyter) if over is None and sink is None else None
+        shown = sink or waiting  # one of them whenever there is no --over
 
         def call():
             with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
@@ -356,7 +365,7 @@ class LLMMagics(Magics):
                     stream=sink,
                     progress=progress,
                     on_prompt=on_prompt,
-                    on_start=(sink or waiting).start if over is None else None,
+                    on_start=shown.start if shown is not None else None,
                 )
 
         return run_streamed(
@@ -434,7 +443,8 @@ def _parse_max_memory(text: str | None) -> dict | None:
             from IPython.core.error import UsageError
 
             raise UsageError(
-                f"--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], e.g. 0=20GB,cpu=30GB; got {text!r}"
+                "--max-memory: expected DEVICE=SIZE[,DEVICE=SIZE], "
+                f"e.g. 0=20GB,cpu=30GB; got {text!r}"
             )
         device = device.strip()
         caps[int(device) if device.isdigit() else device] = size.strip()
@@ -446,7 +456,7 @@ def watch_shell(shell) -> None:
     (`Out`, `_`, `_N`, in `user_ns` and its hidden copy), the display hook's own `_`, `__`,
     `___`, and the last cell's result and error."""
     MODEL_CACHE.namespaces += [shell.user_ns, shell.user_ns_hidden]
-    MODEL_CACHE.holders.append(_shell_holder(shell))
+    MODEL_CACHE.holders.append(_ShellHolder(shell))
 
 
 def unwatch_shell(shell) -> None:
@@ -455,25 +465,29 @@ def unwatch_shell(shell) -> None:
         ns for ns in MODEL_CACHE.namespaces if not any(ns is m for m in mine)
     ]
     MODEL_CACHE.holders[:] = [
-        h for h in MODEL_CACHE.holders if getattr(h, "shell", None) is not shell
+        h for h in MODEL_CACHE.holders if not (isinstance(h, _ShellHolder) and h.shell is shell)
     ]
 
 
-def _shell_holder(shell):
-    def scrub(is_target) -> list:
-        hook = shell.displayhook
+class _ShellHolder:
+    """A cache holder: drops a model's results from the shell's display hook and last cell
+    result, and returns the last cell's errors (their frames may hold it). `shell` says
+    whose, for `unwatch_shell`."""
+
+    def __init__(self, shell) -> None:
+        self.shell = shell
+
+    def __call__(self, is_target: Callable[[Any], bool]) -> list[Any]:
+        hook = self.shell.displayhook
         for name in ("_", "__", "___"):
             if is_target(getattr(hook, name, None)):
                 setattr(hook, name, "")
-        result = getattr(shell, "last_execution_result", None)
+        result = getattr(self.shell, "last_execution_result", None)
         if result is None:
             return []
         if is_target(result.result):
             result.result = None
         return [result.error_before_exec, result.error_in_exec]
-
-    scrub.shell = shell
-    return scrub
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def failure_context(
     name: str,
     source: Source | None,
     dtype: str | None,
-    device_map: str | dict | None,
+    device_map: str | Mapping[str, Any] | None,
     revision: str | None,
 ) -> dict[str, Any]:
     """Facts about a failed load for errors.diagnose(..., LOAD); each gathered on its own so

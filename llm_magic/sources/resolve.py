@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._compat import add_note
 from ..errors import PROBE_NOTE, LoadError
 from ..paths import nearest_existing, visible_files
 from . import gguf_cache, hub
@@ -81,7 +82,7 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
         try:
             hf_hub_download(text, "config.json", revision=revision, local_files_only=True)
         except LocalEntryNotFoundError as e:
-            e.add_note(f"{PROBE_NOTE} {constants.ENDPOINT}: asked for cached files only")
+            add_note(e, f"{PROBE_NOTE} {constants.ENDPOINT}: asked for cached files only")
             raise
     return Source("hub", text, None, revision)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..units import DTYPE_BYTES, format_bytes
 
@@ -213,7 +213,7 @@ def check_fit(
     target: str,
     free_ram: int | None,
     free_gpus: dict[str, int] | None = None,
-    device_map: str | dict = "auto",
+    device_map: str | Mapping[str, Any] = "auto",
     reclaimable: dict[str, int] | None = None,
 ) -> Fit:
     """The verdict for `est` going to `target` ('cpu', 'cuda', 'mps').
@@ -240,7 +240,7 @@ def check_fit(
         return Fit(False, f"does not fit: needs {_need(est)}, {format_bytes(ram)} free")
 
     gpus = {d: f + back.get(d, 0) for d, f in (free_gpus or {}).items()}
-    if isinstance(device_map, dict):  # the user placed the modules: judge the total only
+    if isinstance(device_map, Mapping):  # the user placed the modules: judge the total only
         total = sum(gpus.values()) + (ram or 0)
         if need <= total:
             return Fit(

@@ -991,6 +991,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also the server rows (bench/server_rows.py: starts transformers serve)",
     )
+    p.add_argument(
+        "--log",
+        action="store_true",
+        help="also the run log's rows (bench/log_rows.py: its cost per generation, an "
+        "--over of 1,000, --reuse)",
+    )
     args = p.parse_args(argv)
     smoke = args.smoke
     # Repetitions and sizes: the full run fits in < 15 min on 2 cores.
@@ -1123,6 +1129,23 @@ def main(argv=None) -> int:
     attempt(
         ENGINE_ROWS, lambda: rows_engines(env, gguf, prep.get("gguf_converted_now_seconds"), args)
     )
+    if args.log:
+        from log_rows import LOG_ROWS, log_rows
+
+        attempt(
+            LOG_ROWS,
+            lambda: tuple(
+                log_rows(
+                    main_arg,
+                    label,
+                    prep["tiny_dir"],
+                    runs=5 if smoke else 30,
+                    new_tokens=8 if smoke else 32,
+                    items=200 if smoke else 1000,
+                    only=tuple(args.only) if args.only else None,
+                )
+            ),
+        )
 
     report()
     log(

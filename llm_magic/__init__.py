@@ -10,7 +10,22 @@ first model.
 from __future__ import annotations
 
 from ._version import __version__
-from .api import available, chat, conversation, generate, load, load_with_card, models, unload  # noqa: E402  (cheap: heavy imports are lazy)
+from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
+    available,
+    chat,
+    compare,
+    conversation,
+    forget,
+    generate,
+    list_adapters,
+    load,
+    load_adapter,
+    load_with_card,
+    log,
+    models,
+    unload,
+    unload_adapter,
+)
 from .cache import MODEL_CACHE  # noqa: E402
 from .conversations import CONVERSATIONS, Conversation  # noqa: E402
 from .errors import GenerationError, LLMError, LoadError  # noqa: E402
@@ -26,6 +41,12 @@ __all__ = [
     "Conversation",
     "models",
     "unload",
+    "compare",
+    "load_adapter",
+    "list_adapters",
+    "unload_adapter",
+    "log",
+    "forget",
     "demo_model",
     "LLMError",
     "LoadError",
@@ -35,13 +56,23 @@ __all__ = [
 
 
 def load_ipython_extension(ipython) -> None:
-    from .magics import ChatMagics, LLMMagics, completion, watch_cells, watch_shell
+    from .magics import (
+        ChatMagics,
+        LLMMagics,
+        LogMagics,
+        completion,
+        watch_cells,
+        watch_runs,
+        watch_shell,
+    )
 
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
     ipython.register_magics(ChatMagics(ipython, settings))
+    ipython.register_magics(LogMagics(ipython))
     watch_shell(ipython)
     watch_cells(ipython)
+    watch_runs(ipython)
     completion.register(ipython)
 
 
@@ -49,7 +80,8 @@ def unload_ipython_extension(ipython) -> None:
     """Release every cached model, as `%llm_unload --all` does (output history and
     tracebacks included), remove the magics, and say so in one line: switching models
     never needs a kernel restart, and `%load_ext llm_magic` brings the magics back."""
-    from .magics import completion, remove_magics, unwatch_cells, unwatch_shell
+    from . import runlog
+    from .magics import completion, remove_magics, unwatch_cells, unwatch_runs, unwatch_shell
     from .units import format_bytes
 
     count, size = len(MODEL_CACHE), MODEL_CACHE.total_bytes()
@@ -57,6 +89,9 @@ def unload_ipython_extension(ipython) -> None:
     CONVERSATIONS.clear()
     unwatch_shell(ipython)
     unwatch_cells(ipython)
+    unwatch_runs(ipython)
+    runlog.close_all()  # what waits is written; %config LLMMagics.log* go back to defaults
+    runlog.reset_config()
     completion.unregister(ipython)
     remove_magics(ipython)
     models = (

@@ -8,24 +8,34 @@ from __future__ import annotations
 import difflib
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import hardware, loader
+from . import adapters, hardware, loader, runlog, side_by_side
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import ModelRow, ModelsCard, UnloadCard
+from .display.adapters import AdapterCard
 from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
-from .results import GenerationResult, GenerationResults
+from .results import (
+    Comparison,
+    GenerationResult,
+    GenerationResults,
+    carried_result,
+    carry_result,
+)
+from .runlog import Origin
 from .settings import Settings
 from .sources import discovery
+from .sources.adapter import adapter_pairs
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .conversations import Conversation
+    from .display.log import LogStatsCard
     from .engines.base import LoadKeywords
     from .prompts import Over
     from .settings import SamplingKeywords, SettingsKeywords
@@ -52,7 +62,11 @@ def load(
     max_memory ({"cpu": "2GB", 0: "20GB"}: what device_map="auto" puts on each device),
     quantize ("nf4", "fp4", "int8": linear layers quantized by bitsandbytes), engine
     ("llama.cpp" runs a .gguf as it is; `handle.model` is then the `llama_cpp.Llama`),
-    alias, reload, force, quiet (nothing on stdout or stderr; failures still raise).
+    alias, reload, force, quiet (nothing on stdout or stderr; failures still raise),
+    adapters (PEFT adapter folders, or GGUF LoRA files with engine="llama.cpp": a path, a
+    list of paths or "NAME=PATH" strings, or {name: path}; they ride on the model, which
+    is not loaded again when cached, and the first is the one its name alone means: see
+    `load_adapter`).
 
     With `server="http://host:8000/v1"`: MODEL as served by that OpenAI-compatible server
     (vLLM, SGLang, TGI, llama.cpp, Ollama, `transformers serve`), or the one it serves when
@@ -95,8 +109,63 @@ def load_options(
             f"unknown load option {', '.join(unknown)}"
             + (f" (did you mean {', '.join(near)}?)" if near else "")
         )
+    if "adapters" in keywords:
+        keywords["adapters"] = adapter_pairs(keywords["adapters"])
     base = options or LoadOptions()
     return replace(base, model=model if model is not None else base.model, **keywords)
+
+
+# ------------------------------------------------------------------------------ adapters
+
+
+def load_adapter(
+    adapters_: Any, *, model: str | LoadedModel | None = None, default: bool = False
+) -> AdapterCard:
+    """Put adapters on a loaded model without loading it again (`%llm_adapter load`): a PEFT
+    folder (transformers), a GGUF LoRA file (llama.cpp), a served adapter's id (a server
+    model); several as a list or {name: path}; "NAME=PATH" names one (default: its folder's
+    or file's name). Each is then `-m MODEL:NAME` (`-m MODEL:base`: adapters off); with
+    `default`, the first is the one the model's name alone means. The card lists the
+    model's adapters (rank, modules, size) and the memory they added. A failure (an
+    adapter for another base model, a missing adapter_config.json, a rank the weights do
+    not have, peft missing) raises LoadError and leaves the model as it was."""
+    entry = _generation_model(model)
+    pairs = adapter_pairs(adapters_)
+    attached = adapters.attach(entry, pairs, default=pairs[0][0] if default and pairs else None)
+    return adapters.card(
+        entry,
+        "loaded",
+        attached.names,
+        attached.bytes,
+        attached.rss_before,
+        attached.rss_after,
+        notes=tuple(loader.budget_note(r) for r in attached.released),
+    )
+
+
+def list_adapters(model: str | LoadedModel | None = None) -> AdapterCard:
+    """The adapters on a loaded model, and a server model's adapters its server lists
+    (`%llm_adapter list`)."""
+    return adapters.card(_generation_model(model), "listed")
+
+
+def unload_adapter(
+    names: str | Sequence[str], *, model: str | LoadedModel | None = None
+) -> AdapterCard:
+    """Take adapters off their model and free their memory (`%llm_adapter unload`): NAME or
+    MODEL:NAME (or several); "all" takes every one off. The card says what came back."""
+    wanted: list[str] = []
+    for name in [names] if isinstance(names, str) else list(names):
+        base, colon, adapter = name.rpartition(":")
+        if colon and base:
+            if model is not None and base != model:
+                raise LLMError(f"{name}: names another model than -m {model}")
+            model, name = base, adapter
+        wanted.append(name)
+    entry = _generation_model(model)
+    if "all" in wanted and "all" not in entry.adapters:
+        wanted = list(entry.adapters)
+    return adapters.detach(entry, tuple(dict.fromkeys(wanted)))
 
 
 # ------------------------------------------------------------------- list and unload
@@ -117,6 +186,8 @@ def models() -> ModelsCard:
             now - e.last_used,
             e is current,
             e.packed_bytes,
+            tuple((a.name, a.memory_bytes) for a in e.adapters.values()),
+            e.default_adapter,
         )
         for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     )
@@ -143,6 +214,7 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
     with `all=True`, and free its memory for real. The card says how much came back."""
     if all:
         entries = MODEL_CACHE.entries()
+        MODEL_CACHE.set_aside.clear()  # nothing to load again for a later cell
     else:
         _refuse_ambiguous(name, "%llm_unload", LLMError)
         entry = MODEL_CACHE.find(name) if name else None
@@ -219,8 +291,9 @@ def generate(
 ) -> GenerationResult | GenerationResults:
     """Generate from PROMPT with a cached model; returns the result (`.text` and stats).
 
-    model: an alias or the name a model was loaded with, a handle from `load`, or None
-    for the model loaded (or used) last. How to generate: a `Settings` (`settings=`)
+    model: an alias or the name a model was loaded with (`MODEL:ADAPTER` for one of its
+    adapters, `MODEL:base` for none), a handle from `load`, or None for the model loaded
+    (or used) last. How to generate: a `Settings` (`settings=`)
     and/or its fields as keywords (max_new_tokens, greedy, temperature, top_p, top_k,
     seed, stop, system, raw, batch_size, concurrency); unset ones take `Settings`'
     defaults (256 new tokens, sampling at temperature 0.7, top-p 0.9, top-k 50).
@@ -234,11 +307,26 @@ def generate(
     Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
     """
+    target = _generation_target(model)
+    chosen = settings_module.make(settings, **keywords)
+    return _generate(target, prompt, chosen, namespace, over, stream, progress, on_prompt, on_start)
+
+
+def _generate(
+    target: adapters.Target,
+    prompt: str,
+    chosen: Settings,
+    namespace: Mapping[str, Any] | None,
+    over: Iterable[Any] | Over | None,
+    stream: Callable[[str], None] | None,
+    progress: Callable[[int, int], None] | None,
+    on_prompt: Callable[[str, int | None], None] | None,
+    on_start: Callable[[tuple[str, ...]], None] | None,
+) -> GenerationResult | GenerationResults:
     from . import generation, prompts
     from .engines import decode_speed
 
-    entry = _generation_model(model)
-    chosen = settings_module.make(settings, **keywords)
+    entry = target.entry
     if not prompt or not prompt.strip():
         raise GenerationError(
             "the prompt is empty: nothing to send to the model",
@@ -250,16 +338,31 @@ def generate(
     if namespace is not None and chosen.system:
         chosen = chosen.with_(system=prompts.fill(chosen.system, namespace, "--system"))
     engine = _engine(entry)
+    origin = _origin(entry)
     if over is not None:
         items = prompts.items_of(over, "over=")
         texts = prompts.fill_over(prompt, items.items, namespace or {})
-        return generation.generate_many(
-            engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, over=items
-        )
+        with adapters.using(target):
+            return generation.generate_many(
+                engine,
+                texts,
+                chosen,
+                on_progress=progress,
+                on_prompt=on_prompt,
+                over=items,
+                origin=origin,
+            )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
-    result = generation.generate(
-        engine, text, chosen, on_text=stream, on_prompt=on_prompt, on_start=on_start
-    )
+    with adapters.using(target):
+        result = generation.generate(
+            engine,
+            text,
+            chosen,
+            on_text=stream,
+            on_prompt=on_prompt,
+            on_start=on_start,
+            origin=origin,
+        )
     decode_speed.note_result(entry, result)  # for the card's engine comparison
     return result
 
@@ -272,6 +375,87 @@ def _default_entry() -> LoadedModel | None:
     )
 
 
+def compare(
+    prompt: str,
+    models: Sequence[str | LoadedModel],
+    *,
+    settings: Settings | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    over: Iterable[Any] | Over | None = None,
+    stream: Callable[[str], Callable[[str], None] | None] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_prompt: Callable[[str, int | None], None] | None = None,
+    **keywords: Unpack[SettingsKeywords],
+) -> Comparison:
+    """PROMPT through several models, one after another, with the same settings and seed
+    (`%%llm_generate -m A B`); returns a `Comparison`: one result per model, by name, in
+    the order given (`comparison["tiny:lora"]`; with `over`, each model's results, and
+    `comparison.to_pandas()` in long form, `comparison.pivot()` items × models).
+
+    models: names as `generate`'s `model` takes them (aliases, `MODEL:ADAPTER`,
+    `MODEL:base`, server models, any engine), or handles; a model the cache's budget
+    unloaded earlier is loaded again for its turn, within the budget (said in `.notes`).
+    Sampling without a seed draws one, given to every model. stream: called with a model's
+    name as its turn starts; returns where its text streams (or None). on_result: called
+    with each model's name and result as its turn ends. Ctrl-C stops the current model
+    and raises KeyboardInterrupt carrying the comparison so far as `.result`."""
+    import secrets
+
+    from . import prompts
+
+    chosen = settings_module.make(settings, **keywords)
+    if not chosen.greedy and chosen.seed is None:
+        chosen = chosen.with_(seed=secrets.randbelow(2**31))  # one seed for every model
+    if over is not None:  # read once: an iterator would be used up by the first model
+        over = prompts.items_of(over, "over=")
+    names = [m if isinstance(m, str) else adapters.model_label(m) for m in models]
+    if len(names) < 1:
+        raise GenerationError("no model named", fixes=["-m A B  (two or more names)"])
+    turns = side_by_side.plan(names)
+    comparison = Comparison()
+    comparison.seed = chosen.seed
+
+    def one(target: adapters.Target) -> Any:
+        MODEL_CACHE.touch(target.entry)
+        sink = stream(target.label) if stream is not None else None
+        try:
+            result = _generate(
+                target, prompt, chosen, namespace, over, sink, progress, on_prompt, None
+            )
+        except (KeyboardInterrupt, Exception) as e:
+            partial = carried_result(e)
+            if partial is not None:
+                comparison[target.label] = partial
+            raise
+        if on_result is not None:
+            on_result(target.label, result)
+        return result
+
+    results: dict[str, Any] = {}
+    try:
+        comparison.notes = side_by_side.run(turns, one, results)
+    except (KeyboardInterrupt, Exception) as e:
+        # What was made stays: the models done, and the one stopped part-way (Ctrl-C, a
+        # server dropping its stream) where its error carries its text.
+        stopped = carried_result(e)
+        partial = dict(comparison)
+        comparison.clear()
+        comparison.update(
+            {n: results.get(n, partial.get(n)) for n in names if n in results or n in partial}
+        )
+        if isinstance(e, KeyboardInterrupt) or comparison or stopped is not None:
+            carry_result(e, comparison)
+        raise
+    comparison.update((n, results[n]) for n in names)
+    return comparison
+
+
+def _origin(entry: LoadedModel) -> Origin:
+    """What the run log records of the model beyond its engine: the name(s) it goes by."""
+    return Origin(alias=", ".join(sorted(entry.aliases)) or None)
+
+
 def _engine(entry: LoadedModel) -> Engine:
     """What generates with `entry`; an unloaded one is refused."""
     if entry.engine is None:
@@ -279,11 +463,11 @@ def _engine(entry: LoadedModel) -> Engine:
     return entry.engine
 
 
-def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
-    """The cached model to generate with (touched: it becomes the current one)."""
-    entry: LoadedModel | None
+def _generation_target(model: str | LoadedModel | None) -> adapters.Target:
+    """The cached model to generate with, and its adapter (touched: it becomes the current
+    one)."""
     if isinstance(model, LoadedModel):
-        entry = model
+        target = adapters.Target(model, model.default_adapter, adapters.model_label(model))
     elif model is None:
         entry = _default_entry()
         if entry is None:
@@ -295,31 +479,22 @@ def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
                     "%llm_load $path  (path = llm_magic.demo_model(), offline)",
                 ],
             )
+        target = adapters.Target(entry, entry.default_adapter, adapters.model_label(entry))
     else:
         _refuse_ambiguous(model, "-m", GenerationError)
-        entry = MODEL_CACHE.find(model)
-        if entry is None:
-            loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in MODEL_CACHE.entries()]
-            names = sorted(
-                {a for e in MODEL_CACHE.entries() for a in e.aliases}
-                | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in MODEL_CACHE.entries()}
-            )
-            close = difflib.get_close_matches(model, names, n=1, cutoff=0.6)
-            fixes = [f"did you mean: -m {close[0]}"] if close else []
-            fixes.append("loaded: " + "; ".join(loaded) if loaded else "no model is loaded yet")
-            fixes.append(
-                f"to load a model under that name: %llm_load MODEL --as {model}"
-                if model.isidentifier()
-                else f"if {model} is a model to load: %llm_load {model}"
-            )
-            raise GenerationError(
-                f"-m {model}: no loaded model has that name",
-                "-m takes an alias (--as NAME) or the name a model was loaded with",
-                fixes,
-            )
+        found = adapters.find(model)
+        if found is None:
+            raise adapters.unknown_model(model)
+        target = found
+    entry = target.entry
     _engine(entry)  # refuses an unloaded one
     MODEL_CACHE.touch(entry)
-    return entry
+    return target
+
+
+def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
+    """The cached model to generate with (touched: it becomes the current one)."""
+    return _generation_target(model).entry
 
 
 # --- conversations -----------------------------------------------------------------------
@@ -363,7 +538,7 @@ def chat(
 
     if retry and conversation is None and model is None:
         conversation = conversations.CONVERSATIONS.current()  # the one used last
-    conv, entry = _chat_target(conversation, model)
+    conv, target = _chat_target(conversation, model)
     # A retry answers again as the turn was answered: its own settings, unless given here.
     base = settings
     if retry and settings is None and conv.turns and conv.turns[-1].settings is not None:
@@ -381,17 +556,19 @@ def chat(
     if system is not None:
         conv.system = system or None
     conversations.CONVERSATIONS.last = conv.name
-    return conversations.ask(
-        conv,
-        _engine(entry),
-        text or "",
-        chosen,
-        cell_id=cell_id,
-        retry=retry,
-        max_history=max_history,
-        on_text=stream,
-        on_prompt=on_prompt,
-    )
+    with adapters.using(target):
+        return conversations.ask(
+            conv,
+            _engine(target.entry),
+            text or "",
+            chosen,
+            cell_id=cell_id,
+            retry=retry,
+            max_history=max_history,
+            on_text=stream,
+            on_prompt=on_prompt,
+            origin=_origin(target.entry),
+        )
 
 
 def conversation(name: str | None = None) -> Conversation:
@@ -421,11 +598,11 @@ def conversation(name: str | None = None) -> Conversation:
 def model_label(entry: LoadedModel) -> str:
     """The name a model's own conversation takes: its alias, else the last part of its name
     (what the cards show; `-m` accepts both)."""
-    return min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
+    return adapters.model_label(entry)
 
 
-def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
-    """(the conversation, the model to answer with)."""
+def _chat_target(conversation, model) -> tuple[Conversation, adapters.Target]:
+    """(the conversation, the model to answer with and its adapter)."""
     from .conversations import CONVERSATIONS, Conversation
 
     if isinstance(conversation, Conversation):
@@ -433,8 +610,7 @@ def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
     else:
         conv = CONVERSATIONS.get(conversation) if conversation is not None else None
     if model is None and conv is not None and conv.model is not None:
-        entry = MODEL_CACHE.find(conv.model)
-        if entry is None:
+        if adapters.find(conv.model) is None:
             raise GenerationError(
                 f"conversation {conv.name!r} was with {conv.model}, which is not loaded",
                 fixes=[
@@ -442,10 +618,173 @@ def _chat_target(conversation, model) -> tuple[Conversation, LoadedModel]:
                     "-m NAME answers it with another loaded model",
                 ],
             )
-        entry = _generation_model(entry)
+        target = _generation_target(conv.model)
     else:
-        entry = _generation_model(model)
+        target = _generation_target(model)
+    entry, label = target.entry, model_label(target.entry)
+    if target.adapter != entry.default_adapter:  # a conversation of its own per adapter
+        label = f"{label}:{target.adapter or 'base'}"
     if conv is None:
-        conv = CONVERSATIONS.open(conversation or model_label(entry))
-    conv.model = model_label(entry)
-    return conv, entry
+        conv = CONVERSATIONS.open(conversation or label)
+    conv.model = label
+    return conv, target
+
+
+# --- the run log -------------------------------------------------------------------------------
+
+
+def _log_store(path: str | None) -> runlog.RunLog:
+    """The log to read: `path`, else the configured one (read even while logging is off)."""
+    found = runlog.store(path or runlog.log_path())
+    assert found is not None
+    return found
+
+
+def _filters(
+    model: str | None, search: str | None, since: str | None, cell: str | None, kind: str | None
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "search": search,
+        "since": runlog.since(since) if since else None,
+        "cell_id": cell,
+        "kind": kind,
+    }
+
+
+def log(
+    *,
+    last: int | None = None,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    kind: str | None = None,
+    path: str | None = None,
+) -> Any:
+    """The run log as a pandas DataFrame, one row per run (oldest first): every generation,
+    chat turn, --over item and score, with its model (model, alias, model_hash, engine,
+    dtype, quantization, device, server), cell (notebook, cell_id, execution_count, cell),
+    prompt, rendered, answer, counts, seed, and the JSON columns settings, provenance
+    and result as dicts.
+
+    last: only the latest N. model: a part of the model's name or alias. search: words
+    in the cell, prompt or answer (full-text). since: a date ('2025-06-01'), a date and
+    time, a span back from now ('2h', '3d'), today or yesterday. cell: a cell id (or its
+    start). kind: generate, chat, over or score. path: another log file."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise LLMError("llm_magic.log() needs pandas", fixes=["pip install pandas"]) from None
+    rows = _log_store(path).query(last=last, **_filters(model, search, since, cell, kind))
+    frame = pd.DataFrame(rows, columns=["id", *runlog.COLUMNS])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["greedy"] = frame["greedy"].astype("boolean")
+    return frame
+
+
+def log_card(
+    *,
+    last: int | None = 10,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    kind: str | None = None,
+    path: str | None = None,
+    notes: tuple[str, ...] = (),
+) -> Card:
+    """The latest runs as a card (what `%llm_log` shows)."""
+    from .display.log import RunsCard, runs_title
+
+    store = _log_store(path)
+    filters = _filters(model, search, since, cell, kind)
+    rows = store.query(last=last, **filters)
+    total = store.count(**filters)
+    what = [
+        f"{name} {value}"
+        for name, value in (("model", model), ("search", search), ("since", since))
+        if value
+    ] + ([f"cell {cell[:8]}"] if cell else [])
+    extra = list(notes)
+    if search and not store.fts:
+        extra.append("this Python's SQLite has no full-text search (FTS5): searched as text")
+    if not rows:
+        extra.append("no runs" + (" match" if what else " logged yet"))
+    if not runlog.enabled() and path is None:
+        extra.append("logging is off (LLM_MAGIC_LOG=0 or LLMMagics.log = False)")
+    return RunsCard(
+        runs_title(len(rows), total, str(store.path), what),
+        tuple(_shown_row(r) for r in rows),
+        tuple(extra),
+    )
+
+
+def _shown_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "when": runlog.local_time(row["time"]).strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def log_run(run_id: int, *, path: str | None = None) -> Card:
+    """One run whole, as the log holds it (what `%llm_log --show ID` shows)."""
+    from .display.log import RunCard
+
+    store = _log_store(path)
+    rows = store.query(ids=[run_id])
+    if not rows:
+        raise LLMError(
+            f"no run {run_id} in the log",
+            f"{store.path} holds {store.count()} runs",
+            ["%llm_log lists the latest, with their ids"],
+        )
+    return RunCard(_shown_row(rows[0]))
+
+
+def log_stats(*, path: str | None = None) -> LogStatsCard:
+    """How many runs the log holds, its size and where it is (`%llm_log --stats`)."""
+    from .display.log import LogStatsCard
+
+    store = _log_store(path)
+    facts = store.stats()
+    search = (
+        "full-text (SQLite FTS5)" if store.fts else "plain text: this Python's SQLite has no FTS5"
+    )
+
+    def local(stored: str | None) -> str | None:
+        return runlog.local_time(stored).strftime("%Y-%m-%d %H:%M") if stored else None
+
+    return LogStatsCard(
+        path=facts["path"],
+        runs=facts["runs"],
+        size=facts["bytes"],
+        first=local(facts["first"]),
+        last=local(facts["last"]),
+        models=tuple(facts["models"]),
+        kinds=tuple(facts["kinds"]),
+        search=search,
+        schema=facts["schema"],
+        on=runlog.enabled() or path is not None,
+    )
+
+
+def forget(
+    ids: Iterable[int] = (),
+    *,
+    model: str | None = None,
+    search: str | None = None,
+    since: str | None = None,
+    cell: str | None = None,
+    all: bool = False,  # noqa: A002 (mirrors --all)
+    path: str | None = None,
+) -> int:
+    """Delete runs from the log for good (their text does not stay in the file); returns
+    how many. Runs are named by id, or by model, search, since or cell (as in `log`);
+    `all=True` deletes every one."""
+    chosen = [int(i) for i in ids]
+    return _log_store(path).forget(
+        ids=chosen or None,
+        model=model,
+        search=search,
+        since=runlog.since(since) if since else None,
+        cell_id=cell,
+        everything=all,
+    )

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .engines.base import CacheKey, LoadedModel
+from .engines.base import CacheKey, LoadedModel, LoadOptions
 
 
 class ModelCache:
@@ -34,6 +34,9 @@ class ModelCache:
         # and tracebacks it keeps, whose frames may hold the model.
         self.namespaces: list[dict] = []
         self.holders: list[Callable[[Callable[[Any], bool]], Iterable[Any]]] = []
+        # The models the budget unloaded, and how to load them again: a cell naming one
+        # (`-m A B`) loads it again for its turn, within the budget.
+        self.set_aside: dict[CacheKey, SetAside] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,11 +72,12 @@ class ModelCache:
             entry.aliases |= old.aliases
             self._drop(old)
         self._entries[entry.key] = entry
+        self.set_aside.pop(entry.key, None)
         for alias in entry.aliases:
             self.alias(entry, alias)
         self.touch(entry)
         victims = self.over_budget(adding=False, keep=entry)
-        return [self.unload(victims)] if victims else []
+        return [self.unload(victims, by_budget=True)] if victims else []
 
     def alias(self, entry: LoadedModel, alias: str) -> None:
         key = self._aliases.get(alias)
@@ -113,6 +117,19 @@ class ModelCache:
                 return matches if len(matches) > 1 else []
         return []
 
+    def aside(self, name: str) -> SetAside | None:
+        """The model the budget unloaded that NAME names (an alias, the name it was loaded
+        with, or its last part), the one unloaded last first."""
+        for same in (
+            lambda a: name in a.aliases,
+            lambda a: a.options.model == name,
+            lambda a: (a.options.model or "").rstrip("/").rsplit("/", 1)[-1] == name,
+        ):
+            for aside in reversed(list(self.set_aside.values())):
+                if same(aside):
+                    return aside
+        return None
+
     def current(self) -> LoadedModel | None:
         return self._entries.get(self.last) if self.last is not None else None
 
@@ -143,11 +160,18 @@ class ModelCache:
             total -= entry.memory_bytes
         return victims
 
-    def unload(self, entries: Iterable[LoadedModel]) -> Released:
+    def unload(self, entries: Iterable[LoadedModel], by_budget: bool = False) -> Released:
         """Drop `entries` and free their memory for real: the cache's references, output
         history (`Out`, `_`, `_N`) and exception tracebacks that hold the model, then gc
-        and the CUDA cache. Says whether the models are gone and, if not, what holds them."""
+        and the CUDA cache. Says whether the models are gone and, if not, what holds them.
+        `by_budget`: the budget made room; how to load them again is kept (`set_aside`)."""
         entries = list(entries)
+        for e in entries if by_budget else ():
+            if e.options is not None:
+                adapters = tuple((n, a.path) for n, a in e.adapters.items())
+                self.set_aside[e.key] = SetAside(
+                    e.options, tuple(sorted(e.aliases)), adapters, e.default_adapter
+                )
         models = [(e.name, tuple(sorted(e.aliases)), e.memory_bytes, e.info.dtype) for e in entries]
         refs = [weakref.ref(e.model) for e in entries if e.model is not None]
         targets = _owned(entries)
@@ -170,7 +194,8 @@ class ModelCache:
         return [x for x in found if x is not None]
 
     def clear(self) -> Released:
-        """Unload every model (as `unload(entries())`)."""
+        """Unload every model (as `unload(entries())`), and forget the ones set aside."""
+        self.set_aside.clear()
         return self.unload(self.entries())
 
     def _drop(self, entry: LoadedModel) -> None:
@@ -189,6 +214,16 @@ class ModelCache:
         entry.model = None
         entry.tokenizer = None
         entry.engine = None
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A model the budget unloaded: how it was loaded, its aliases, its adapters."""
+
+    options: LoadOptions
+    aliases: tuple[str, ...]
+    adapters: tuple[tuple[str, str], ...]  # (name, path), as they were put on
+    default_adapter: str | None
 
 
 @dataclass(frozen=True)

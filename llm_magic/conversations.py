@@ -20,6 +20,7 @@ from typing import Any
 
 from .engines import Engine, Request
 from .errors import GenerationError, LLMError
+from .runlog import Origin
 from .settings import Settings
 
 FORMAT = "llm_magic.conversation/1"
@@ -252,8 +253,10 @@ def ask(
     max_history: int = 0,
     on_text: Callable[[str], None] | None = None,
     on_prompt: Callable[[str, int | None], None] | None = None,
+    origin: Origin | None = None,
 ):
-    """The next turn of `conversation`: `text` answered by `engine`, recorded as a turn.
+    """The next turn of `conversation`: `text` answered by `engine`, recorded as a turn
+    (and in the run log as a chat run, with the conversation and the turn's number).
 
     With `cell_id`, a turn from the same cell is replaced (and the turns after it dropped);
     with `retry`, the last turn is asked again. The conversation changes only once the
@@ -302,7 +305,14 @@ def ask(
     settings = replace(settings, system=conversation.system, raw=False)  # recorded with the result
     try:
         result = generation.generate(
-            engine, request, settings, on_text=on_text, on_prompt=on_prompt
+            engine,
+            request,
+            settings,
+            on_text=on_text,
+            on_prompt=on_prompt,
+            origin=replace(
+                origin or Origin(), kind="chat", conversation=conversation.name, turn=index + 1
+            ),
         )
     except KeyboardInterrupt as e:
         partial = carried_result(e)

@@ -12,12 +12,14 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from . import prompts
 from .engines.base import Completion, Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
+from .recorder import Recorder
 from .results import NOT_RUN, GenerationResult, GenerationResults, carry_result
+from .runlog import Origin
 from .settings import Settings
 
 TextCallback = Callable[[str], None]
@@ -181,9 +183,12 @@ def generate(
     on_text: TextCallback | None = None,
     on_prompt: PromptCallback | None = None,
     on_start: Callable[[tuple[str, ...]], None] | None = None,
+    origin: Origin | None = None,
 ) -> GenerationResult:
     """One prompt (already filled, or a Request of chat messages) → one result, streamed
-    to `on_text` chunk by chunk.
+    to `on_text` chunk by chunk. The run is written to the run log (`origin`: where it
+    comes from); with `settings.reuse`, an identical deterministic request logged before
+    is answered from the log instead.
 
     On Ctrl-C: KeyboardInterrupt is raised with the partial result as its `.result`.
     """
@@ -194,6 +199,11 @@ def generate(
     )
     if on_prompt is not None:
         on_prompt(rendered.shown, rendered.tokens)
+    record = Recorder(engine, settings, origin, "generate")
+    if settings.reuse:
+        (replayed,) = record.replayed([rendered], settings.seed)
+        if replayed is not None:
+            return replayed
     max_new, notes = _budget(limit, [rendered], settings)
     if on_start is not None:  # before the first token: a status line, and the notes said first
         on_start(notes + _unused_seed(settings))
@@ -208,16 +218,26 @@ def generate(
         partial = partial_run(e)
         if partial is not None:
             (made,) = _results(engine, partial, [rendered], settings, seed, None)
-            carry_result(e, made)
+            record.add(made, error=e)
+            carry_result(e, record.with_id(made))
+        else:
+            record.failed(rendered, e, seed)
         raise
     run.notes = notes + _unused_seed(settings) + run.notes
     (result,) = _results(engine, run, [rendered], settings, seed, None)
+    record.add(result)
+    result = record.with_id(result)
     if isinstance(shown, _StopHeldBack):
         shown.finish(result.text)
     if run.interrupt is not None:
         carry_result(run.interrupt, result)
         raise run.interrupt
     return result
+
+
+def _no_groups() -> Generator[tuple[list[int], Run], None, None]:
+    """What an engine's run_many yields when every item was answered from the log."""
+    yield from ()
 
 
 def generate_many(
@@ -228,10 +248,14 @@ def generate_many(
     on_progress: ProgressCallback | None = None,
     on_prompt: PromptCallback | None = None,
     over: prompts.Over | None = None,
+    origin: Origin | None = None,
 ) -> GenerationResults:
     """Many prompts (already filled) → one result each, in order, grouped as the engine
     does best (padded batches, concurrent requests). `over`: the items the prompts were
-    filled from, kept with the results (`to_pandas()`).
+    filled from, kept with the results (`to_pandas()`). Each is written to the run log, the
+    finished ones at least every second (so a crash loses at most the last second); with
+    `settings.reuse`, the items whose identical deterministic request is logged already
+    are answered from the log and only the others generated (an interrupted run resumes).
 
     On Ctrl-C: the current group stops; KeyboardInterrupt is raised with one result per
     prompt as its `.result`: the finished groups, the partial current one, and the rest
@@ -247,30 +271,50 @@ def generate_many(
         for r in rows:
             on_prompt(r.shown, r.tokens)
     seed = _seed(settings)
-    slots: list[GenerationResult | None] = [None] * len(rows)
+    record = Recorder(engine, settings, origin, "over")
+    slots: list[GenerationResult | None] = (
+        list(record.replayed(rows, seed)) if settings.reuse else [None] * len(rows)
+    )
+    todo = [i for i, slot in enumerate(slots) if slot is None]  # the items to generate
     started = time.perf_counter()
-    groups = engine.run_many(
-        rows, seed, settings, lambda chunk: _budget(limit, chunk, settings), on_progress
+    groups = (
+        engine.run_many(
+            [rows[i] for i in todo],
+            seed,
+            settings,
+            lambda chunk: _budget(limit, chunk, settings),
+            on_progress,
+        )
+        if todo
+        else _no_groups()
     )
     try:
         for index, (indices, run) in enumerate(groups):
             run.notes = _unused_seed(settings) + run.notes
             done = _results(
-                engine, run, [rows[i] for i in indices], settings, seed, (index, len(indices))
+                engine,
+                run,
+                [rows[todo[i]] for i in indices],
+                settings,
+                seed,
+                (index, len(indices)),
             )
             for i, result in zip(indices, done, strict=True):
-                slots[i] = result
+                slots[todo[i]] = result
+                record.add(result, item=todo[i], at_once=False)
             if run.interrupt is not None:
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
-        carry_result(e, _collected(engine, rows, slots, settings, seed, started, over))
+        record.flush()
+        carry_result(e, _collected(engine, rows, slots, settings, seed, started, over, record))
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
+        record.flush()
     finished = sum(slot is not None for slot in slots)
     if finished != len(slots):  # run_many must yield every row once
         raise GenerationError(f"the engine returned {finished} results for {len(slots)} prompts")
-    return _collected(engine, rows, slots, settings, seed, started, over)
+    return _collected(engine, rows, slots, settings, seed, started, over, record)
 
 
 def _collected(
@@ -281,13 +325,17 @@ def _collected(
     seed: int | None,
     started: float,
     over: prompts.Over | None,
+    record: Recorder,
 ) -> GenerationResults:
-    """One result per row, in order; a row an interrupt left unrun is marked "not run"."""
+    """One result per row, in order, each with its run-log id; a row an interrupt left
+    unrun is marked "not run"."""
     now = time.perf_counter()
     unrun = Run([Completion("", 0, NOT_RUN)], now, now)
     results = GenerationResults(
-        slot if slot is not None else _results(engine, unrun, [row], settings, seed, None)[0]
-        for row, slot in zip(rows, slots, strict=True)
+        record.with_id(slot, i)
+        if slot is not None
+        else _results(engine, unrun, [row], settings, seed, None)[0]
+        for i, (row, slot) in enumerate(zip(rows, slots, strict=True))
     )
     results.group = engine.capabilities.group
     results.wall_seconds = now - started

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 
-from . import errors, hardware, quiet
+from . import adapters, errors, hardware, quiet
 from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
 from .engines import registry
 from .engines.base import Card, Loader, LoadOptions, LoadReport, Plan, Progress
@@ -59,16 +60,35 @@ def _cached_or_loaded(
         loaded = loader.load(plan, options, progress)
         notes += loaded.notes
         entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info)
+        entry.options = replace(options, alias=None, reload=False, force=False, adapters=())
         entry.engine = loaded.engine(entry)
         del loaded
         notes += [budget_note(r) for r in MODEL_CACHE.put(entry)]
     if options.alias:
         MODEL_CACHE.alias(entry, options.alias)
+    if options.adapters:
+        notes += _with_adapters(entry, options, state, progress)
     seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
     report = LoadReport(
         state, seconds, fit, tuple(notes), len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     )
     return entry, loader.card(entry, report)
+
+
+def _with_adapters(
+    entry: LoadedModel, options: LoadOptions, state: str, progress: Progress | None
+) -> list[str]:
+    """Put `--adapter`'s adapters on the model (the first becomes the one its name alone
+    means). On failure a model this call loaded is unloaded again: the cache as it was."""
+    if progress:
+        progress(f"putting adapter{'s' if len(options.adapters) > 1 else ''} on {entry.name}…")
+    try:
+        attached = adapters.attach(entry, options.adapters, default=options.adapters[0][0])
+    except BaseException:
+        if state != "cached":
+            MODEL_CACHE.unload([entry])
+        raise
+    return [budget_note(r) for r in attached.released]
 
 
 def _explained(e: BaseException, options: LoadOptions, plan: Plan | None) -> BaseException:
@@ -135,7 +155,7 @@ def make_room(
         if progress:
             names = ", ".join(v.name for v in victims)
             progress(f"unloading {names} to stay within the budget…")
-        notes.append(budget_note(MODEL_CACHE.unload(victims)))
+        notes.append(budget_note(MODEL_CACHE.unload(victims, by_budget=True)))
     return verdict, notes
 
 

@@ -3,6 +3,7 @@ the nearest folder that exists on the way to a path that does not."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PATH_STARTS = ("/", ".", "~")
@@ -36,3 +37,13 @@ def nearest_existing(path: str | Path) -> Path:
 def visible_files(folder: Path) -> list[str]:
     """The folder's entries a user would list (no .ipynb_checkpoints, .cache, dotfiles)."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def cache_root() -> Path:
+    """Where llm_magic keeps what it makes (converted .gguf models, the run log):
+    $LLM_MAGIC_CACHE, else ~/.cache/llm_magic ($XDG_CACHE_HOME/llm_magic)."""
+    env = os.environ.get("LLM_MAGIC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm_magic"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from .display.card import warning_html
-from .display.style import DIM, FOOTER_STYLE, TEXT_STYLE
+from .display.style import COLUMN_STYLE, COLUMNS_STYLE, DIM, FOOTER_STYLE, HEAD_STYLE, TEXT_STYLE
 from .paths import short_name
 from .units import format_seconds
 
@@ -53,6 +53,9 @@ class GenerationResult:
     products: str | None = None
     engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
+    run_id: int | None = None  # its row in the run log (`%llm_log --show ID`), once written
+    # Answered from the run log (--reuse): when the logged run was made (local time).
+    replayed_from: str | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -60,15 +63,22 @@ class GenerationResult:
     def __repr__(self) -> str:
         return self.plain()
 
+    @property
+    def adapter(self) -> str | None:
+        """The adapter that made the text ("base": the model's adapters were off; None: the
+        model has none)."""
+        return (self.engine or {}).get("adapter")
+
     def footer(self) -> str:
         ttft = "–" if self.time_to_first_token is None else format_seconds(self.time_to_first_token)
         mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
         stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
+        adapter = f":{self.adapter}" if self.adapter else ""
         return (
             f"{'?' if self.prompt_tokens is None else self.prompt_tokens} prompt tokens · "
             f"{self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
-            f"{mode} · {short_name(self.model_id)} {self.dtype}"
+            f"{mode} · {short_name(self.model_id)}{adapter} {self.dtype}"
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -91,7 +101,19 @@ class GenerationResult:
             "products": self.products,
             "engine": self.engine,
             "error": self.error,
+            "adapter": self.adapter,
+            "run_id": self.run_id,
+            "replayed_from": self.replayed_from,
         }
+
+    def replay_line(self) -> str | None:
+        """Where a --reuse answer came from (None: it was generated now)."""
+        if self.replayed_from is None:
+            return None
+        return (
+            f"↺ from the run log: run {self.run_id}, generated {self.replayed_from} "
+            "(the same deterministic request; not generated again)"
+        )
 
     def _warnings(self) -> tuple[str, ...]:
         return self.notes + ((self.error,) if self.error else ())
@@ -105,12 +127,16 @@ class GenerationResult:
         lines = [self.text.rstrip("\n")] if with_text else []
         lines += ["── " + self.footer()] + [f"   {remark}" for remark in self._remarks()]
         lines += [f"⚠ {note}" for note in self._warnings() if note not in said]
-        return "\n".join(lines)
+        replayed = self.replay_line()
+        return "\n".join(lines + ([replayed] if replayed else []))
 
     def html(self) -> str:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
         remarks = "".join(f"<div style='{FOOTER_STYLE}'>{e(r)}</div>" for r in self._remarks())
+        replayed = self.replay_line()
+        if replayed:
+            notes += f"<div style='{FOOTER_STYLE}'>{e(replayed)}</div>"
         return (
             f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
             f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{remarks}{notes}</div>"
@@ -198,22 +224,26 @@ class GenerationResults(list[GenerationResult]):
         return frame
 
     def summary(self) -> str:
-        seconds = sum({r.batch[0]: r.seconds for r in self if r.batch is not None}.values())
+        made = [r for r in self if r.replayed_from is None]  # the runs of this call
+        seconds = sum({r.batch[0]: r.seconds for r in made if r.batch is not None}.values())
         if self.wall_seconds is not None:  # concurrent requests overlap: the sum would overstate
             seconds = self.wall_seconds
-        new = sum(r.new_tokens for r in self)
+        new = sum(r.new_tokens for r in made)
         rate = new / seconds if seconds > 0 else 0.0
         interrupted = sum(r.stop_reason == "interrupted" for r in self)
         stopped = self.stopped_after()
         tail = f" · stopped after {stopped[0]} of {stopped[1]} items" if stopped else ""
         tail += f" · {interrupted} interrupted" if interrupted else ""
         tail += f" · {len(self.not_run)} not run" if self.not_run else ""
+        replayed = sum(r.replayed_from is not None for r in self)
+        if replayed:
+            tail += f" · {replayed} from the run log (--reuse), not generated again"
         if self.failed:
             items = ", ".join(f"[{i}]" for i in self.failed[:8])
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
         model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
-        ran = [r for r in self if r.stop_reason != NOT_RUN]
+        ran = [r for r in made if r.stop_reason != NOT_RUN]
         count = len({r.batch[0] for r in ran if r.batch}) if self.group == "batch" else len(ran)
         plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
         groups = f"{count} {self.group}{plural}"
@@ -272,6 +302,134 @@ class GenerationResults(list[GenerationResult]):
         return {"text/plain": self.plain(), "text/html": self.html()}, {"llm_magic": meta}
 
 
+class Comparison(dict[str, Any]):
+    """One cell run against several models (`-m A B ...`): one value per model, by the name
+    it was given (`comparison["tiny:lora"]`), in the order named. The same prompt, settings
+    and seed went to each. A value is the model's GenerationResult, or with `--over` its
+    GenerationResults; `to_pandas()` is then long form (one row per item and model, items in
+    order) and `pivot()` puts the models side by side (items × models)."""
+
+    seed: int | None = None  # the one seed every model was given (None: greedy)
+    notes: tuple[str, ...] = ()  # how the run went: models loaded again for their turn
+
+    @property
+    def models(self) -> list[str]:
+        return list(self)
+
+    @property
+    def texts(self) -> dict[str, Any]:
+        """{model: its text} (with --over: {model: its texts})."""
+        return {
+            m: (v.texts if isinstance(v, GenerationResults) else v.text) for m, v in self.items()
+        }
+
+    def to_pandas(self) -> Any:
+        """Long form: item, model, prompt, text, tokens, stop reason, seconds, seed, error
+        (and what each model's results add), one row per item and model, the items in order
+        and the models as named within each (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from .errors import LLMError
+
+            raise LLMError("to_pandas() needs pandas", fixes=["pip install pandas"]) from None
+        frames = []
+        for order, (model, value) in enumerate(self.items()):
+            runs = value if isinstance(value, GenerationResults) else GenerationResults([value])
+            frame = runs.to_pandas()
+            frame.insert(1, "model", model)
+            frame["seed"] = [r.seed for r in runs]
+            frame["adapter"] = [r.adapter for r in runs]
+            frame["_order"] = order
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame()
+        long = pd.concat(frames, ignore_index=True)
+        long = long.sort_values(["item", "_order"], kind="stable")
+        return long.drop(columns="_order").reset_index(drop=True)
+
+    def pivot(self, values: str = "text") -> Any:
+        """Items × models: each model's `values` column (text, new_tokens, seconds, ...)
+        side by side, the models in the order named."""
+        table = self.to_pandas().pivot(index="item", columns="model", values=values)
+        return table[[m for m in self.models if m in table.columns]]
+
+    def footer(self) -> str:
+        mode = "greedy" if self.seed is None else f"seed {self.seed}"
+        return f"{len(self)} models · the same prompt and settings ({mode}) for each"
+
+    def text_already_shown(self) -> None:
+        """The texts have just streamed to a terminal: the next display shows the footers."""
+        self._texts_on_screen = True
+
+    def plain(self, with_text: bool = True) -> str:
+        parts = []
+        for model, value in self.items():
+            if isinstance(value, GenerationResults):
+                parts.append(f"══ {model}\n{value.plain()}")
+            else:
+                parts.append(f"══ {model}\n{value.plain(with_text)}")
+        tail = ["── " + self.footer()] + [f"⚠ {n}" for n in self.notes]
+        return "\n".join(parts + tail)
+
+    def html(self) -> str:
+        e = html.escape
+        if any(isinstance(v, GenerationResults) for v in self.values()):
+            body = self._table()
+        else:
+            body = (
+                f"<div style='{COLUMNS_STYLE}'>"
+                + "".join(
+                    f"<div style='{COLUMN_STYLE}'><div style='{HEAD_STYLE}'>{e(m)}</div>"
+                    f"{v.html()}</div>"
+                    for m, v in self.items()
+                )
+                + "</div>"
+            )
+        notes = "".join(warning_html(n) for n in self.notes)
+        return f"<div>{body}<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{notes}</div>"
+
+    def _table(self) -> str:
+        """--over: a row per item, a column per model."""
+        e = html.escape
+        runs = {
+            m: v if isinstance(v, GenerationResults) else GenerationResults([v])
+            for m, v in self.items()
+        }
+        count = max((len(r) for r in runs.values()), default=0)
+        head = f"<th style='{HEAD_STYLE}'></th>" + "".join(
+            f"<th style='{HEAD_STYLE};text-align:left'>{e(m)}</th>" for m in runs
+        )
+        rows = []
+        for i in range(count):
+            cells = "".join(
+                (
+                    f"<td style='vertical-align:top;text-align:left'>"
+                    f"<div style='{TEXT_STYLE}'>{e(r[i].text.strip())}</div>"
+                    f"<div style='{FOOTER_STYLE}'>{r[i].new_tokens} new · stopped: "
+                    f"{e(r[i].stop_reason)}{e(' · ' + (r[i].error or '')) if r[i].error else ''}"
+                    "</div></td>"
+                )
+                if i < len(r)
+                else "<td></td>"
+                for r in runs.values()
+            )
+            rows.append(f"<tr><td style='vertical-align:top;color:{DIM}'>[{i}]</td>{cells}</tr>")
+        return f"<table style='border:none'><tr>{head}</tr>{''.join(rows)}</table>"
+
+    def __repr__(self) -> str:
+        return self.plain()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> MimeBundle:
+        shown = not self.__dict__.pop("_texts_on_screen", False)
+        meta = {
+            m: ([r.metadata() for r in v] if isinstance(v, GenerationResults) else v.metadata())
+            for m, v in self.items()
+        }
+        bundle = {"text/plain": self.plain(with_text=shown), "text/html": self.html()}
+        return bundle, {"llm_magic": {"models": meta, "seed": self.seed}}
+
+
 class HasMessages(Protocol):
     """What a chat answer reads of its conversation (conversations.Conversation)."""
 
@@ -312,13 +470,18 @@ class ChatResult(GenerationResult):
 _CARRIED = "result"
 
 
-def carry_result(error: BaseException, result: GenerationResult | GenerationResults) -> None:
+def carry_result(
+    error: BaseException, result: GenerationResult | GenerationResults | Comparison
+) -> None:
     """Attach what a run made before it ended (Ctrl-C's KeyboardInterrupt, a GenerationError
     after text was made) to the exception, as its `.result`: whoever catches it keeps it."""
     setattr(error, _CARRIED, result)
 
 
-def carried_result(error: BaseException) -> GenerationResult | GenerationResults | None:
+def carried_result(
+    error: BaseException,
+) -> GenerationResult | GenerationResults | Comparison | None:
     """The partial result `carry_result` attached to `error`, or None."""
     result = getattr(error, _CARRIED, None)
-    return result if isinstance(result, GenerationResult | GenerationResults) else None
+    kinds = GenerationResult | GenerationResults | Comparison
+    return result if isinstance(result, kinds) else None

@@ -30,6 +30,8 @@ class Settings:
     # How --over runs many prompts; neither changes what a prompt's answer means.
     batch_size: int | None = None  # rows per batch in the kernel (None: the engine chooses)
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
+    # Answer an identical deterministic request from the run log instead of generating it.
+    reuse: bool = False
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any token is computed."""
@@ -72,7 +74,8 @@ class Settings:
         """The settings as the result records them (what decided the text)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
-        for key in ("seed", "batch_size", "concurrency"):  # the seed is recorded on its own
+        # The seed is recorded on its own; the others say how the text was got, not what.
+        for key in ("seed", "batch_size", "concurrency", "reuse"):
             d.pop(key)
         if self.greedy:  # unused by greedy decoding: don't suggest they mattered
             for key in ("temperature", "top_p", "top_k"):
@@ -95,6 +98,7 @@ class SamplingKeywords(TypedDict, total=False):
     top_k: int
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
+    reuse: bool
 
 
 class SettingsKeywords(SamplingKeywords, total=False):
@@ -187,6 +191,13 @@ OPTIONS: tuple[Option, ...] = (
         "\\n and \\t stand for newline and tab.",
         "list",
         configurable=False,
+    ),
+    Option(
+        "reuse",
+        "Answer from the run log when the same deterministic request (greedy, or the same "
+        "--seed; same model, settings and prompt) ran before, in milliseconds; with --over, "
+        "generate only the items not logged yet (resumes an interrupted run).",
+        "switch",
     ),
 )
 

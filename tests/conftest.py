@@ -24,6 +24,10 @@ os.environ["LLM_MAGIC_CACHE"] = os.environ.get("LLM_MAGIC_TEST_CACHE") or str(
     _ROOT / "llm_magic_cache"
 )
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The run log of every generation the tests make: this session's own file (a kept
+# LLM_MAGIC_TEST_CACHE must not collect the runs of every session), never the user's.
+os.environ["LLM_MAGIC_LOG_PATH"] = str(_ROOT / "runs.db")
+os.environ.pop("LLM_MAGIC_LOG", None)
 
 # Kernels and subprocesses import this checkout's llm_magic, whatever is installed.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,3 +183,14 @@ def _empty_cache_after_test():
     from llm_magic import MODEL_CACHE
 
     MODEL_CACHE.clear()
+
+
+@pytest.fixture
+def run_log(tmp_path):
+    """A run log of the test's own (tmp_path/runs.db, on), so it sees only its runs."""
+    from llm_magic import runlog
+
+    runlog.configure(enabled=True, path=str(tmp_path / "runs.db"))
+    yield runlog.store()
+    runlog.close_all()
+    runlog.reset_config()

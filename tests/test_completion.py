@@ -79,3 +79,18 @@ def test_unload_ext_removes_the_matcher(shell):
     shell.run_line_magic("unload_ext", "llm_magic")
     assert completion.IDENTIFIER not in ids()
     shell.run_line_magic("load_ext", "llm_magic")  # the fixture unloads it again
+
+
+def test_m_offers_each_of_several_names_and_the_adapters(shell, tiny_model_dir, tmp_path):
+    from support.tiny_model import build_tiny_lora
+
+    lora = build_tiny_lora(tiny_model_dir, tmp_path / "lora")
+    shell.run_line_magic("llm_load", f"{tiny_model_dir} --as tiny --adapter q={lora} --quiet")
+    assert offered(shell, "%%llm_generate -m tiny:") == ["tiny:q", "tiny:base"]
+    assert offered(shell, "%%llm_generate -m tiny:base tiny:") == ["tiny:q", "tiny:base"]
+    assert "tiny" not in offered(shell, "%%llm_generate -m tiny --greedy ti")  # past -m's words
+    assert offered(shell, "%llm_adapter unload ") == ["tiny:q"]
+    assert offered(shell, "%llm_adapter li") == ["list"]
+    assert offered(shell, "%llm_adapter list -m ti") == ["tiny", tiny_model_dir.name]
+    (tmp_path / "other-lora").mkdir()
+    assert f"{tmp_path}/other-lora/" in offered(shell, f"%llm_adapter load {tmp_path}/oth")

@@ -20,6 +20,7 @@ import pytest
 from llm_magic.conversations import Conversation, Turn
 from llm_magic.display import (
     BatchProgress,
+    ColumnsView,
     CommandsCard,
     ConversationsCard,
     ConversationView,
@@ -34,9 +35,10 @@ from llm_magic.display import (
     UnloadCard,
     style,
 )
-from llm_magic.engines.base import ModelInfo
+from llm_magic.display.adapters import AdapterCard, adapter_rows
+from llm_magic.engines.base import AdapterInfo, ModelInfo
 from llm_magic.engines.server_load import ServerInfo
-from llm_magic.results import ChatResult, GenerationResult, GenerationResults
+from llm_magic.results import ChatResult, Comparison, GenerationResult, GenerationResults
 from llm_magic.sources.gguf_cache import ConvertedCopy
 
 # From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension
@@ -239,6 +241,26 @@ _CONVERSATION = Conversation(
     sent_from=1,
 )
 
+_ADAPTER = AdapterInfo(
+    name=f"lora{MARKUP}",
+    path=f"/adapters/{MARKUP}",
+    format="peft",
+    rank=8,
+    alpha=16.0,
+    kinds=("q_proj", MARKUP),
+    modules=60,
+    memory_bytes=3_000_000,
+    base_model=f"org/{MARKUP}",
+)
+
+
+def _comparison(over: bool) -> Comparison:
+    one = GenerationResults([_result(), _result(error=f"failed {MARKUP}")]) if over else _result()
+    comparison = Comparison({f"smol:{MARKUP}": one, "smol:base": one})
+    comparison.seed, comparison.notes = 7, (f"loaded again {MARKUP}",)
+    return comparison
+
+
 CARDS = {
     "load card": LoadCard(
         _info(), "new", 1, 269_030_016, 1.9, aliases=(MARKUP,), budget_notes=(MARKUP,)
@@ -273,6 +295,38 @@ CARDS = {
     "prompt (--show-prompt)": PromptView(f"<|im_start|>system\n{MARKUP}<|im_end|>", 14),
     "status line": StatusLine(f"reading weights… {MARKUP}"),
     "batch progress": BatchProgress(1, 3, 24),
+    "load card with adapters": LoadCard(
+        _info(), "new", 1, 1, 1.0, extra_rows=tuple(adapter_rows((_ADAPTER,), None, MARKUP))
+    ),
+    "adapters (%llm_adapter)": AdapterCard(
+        f"/m/{MARKUP}",
+        MARKUP,
+        "loaded",
+        (_ADAPTER,),
+        _ADAPTER.name,
+        (_ADAPTER.name,),
+        3_000_000,
+        100,
+        200,
+        model_bytes=10**8,
+        served=(MARKUP,),
+        budget_notes=(MARKUP,),
+    ),
+    "adapter unloaded (still held)": AdapterCard(
+        f"/m/{MARKUP}", MARKUP, "unloaded", (), None, (MARKUP,), 10, 200, 100, freed=False
+    ),
+    "models with adapters": ModelsCard(
+        (
+            ModelRow(
+                MARKUP, f"/m/{MARKUP}", "", "bf16", "cpu", 100, 5.0, True, 0, ((MARKUP, 9),), MARKUP
+            ),
+        ),
+        100,
+        1000,
+    ),
+    "side by side (streaming)": ColumnsView(((MARKUP, f"text {MARKUP}", f"footer {MARKUP}"),)),
+    "side by side (result)": _comparison(over=False),
+    "side by side (--over)": _comparison(over=True),
 }
 
 

@@ -22,13 +22,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llm_magic"
 LAYERS: list[tuple[str, ...]] = [
     ("magics",),  # the IPython face: magics, flags, streaming display, completion
     ("api",),  # the plain-Python facade
-    ("loader", "conversations"),  # the cached-load path; the turns of a conversation
-    ("generation",),  # one prompt or many, run through any engine
+    # the cached-load path; the turns of a conversation; adapters on loaded models; one cell
+    # through several models
+    ("loader", "conversations", "adapters", "side_by_side"),
+    ("generation", "recorder"),  # one prompt or many, run through any engine; its log rows
     ("engines",),  # one module per engine, its load and its generation; the registry
     ("cache",),  # the kernel's loaded models
     ("engines.base",),  # the engine interface and the plain data crossing it
     ("sources",),  # what MODEL names, before any weights are read
-    ("settings", "prompts", "results"),  # values every engine shares
+    ("settings", "prompts", "results", "runlog"),  # values every engine shares; the run log
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
     ("hardware", "quiet", "units", "paths", "redact", "_version", "_compat"),  # leaves

@@ -73,3 +73,72 @@ def test_chat_notebook_remembers_and_resets():
     assert "[2] assistant" in cell_text(shown) and len(html) == 1 and "secret code word" in html[0]
     assert cell_text(_cells_with(notebook, "Conversation.load")[0]).strip() == "True"
     assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")
+
+
+def test_compare_notebook_trains_an_adapter_and_shows_it_beside_its_base():
+    notebook = run(EXAMPLES / "compare.ipynb")
+    loaded = _cells_with(notebook, "%llm_load")[0]
+    assert "adapter facts" in cell_text(loaded) and "-m tiny:base" in cell_text(loaded)
+    one = _cells_with(notebook, "%%llm_generate -m tiny:base tiny:facts --greedy")[0]
+    html = [o["data"]["text/html"] for o in one.outputs if "text/html" in o.get("data", {})]
+    # The streaming columns were blanked: one value shows, the two models side by side.
+    assert len(html) == 1 and "display:flex" in html[0]
+    assert html[0].index("tiny:base") < html[0].index("tiny:facts")
+    text = cell_text(one)
+    base_text = text.split("══ tiny:facts")[0]
+    facts_text = text.split("══ tiny:facts")[1]
+    assert "Paris" in facts_text.split("──")[0] and "Paris" not in base_text  # it learned
+    table = cell_text(_cells_with(notebook, 'compared.to_pandas()[["item"')[0])
+    assert len([line for line in table.splitlines()[1:] if line.strip()]) == 6
+    assert "jumps over the lazy dog" in cell_text(_cells_with(notebook, "compared.pivot()")[0])
+    assert "↳ tiny:facts (default)" in cell_text(_cells_with(notebook, "%llm_models")[0])
+    unloaded = cell_text(_cells_with(notebook, "%llm_adapter unload")[0])
+    assert unloaded.startswith("✓ unloaded adapter facts from tiny-gpt2")
+
+
+def test_run_log_notebook_logs_every_run_with_its_file_cell_and_notebook(tmp_path, monkeypatch):
+    """examples/run_log.ipynb in a real kernel started as Jupyter Server starts one for a
+    notebook (JPY_SESSION_NAME is its path; each cell's id sent with it): SmolLM2 by .gguf
+    generates, samples with a seed, chats two turns and runs --over on 5 items; the log
+    holds one row per run with the file's hash, engine, dtype, seed, cell ids and texts,
+    and the repeated greedy cell with --reuse is answered from it."""
+    import hashlib
+
+    import llm_magic
+    from llm_magic import runlog
+
+    path = EXAMPLES / "run_log.ipynb"
+    monkeypatch.setenv("LLM_MAGIC_LOG_PATH", str(tmp_path / "runs.db"))
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    notebook = run(path)
+    log = runlog.RunLog(tmp_path / "runs.db")
+    rows = log.query()
+    log.close()
+    ran = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("%%llm_")]
+    generating = ran[:-1]  # the last one is the --reuse replay: not a new run
+    per_cell = [5 if "--over" in c.source else 1 for c in generating]
+    assert len(rows) == sum(per_cell) == 9
+    assert [r["cell_id"] for r in rows] == [
+        c.id for c, n in zip(generating, per_cell, strict=True) for _ in range(n)
+    ]
+    assert [r["cell"] for r in rows] == [
+        c.source for c, n in zip(generating, per_cell, strict=True) for _ in range(n)
+    ]
+    assert [r["kind"] for r in rows] == ["generate"] * 2 + ["chat"] * 2 + ["over"] * 5
+    digest = hashlib.sha256(Path(llm_magic.demo_model()).read_bytes()).hexdigest()
+    assert {r["model_hash"] for r in rows} == {f"sha256:{digest}"}
+    assert {r["engine"] for r in rows} == {"transformers"} and {r["alias"] for r in rows} == {
+        "smol"
+    }
+    assert len({r["dtype"] for r in rows}) == 1 and rows[0]["dtype"] in ("bfloat16", "float32")
+    assert [r["seed"] for r in rows[:2]] == [None, 42]
+    assert {r["notebook"] for r in rows} == {str(path)}
+    assert [r["turn"] for r in rows[2:4]] == [1, 2] and rows[3]["conversation"] == "smol"
+    assert "Ada" in rows[3]["answer"]
+    assert [r["item"] for r in rows[4:]] == [0, 1, 2, 3, 4] and "Lima" in rows[6]["prompt"]
+    replay = cell_text(ran[-1])
+    assert f"↺ from the run log: run {rows[0]['id']}" in replay
+    assert replay.split("\n── ")[0] == rows[0]["answer"].rstrip("\n")
+    frame = cell_text(_cells_with(notebook, "llm_magic.log(")[0])
+    assert "Write one line about the sea." in frame
+    assert "run log: 9 runs" in cell_text(_cells_with(notebook, "--stats")[0])

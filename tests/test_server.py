@@ -426,6 +426,45 @@ def test_api_key_checked_by_a_real_proxy_never_shows(
         proxy.stop()
 
 
+def test_the_run_log_holds_a_server_model_s_url_and_never_its_key(
+    shell, transformers_server, monkeypatch, run_log
+):
+    """Through a real key-checking proxy: a generation, a chat turn and an --over of two
+    are logged with the server's URL and the served model; the key is nowhere in the
+    file's bytes; the same greedy request with --reuse is answered from the log."""
+    proxy = servers.KeyProxy(transformers_server.url, KEY)
+    try:
+        monkeypatch.setenv("LLM_MAGIC_TEST_KEY", KEY)
+        shell.run_line_magic(
+            "llm_load", f"--server {proxy.url} --api-key-env LLM_MAGIC_TEST_KEY --as keyed --quiet"
+        )
+        shell.user_ns["two"] = ["Paris", "Rome"]
+        cells = [
+            "%%llm_generate --greedy --max-new-tokens 3 --no-stream\nHello",
+            "%%llm_chat --greedy --max-new-tokens 3\nHi there",
+            "%%llm_generate --over two --greedy --max-new-tokens 3\nWhere is {item}?",
+            "%%llm_generate --greedy --max-new-tokens 3 --no-stream --reuse\nHello",
+        ]
+        results = []
+        for cell in cells:
+            result, _ = run(shell, cell)
+            assert result.success, result.error_in_exec
+            results.append(result.result)
+    finally:
+        proxy.stop()
+    rows = run_log.query()
+    served = servers.served_ids(transformers_server.url)[0]
+    assert [r["kind"] for r in rows] == ["generate", "chat", "over", "over"]
+    assert {r["server"] for r in rows} == {proxy.url} and {r["model"] for r in rows} == {served}
+    assert {r["engine"] for r in rows} == {"server"} and {r["alias"] for r in rows} == {"keyed"}
+    assert rows[0]["provenance"]["engine_facts"]["server"] == proxy.url
+    assert results[-1].replayed_from is not None and results[-1].text == results[0].text
+    on_disk = b"".join(
+        p.read_bytes() for p in run_log.path.parent.iterdir() if p.name.startswith("runs.db")
+    )
+    assert proxy.url.encode() in on_disk and KEY.encode() not in on_disk
+
+
 def test_server_killed_mid_stream_keeps_the_partial_text(shell, smollm2_folder):
     doomed = servers.transformers_serve(
         smollm2_folder, dtype="float32", continuous_batching=False, threads=1

@@ -9,11 +9,12 @@ from .card import Card, Shown, warning_html
 from .chat import ConversationsCard, ConversationView
 from .load import LoadCard, ServerCard
 from .models import CommandsCard, DiskCard, ModelRow, ModelsCard, UnloadCard
-from .views import BatchProgress, PromptView, StatusLine, StreamView
+from .views import BatchProgress, ColumnsView, PromptView, StatusLine, StreamView
 
 __all__ = [
     "BatchProgress",
     "Card",
+    "ColumnsView",
     "CommandsCard",
     "ConversationView",
     "ConversationsCard",

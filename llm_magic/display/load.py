@@ -138,6 +138,7 @@ class ServerCard(Card):
     concurrency: int = 16
     timeout: float = 300.0
     budget_notes: tuple[str, ...] = ()  # models the budget unloaded to make room
+    extra_rows: tuple[tuple[str, str], ...] = ()  # the adapters named, and the server's own
 
     def title(self) -> str:
         return f"{short_name(self.info.name)}  →  served at {self.info.url}{_as(self.aliases)}"
@@ -162,6 +163,7 @@ class ServerCard(Card):
         rows.append(
             ("requests", f"--over sends {self.concurrency} at once · timeout {self.timeout:g} s")
         )
+        rows += list(self.extra_rows)
         rows += _cache_rows(self.cache_state, self.seconds, self.cache_models, self.cache_bytes)
         return rows
 

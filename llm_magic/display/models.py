@@ -34,6 +34,8 @@ class ModelRow:
     idle_seconds: float  # since it was last used
     current: bool  # the default for %%llm_generate
     packed_bytes: int = 0  # of memory_bytes: weights packed for batches (cpu_matmul)
+    adapters: tuple[tuple[str, int], ...] = ()  # (name, bytes) of the adapters riding on it
+    default_adapter: str | None = None  # the one the model's name alone means
 
 
 @dataclass(frozen=True, repr=False)
@@ -51,6 +53,35 @@ class ModelsCard(Shown):
     _HEADER = ("", "alias", "model", "revision", "dtype", "device", "memory", "last used")
 
     def table(self) -> list[tuple[str, ...]]:
+        return [cells for _, cells in self._lines()]
+
+    def _lines(self) -> list[tuple[str | None, tuple[str, ...]]]:
+        """(the model's full name for a tooltip, the cells) per row: a model, then one row
+        per adapter riding on it (`-m ALIAS:NAME`)."""
+        lines: list[tuple[str | None, tuple[str, ...]]] = []
+        for m, cells in zip(self.models, self._model_cells(), strict=True):
+            lines.append((m.name, cells))
+            label = m.alias.split(", ")[0] if m.alias else short_name(m.name)
+            for name, size in m.adapters:
+                mark = " (default)" if name == m.default_adapter else ""
+                lines.append(
+                    (
+                        None,
+                        (
+                            "",
+                            "",
+                            f"↳ {label}:{name}{mark}",
+                            "",
+                            "adapter",
+                            "",
+                            format_bytes(size),
+                            "",
+                        ),
+                    )
+                )
+        return lines
+
+    def _model_cells(self) -> list[tuple[str, ...]]:
         return [
             (
                 "*" if m.current else "",
@@ -120,11 +151,11 @@ class ModelsCard(Shown):
         body = "".join(
             "<tr>"
             + "".join(
-                cell.format(f" title='{e(m.name, quote=True)}'" if i == 2 else "", e(c))
+                cell.format(f" title='{e(name, quote=True)}'" if i == 2 and name else "", e(c))
                 for i, c in enumerate(r)
             )
             + "</tr>"
-            for m, r in zip(self.models, self.table(), strict=True)
+            for name, r in self._lines()
         )
         table = f"<table style='border:none'><tr>{head}</tr>{body}</table>" if self.models else ""
         summary = "".join(f"<div>{e(line)}</div>" for line in self.summary())

@@ -27,3 +27,8 @@ TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
 FOOTER_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.4em"
 # The role above each message of a conversation.
 ROLE_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.5em"
+# Models side by side (`-m A B`): columns that wrap onto new rows when the page is narrow.
+COLUMNS_STYLE = "display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start"
+COLUMN_STYLE = "flex:1 1 18em;min-width:0"
+# A column's or a table's head: the model's name.
+HEAD_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-bottom:.3em"

@@ -7,7 +7,16 @@ import html
 from dataclasses import dataclass
 
 from .card import Shown, warning_html
-from .style import BOX, FOOTER_STYLE, STATUS_STYLE, TEXT, TEXT_STYLE
+from .style import (
+    BOX,
+    COLUMN_STYLE,
+    COLUMNS_STYLE,
+    FOOTER_STYLE,
+    HEAD_STYLE,
+    STATUS_STYLE,
+    TEXT,
+    TEXT_STYLE,
+)
 
 
 @dataclass(frozen=True, repr=False)
@@ -113,3 +122,26 @@ def clock(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+@dataclass(frozen=True, repr=False)
+class ColumnsView(Shown):
+    """Models side by side while a `-m A B` cell runs (a display updated in place): per
+    column the model's name, its text so far, and its footer or what it is doing."""
+
+    columns: tuple[tuple[str, str, str], ...]  # (model, text, footer or status)
+
+    def text(self) -> str:
+        return "\n".join(
+            f"══ {m}\n{t}\n── {f}" if t else f"══ {m}\n── {f}" for m, t, f in self.columns
+        )
+
+    def html(self) -> str:
+        e = html.escape
+        columns = "".join(
+            f"<div style='{COLUMN_STYLE}'><div style='{HEAD_STYLE}'>{e(m)}</div>"
+            f"<div style='{TEXT_STYLE}'>{e(t)}</div>"
+            f"<div style='{FOOTER_STYLE}'>{e(f)}</div></div>"
+            for m, t, f in self.columns
+        )
+        return f"<div style='{COLUMNS_STYLE}'>{columns}</div>"

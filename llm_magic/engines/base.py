@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from ..errors import LLMError, LoadError
 from ..settings import Settings
+from ..units import format_bytes
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from ..sources.adapter import AdapterSource
     from ..sources.resolve import Source
     from ..sources.sizing import Estimate
 
@@ -50,6 +54,9 @@ class LoadOptions:
     reload: bool = False
     force: bool = False
     quiet: bool = False
+    # Adapters to put on the model, as (name, path) pairs (a served adapter: (name, its id)).
+    # Not part of the cache key: the base model is loaded once, the adapters ride on it.
+    adapters: tuple[tuple[str, str], ...] = ()
 
     @property
     def engine_name(self) -> str:
@@ -80,6 +87,7 @@ class LoadKeywords(TypedDict, total=False):
     reload: bool
     force: bool
     quiet: bool
+    adapters: Mapping[str, str] | Sequence[str | tuple[str, str]] | str
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,35 @@ class ModelInfo:
     details: tuple[tuple[str, str], ...] = ()  # more card rows (quantization, context, threads)
 
 
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter riding on a loaded model: plain facts for the cards, `%llm_models` and
+    the results. Holds no tensor."""
+
+    name: str  # what `-m MODEL:NAME` calls it
+    path: str  # the folder or file it was read from; a served adapter: its id on the server
+    format: str  # "peft", "gguf" or "served"
+    method: str = "LORA"
+    rank: int | None = None
+    alpha: float | None = None
+    kinds: tuple[str, ...] = ()  # the kinds of module it adapts (c_attn, q_proj, ...)
+    modules: int = 0  # how many modules it adapts
+    memory_bytes: int = 0  # what it added to the model's memory
+    base_model: str | None = None  # the base model it names
+    load_seconds: float = 0.0
+
+    def summary(self) -> str:
+        """`LoRA r 8, alpha 16 · c_attn, c_fc (4 modules)`: what the cards show."""
+        if self.format == "served":
+            return "served by the server (a model name of its own)"
+        method = "LoRA" if self.method == "LORA" else self.method
+        rank = f" r {self.rank}" if self.rank is not None else ""
+        alpha = f", alpha {self.alpha:g}" if self.alpha is not None else ""
+        where = ", ".join(self.kinds[:6]) + (" ..." if len(self.kinds) > 6 else "")
+        count = f" ({self.modules} modules)" if self.modules else ""
+        return f"{method}{rank}{alpha} · {where}{count} · {format_bytes(self.memory_bytes)}"
+
+
 @dataclass
 class Plan:
     """What a load will do, decided before any weights are read: the cache key, and what
@@ -165,6 +202,11 @@ class LoadedModel:
     last_used: float = field(default_factory=time.time)
     packed: Any = None  # cpu_matmul.PackedWeights, made at the first batched run where it helps
     engine: Engine | None = None  # what generates with this model; None once unloaded
+    # The adapters riding on the model, by name, in the order they were loaded, and the
+    # one the model's name alone means (None: the base model).
+    adapters: dict[str, AdapterInfo] = field(default_factory=dict)
+    default_adapter: str | None = None
+    options: LoadOptions | None = None  # how it was loaded (to load it again)
 
     @property
     def name(self) -> str:
@@ -175,9 +217,13 @@ class LoadedModel:
         return self.packed.nbytes if self.packed is not None else 0
 
     @property
+    def adapter_bytes(self) -> int:
+        return sum(a.memory_bytes for a in self.adapters.values())
+
+    @property
     def memory_bytes(self) -> int:
-        """The model's footprint, plus the weights packed for batches if any."""
-        return self.info.memory_bytes + self.packed_bytes
+        """The model's footprint, plus the weights packed for batches and its adapters."""
+        return self.info.memory_bytes + self.packed_bytes + self.adapter_bytes
 
     def __repr__(self) -> str:
         info = self.info
@@ -224,6 +270,9 @@ class Capabilities:
     group: str = "batch"
     # Whether `render` counts the prompt's tokens before anything is sent.
     counts_prompt_tokens: bool = True
+    # The adapters the engine puts on a loaded model (see `AdapterHost`), by format:
+    # "peft" (folders), "gguf" (llama.cpp LoRA files), "served" (a server's model names).
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -346,4 +395,38 @@ class Engine(Protocol):
         """Many rows, as the engine does them best (padded batches of `settings.batch_size`,
         `settings.concurrency` requests at once): yields (the rows' indices, their run) as
         each group finishes."""
+        ...
+
+
+class AdapterHost(Protocol):
+    """What an engine whose `capabilities.adapters` is not empty does with adapters on its
+    loaded model, without loading the model again. The model at rest has its entry's
+    `default_adapter` switched on (none: the base model)."""
+
+    def attach_adapter(self, source: AdapterSource) -> AdapterInfo:
+        """Put the adapter on the model (switched off unless it is the default); raises
+        LoadError, leaving the model as it was, for one that does not fit it."""
+        ...
+
+    def detach_adapter(self, name: str) -> list[Any]:
+        """Take the adapter off and free it; returns weak references to the objects that
+        held its weights (all dead once it is freed; none where it lived outside Python)."""
+        ...
+
+    def settle(self) -> None:
+        """Put the model at rest: its entry's default adapter on (none: the base model)."""
+        ...
+
+    def offered_adapters(self) -> tuple[str, ...]:
+        """Adapters the engine can name without a path: a server's own adapters of the model."""
+        ...
+
+    def use_adapter(self, name: str | None) -> AbstractContextManager[None]:
+        """Within the block the model generates with adapter `name` (None: the base model);
+        after it, the model is at rest again."""
+        ...
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter generating now (None: the base model)."""
         ...

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from ..cache import LoadedModel
 from ..display import LoadCard
+from ..display.adapters import adapter_rows
 from .base import LoadReport
+
+
+def adapters_rows(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
+    """The card's rows for the adapters on the model, and how `-m` names them."""
+    if not entry.adapters:
+        return ()
+    label = min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
+    return tuple(adapter_rows(tuple(entry.adapters.values()), entry.default_adapter, label))
 
 
 def load_card(
@@ -20,5 +29,5 @@ def load_card(
         aliases=tuple(sorted(entry.aliases)),
         fit=report.fit,
         budget_notes=report.notes,
-        extra_rows=entry.info.details + more,
+        extra_rows=entry.info.details + more + adapters_rows(entry),
     )

@@ -25,7 +25,8 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata as _metadata
 from typing import Any
 
@@ -33,10 +34,12 @@ from ..cache import LoadedModel
 from ..display import LoadCard
 from ..errors import GENERATION, GenerationError, LoadError, diagnose
 from ..settings import Settings
+from ..sources.adapter import AdapterSource
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
 from . import prompt_tokens
 from .base import (
+    AdapterInfo,
     Budget,
     CacheKey,
     Capabilities,
@@ -67,11 +70,13 @@ class LlamaCppEngine:
     unloading leaves it holding nothing."""
 
     kind = KIND
-    capabilities = Capabilities(group="prompt")
+    capabilities = Capabilities(group="prompt", adapters=("gguf",))
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel; .model is the Llama object
         self._formatter = None
+        self._adapters: dict[str, Any] = {}  # name -> llama.cpp's adapter (a C pointer)
+        self._active: str | None = None
 
     @property
     def info(self):
@@ -79,12 +84,103 @@ class LlamaCppEngine:
 
     def describe(self) -> dict[str, Any]:
         llm = self.entry.model
-        return {
+        described = {
             "engine": self.kind,
             "llama_cpp_python": _version(),
             "threads": getattr(llm, "n_threads", None),
             "quantization": dict(self.entry.info.details).get("quantization"),
         }
+        if self._adapters:
+            described["adapter"] = self._active or "base"
+        return described
+
+    # --- adapters: GGUF LoRA files on the open model ------------------------------------
+    # llama.cpp reads an adapter's tensors beside the model's (llama_adapter_lora_init)
+    # and applies it per context (llama_set_adapters_lora): the model is not opened again.
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def attach_adapter(self, source: AdapterSource) -> AdapterInfo:
+        import llama_cpp
+
+        llm = self.entry.model
+        arch = llm.metadata.get("general.architecture")
+        if source.architecture and arch and source.architecture != arch:
+            raise _other_base(
+                source,
+                self.info.name,
+                f"it is for {source.architecture} models; this one is {arch}",
+            )
+        started = time.perf_counter()
+        with _llama_log() as said:
+            adapter = llama_cpp.llama_adapter_lora_init(
+                llm._model.model, source.path.encode("utf-8")
+            )
+        if not adapter:  # a NULL pointer: llama.cpp logged why
+            raise _refused(source, self.info.name, said)
+        self._adapters[source.name] = adapter
+        self.settle()
+        return AdapterInfo(
+            name=source.name,
+            path=source.path,
+            format="gguf",
+            rank=source.rank,
+            alpha=source.alpha,
+            kinds=source.kinds,
+            modules=len(source.modules),
+            memory_bytes=source.size_bytes,  # its tensors, read beside the model's
+            base_model=source.base_model,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    def detach_adapter(self, name: str) -> list[Any]:
+        """Freed in llama.cpp's own memory: no Python object is left to watch."""
+        import llama_cpp
+
+        adapter = self._adapters.pop(name, None)
+        if self._active == name:
+            self._apply(None)
+        if adapter:
+            llama_cpp.llama_adapter_lora_free(adapter)
+        return []
+
+    def offered_adapters(self) -> tuple[str, ...]:
+        return ()
+
+    @contextmanager
+    def use_adapter(self, name: str | None) -> Iterator[None]:
+        self._apply(name)
+        try:
+            yield
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """The model at rest: its default adapter on, or none."""
+        self._apply(self.entry.default_adapter)
+
+    def _apply(self, name: str | None) -> None:
+        """Adapter `name` on the context (None: none). The KV cache holds keys made by the
+        other weights: llama-cpp-python would reuse a matching prompt prefix from it, so
+        the context starts over when the adapter changes."""
+        import ctypes
+
+        import llama_cpp
+
+        if name == self._active:
+            return
+        llm = self.entry.model
+        if name is None:
+            llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
+            scales = (ctypes.c_float * 1)(1.0)
+            if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, adapters, 1, scales):
+                raise GenerationError(f"llama.cpp could not switch to adapter {name}")
+        llm.reset()
+        self._active = name
 
     def context_limit(self) -> int | None:
         return self.entry.model.n_ctx()
@@ -94,6 +190,8 @@ class LlamaCppEngine:
         `Llama.close()` releases it whether or not a reference lingers)."""
         llm = self.entry.model
         if llm is not None:
+            for name in list(self._adapters):  # each freed while its model still exists
+                self.detach_adapter(name)
             llm.close()
 
     # --- prompts ---------------------------------------------------------------------
@@ -306,6 +404,65 @@ def _around(full: list[int], inner: list[int]) -> tuple[list[int], list[int]]:
         if full[start : start + len(inner)] == inner:
             return full[:start], full[start + len(inner) :]
     return [], []
+
+
+@contextmanager
+def _llama_log() -> Iterator[list[str]]:
+    """What llama.cpp logs within the block, kept (not printed): why it refused a file.
+    llama-cpp-python's own logger is put back after."""
+    import ctypes
+
+    import llama_cpp
+
+    said: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep(level, text, user_data):
+        said.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(keep, ctypes.c_void_p(0))
+    try:
+        yield said
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _refused(source: AdapterSource, model: str, said: list[str]) -> LoadError:
+    reason = next(
+        (
+            line.split("failed to apply lora adapter:")[-1].strip()
+            for line in said
+            if "failed" in line
+        ),
+        "",
+    )
+    if "shape" in reason or "arch" in reason:
+        return _other_base(source, model, f"llama.cpp: {reason}")
+    return LoadError(
+        f"llama.cpp could not read the LoRA file {os.path.basename(source.path)}",
+        f"llama.cpp: {reason}" if reason else "llama.cpp gave no reason",
+        [
+            "make the GGUF LoRA from its PEFT folder with llama.cpp's convert_lora_to_gguf.py "
+            "FOLDER --base BASE_MODEL_FOLDER",
+            "a newer llama.cpp may read it: pip install -U llama-cpp-python",
+        ],
+    )
+
+
+def _other_base(source: AdapterSource, model: str, why: str) -> LoadError:
+    from ..paths import short_name
+
+    return LoadError(
+        f"{source.name}: an adapter for another base model than {short_name(model)}",
+        why,
+        [
+            "load the .gguf it was converted against, then the adapter: %llm_load BASE.gguf "
+            f"--engine llama.cpp --adapter {source.name}={source.path}",
+            "convert_lora_to_gguf.py --base names the model a LoRA file is made for",
+        ],
+    )
 
 
 def _decoded(raw: bytes) -> str:

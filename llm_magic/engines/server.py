@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,12 @@ class Defaults:
 DEFAULTS = Defaults()
 
 _RETRIED = (429, 503)  # busy, rate-limited, still loading: worth another try
+
+
+def adapters_of(info) -> list[str]:
+    """The ids a server serves as adapters of `info`'s model: those whose `parent` (vLLM's
+    field for a LoRA module) is it."""
+    return [str(m["id"]) for m in info.served if m.get("parent") == info.name and m.get("id")]
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class ServerEngine:
 
     kind = "server"
     # The server batches what it is sent at once; it counts a prompt's tokens itself.
-    capabilities = Capabilities(group="request", counts_prompt_tokens=False)
+    # A server's adapters are models it serves (vLLM: --lora-modules NAME=PATH).
+    capabilities = Capabilities(group="request", counts_prompt_tokens=False, adapters=("served",))
 
     def __init__(self, info, connection: Connection) -> None:
         self._info = info  # serving.ServerInfo
@@ -107,6 +115,67 @@ class ServerEngine:
         self.top_k_refused = False  # learned from the server: it rejects top_k
         self.no_usage_said = False  # the note that the server reports no usage: said once
         self._client = None
+        self._adapters: dict[str, str] = {}  # name -> the id the server serves it as
+        self._active: str | None = None
+
+    # --- adapters: models of the same server ---------------------------------------------
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def attach_adapter(self, source):
+        from ..errors import LoadError
+        from .base import AdapterInfo
+
+        served = [str(m.get("id")) for m in self._info.served]
+        if source.path not in served:
+            own = adapters_of(self._info)
+            raise LoadError(
+                f"{public_url(self.connection.url)} does not serve {source.path!r}",
+                "a server's adapters are the model names it serves"
+                + (f"; for {self._info.name}: {', '.join(own)}" if own else ""),
+                [
+                    "vLLM serves LoRA adapters as models: vllm serve BASE --enable-lora "
+                    "--lora-modules NAME=PATH",
+                    f"%llm_load {self._info.name} --server {public_url(self.connection.url)} "
+                    "--reload asks the server again what it serves",
+                ],
+            )
+        self._adapters[source.name] = source.path
+        entry = next(m for m in self._info.served if str(m.get("id")) == source.path)
+        return AdapterInfo(
+            name=source.name,
+            path=source.path,
+            format="served",
+            method="served",
+            base_model=str(entry.get("parent") or entry.get("root") or "") or None,
+        )
+
+    def detach_adapter(self, name: str) -> list[Any]:
+        self._adapters.pop(name, None)
+        if self._active == name:
+            self._active = None
+        return []  # nothing was held here: the server holds the adapter
+
+    def offered_adapters(self) -> tuple[str, ...]:
+        return tuple(adapters_of(self._info))
+
+    def settle(self) -> None:
+        self._active = None
+
+    @contextmanager
+    def use_adapter(self, name: str | None):
+        self._active = name
+        try:
+            yield
+        finally:
+            self._active = None
+
+    @property
+    def _model(self) -> str:
+        """The id requests name: the served adapter's while one is in use."""
+        return self._adapters.get(self._active or "", self._info.name)
 
     @property
     def info(self):
@@ -124,9 +193,11 @@ class ServerEngine:
         facts = {
             "engine": self.kind,
             "server": public_url(self.connection.url),
-            "served_model": self._info.name,
+            "served_model": self._model,
             "client": f"openai {openai.__version__}",
         }
+        if self._adapters:
+            facts["adapter"] = self._active or "base"
         if self._info.server:
             facts["server_software"] = self._info.server
         return facts
@@ -336,7 +407,7 @@ class ServerEngine:
 
     def _body(self, row: Rendered, seed, max_new: int, settings) -> tuple[str, dict]:
         endpoint, content = row.payload
-        body: dict[str, Any] = {"model": self._info.name, "max_tokens": max_new}
+        body: dict[str, Any] = {"model": self._model, "max_tokens": max_new}
         body["messages" if endpoint == "chat" else "prompt"] = content
         if settings.greedy:
             body["temperature"] = 0.0  # the OpenAI API's greedy decoding

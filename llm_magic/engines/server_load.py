@@ -21,7 +21,8 @@ from ..display import ServerCard
 from ..errors import SERVER, LoadError, diagnose
 from ..redact import public_url, url_credentials, without_credentials
 from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
-from .server import DEFAULTS, Connection, ServerEngine
+from .cards import adapters_rows
+from .server import DEFAULTS, Connection, ServerEngine, adapters_of
 
 # /models fields that give a model's context length, by server.
 _CONTEXT_FIELDS = (
@@ -121,6 +122,7 @@ class ServerLoader:
             concurrency=DEFAULTS.concurrency,
             timeout=timeout or DEFAULTS.timeout,
             budget_notes=report.notes,
+            extra_rows=_served_adapters(entry) + adapters_rows(entry),
         )
 
 
@@ -144,6 +146,16 @@ def _refuse_credentials(url: str) -> None:
             "then take the key out of this cell: the notebook and its history keep it",
         ],
     )
+
+
+def _served_adapters(entry: LoadedModel) -> tuple[tuple[str, str], ...]:
+    """The server's own adapters of the model (vLLM lists each with the model as `parent`),
+    each usable as `-m MODEL:ADAPTER`."""
+    offered = [a for a in adapters_of(entry.info) if a not in entry.adapters]
+    if not offered:
+        return ()
+    label = min(entry.aliases) if entry.aliases else entry.name
+    return (("adapters", ", ".join(offered) + f"  (served: -m {label}:{offered[0]})"),)
 
 
 def _key(url: str, model: str, key_env: str | None) -> CacheKey:

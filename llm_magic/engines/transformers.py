@@ -12,7 +12,8 @@ torch and transformers are imported inside the functions: `import llm_magic` sta
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -38,17 +39,71 @@ class TransformersEngine:
     through the cache entry, so unloading the entry leaves it holding nothing."""
 
     kind = "transformers"
-    capabilities = Capabilities(group="batch")
+    capabilities = Capabilities(group="batch", adapters=("peft",))
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel
+        self._active: str | None = None  # the adapter switched on in the model
 
     @property
     def info(self):
         return self.entry.info
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.kind}
+        described: dict[str, Any] = {"engine": self.kind}
+        if self.entry.adapters:  # which adapter made the text ("base": none)
+            described["adapter"] = self._active or "base"
+        return described
+
+    # --- adapters (transformers_adapters: peft's functions on the loaded model) ---------
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def attach_adapter(self, source):
+        from . import transformers_adapters
+
+        info = transformers_adapters.attach(self.entry.model, source, self.info.name)
+        self.entry.packed = None  # packed for the layers before the adapter's were put in
+        self.settle()
+        return info
+
+    def detach_adapter(self, name: str) -> list[Any]:
+        import weakref
+
+        from . import transformers_adapters
+
+        model = self.entry.model
+        refs = [weakref.ref(p) for n, p in model.named_parameters() if f".{name}." in f"{n}."]
+        method = self.entry.adapters[name].method if name in self.entry.adapters else "LORA"
+        transformers_adapters.remove(model, name, method)
+        self.entry.packed = None
+        if self._active == name:
+            self._active = None
+        return refs
+
+    def offered_adapters(self) -> tuple[str, ...]:
+        return ()
+
+    @contextmanager
+    def use_adapter(self, name: str | None) -> Iterator[None]:
+        from . import transformers_adapters
+
+        transformers_adapters.switch(self.entry.model, name)
+        self._active = name
+        try:
+            yield
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """The model at rest: its default adapter on, or none."""
+        from . import transformers_adapters
+
+        default = self.entry.default_adapter
+        transformers_adapters.switch(self.entry.model, default)
+        self._active = default
 
     def context_limit(self) -> int | None:
         return context_limit(self.entry.model, self.entry.tokenizer)

@@ -1,10 +1,11 @@
 """Exception -> diagnosis (what failed, likely cause, fixes), and its short rendering.
 
 `card` holds the types and the card, `rules` the rule engine and `diagnose`, `wording`
-what the catalogues share, and `load`, `generation`, `server` one catalogue per stage:
+what the catalogues share, and `load`, `adapter`, `generation`, `server` one catalogue per stage:
 `diagnose(e, context, LOAD)` is the LoadError to raise `from e`.
 """
 
+from .adapter import ADAPTER
 from .card import (
     MAX_DETAILS,
     MAX_FIXES,
@@ -23,6 +24,7 @@ from .rules import Catalogue, Context, Explain, Rule, chain, diagnose, find_rule
 from .server import SERVER, IncompleteStream
 
 __all__ = [
+    "ADAPTER",
     "GENERATION",
     "LOAD",
     "MAX_DETAILS",

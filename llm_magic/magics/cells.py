@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics
@@ -180,7 +180,17 @@ def prompt_shower(show: bool):
     return (lambda text, tokens: display(PromptView(text, tokens))) if show else None
 
 
-def run_streamed(call, sink: Stream | None, out: str | None, shell, waiting: Waiting | None = None):
+class Sink(Protocol):
+    """Where a run's text streams: one model's Stream, or the columns of `-m A B`."""
+
+    jupyter: bool
+    parts: list[str]
+    handle: Any
+
+    def settle(self) -> None: ...
+
+
+def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiting | None = None):
     """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
     the partial result stays on screen, is kept where a result would be (`_`, Out[n],
     `out`), and the interrupt goes on, shown as one line instead of a traceback."""
@@ -217,7 +227,8 @@ def run_streamed(call, sink: Stream | None, out: str | None, shell, waiting: Wai
     # it) is not printed again: Out[n] adds the footer and the rest.
     shown = sink or waiting
     if shown is not None and not shown.jupyter and hasattr(result, "text_already_shown"):
-        result.text_already_shown(bool(sink is not None and sink.parts), shown.notes)
+        said = getattr(shown, "notes", ())  # notes a Stream or a status line said first
+        result.text_already_shown(bool(sink is not None and sink.parts), said)
     if out is not None:
         shell.user_ns[out] = result
     return result
@@ -334,7 +345,7 @@ class Waiting:
             self.handle = None
 
 
-def _show_partial(sink: Stream | None, partial) -> None:
+def _show_partial(sink: Sink | None, partial) -> None:
     """After Ctrl-C: the partial result stays on screen where the text was streaming."""
     if partial is None:
         return

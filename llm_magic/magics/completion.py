@@ -2,7 +2,9 @@
 
 `%llm_load <TAB>` offers the models already loaded, the Hub ids of the local Hugging
 Face cache, the converted `.gguf` originals, the demo model, and `.gguf` files and folders
-on disk; `-m`/`--model` and `%llm_unload` offer the loaded models' aliases and names;
+on disk; `-m`/`--model` (each of several) and `%llm_unload` offer the loaded models'
+aliases and names, and `MODEL:ADAPTER` for their adapters; `%llm_adapter load` offers
+folders and .gguf files, `%llm_adapter unload` the adapters;
 `--<TAB>` offers a magic's flags (read from its magic_arguments parser), `--dtype` and
 `--device-map` their values. No network, no torch: answers come from folder listings and
 the kernel's cache. Besides the magics package, the one module that imports IPython: it
@@ -25,7 +27,7 @@ from IPython.core.completer import (
 from ..cache import MODEL_CACHE
 
 IDENTIFIER = "llm_magic.completion"
-_MAGICS = ("llm_load", "llm_unload", "llm_generate")
+_MAGICS = ("llm_load", "llm_unload", "llm_generate", "llm_adapter")
 _VALUES = {
     "--dtype": ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"),
     "--device-map": ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps", "balanced", "sequential"),
@@ -102,13 +104,28 @@ def complete(shell, text: str) -> tuple[str, list[SimpleCompletion]] | None:
     if (
         before.startswith("-")
         and _takes_value(shell, magic, before)
-        and not (magic == "llm_generate" and before in _MODEL_FLAGS)
+        and not (magic in ("llm_generate", "llm_adapter") and before in _MODEL_FLAGS)
     ):
         return None  # a value we know nothing about (--as, --out, --max-new-tokens)
     if magic == "llm_generate":
-        if before not in _MODEL_FLAGS:
+        # -m takes one name or several: the words since the last flag are its values.
+        flag = next((w for w in reversed(words[: len(words) - bool(current)]) if w[:1] == "-"), "")
+        if flag not in _MODEL_FLAGS:
             return None
-        return current, _loaded_names(current)
+        return current, _loaded_names(current, adapters=True)
+    if magic == "llm_adapter":
+        if before in _MODEL_FLAGS:
+            return current, _loaded_names(current)
+        action = words[1] if len(words) > 1 and words[1] != current else None
+        if action == "unload":
+            return current, _adapter_names(current)
+        if action == "load":
+            return current, _paths(current)
+        return current, [
+            SimpleCompletion(a, type="action")
+            for a in ("load", "list", "unload")
+            if a.startswith(current) and action is None
+        ]
     if magic == "llm_unload":
         return current, _loaded_names(current)
     return current, _models(current)
@@ -139,9 +156,10 @@ def _parser(shell, magic: str):
     return getattr(method, "parser", None)
 
 
-def _loaded_names(prefix: str) -> list[SimpleCompletion]:
+def _loaded_names(prefix: str, adapters: bool = False) -> list[SimpleCompletion]:
     """Aliases first, then the names the models were loaded with and their short forms
-    (the last part of a path or Hub id): what `%llm_unload` and `-m` accept."""
+    (the last part of a path or Hub id): what `%llm_unload` and `-m` accept; with
+    `adapters`, then MODEL:ADAPTER and MODEL:base for the models that have adapters."""
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     names: dict[str, str] = {}
     for e in entries:
@@ -150,7 +168,27 @@ def _loaded_names(prefix: str) -> list[SimpleCompletion]:
     for e in entries:
         names.setdefault(e.name, "model")
         names.setdefault(e.name.rstrip("/").rsplit("/", 1)[-1], "model")
+    if adapters:
+        for completion in _adapter_names(prefix):
+            names.setdefault(completion.text, "adapter")
+        for e in entries:
+            if e.adapters:
+                names.setdefault(f"{_label(e)}:base", "adapters off")
     return [SimpleCompletion(n, type=t) for n, t in names.items() if n.startswith(prefix)]
+
+
+def _label(entry) -> str:
+    return min(entry.aliases) if entry.aliases else entry.name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _adapter_names(prefix: str) -> list[SimpleCompletion]:
+    """MODEL:ADAPTER for every adapter on a loaded model."""
+    names = [
+        f"{_label(e)}:{a}"
+        for e in sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
+        for a in e.adapters
+    ]
+    return [SimpleCompletion(n, type="adapter") for n in names if n.startswith(prefix)]
 
 
 def _models(prefix: str) -> list[SimpleCompletion]:

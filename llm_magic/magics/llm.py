@@ -1,6 +1,7 @@
 """`LLMMagics`: the configuration (traits) and the model magics: `%llm_load`,
-`%llm_models`, `%llm_unload`, `%%llm_generate`, `%llm_tb`. Each magic parses its line,
-calls the plain API and wraps the result for display; the logic lives in the other modules."""
+`%llm_models`, `%llm_unload`, `%llm_adapter`, `%%llm_generate`, `%llm_tb`. Each magic
+parses its line, calls the plain API and wraps the result for display; the logic lives in
+the other modules."""
 
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from traitlets import (
     TraitError,
     Unicode,
     Union,
+    default,
     observe,
     validate,
 )
 
-from .. import api, hardware, prompts
+from .. import api, hardware, prompts, runlog
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
@@ -34,6 +36,7 @@ from ..engines.base import LoadOptions
 from ..errors import GenerationError, LLMError, full_traceback
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from ..sources import gguf_cache, sizing
+from ..sources.adapter import adapter_pairs
 from .cells import (
     Stream,
     Waiting,
@@ -49,6 +52,7 @@ from .cells import (
     unquote,
     user_namespace,
 )
+from .side_by_side import Columns
 
 
 @magics_class
@@ -142,6 +146,28 @@ class LLMMagics(Magics):
             change["new"],
         )
 
+    # The run log (llm_magic/runlog.py): every run appended to a SQLite file.
+    reuse = option_trait("reuse")
+    log = Bool(
+        True,
+        help="Log every run (generation, chat turn, --over item, score) to the run log, a "
+        "SQLite file (LLMMagics.log_path). Default: on, unless LLM_MAGIC_LOG=0.",
+    ).tag(config=True)
+    log_path = Unicode(
+        "",
+        help="The run log's file (empty: $LLM_MAGIC_LOG_PATH, else runs.db in "
+        "$LLM_MAGIC_CACHE, ~/.cache/llm_magic by default).",
+    ).tag(config=True)
+
+    @default("log")
+    def _log_default(self):
+        return runlog.enabled()
+
+    @observe("log", "log_path")
+    def _apply_log(self, change):
+        # Kept with the log, so llm_magic.generate() from plain Python honours it too.
+        runlog.configure(**{"enabled" if change["name"] == "log" else "path": change["new"]})
+
     @magic_arguments()
     @argument(
         "model",
@@ -219,6 +245,17 @@ class LLMMagics(Magics):
         action="store_true",
         help="On failure, show the full traceback under the error card.",
     )
+    @argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="An adapter to put on the model (repeatable): a PEFT folder (adapter_config.json "
+        "and adapter_model.safetensors), or a GGUF LoRA file with --engine llama.cpp; with "
+        "--server, a name the server serves. A cached model is not loaded again. Then "
+        "-m MODEL:NAME generates with it (NAME: its folder's name unless given), -m "
+        "MODEL:base without; the first is what -m MODEL alone means.",
+    )
     @line_magic
     def llm_load(self, line: str):
         """Load a causal language model into the kernel's cache and show what was done."""
@@ -254,6 +291,7 @@ class LLMMagics(Magics):
                 reload=args.reload,
                 force=args.force,
                 quiet=quiet,
+                adapters=adapter_pairs([unquote(a) for a in args.adapter or []]),
             )
             handle, card = api.load_with_card(options=options, progress=progress)
         del handle  # the card, not the model, goes to Out: Out must not pin the weights
@@ -305,8 +343,11 @@ class LLMMagics(Magics):
     @argument(
         "-m",
         "--model",
+        nargs="+",
         default=None,
-        help="Alias (--as) or name of a loaded model. Default: the one loaded or used last.",
+        help="Alias (--as) or name of a loaded model (MODEL:ADAPTER for one of its adapters, "
+        "MODEL:base for none). Default: the one loaded or used last. Several (-m A B): the "
+        "same prompt, settings and seed through each, side by side.",
     )
     @generation_flags
     @argument(
@@ -354,11 +395,15 @@ class LLMMagics(Magics):
         waiting = Waiting(jupyter) if over is None and sink is None else None
         shown = sink or waiting  # one of them whenever there is no --over
 
+        models = [unquote(m) for m in args.model or []]
+        if len(models) > 1:
+            return self._side_by_side(cell, models, args, settings, over, out, on_prompt)
+
         def call():
             with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
                 return api.generate(
                     cell.strip("\n"),
-                    model=unquote(args.model) if args.model else None,
+                    model=models[0] if models else None,
                     namespace=None if args.no_fill else ns,
                     over=over,
                     settings=settings,
@@ -371,6 +416,70 @@ class LLMMagics(Magics):
         return run_streamed(
             call, sink, out, self.shell, waiting
         )  # shown once, as the cell's value; `_` and Out[n] hold it
+
+    def _side_by_side(self, cell, models, args, settings, over, out, on_prompt):
+        """`-m A B ...`: the cell through each model (api.compare), the answers in columns."""
+        jupyter = getattr(self.shell, "kernel", None) is not None
+        sink = Columns(jupyter, models, stream=self.stream and not args.no_stream)
+
+        def call():
+            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+                return api.compare(
+                    cell.strip("\n"),
+                    models,
+                    namespace=None if args.no_fill else user_namespace(self),
+                    over=over,
+                    settings=settings,
+                    stream=sink.begin,
+                    on_result=sink.done,
+                    progress=progress,
+                    on_prompt=on_prompt,
+                )
+
+        return run_streamed(call, sink, out, self.shell)
+
+    @magic_arguments()
+    @argument(
+        "action",
+        choices=("load", "list", "unload"),
+        help="load: put adapters on a loaded model; list: its adapters; unload: take one off.",
+    )
+    @argument(
+        "adapters",
+        nargs="*",
+        metavar="ADAPTER",
+        help="load: PATH or NAME=PATH (a PEFT folder, a GGUF LoRA file for llama.cpp, a "
+        "served adapter's name for a server model); unload: NAME (or MODEL:NAME), or all.",
+    )
+    @argument(
+        "-m",
+        "--model",
+        default=None,
+        help="The loaded model (alias or name). Default: the one loaded or used last.",
+    )
+    @argument(
+        "--default",
+        action="store_true",
+        help="load: make the (first) adapter the one -m MODEL alone means.",
+    )
+    @line_magic
+    def llm_adapter(self, line: str):
+        """Adapters on a model already loaded, without loading it again: `load` puts them on
+        (each is then -m MODEL:NAME; -m MODEL:base switches them off), `list` shows them
+        (rank, modules, size), `unload` takes one off and frees its memory."""
+        args = parse_line(self.llm_adapter, line)
+        model = unquote(args.model) if args.model else None
+        given = [unquote(a) for a in args.adapters]
+        if args.action == "list":
+            return api.list_adapters(model)
+        if not given:
+            from IPython.core.error import UsageError
+
+            what = "PATH or NAME=PATH" if args.action == "load" else "NAME (or MODEL:NAME), or all"
+            raise UsageError(f"%llm_adapter {args.action} takes {what}")
+        if args.action == "load":
+            return api.load_adapter(given, model=model, default=args.default)
+        return api.unload_adapter(given, model=model)
 
     def sampling_settings(self, args) -> Settings:
         """The Settings of a generating cell's sampling flags: each flag given, else its

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._compat import dtype_keyword
 from ..errors import LLMError, LoadError
-from ..paths import nearest_existing
+from ..paths import cache_root, nearest_existing
 from ..units import DTYPE_BYTES, format_bytes
 from .sizing import read_gguf_tensor_counts, read_safetensors_header
 
@@ -46,15 +46,6 @@ _LEFTOVER = re.compile(r"^(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)$")
 # Beside the weights a copy holds its tokenizer, config and headers: a few MB, more for a
 # big vocabulary. Asked for on top of the weights before converting.
 _SLACK_BYTES = 16 * 1000**2
-
-
-def cache_root() -> Path:
-    """Where converted .gguf models are kept: $LLM_MAGIC_CACHE or ~/.cache/llm_magic."""
-    env = os.environ.get("LLM_MAGIC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llm_magic"
 
 
 def copies_dir() -> Path:

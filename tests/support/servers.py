@@ -187,6 +187,25 @@ def llama_cpp_server(
     raise RuntimeError(f"llama.cpp server not ready:\n{server.tail()}")
 
 
+def llama_cpp_models_server(models: dict[str, dict], timeout: float = 180.0) -> ServerProcess:
+    """llama-cpp-python's server on several models at once, from a config file: {alias:
+    its settings (model, lora_path, n_ctx, ...)}. Each alias is a model id it serves (the
+    server opens one at a time, on request)."""
+    port = free_port()
+    config = {
+        "host": HOST,
+        "port": port,
+        "models": [
+            {"model_alias": alias, "n_threads": 2, "verbose": False, **settings}
+            for alias, settings in models.items()
+        ],
+    }
+    path = Path(tempfile.mkstemp(prefix="llm_magic_llama_models_", suffix=".json")[1])
+    path.write_text(json.dumps(config))
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
+    return ServerProcess("llama-cpp-models", cmd, port).wait_ready(timeout=timeout)
+
+
 def static_http_server() -> ServerProcess:
     """`python -m http.server`: a web server, not an OpenAI API (404 HTML pages)."""
     folder = tempfile.mkdtemp(prefix="llm_magic_static_")

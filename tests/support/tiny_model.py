@@ -154,3 +154,84 @@ def build_tiny_gguf(
     writer.close()
     tmp.rename(path)
     return path
+
+
+def build_tiny_lora(
+    base_dir: Path,
+    folder: Path,
+    seed: int = 1,
+    rank: int = 4,
+    targets: tuple[str, ...] = ("c_attn", "c_fc"),
+    scale: float = 1.0,
+) -> Path:
+    """A LoRA adapter for the model at `base_dir`, built with peft and saved with
+    `PeftModel.save_pretrained` (adapter_config.json + adapter_model.safetensors).
+
+    Its A and B weights are drawn at random from `seed` (peft's init_lora_weights=False),
+    times `scale`, rather than B left at zero: the adapted model's greedy text differs from
+    the base model's, deterministically, with no training."""
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=list(targets),
+        init_lora_weights=False,
+        fan_in_fan_out=base.config.model_type == "gpt2",  # GPT-2's Conv1D stores (in, out)
+    )
+    model = get_peft_model(base, config)
+    if scale != 1.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.mul_(scale)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def build_tiny_gguf_lora(
+    path: Path,
+    layers: int = 2,
+    width: int = 64,
+    kv_width: int = 32,
+    rank: int = 4,
+    seed: int = 1,
+) -> Path:
+    """A LoRA for `build_tiny_gguf`'s model as llama.cpp reads one (general.type adapter,
+    adapter.type lora, `<tensor>.lora_a` (rank × in) and `.lora_b` (out × rank) on its
+    attention's q and v), written with the gguf package's writer; random weights from
+    `seed`, large enough to change the greedy text."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    import gguf
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(2 * rank))
+    rng = np.random.default_rng(seed)
+    for i in range(layers):
+        for name, out in (("attn_q", width), ("attn_v", kv_width)):
+            a = rng.standard_normal((rank, width)) * 0.5
+            b = rng.standard_normal((out, rank)) * 0.5
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_a", a.astype(np.float32))
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_b", b.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.rename(path)
+    return path

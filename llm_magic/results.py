@@ -327,6 +327,11 @@ class Comparison(dict[str, Any]):
         """Long form: item, model, prompt, text, tokens, stop reason, seconds, seed, error
         (and what each model's results add), one row per item and model, the items in order
         and the models as named within each (needs pandas)."""
+        return self._long().drop(columns=["_position", "_order"], errors="ignore")
+
+    def _long(self) -> Any:
+        """The long form with each row's position in its model's results (`_position`):
+        items themselves (texts, dicts) may repeat or not sort."""
         try:
             import pandas as pd
         except ImportError:
@@ -336,22 +341,25 @@ class Comparison(dict[str, Any]):
         frames = []
         for order, (model, value) in enumerate(self.items()):
             runs = value if isinstance(value, GenerationResults) else GenerationResults([value])
-            frame = runs.to_pandas()
+            frame = runs.to_pandas().reset_index(drop=True)
             frame.insert(1, "model", model)
             frame["seed"] = [r.seed for r in runs]
             frame["adapter"] = [r.adapter for r in runs]
+            frame["_position"] = range(len(frame))
             frame["_order"] = order
             frames.append(frame)
         if not frames:
             return pd.DataFrame()
         long = pd.concat(frames, ignore_index=True)
-        long = long.sort_values(["item", "_order"], kind="stable")
-        return long.drop(columns="_order").reset_index(drop=True)
+        long = long.sort_values(["_position", "_order"], kind="stable")
+        return long.reset_index(drop=True)
 
     def pivot(self, values: str = "text") -> Any:
         """Items × models: each model's `values` column (text, new_tokens, seconds, ...)
-        side by side, the models in the order named."""
-        table = self.to_pandas().pivot(index="item", columns="model", values=values)
+        side by side, the models in the order named; a row per item, indexed by its
+        position."""
+        table = self._long().pivot(index="_position", columns="model", values=values)
+        table.index.name = "item"
         return table[[m for m in self.models if m in table.columns]]
 
     def footer(self) -> str:

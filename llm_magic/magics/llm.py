@@ -423,7 +423,7 @@ class LLMMagics(Magics):
         sink = Columns(jupyter, models, stream=self.stream and not args.no_stream)
 
         def call():
-            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+            with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
                 return api.compare(
                     cell.strip("\n"),
                     models,

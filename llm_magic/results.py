@@ -366,9 +366,10 @@ class Comparison(dict[str, Any]):
         mode = "greedy" if self.seed is None else f"seed {self.seed}"
         return f"{len(self)} models · the same prompt and settings ({mode}) for each"
 
-    def text_already_shown(self) -> None:
-        """The texts have just streamed to a terminal: the next display shows the footers."""
-        self._texts_on_screen = True
+    def text_already_shown(self, text: bool = True, notes: tuple[str, ...] = ()) -> None:
+        """The texts have just streamed to a terminal (`text`): the next display shows the
+        footers. `notes`: as a single result takes them (the columns say none first)."""
+        self._texts_on_screen = text
 
     def plain(self, with_text: bool = True) -> str:
         parts = []

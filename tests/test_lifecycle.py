@@ -563,8 +563,7 @@ def test_llm_models_stays_narrow_and_marks_a_default_only_when_there_is_one(shel
     assert "(* = default" in text
     html = ok(shell, "%llm_models")._repr_mimebundle_()["text/html"]
     assert f"title='{tiny_model_dir}'" in html and "white-space:nowrap" in html
-    ok(shell, "%llm_unload second")  # the default goes
+    ok(shell, "%llm_unload second")  # the default goes: the * moves to the one generate uses
     text = ok(shell, "%llm_models").text()
-    assert (
-        not any(line.startswith("*") for line in text.splitlines()) and "(* = default" not in text
-    )
+    marked = [line for line in text.splitlines() if line.startswith("*")]
+    assert len(marked) == 1 and "first" in marked[0] and "(* = default" in text

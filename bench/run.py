@@ -992,6 +992,11 @@ def main(argv=None) -> int:
         help="also the server rows (bench/server_rows.py: starts transformers serve)",
     )
     p.add_argument(
+        "--score",
+        action="store_true",
+        help="also the scoring and --logprobs rows (bench/score_rows.py: needs lm-eval)",
+    )
+    p.add_argument(
         "--log",
         action="store_true",
         help="also the run log's rows (bench/log_rows.py: its cost per generation, an "
@@ -1053,6 +1058,7 @@ def main(argv=None) -> int:
         meta = {
             "command": "python bench/run.py"
             + (" --smoke" if smoke else "")
+            + (" --score" if args.score else "")
             + (f" --only {' '.join(args.only)}" if args.only else ""),
             "smoke": smoke,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -1129,6 +1135,11 @@ def main(argv=None) -> int:
     attempt(
         ENGINE_ROWS, lambda: rows_engines(env, gguf, prep.get("gguf_converted_now_seconds"), args)
     )
+    if args.score and not smoke:
+        from score_rows import SCORE_ROWS, score_rows
+
+        # In this process: the rows load SmolLM2 once and keep each side on the same object.
+        attempt(SCORE_ROWS, lambda: tuple(score_rows(only=tuple(args.only or ()) or None)))
     if args.log:
         from log_rows import LOG_ROWS, log_rows
 

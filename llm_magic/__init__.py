@@ -23,6 +23,7 @@ from .api import (  # noqa: E402  (cheap: heavy imports are lazy)
     load_with_card,
     log,
     models,
+    score,
     unload,
     unload_adapter,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "load_with_card",
     "generate",
     "chat",
+    "score",
     "conversation",
     "Conversation",
     "models",
@@ -60,6 +62,7 @@ def load_ipython_extension(ipython) -> None:
         ChatMagics,
         LLMMagics,
         LogMagics,
+        ScoreMagics,
         completion,
         watch_cells,
         watch_runs,
@@ -69,6 +72,7 @@ def load_ipython_extension(ipython) -> None:
     settings = LLMMagics(ipython)  # the one configuration section (%config LLMMagics)
     ipython.register_magics(settings)
     ipython.register_magics(ChatMagics(ipython, settings))
+    ipython.register_magics(ScoreMagics(ipython, settings))
     ipython.register_magics(LogMagics(ipython))
     watch_shell(ipython)
     watch_cells(ipython)

@@ -19,6 +19,7 @@ from .display import ModelRow, ModelsCard, UnloadCard
 from .display.adapters import AdapterCard
 from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
+from .logprobs import DEFAULT_TOP
 from .results import (
     Comparison,
     GenerationResult,
@@ -27,6 +28,7 @@ from .results import (
     carry_result,
 )
 from .runlog import Origin
+from .scores import ChoiceScores, ScoreResult, ScoreResults
 from .settings import Settings
 from .sources import discovery
 from .sources.adapter import adapter_pairs
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from .display.log import LogStatsCard
     from .engines.base import LoadKeywords
     from .prompts import Over
-    from .settings import SamplingKeywords, SettingsKeywords
+    from .settings import SamplingKeywords, ScoreKeywords, SettingsKeywords
 
 
 def available() -> discovery.Available:
@@ -495,6 +497,119 @@ def _generation_target(model: str | LoadedModel | None) -> adapters.Target:
 def _generation_model(model: str | LoadedModel | None) -> LoadedModel:
     """The cached model to generate with (touched: it becomes the current one)."""
     return _generation_target(model).entry
+
+
+# --- scoring -----------------------------------------------------------------------------
+
+
+def score(
+    text: str | None = None,
+    *,
+    context: str | None = None,
+    choices: Iterable[str] | None = None,
+    answer: int | str | None = None,
+    model: str | LoadedModel | None = None,
+    raw: bool = False,
+    over: Iterable[Any] | None = None,
+    namespace: Mapping[str, Any] | None = None,
+    delimiter: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **keywords: Unpack[ScoreKeywords],
+) -> ScoreResult | ChoiceScores | ScoreResults:
+    """Score TEXT with a cached model by one teacher-forced pass: the log-probability of
+    each of its tokens, as lm-evaluation-harness's `loglikelihood` computes it. Returns a
+    result with `.logprob` (the total), `.tokens`, `.token_count`, `.perplexity`.
+
+    context: score TEXT as the continuation of this text (a chat model reads it as the
+    user's turn and TEXT as its answer, unless `raw=True`: then plain text). choices: score
+    each choice as the continuation of TEXT (the question); returns `.probabilities`
+    (choice → probability, normalised over the choices), `.best`, `.best_norm` (per
+    character: lm-evaluation-harness's acc_norm) and a row per choice (`.frame()`);
+    answer: the right choice (index or text), for acc / acc_norm. delimiter: put before
+    each choice (default: a space after plain text, none after a chat template). over:
+    TEXT is a template filled once per item (`{item}`); an item that is a dict may hold
+    its own "choices" and "answer"; returns one result per item (`.to_pandas()`,
+    `.accuracy`). Keywords: system, batch_size, logprobs (alternatives kept per token,
+    default 5). Ctrl-C keeps the items scored: KeyboardInterrupt carries them as `.result`.
+    """
+    from . import prompts, scoring
+
+    entry = _generation_model(model)
+    if settings is None or settings.logprobs is None:
+        keywords.setdefault("logprobs", DEFAULT_TOP)
+    chosen = settings_module.make(settings, raw=raw or None, **keywords)
+    if text is None or (not text.strip() and choices is None and over is None):
+        raise GenerationError(
+            "nothing to score: the text is empty",
+            fixes=[
+                "write the text to score in the cell, under the %%llm_score line",
+                "llm_magic.score('The capital of France is Paris.')",
+            ],
+        )
+    shared = tuple(choices) if choices is not None else None
+    if over is None:
+        filled = text if namespace is None else prompts.fill(text, namespace)
+        question = (
+            context
+            if context is None or namespace is None
+            else prompts.fill(context, namespace, "--context")
+        )
+        items = [scoring.ScoreItem(filled, question, shared, _answer(answer, shared, "answer"))]
+    else:
+        items = _score_items(text, context, shared, over, namespace or {})
+    results = scoring.score(
+        _engine(entry), items, chosen, delimiter=delimiter, on_progress=progress
+    )
+    return results if over is not None else results[0]
+
+
+def _score_items(
+    template: str,
+    context: str | None,
+    shared: tuple[str, ...] | None,
+    over: Iterable[Any],
+    namespace: Mapping[str, Any],
+) -> list:
+    """One ScoreItem per --over item: the template (and context) filled with it, its own
+    choices and answer where it is a dict holding them."""
+    from collections import ChainMap
+
+    from . import prompts, scoring
+
+    values = prompts.items_of(over, "over=").items
+    texts = prompts.fill_over(template, values, namespace)
+    variables = dict(namespace)  # read under each item's {item}, never written
+    items = []
+    for index, (value, text) in enumerate(zip(values, texts, strict=True)):
+        label = f"item [{index}]"
+        own = value.get("choices") if isinstance(value, Mapping) else None
+        choices = tuple(own) if own is not None else shared
+        answer = value.get("answer") if isinstance(value, Mapping) else None
+        filled_context = (
+            prompts.fill(context, ChainMap({"item": value}, variables), "--context")
+            if context is not None
+            else None
+        )
+        items.append(
+            scoring.ScoreItem(text, filled_context, choices, _answer(answer, choices, label), label)
+        )
+    return items
+
+
+def _answer(answer: int | str | None, choices: tuple[str, ...] | None, label: str) -> int | None:
+    """The right choice's index, from an index or the choice's text."""
+    if answer is None or choices is None:
+        return None
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        return answer
+    if isinstance(answer, str) and answer in choices:
+        return choices.index(answer)
+    raise GenerationError(
+        f"{label}: the answer {answer!r} is not one of the choices",
+        "an answer is a choice's index (0 for the first) or its text",
+        [f"choices: {', '.join(repr(c) for c in choices)}"],
+    )
 
 
 # --- conversations -----------------------------------------------------------------------

@@ -166,6 +166,9 @@ class ModelCache:
         and the CUDA cache. Says whether the models are gone and, if not, what holds them.
         `by_budget`: the budget made room; how to load them again is kept (`set_aside`)."""
         entries = list(entries)
+        if not entries:
+            # Nothing to free: a full collection costs a second on a large heap.
+            return Released((), True)
         for e in entries if by_budget else ():
             if e.options is not None:
                 adapters = tuple((n, a.path) for n, a in e.adapters.items())

@@ -52,6 +52,19 @@ def prepare(engine: Engine, req: Request, limit: int | None) -> Rendered:
     return rendered
 
 
+def check_capabilities(engine: Engine, settings: Settings) -> None:
+    """Refuse, before any token is made, what this engine cannot give."""
+    if settings.logprobs is not None and not engine.capabilities.logprobs:
+        raise GenerationError(
+            f"--logprobs: {engine.info.name} cannot give log-probabilities with this engine",
+            "this engine reports the text only, not the model's probabilities",
+            [
+                "leave out --logprobs",
+                "load the model in the kernel (transformers or --engine llama.cpp) for them",
+            ],
+        )
+
+
 def _versions() -> dict:
     from ._version import __version__
 
@@ -108,6 +121,8 @@ def _results(
                 products=run.products,
                 engine=described,
                 error=done.error,
+                tokens=done.tokens,
+                distribution=engine.capabilities.distribution if done.tokens else None,
             )
         )
     return results
@@ -193,6 +208,7 @@ def generate(
     On Ctrl-C: KeyboardInterrupt is raised with the partial result as its `.result`.
     """
     settings.check()
+    check_capabilities(engine, settings)
     limit = engine.context_limit()
     rendered = prepare(
         engine, prompt if isinstance(prompt, Request) else request(prompt, settings), limit
@@ -262,6 +278,7 @@ def generate_many(
     marked "not run".
     """
     settings.check()
+    check_capabilities(engine, settings)
     limit = engine.context_limit()
     rows = [
         prepare(engine, request(text, settings, f"prompt [{i}]"), limit)

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import runlog
 from .engines.base import Engine, Rendered
+from .logprobs import TokenLogprob
 from .results import GenerationResult
 from .runlog import Origin
 from .settings import Settings
@@ -239,6 +240,7 @@ class Recorder:
             versions=provenance.get("versions") or {},
             engine=provenance.get("engine_facts"),
             token_ids=tuple(stored.get("token_ids") or ()),
+            tokens=tuple(TokenLogprob.from_json(t) for t in stored.get("tokens") or ()),
             notes=tuple(stored.get("notes") or ()),
             batch=None,  # not one of this call's batches
             run_id=row["id"],

@@ -11,9 +11,13 @@ import html
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from . import logprobs
 from .display.card import warning_html
 from .display.style import COLUMN_STYLE, COLUMNS_STYLE, DIM, FOOTER_STYLE, HEAD_STYLE, TEXT_STYLE
+from .display.tokens import legend_html, tokens_html
+from .logprobs import TokenLogprob
 from .paths import short_name
+from .scores import ScoreResults
 from .units import format_seconds
 
 MimeBundle = tuple[dict[str, str], dict[str, Any]]
@@ -53,12 +57,31 @@ class GenerationResult:
     products: str | None = None
     engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
+    # --logprobs: each new token with its log-probability and the likeliest alternatives.
+    tokens: tuple[TokenLogprob, ...] = ()
+    distribution: str | None = None  # which distribution the log-probabilities are of
     run_id: int | None = None  # its row in the run log (`%llm_log --show ID`), once written
     # Answered from the run log (--reuse): when the logged run was made (local time).
     replayed_from: str | None = None
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def logprob(self) -> float | None:
+        """The answer's log-probability: the sum over its tokens (with --logprobs)."""
+        return logprobs.total(self.tokens) if self.tokens else None
+
+    def tokens_frame(self) -> Any:
+        """The new tokens as a DataFrame (with --logprobs): position, token, token_id,
+        logprob, probability, alternatives."""
+        return logprobs.frame(self.tokens)
+
+    to_pandas = tokens_frame
+
+    def tokens_table(self) -> str:
+        """The new tokens as a compact text table (with --logprobs), for a terminal."""
+        return logprobs.table(self.tokens)
 
     def __repr__(self) -> str:
         return self.plain()
@@ -74,12 +97,16 @@ class GenerationResult:
         mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
         stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
         adapter = f":{self.adapter}" if self.adapter else ""
-        return (
+        footer = (
             f"{'?' if self.prompt_tokens is None else self.prompt_tokens} prompt tokens · "
             f"{self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
             f"{mode} · {short_name(self.model_id)}{adapter} {self.dtype}"
         )
+        if self.tokens:
+            average = logprobs.mean(self.tokens) or 0.0
+            footer += f" · logprob {self.logprob:.2f} (mean {average:.3f} per token)"
+        return footer
 
     def metadata(self) -> dict[str, Any]:
         """What produced this text, for the notebook file (the display's metadata)."""
@@ -104,6 +131,14 @@ class GenerationResult:
             "adapter": self.adapter,
             "run_id": self.run_id,
             "replayed_from": self.replayed_from,
+            **({"logprobs": self._logprobs_metadata()} if self.tokens else {}),
+        }
+
+    def _logprobs_metadata(self) -> dict[str, Any]:
+        return {
+            "distribution": self.distribution,
+            "top": self.settings.get("logprobs"),
+            "total": self.logprob,
         }
 
     def replay_line(self) -> str | None:
@@ -126,6 +161,11 @@ class GenerationResult:
         """The text, the footer and the notes; `said`: notes already on screen, left out."""
         lines = [self.text.rstrip("\n")] if with_text else []
         lines += ["── " + self.footer()] + [f"   {remark}" for remark in self._remarks()]
+        if self.tokens:
+            lines.append(
+                f"── log-probabilities: {self.distribution or logprobs.DISTRIBUTION_SHORT}; "
+                "result.tokens_table() lists them"
+            )
         lines += [f"⚠ {note}" for note in self._warnings() if note not in said]
         replayed = self.replay_line()
         return "\n".join(lines + ([replayed] if replayed else []))
@@ -134,12 +174,20 @@ class GenerationResult:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
         remarks = "".join(f"<div style='{FOOTER_STYLE}'>{e(r)}</div>" for r in self._remarks())
+        text = self.text.rstrip(chr(10))
+        body = f"<div style='{TEXT_STYLE}'>{e(text)}</div>"
+        legend = ""
+        if self.tokens and "".join(t.token for t in self.tokens).startswith(text):
+            # The answer drawn token by token (the tokens' text is the answer's, up to the
+            # stop string or eos it was cut at).
+            body = tokens_html(self.tokens, upto=len(text))
+            legend = legend_html(self.distribution or logprobs.DISTRIBUTION_SHORT)
         replayed = self.replay_line()
         if replayed:
             notes += f"<div style='{FOOTER_STYLE}'>{e(replayed)}</div>"
         return (
-            f"<div><div style='{TEXT_STYLE}'>{e(self.text.rstrip(chr(10)))}</div>"
-            f"<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>{remarks}{notes}</div>"
+            f"<div>{body}<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>"
+            f"{remarks}{legend}{notes}</div>"
         )
 
     def text_already_shown(self, text: bool = True, notes: tuple[str, ...] = ()) -> None:
@@ -192,9 +240,10 @@ class GenerationResults(list[GenerationResult]):
         return (len(self) - unfinished, len(self)) if unfinished else None
 
     def to_pandas(self) -> Any:
-        """One row per item: item, text, prompt/new tokens, stop reason, seconds, error
-        (needs pandas). The index is the items' labels (a Series' index, a dict's keys),
-        so the frame joins back to the data it came from."""
+        """One row per item: item, text, prompt/new tokens, stop reason, seconds, error, and
+        with --logprobs the answer's log-probability and its tokens (needs pandas). The index
+        is the items' labels (a Series' index, a dict's keys), so the frame joins back to the
+        data it came from."""
         try:
             import pandas as pd
         except ImportError:
@@ -204,6 +253,7 @@ class GenerationResults(list[GenerationResult]):
                 "results.to_pandas() needs pandas", fixes=["pip install pandas"]
             ) from None
         items = self.items if self.items is not None else list(range(len(self)))
+        with_tokens = any(r.tokens for r in self)
         frame = pd.DataFrame(
             [
                 {
@@ -215,6 +265,8 @@ class GenerationResults(list[GenerationResult]):
                     "stop_reason": r.stop_reason,
                     "seconds": r.seconds,
                     "error": r.error,
+                    # with --logprobs: the answer's log-probability and its tokens' records
+                    **({"logprob": r.logprob, "tokens": list(r.tokens)} if with_tokens else {}),
                 }
                 for item, r in zip(items, self, strict=False)
             ]
@@ -480,7 +532,8 @@ _CARRIED = "result"
 
 
 def carry_result(
-    error: BaseException, result: GenerationResult | GenerationResults | Comparison
+    error: BaseException,
+    result: GenerationResult | GenerationResults | Comparison | ScoreResults,
 ) -> None:
     """Attach what a run made before it ended (Ctrl-C's KeyboardInterrupt, a GenerationError
     after text was made) to the exception, as its `.result`: whoever catches it keeps it."""
@@ -489,8 +542,8 @@ def carry_result(
 
 def carried_result(
     error: BaseException,
-) -> GenerationResult | GenerationResults | Comparison | None:
+) -> GenerationResult | GenerationResults | Comparison | ScoreResults | None:
     """The partial result `carry_result` attached to `error`, or None."""
     result = getattr(error, _CARRIED, None)
-    kinds = GenerationResult | GenerationResults | Comparison
+    kinds = GenerationResult | GenerationResults | Comparison | ScoreResults
     return result if isinstance(result, kinds) else None

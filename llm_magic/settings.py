@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypedDict
 
 from .errors import GenerationError
+from .logprobs import DEFAULT_TOP
+
+# The most alternatives kept per token (the OpenAI API's top_logprobs allows 20).
+MAX_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class Settings:
     # How --over runs many prompts; neither changes what a prompt's answer means.
     batch_size: int | None = None  # rows per batch in the kernel (None: the engine chooses)
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
+    # Keep each new token's log-probability and its `logprobs` likeliest alternatives
+    # (None: off; 0: the tokens' own only). Changes no token.
+    logprobs: int | None = None
     # Answer an identical deterministic request from the run log instead of generating it.
     reuse: bool = False
 
@@ -70,6 +77,13 @@ class Settings:
                     fixes=[f"{flag} 8", "leave it out to let the engine choose"],
                 )
 
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise GenerationError(
+                f"--logprobs {self.logprobs}: the alternatives kept per token go from 0 "
+                f"to {MAX_LOGPROBS}",
+                fixes=["--logprobs (5 alternatives)", "--logprobs 0 (the tokens' own only)"],
+            )
+
     def recorded(self) -> dict[str, Any]:
         """The settings as the result records them (what decided the text)."""
         d = asdict(self)
@@ -77,6 +91,8 @@ class Settings:
         # The seed is recorded on its own; the others say how the text was got, not what.
         for key in ("seed", "batch_size", "concurrency", "reuse"):
             d.pop(key)
+        if self.logprobs is None:
+            d.pop("logprobs")
         if self.greedy:  # unused by greedy decoding: don't suggest they mattered
             for key in ("temperature", "top_p", "top_k"):
                 d.pop(key)
@@ -98,6 +114,7 @@ class SamplingKeywords(TypedDict, total=False):
     top_k: int
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
+    logprobs: int | None
     reuse: bool
 
 
@@ -108,6 +125,14 @@ class SettingsKeywords(SamplingKeywords, total=False):
     raw: bool
     batch_size: int | None
     concurrency: int | None
+
+
+class ScoreKeywords(TypedDict, total=False):
+    """The keywords `llm_magic.score` takes for its `Settings` (the fields scoring reads)."""
+
+    system: str | None
+    batch_size: int | None
+    logprobs: int | None
 
 
 def make(base: Settings | None = None, **keywords: Any) -> Settings:
@@ -142,9 +167,11 @@ class Option:
 
     name: str
     help: str
-    kind: Literal["int", "float", "switch", "list", "text"]
+    # "count": an int flag whose value may be left out (`--logprobs` means `const`).
+    kind: Literal["int", "float", "switch", "list", "text", "count"]
     configurable: bool = True
     shown_default: str | None = None  # the default in words, where its value says little
+    const: Any = None  # a "count" flag's value when given without one
 
     @property
     def flag(self) -> str:
@@ -191,6 +218,16 @@ OPTIONS: tuple[Option, ...] = (
         "\\n and \\t stand for newline and tab.",
         "list",
         configurable=False,
+    ),
+    Option(
+        "logprobs",
+        "Keep each new token's log-probability (the model's own distribution, before "
+        "temperature/top-p) and its K likeliest alternatives: --logprobs [K], K 5 when left "
+        "out, 0 for none. result.tokens, result.tokens_frame(). As a trait, K turns it on "
+        "for every cell; 0 leaves it off.",
+        "count",
+        shown_default="off",
+        const=DEFAULT_TOP,
     ),
     Option(
         "reuse",

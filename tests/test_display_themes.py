@@ -11,6 +11,7 @@ Chromium for a look by eye."""
 from __future__ import annotations
 
 import ast
+import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -38,7 +39,9 @@ from llm_magic.display import (
 from llm_magic.display.adapters import AdapterCard, adapter_rows
 from llm_magic.engines.base import AdapterInfo, ModelInfo
 from llm_magic.engines.server_load import ServerInfo
+from llm_magic.logprobs import Alternative, TokenLogprob
 from llm_magic.results import ChatResult, Comparison, GenerationResult, GenerationResults
+from llm_magic.scores import ChoiceScores, ScoreResult, ScoreResults
 from llm_magic.sources.gguf_cache import ConvertedCopy
 
 # From JupyterLab 4's @jupyterlab/theme-light-extension and theme-dark-extension
@@ -241,6 +244,45 @@ _CONVERSATION = Conversation(
     sent_from=1,
 )
 
+
+def _tokens(text_pieces: list[str]) -> tuple[TokenLogprob, ...]:
+    """Token records for the pieces, one in each probability band, with markup in the
+    alternatives too."""
+    probabilities = (0.95, 0.7, 0.3, 0.05)
+    return tuple(
+        TokenLogprob.of(
+            i,
+            piece,
+            i,
+            math.log(probabilities[i % 4]),
+            (Alternative(MARKUP, 7, -1.5), Alternative(f"'{MARKUP}\"", 8, -2.5)),
+        )
+        for i, piece in enumerate(text_pieces)
+    )
+
+
+_PIECES = ["The", " capital", " of", " France", " is", " Paris", ".", " ", MARKUP]
+_SCORED = ScoreResult(
+    text="".join(_PIECES),
+    context=f"Where? {MARKUP}",
+    context_shown=f"<|im_start|>user\nWhere? {MARKUP}<|im_end|>",
+    tokens=_tokens(_PIECES),
+    context_tokens=9,
+    greedy=False,
+    model_id=f"/models/{MARKUP}SmolLM2.gguf",
+    dtype="float32",
+    seconds=0.2,
+    distribution=f"the model's own {MARKUP}",
+    templated=True,
+    notes=(f"the boundary falls inside a token {MARKUP}",),
+)
+_CHOICES = ChoiceScores(
+    f"Capital? {MARKUP}",
+    ("Paris", MARKUP),
+    (_SCORED, ScoreResult(**{**_SCORED.__dict__, "tokens": _tokens(["x", "y"])})),
+    answer=1,
+)
+
 _ADAPTER = AdapterInfo(
     name=f"lora{MARKUP}",
     path=f"/adapters/{MARKUP}",
@@ -289,6 +331,12 @@ CARDS = {
         [_result(), _result(stop_reason="length", error=f"failed {MARKUP}")]
     ),
     "chat answer": ChatResult.of(_result(), _CONVERSATION, (MARKUP,)),
+    "result with --logprobs (tokens by probability)": _result(
+        text="".join(_PIECES), tokens=_tokens(_PIECES), distribution=f"own {MARKUP}"
+    ),
+    "score (%%llm_score)": _SCORED,
+    "choices (%%llm_score --choices)": _CHOICES,
+    "scores (%%llm_score --over)": ScoreResults([_SCORED, _CHOICES]),
     "conversation (--show)": ConversationView.of(_CONVERSATION),
     "conversations (--list)": ConversationsCard(((MARKUP, MARKUP, 2, True), ("b", None, 1, False))),
     "streaming": StreamView(f"The capital of {MARKUP}", (MARKUP,)),

@@ -25,12 +25,14 @@ LAYERS: list[tuple[str, ...]] = [
     # the cached-load path; the turns of a conversation; adapters on loaded models; one cell
     # through several models
     ("loader", "conversations", "adapters", "side_by_side"),
-    ("generation", "recorder"),  # one prompt or many, run through any engine; its log rows
+    # one prompt or many, run (or scored) through any engine; its log rows
+    ("generation", "scoring", "recorder"),
     ("engines",),  # one module per engine, its load and its generation; the registry
     ("cache",),  # the kernel's loaded models
     ("engines.base",),  # the engine interface and the plain data crossing it
     ("sources",),  # what MODEL names, before any weights are read
-    ("settings", "prompts", "results", "runlog"),  # values every engine shares; the run log
+    # values every engine shares; the run log
+    ("settings", "prompts", "results", "runlog", "logprobs", "scores"),
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
     ("hardware", "quiet", "units", "paths", "redact", "_version", "_compat"),  # leaves

@@ -75,6 +75,26 @@ def test_chat_notebook_remembers_and_resets():
     assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")
 
 
+def test_scoring_notebook_scores_choices_texts_and_tokens():
+    notebook = run(EXAMPLES / "scoring.ipynb")
+    table = cell_text(_cells_with(notebook, 'to_pandas()[["context", "best"')[0])
+    assert "What is the capital of France?" in table and len(table.splitlines()) == 5
+    accuracy = cell_text(_cells_with(notebook, "quiz_scores.accuracy")[0])
+    assert "'acc':" in accuracy and "'acc_norm':" in accuracy
+    detail = cell_text(_cells_with(notebook, "--choices Paris London Berlin")[0])
+    assert detail.splitlines()[1].startswith("'Paris'") and "✓" in detail.splitlines()[1]
+    assert "chat template applied" in detail
+    # Perplexity: English is less surprising than its words shuffled or random letters.
+    frame = cell_text(_cells_with(notebook, "surprise.to_pandas()")[0]).splitlines()
+    ppl = [float(line.split()[-1]) for line in frame if line[:1].isdigit()][-3:]
+    assert ppl[0] < ppl[1] and ppl[0] < ppl[2], ppl
+    view = _cells_with(notebook, '--context "The capital of France is"')[0]
+    html = [o["data"]["text/html"] for o in view.outputs if "text/html" in o.get("data", {})]
+    assert len(html) == 1 and html[0].count(" title='") == 9 and "hover a token" in html[0]
+    tokens = cell_text(_cells_with(notebook, "answer.tokens_frame()")[0])
+    assert "Paris" in tokens and "alternatives" in tokens
+
+
 def test_compare_notebook_trains_an_adapter_and_shows_it_beside_its_base():
     notebook = run(EXAMPLES / "compare.ipynb")
     loaded = _cells_with(notebook, "%llm_load")[0]

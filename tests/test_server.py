@@ -554,3 +554,53 @@ def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(
     saved = tmp_path / "server.ipynb"
     nbformat.write(notebook, saved)
     assert KEY not in saved.read_text()
+
+
+# --- log-probabilities and scoring -------------------------------------------------------
+
+
+def test_scoring_on_a_server_without_usable_prompt_logprobs_gives_the_card(shell, server):
+    """transformers serve ignores echo and logprobs on /v1/completions; llama-cpp-python's
+    server echoes them one position off (its own generation disagrees with them). Either
+    way: the card within seconds, no number, and the kernel goes on."""
+    shell.run_line_magic("llm_load", f"--server {server.url} --as srv")
+    text = fail(
+        shell,
+        "%%llm_score -m srv --context 'The capital of France is'\n Paris.",
+        GenerationError,
+        seconds=30.0,
+    )
+    assert "gives no usable log-probabilities of a given text" in text
+    assert "vLLM" in text and "Paris" not in text.split("cause:")[0].split("✗")[0]
+    assert "_" not in shell.user_ns or not hasattr(shell.user_ns["_"], "logprob")
+    again, _ = run(shell, "%%llm_generate -m srv --greedy --max-new-tokens 3\nHi")
+    assert again.success, again.error_in_exec
+
+
+def test_logprobs_from_the_llama_cpp_server_equal_the_in_kernel_engines(shell, llama_server):
+    """Generated tokens' log-probabilities through the chat API: the same figures as the
+    llama.cpp engine's for the same question (the same file, the same llama.cpp)."""
+    shell.run_line_magic("llm_load", f"--server {llama_server.url} --as srv")
+    served = llm_magic.generate(QUESTION, model="srv", greedy=True, max_new_tokens=6, logprobs=2)
+    llm_magic.load(llm_magic.demo_model(), engine="llama.cpp", alias="here")
+    here = llm_magic.generate(QUESTION, model="here", greedy=True, max_new_tokens=6, logprobs=2)
+    assert served.text == here.text and len(served.tokens) == 6
+    assert [t.token for t in served.tokens] == [t.token for t in here.tokens]
+    assert [t.logprob for t in served.tokens] == pytest.approx(
+        [t.logprob for t in here.tokens], abs=1e-3
+    )
+    assert [a.token for a in served.tokens[0].alternatives] == [
+        a.token for a in here.tokens[0].alternatives
+    ]
+    assert "as the server computes them" in served.plain()
+
+
+def test_a_server_that_refuses_logprobs_answers_without_them_and_says_so(
+    shell, transformers_server
+):
+    shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as srv")
+    result = shell.run_cell_magic(
+        "llm_generate", "-m srv --greedy --max-new-tokens 4 --logprobs", QUESTION
+    )
+    assert result.text and result.tokens == ()
+    assert any("--logprobs: this server" in note for note in result.notes)

@@ -27,6 +27,18 @@ TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
 FOOTER_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.4em"
 # The role above each message of a conversation.
 ROLE_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.5em"
+
+# Tokens drawn by the model's probability (--logprobs, %%llm_score). The text keeps the
+# theme's colour (no tint reads as text on both a white and a near-black page); the less
+# likely a token, the stronger its underline, and the least likely sit on the box colour.
+# (the lowest probability of each band, its style), likeliest first.
+TOKEN_BANDS: tuple[tuple[float, str], ...] = (
+    (0.9, ""),
+    (0.5, f"border-bottom:1px dotted {DIM}"),
+    (0.2, f"border-bottom:2px solid {WARN}"),
+    (0.0, f"border-bottom:2px solid {ERROR};background:{BOX}"),
+)
+TOKEN_LEGEND = "dotted: p < 0.9 · orange: p < 0.5 · red, shaded: p < 0.2"
 # Models side by side (`-m A B`): columns that wrap onto new rows when the page is narrow.
 COLUMNS_STYLE = "display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start"
 COLUMN_STYLE = "flex:1 1 18em;min-width:0"

@@ -87,13 +87,14 @@ class BatchProgress(Shown):
     total: int
     items: int
     elapsed: float | None = None  # seconds since the run started
+    noun: str = "prompts"  # what the items are: prompts, texts scored
 
     def words(self) -> str:
         # A step per prompt: a server's requests, llama.cpp, batch size 1.
         if self.total == self.items:
-            said = f"{self.done}/{self.items} prompts"
+            said = f"{self.done}/{self.items} {self.noun}"
         else:
-            said = f"batch {self.done}/{self.total} · {self.items} prompts"
+            said = f"batch {self.done}/{self.total} · {self.items} {self.noun}"
         if self.elapsed is None:
             return said
         said += f" · {clock(self.elapsed)} elapsed"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from ..errors import LLMError, LoadError
+from ..logprobs import DISTRIBUTION_SHORT, TokenLogprob
 from ..settings import Settings
 from ..units import format_bytes
 
@@ -270,6 +271,14 @@ class Capabilities:
     group: str = "batch"
     # Whether `render` counts the prompt's tokens before anything is sent.
     counts_prompt_tokens: bool = True
+    # Settings.logprobs: each new token's log-probability and likeliest alternatives, from
+    # the model's own distribution (logprobs.DISTRIBUTION), in `Completion.tokens`.
+    logprobs: bool = False
+    # `score`: the log-probabilities of a given text's tokens after a context, by one
+    # teacher-forced pass (what %%llm_score needs).
+    prompt_logprobs: bool = False
+    # Which distribution those log-probabilities are of, in words (results and cards say it).
+    distribution: str = DISTRIBUTION_SHORT
     # The adapters the engine puts on a loaded model (see `AdapterHost`), by format:
     # "peft" (folders), "gguf" (llama.cpp LoRA files), "served" (a server's model names).
     adapters: tuple[str, ...] = ()
@@ -316,6 +325,7 @@ class Completion:
     token_ids: tuple[int, ...] = ()  # where the engine has them
     prompt_tokens: int | None = None  # the engine's own count, where it reports one
     error: str | None = None  # for a row that failed on its own (the others stand)
+    tokens: tuple[TokenLogprob, ...] = ()  # with Settings.logprobs, where the engine can
 
 
 @dataclass
@@ -329,6 +339,33 @@ class Run:
     interrupt: KeyboardInterrupt | None = None  # Ctrl-C arrived: completions are partial
     notes: tuple[str, ...] = ()  # e.g. max_new_tokens lowered to fit the context
     products: str | None = None  # which faster matrix products ran (transformers batches)
+
+
+@dataclass(frozen=True)
+class ScorePair:
+    """A text to score after a context. Without a context the text is scored on its own,
+    after the model's start token (as lm-evaluation-harness scores an empty context). The
+    context is a request: rendered as the engine renders a prompt (a chat template opens
+    the assistant's turn, unless `raw`), and the continuation follows it verbatim."""
+
+    continuation: str
+    context: Request | None = None
+    label: str = "the text"  # named in errors: "the text", "item [3], choice 'B'"
+    # Put before the continuation where the context is read as plain text, not after a
+    # chat template (lm-evaluation-harness's target_delimiter for choices).
+    plain_delimiter: str = ""
+
+
+@dataclass
+class Scored:
+    """One pair's continuation, scored: its tokens with their log-probabilities."""
+
+    tokens: tuple[TokenLogprob, ...]
+    context_tokens: int  # the tokens read before them (the start token, when no context)
+    context_shown: str  # the context as the model read it ("" for the text on its own)
+    greedy: bool | None  # whether each token was the model's likeliest (None: not known)
+    notes: tuple[str, ...] = ()  # e.g. the boundary fell inside a token; tokens cut off
+    templated: bool = False  # the context went through the model's chat template
 
 
 # The attribute that carries the run so far on an error raised after text was made.
@@ -395,6 +432,18 @@ class Engine(Protocol):
         """Many rows, as the engine does them best (padded batches of `settings.batch_size`,
         `settings.concurrency` requests at once): yields (the rows' indices, their run) as
         each group finishes."""
+        ...
+
+    def score(
+        self,
+        pairs: Sequence[ScorePair],
+        settings: Settings,
+        on_progress: ProgressCallback | None,
+    ) -> Generator[tuple[list[int], list[Scored]], None, None]:
+        """Where `capabilities.prompt_logprobs`: each pair's continuation scored by one
+        teacher-forced pass (`settings.logprobs` alternatives per token, `settings.batch_size`
+        pairs per batch); yields (the pairs' indices, their scores) as each group finishes.
+        An engine that cannot raises GenerationError saying so and what to use instead."""
         ...
 
 

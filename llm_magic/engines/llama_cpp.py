@@ -33,11 +33,12 @@ from typing import Any
 from ..cache import LoadedModel
 from ..display import LoadCard
 from ..errors import GENERATION, GenerationError, LoadError, diagnose
+from ..logprobs import TokenLogprob
 from ..settings import Settings
 from ..sources.adapter import AdapterSource
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
-from . import prompt_tokens
+from . import llama_cpp_logprobs, prompt_tokens
 from .base import (
     AdapterInfo,
     Budget,
@@ -54,6 +55,8 @@ from .base import (
     Rendered,
     Request,
     Run,
+    Scored,
+    ScorePair,
     TextCallback,
 )
 from .cards import load_card
@@ -70,7 +73,9 @@ class LlamaCppEngine:
     unloading leaves it holding nothing."""
 
     kind = KIND
-    capabilities = Capabilities(group="prompt", adapters=("gguf",))
+    capabilities = Capabilities(
+        group="prompt", adapters=("gguf",), logprobs=True, prompt_logprobs=True
+    )
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel; .model is the Llama object
@@ -346,11 +351,28 @@ class LlamaCppEngine:
         text, sent, reason, stop_hit = "", 0, None, None
         first = interrupt = None
         vocab = llm._model.vocab
+        kept: list[TokenLogprob] = []  # with --logprobs
+        if settings.logprobs is not None:
+            vocabulary = llama_cpp_logprobs.Vocabulary(llm)
+            pieces = llama_cpp_logprobs.Pieces(llm, special=False)
         generator = llm.generate(prompt, repeat_penalty=1.0, **sampling)
         try:
             for token in generator:
                 first = first or time.perf_counter()
                 tokens.append(token)
+                if settings.logprobs is not None:
+                    # The logits that produced it are the context's last row until the
+                    # generator decodes the token.
+                    kept.append(
+                        llama_cpp_logprobs.record(
+                            len(kept),
+                            pieces(token),
+                            token,
+                            llama_cpp_logprobs.last_logprobs(llm),
+                            settings.logprobs,
+                            vocabulary,
+                        )
+                    )
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     reason = "eos"
                     break
@@ -377,11 +399,51 @@ class LlamaCppEngine:
             text = _decoded(llm.detokenize(tokens[:-1], prev_tokens=prompt))
         if on_text is not None and interrupt is None and len(text) > sent:
             on_text(text[sent:])
-        return (
-            Completion(text, len(tokens), reason or "length", stop_hit, tuple(tokens), len(prompt)),
-            first,
-            interrupt,
+        done = Completion(
+            text, len(tokens), reason or "length", stop_hit, tuple(tokens), len(prompt)
         )
+        done.tokens = tuple(kept)
+        return done, first, interrupt
+
+    def score(
+        self,
+        pairs: Sequence[ScorePair],
+        settings: Settings,
+        on_progress: ProgressCallback | None,
+    ) -> Generator[tuple[list[int], list[Scored]], None, None]:
+        """Each pair in turn, in the model's own context, with the logits of the scored
+        positions only (llama_cpp_logprobs); tokenized as lm-evaluation-harness does."""
+        llm = self.entry.model
+        encoded = [self._encoded(pair) for pair in pairs]
+        top = settings.logprobs if settings.logprobs is not None else 0
+        try:
+            yield from llama_cpp_logprobs.score(llm, encoded, top, on_progress)
+        except (KeyboardInterrupt, GeneratorExit, GenerationError):
+            raise
+        except Exception as e:
+            width = max(len(p.context) + len(p.continuation) for p in encoded)
+            raise self._explain(e, width, 0) from None
+
+    def _encoded(self, pair: ScorePair) -> llama_cpp_logprobs.Encoded:
+        llm = self.entry.model
+        context, templated = "", False
+        if pair.context is not None:
+            context = self.render(pair.context).shown
+            templated = not pair.context.raw and self._chat_formatter() is not None
+        text = pair.continuation if templated else pair.plain_delimiter + pair.continuation
+        ids, continuation, notes = llama_cpp_logprobs.encode_pair(llm, context, text, pair.label)
+        if not continuation:
+            raise GenerationError(
+                f"{pair.label}: no token left to score",
+                "the text is empty, or the boundary with the context falls inside its last "
+                "token (lm-evaluation-harness scores the whole text's tokens after the "
+                "context's)",
+                [
+                    "write some text to score",
+                    "end the context at a word boundary: a space goes with the text scored",
+                ],
+            )
+        return llama_cpp_logprobs.Encoded(ids, continuation, context, templated, notes)
 
     def _explain(self, error: BaseException, prompt_tokens: int, max_new: int) -> BaseException:
         context = {

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SERVER, GenerationError, IncompleteStream, LLMError, chain, diagnose
+from ..logprobs import SERVER_DISTRIBUTION, TokenLogprob
 from ..redact import public_url, redact
 from ..settings import Settings
+from . import server_logprobs
 from .base import (
     Budget,
     Capabilities,
@@ -36,6 +38,8 @@ from .base import (
     Rendered,
     Request,
     Run,
+    Scored,
+    ScorePair,
     TextCallback,
     failed_midway,
 )
@@ -106,14 +110,25 @@ class ServerEngine:
 
     kind = "server"
     # The server batches what it is sent at once; it counts a prompt's tokens itself.
-    # A server's adapters are models it serves (vLLM: --lora-modules NAME=PATH).
-    capabilities = Capabilities(group="request", counts_prompt_tokens=False, adapters=("served",))
+    # Log-probabilities are asked of the server: one that gives none gets a note (an
+    # answer) or a card (scoring), never a number it did not send. A server's adapters are
+    # models it serves (vLLM: --lora-modules NAME=PATH).
+    capabilities = Capabilities(
+        group="request",
+        counts_prompt_tokens=False,
+        adapters=("served",),
+        logprobs=True,
+        prompt_logprobs=True,
+        distribution=SERVER_DISTRIBUTION,
+    )
 
     def __init__(self, info, connection: Connection) -> None:
         self._info = info  # serving.ServerInfo
         self.connection = connection
         self.top_k_refused = False  # learned from the server: it rejects top_k
         self.no_usage_said = False  # the note that the server reports no usage: said once
+        self.logprobs_refused = False  # learned from the server: it rejects logprobs
+        self.prompt_logprobs_checked = False  # its echoed log-probabilities passed the check
         self._client = None
         self._adapters: dict[str, str] = {}  # name -> the id the server serves it as
         self._active: str | None = None
@@ -270,15 +285,21 @@ class ServerEngine:
             started,
             time.perf_counter(),
             first_token_at,
-            notes=self._notes(settings) + notes,
+            notes=self._notes(settings, completions) + notes,
         )
 
-    def _notes(self, settings) -> tuple[str, ...]:
+    def _notes(self, settings, completions: Sequence[Completion] = ()) -> tuple[str, ...]:
+        notes: tuple[str, ...] = ()
         # Said only for a top_k the user chose: the default one is left out silently.
         chosen = settings.top_k != Settings.top_k
         if self.top_k_refused and settings.top_k and chosen and not settings.greedy:
-            return (f"this server takes no top_k: sampled without --top-k {settings.top_k}",)
-        return ()
+            notes += (f"this server takes no top_k: sampled without --top-k {settings.top_k}",)
+        if settings.logprobs is not None:
+            if self.logprobs_refused:
+                notes += (LOGPROBS_REFUSED,)
+            elif any(c.new_tokens and not c.tokens for c in completions):
+                notes += (LOGPROBS_NOT_SENT,)
+        return notes
 
     def _drop_client(self) -> None:
         if self._client is not None:
@@ -299,6 +320,10 @@ class ServerEngine:
                     streamed.usage = usage
                 for choice in chunk.choices or ():
                     piece = choice.delta.content if endpoint == "chat" else choice.text
+                    if settings.logprobs is not None:
+                        streamed.tokens += _records(
+                            endpoint, choice, len(streamed.tokens), settings
+                        )
                     if piece:
                         if streamed.first_at is None:
                             streamed.first_at = time.perf_counter()
@@ -354,7 +379,7 @@ class ServerEngine:
                 for future in finished:
                     i = pending.pop(future)
                     run, error = future.result()
-                    run.notes = notes + self._notes(settings)
+                    run.notes = notes + self._notes(settings, run.completions)
                     if error is not None:
                         failures.append(error)
                     done += 1
@@ -395,13 +420,16 @@ class ServerEngine:
         usage = getattr(reply, "usage", None)
         new = getattr(usage, "completion_tokens", None)
         reason, stop_string = _stop_reason(choice.finish_reason, _said_stop(choice), settings)
-        return Completion(
+        done = Completion(
             text,
             new if new is not None else 0,
             reason,
             stop_string,
             prompt_tokens=getattr(usage, "prompt_tokens", None),
         )
+        if settings.logprobs is not None:
+            done.tokens = tuple(_records(endpoint, choice, 0, settings))
+        return done
 
     # --- the request -------------------------------------------------------------------
 
@@ -421,6 +449,8 @@ class ServerEngine:
             body["seed"] = seed
         if settings.stop:
             body["stop"] = list(settings.stop)
+        if settings.logprobs is not None and not self.logprobs_refused:
+            body.update(server_logprobs.request_fields(endpoint, settings.logprobs))
         return endpoint, body
 
     def _create(self, client, endpoint: str, body: dict):
@@ -429,16 +459,83 @@ class ServerEngine:
             return api.create(**body)
         except Exception as e:
             said = f"{e} {getattr(e, 'body', '')}"
-            if (
-                "extra_body" in body
-                and getattr(e, "status_code", None) in (400, 422)
-                and "top_k" in said
-            ):
+            refused = getattr(e, "status_code", None) in (400, 422)
+            if refused and "extra_body" in body and "top_k" in said:
                 self.top_k_refused = True  # this server takes no top_k: sample without it
-                return api.create(**{k: v for k, v in body.items() if k != "extra_body"})
+                return self._create(
+                    client, endpoint, {k: v for k, v in body.items() if k != "extra_body"}
+                )
+            if refused and "logprobs" in body:
+                # Some servers (transformers serve) refuse logprobs: answer without them,
+                # and say so with the answer.
+                self.logprobs_refused = True
+                kept = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
+                return self._create(client, endpoint, kept)
             raise
 
-    def _explain(self, error: BaseException, row: Rendered, max_new: int) -> LLMError:
+    # --- scoring -----------------------------------------------------------------------
+
+    def score(
+        self,
+        pairs: Sequence[ScorePair],
+        settings: Settings,
+        on_progress: ProgressCallback | None,
+    ) -> Generator[tuple[list[int], list[Scored]], None, None]:
+        """Each pair its own /v1/completions request with echo and logprobs,
+        `settings.concurrency` at once; the reply checked (server_logprobs.scored): a
+        server that gives no prompt log-probabilities gets the card at its first reply."""
+        prepared = [
+            server_logprobs.prepare(
+                "\n\n".join(m["content"] for m in p.context.messages) if p.context else "",
+                p.plain_delimiter + p.continuation,
+                p.label,
+            )
+            for p in pairs
+        ]
+        top = settings.logprobs if settings.logprobs is not None else 0
+        size = settings.concurrency or DEFAULTS.concurrency
+        url = public_url(self.connection.url)
+        client = self.connection.client()
+        pool = ThreadPoolExecutor(
+            max_workers=max(1, min(size, len(pairs))), thread_name_prefix="llm_magic-score"
+        )
+
+        def one(index: int):
+            body = server_logprobs.scoring_body(self._info.name, prepared[index], top)
+            return client.completions.create(**body)
+
+        done = 0
+        try:
+            if not self.prompt_logprobs_checked:
+                try:
+                    server_logprobs.check_server(client, self._info.name, url)
+                except GenerationError:
+                    raise
+                except Exception as e:
+                    raise self._explain(e, "the server's check", 1, scoring=True) from e
+                self.prompt_logprobs_checked = True
+            if on_progress is not None:
+                on_progress(0, len(pairs))
+            pending = {pool.submit(one, i): i for i in range(len(pairs))}
+            while pending:
+                finished, _ = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    try:
+                        reply = future.result()
+                    except Exception as e:
+                        raise self._explain(e, pairs[i].label, 1, scoring=True) from e
+                    yield [i], [server_logprobs.scored(reply, prepared[i], top, url)]
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(done, len(pairs))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            client.close()
+
+    def _explain(
+        self, error: BaseException, row: Rendered | str, max_new: int, scoring: bool = False
+    ) -> LLMError:
         self.connection.scrub(error)
         context = {
             "stage": "generate",
@@ -447,16 +544,47 @@ class ServerEngine:
             "api_key_env": self.connection.api_key_env,
             "timeout": self.connection.timeout or DEFAULTS.timeout,
             "max_new_tokens": max_new,
-            "label": row.request.label,
+            "label": row if isinstance(row, str) else row.request.label,
             "served": [m.get("id") for m in self._info.served],
         }
+        if scoring and getattr(error, "status_code", None) in (400, 422, 500, 501):
+            # Refused with echo and logprobs: the server cannot score (llama-cpp-python
+            # without logits_all, a server that takes no echo).
+            refusal = server_logprobs.no_prompt_logprobs(
+                public_url(self.connection.url),
+                f"it refused /v1/completions with echo and logprobs ({error})",
+            )
+            refusal.__cause__ = error
+            return refusal
         return diagnose(error, context, SERVER, GenerationError)
+
+
+LOGPROBS_REFUSED = (
+    "--logprobs: this server refused log-probabilities (it answered without them); "
+    "vLLM gives them, or load the model in the kernel"
+)
+LOGPROBS_NOT_SENT = (
+    "--logprobs: this server sent no log-probabilities with its answer (result.tokens is "
+    "empty); vLLM gives them, or load the model in the kernel"
+)
+
+
+def _records(endpoint: str, choice, start: int, settings) -> list[TokenLogprob]:
+    """The token records in one reply (or streamed chunk) choice."""
+    logprobs = getattr(choice, "logprobs", None)
+    if logprobs is None:
+        return []
+    top = settings.logprobs or 0
+    if endpoint == "chat":
+        return server_logprobs.chat_records(getattr(logprobs, "content", None), start, top)
+    return server_logprobs.completion_records(logprobs, start, top)
 
 
 class _Streamed:
     """What came through one stream so far."""
 
     def __init__(self) -> None:
+        self.tokens: list[TokenLogprob] = []
         self.parts: list[str] = []
         self.pieces = 0
         self.first_at: float | None = None
@@ -474,13 +602,15 @@ class _Streamed:
             stop_string = None
         # Without usage (interrupted, or a server that does not report it): one token per
         # streamed piece.
-        return Completion(
+        done = Completion(
             "".join(self.parts),
             new if new is not None else self.pieces,
             reason,
             stop_string,
             prompt_tokens=prompt,
         )
+        done.tokens = tuple(self.tokens)
+        return done
 
 
 def _said_stop(choice) -> tuple[bool, object]:

@@ -21,7 +21,7 @@ from .. import hardware
 from ..cache import MODEL_CACHE, clear_frames_of
 from ..errors import GENERATION, GenerationError, diagnose
 from ..settings import Settings
-from . import cpu_matmul, prompt_tokens
+from . import cpu_matmul, prompt_tokens, transformers_logprobs, transformers_score
 from .base import (
     Budget,
     Capabilities,
@@ -30,6 +30,8 @@ from .base import (
     Rendered,
     Request,
     Run,
+    Scored,
+    ScorePair,
     TextCallback,
 )
 
@@ -39,7 +41,9 @@ class TransformersEngine:
     through the cache entry, so unloading the entry leaves it holding nothing."""
 
     kind = "transformers"
-    capabilities = Capabilities(group="batch", adapters=("peft",))
+    capabilities = Capabilities(
+        group="batch", adapters=("peft",), logprobs=True, prompt_logprobs=True
+    )
 
     def __init__(self, entry) -> None:
         self.entry = entry  # cache.LoadedModel
@@ -179,6 +183,8 @@ class TransformersEngine:
             _finish(tokenizer, ids, eos_ids, settings.stop, max_new, interrupted)
             for ids in generated.new_ids
         ]
+        if generated.logprobs is not None:
+            _attach_logprobs(tokenizer, rows, completions, generated.logprobs)
         return Run(
             completions,
             generated.started,
@@ -215,6 +221,53 @@ class TransformersEngine:
                 yield list(range(start, start + len(chunk))), run
                 if run.interrupt is None and on_progress is not None:
                     on_progress(index + 1, len(starts))
+
+    def score(
+        self,
+        pairs: Sequence[ScorePair],
+        settings: Settings,
+        on_progress: ProgressCallback | None,
+    ) -> Generator[tuple[list[int], list[Scored]], None, None]:
+        """Each pair scored by one teacher-forced pass, as lm-evaluation-harness's HFLM
+        tokenizes and scores it (transformers_score), in right-padded batches."""
+        tokenizer = self.entry.tokenizer
+        encoded = [self._encoded(pair) for pair in pairs]
+        size = settings.batch_size or auto_batch_size(self.entry.model)
+        top = settings.logprobs if settings.logprobs is not None else 0
+        try:
+            yield from transformers_score.score(
+                self.entry.model, tokenizer, encoded, top, size, self.context_limit(), on_progress
+            )
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except Exception as e:
+            width = max(len(p.context) + len(p.continuation) for p in encoded)
+            raise _explain(
+                e, self.entry.model, self.info.name, size, width, 0, self.context_limit()
+            ) from None
+
+    def _encoded(self, pair: ScorePair) -> transformers_score.Encoded:
+        tokenizer = self.entry.tokenizer
+        context, templated = "", False
+        if pair.context is not None:
+            context, _ = render_text(tokenizer, pair.context)
+            templated = not pair.context.raw and bool(getattr(tokenizer, "chat_template", None))
+        text = pair.continuation if templated else pair.plain_delimiter + pair.continuation
+        ids, continuation, notes = transformers_score.encode_pair(
+            tokenizer, context, text, pair.label
+        )
+        if not continuation:
+            raise GenerationError(
+                f"{pair.label}: no token left to score",
+                "the text is empty, or the boundary with the context falls inside its last "
+                "token (lm-evaluation-harness scores the whole text's tokens after the "
+                "context's)",
+                [
+                    "write some text to score",
+                    "end the context at a word boundary: a space goes with the text scored",
+                ],
+            )
+        return transformers_score.Encoded(ids, continuation, context, templated, notes)
 
     def _batch_weights(self):
         """The weights packed for batched products (cpu_matmul) where the CPU emulates the
@@ -360,6 +413,7 @@ class _Generated:
         started: float,
         ended: float,
         interrupt: KeyboardInterrupt | None,
+        logprobs: tuple | None = None,
     ):
         self.new_ids = new_ids  # per row, everything generated (finished rows padded)
         self.first_token_at, self.started, self.ended, self.interrupt = (
@@ -367,6 +421,21 @@ class _Generated:
             started,
             ended,
             interrupt,
+        )
+        self.logprobs = logprobs  # Recorder.rows(): per row, per step (with --logprobs)
+
+
+def _attach_logprobs(tokenizer, rows: Sequence[Rendered], completions, recorded) -> None:
+    """Each completion's token records: the figures of as many steps as it kept tokens."""
+    chosen, values, ids = recorded
+    vocabulary = transformers_logprobs.Vocabulary(tokenizer)
+    for index, (row, done) in enumerate(zip(rows, completions, strict=False)):
+        if index >= len(chosen):
+            break
+        kept = list(done.token_ids)
+        texts = transformers_logprobs.token_texts(tokenizer, kept, before=row.payload)
+        done.tokens = transformers_logprobs.records(
+            texts, kept, chosen[index], values[index], ids[index], vocabulary
         )
 
 
@@ -413,13 +482,19 @@ def _generate(
         [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device
     )
     watch = _watch_class()(tokenizer, width, settings.stop)
+    criteria = [watch]
+    recorder = hook = None
+    if settings.logprobs is not None:
+        # First: on Ctrl-C it has seen at least the steps the watch has.
+        recorder = transformers_logprobs.recorder_class()(settings.logprobs)
+        criteria.insert(0, recorder)
     kwargs: dict[str, Any] = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         pad_token_id=pad_id,
         max_new_tokens=max_new,
         do_sample=not settings.greedy,
-        stopping_criteria=StoppingCriteriaList([watch]),
+        stopping_criteria=StoppingCriteriaList(criteria),
     )
     if not settings.greedy:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
@@ -429,6 +504,8 @@ def _generate(
     out = error = interrupt = None
     started = time.perf_counter()
     try:
+        if recorder is not None:
+            hook = model.register_forward_hook(recorder.hook)
         # A private RNG state: seeding here leaves the user's own torch RNG as it was.
         with torch.random.fork_rng(devices=seeded_devices):
             if seed is not None:
@@ -438,6 +515,9 @@ def _generate(
         interrupt = e
     except Exception as e:  # explained below, outside this handler's context
         error = e
+    finally:
+        if hook is not None:
+            hook.remove()
     ended = time.perf_counter()
     if error is not None:
         raise _explain(
@@ -445,7 +525,8 @@ def _generate(
         )
     done = out if out is not None else watch.latest
     new_ids = done[:, width:].tolist() if done is not None else [[] for _ in rows]
-    return _Generated(new_ids, watch.first_token_at, started, ended, interrupt)
+    recorded = recorder.rows() if recorder is not None else None
+    return _Generated(new_ids, watch.first_token_at, started, ended, interrupt, recorded)
 
 
 def _streamer_class():

@@ -43,6 +43,7 @@ def _flag(option: Option) -> Any:
         "switch": {"action": "store_true"},
         "list": {"action": "append", "default": None},
         "text": {"default": None},
+        "count": {"nargs": "?", "const": option.const, "type": int, "default": None},
     }
     kwargs = by_kind[option.kind]
     help_text = option.help
@@ -56,7 +57,7 @@ def option_trait(name: str, default: Any = None) -> TraitType[Any, Any]:
     its type, default and help come from the option (`default` when the trait's own
     differs: 0 for "the engine chooses")."""
     option = next(o for o in OPTIONS + GENERATE_OPTIONS if o.name == name)
-    kind = {"int": Int, "float": Float, "switch": Bool, "text": Unicode}[option.kind]
+    kind = {"int": Int, "float": Float, "switch": Bool, "text": Unicode, "count": Int}[option.kind]
     value = option.default if default is None else default
     trait: TraitType[Any, Any] = kind(
         value, help=f"Default {option.flag} of the generating cells: {option.help}"
@@ -190,7 +191,14 @@ class Sink(Protocol):
     def settle(self) -> None: ...
 
 
-def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiting | None = None):
+def run_streamed(
+    call,
+    sink: Sink | None,
+    out: str | None,
+    shell,
+    waiting: Waiting | None = None,
+    what: str = "generation",
+):
     """`call()`'s result, its streamed text settled, stored in `out` when given. On Ctrl-C
     the partial result stays on screen, is kept where a result would be (`_`, Out[n],
     `out`), and the interrupt goes on, shown as one line instead of a traceback."""
@@ -201,7 +209,7 @@ def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiti
             waiting.done()
         partial = carried_result(e)  # what was generated before Ctrl-C
         _show_partial(sink, partial)
-        quiet_interrupt(e, _keep_partial(shell, partial, out))
+        quiet_interrupt(e, _keep_partial(shell, partial, out, what))
         raise  # the cell is interrupted: later queued cells must not run
     except Exception as e:
         if waiting is not None:
@@ -234,11 +242,13 @@ def run_streamed(call, sink: Sink | None, out: str | None, shell, waiting: Waiti
     return result
 
 
-def _keep_partial(shell, partial, out: str | None) -> str:
+def _keep_partial(shell, partial, out: str | None, what: str = "generation") -> str:
     """Keep an interrupted run's partial result where a finished one would be (`_`,
-    Out[n], and --out's variable); returns where, in words, for the interrupt line."""
+    Out[n], and --out's variable); returns where, in words, for the interrupt line
+    (`what` stopped: generation, scoring)."""
     if partial is None or (isinstance(partial, list) and not partial):
-        return "generation stopped before any text was made"
+        nothing = "any text was made" if what == "generation" else "anything was done"
+        return f"{what} stopped before {nothing}"
     places = _keep(shell, partial, out)
     where = (
         ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
@@ -246,10 +256,10 @@ def _keep_partial(shell, partial, out: str | None) -> str:
     stopped = partial.stopped_after() if hasattr(partial, "stopped_after") else None
     if stopped is not None:  # an --over run: one result per item, the unrun ones marked
         return (
-            f"generation stopped after {stopped[0]} of {stopped[1]} items; the results "
+            f"{what} stopped after {stopped[0]} of {stopped[1]} items; the results "
             f"(one per item, those not run marked 'not run') are in {where}"
         )
-    return f"generation stopped; the partial result is in {where}"
+    return f"{what} stopped; the partial result is in {where}"
 
 
 def _keep(shell, partial, out: str | None) -> list[str]:
@@ -358,17 +368,17 @@ def _show_partial(sink: Sink | None, partial) -> None:
 
 
 @contextmanager
-def batch_progress(jupyter: bool, items: int):
-    """A progress bar over the batches of an --over run, with the time so far and left:
-    a display updated in place in Jupyter (blanked when done), one line on stderr
-    rewritten in place in a terminal."""
+def batch_progress(jupyter: bool, items: int, noun: str = "prompts"):
+    """A progress bar over the batches of an --over run (`items` prompts, or texts
+    scored: `noun`), with the time so far and left: a display updated in place in Jupyter
+    (blanked when done), one line on stderr rewritten in place in a terminal."""
     if not items:
         yield None
         return
     started = time.perf_counter()
 
     def bar(done: int, total: int) -> BatchProgress:
-        return BatchProgress(done, total, items, time.perf_counter() - started)
+        return BatchProgress(done, total, items, time.perf_counter() - started, noun)
 
     if not jupyter:
         width = 0
@@ -385,7 +395,7 @@ def batch_progress(jupyter: bool, items: int):
         finally:
             print(file=sys.stderr)
         return
-    handle = display(BatchProgress(0, 1, items), display_id=True)
+    handle = display(BatchProgress(0, 1, items, noun=noun), display_id=True)
     try:
         yield lambda done, total: handle.update(bar(done, total))
     finally:

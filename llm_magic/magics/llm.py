@@ -109,6 +109,7 @@ class LLMMagics(Magics):
     system = option_trait("system", "")
     batch_size = option_trait("batch_size", 0)
     concurrency = option_trait("concurrency", 16)
+    logprobs = option_trait("logprobs", 0)
     stream = Bool(
         True,
         help="Show the text as it is generated (False: as --no-stream on every %%llm_generate).",

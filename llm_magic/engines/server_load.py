@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
@@ -75,7 +75,7 @@ def check_url(url: str) -> None:
     """Refuse a --server URL no OpenAI-compatible API answers on (another scheme, a port
     that is no port, no host) before anything is sent."""
     parts = urlsplit(url)
-    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    shown = public_url(url)  # no user:password, no key from the query
     fixes = ["--server http://HOST:8000/v1  (the API's base URL, as the server prints it)"]
     if parts.scheme not in ("http", "https"):
         raise LoadError(
@@ -110,8 +110,8 @@ class ServerLoader:
         assert options.server is not None
         started = time.perf_counter()
         url = normalize_url(options.server)
-        _refuse_credentials(url)  # first: the other checks quote the URL
-        check_url(url)
+        check_url(url)  # an address no API answers on, said first (credentials hidden)
+        _refuse_credentials(url)
         key_env = default_key_env(options.api_key_env)
         if key_env and not os.environ.get(key_env):
             raise LoadError(

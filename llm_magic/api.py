@@ -539,7 +539,13 @@ def score(
     else:
         items = _score_items(text, context, shared, over, namespace or {})
     results = scoring.score(
-        _engine(entry), items, chosen, delimiter=delimiter, on_progress=progress
+        _engine(entry),
+        items,
+        chosen,
+        delimiter=delimiter,
+        on_progress=progress,
+        origin=_origin(entry),
+        over=over is not None,
     )
     return results if over is not None else results[0]
 

@@ -796,7 +796,7 @@ def log_card(
     total = store.count(**filters)
     what = [
         f"{name} {value}"
-        for name, value in (("model", model), ("search", search), ("since", since))
+        for name, value in (("model", model), ("search", search), ("since", since), ("kind", kind))
         if value
     ] + ([f"cell {cell[:8]}"] if cell else [])
     extra = list(notes)

@@ -138,12 +138,11 @@ def score(
                     )
             last = now
     except KeyboardInterrupt as e:
-        record.flush()
         carry_result(e, _in_order(made, results, started))
         raise
     finally:
         groups.close()
-        record.flush()
+        record.flush()  # what is scored is on disk before Ctrl-C or an error reaches the user
     return _in_order(made, results, started)
 
 

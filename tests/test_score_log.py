@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -122,17 +123,29 @@ def test_an_over_is_written_in_few_transactions(tiny, run_log):
     assert run_log.writes - before <= 2
 
 
+def _rows_on_disk(path: Path) -> int:
+    """The rows in the file, read by a connection of its own (not the log's, which would
+    write what it holds back first)."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM runs").fetchone()[0]
+    finally:
+        db.close()
+
+
 def test_ctrl_c_keeps_the_items_scored_in_the_log(tiny, run_log):
     texts = [f"The quick brown fox {i} " * 10 for i in range(8)]
+    run_log.flush_every = 3600.0  # held back until the run ends: Ctrl-C must write them
 
-    def ctrl_c_at_the_third_step(done: int, total: int) -> None:
-        if done == 3:
+    def ctrl_c_at_the_fifth_step(done: int, total: int) -> None:
+        if done == 5:
             signal.raise_signal(signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt) as stopped:
-        llm_magic.score("{item}", over=texts, batch_size=1, progress=ctrl_c_at_the_third_step)
+        llm_magic.score("{item}", over=texts, batch_size=1, progress=ctrl_c_at_the_fifth_step)
     partial = stopped.value.result
-    assert 1 <= len(partial) < len(texts) and partial.interrupted
+    assert 2 <= len(partial) < len(texts) and partial.interrupted
+    assert _rows_on_disk(run_log.path) == len(partial)
     rows = sorted(run_log.query(kind="score"), key=lambda r: r["item"])
     assert [r["item"] for r in rows] == partial.indices
     assert [r["result"]["logprob"] for r in rows] == [r.logprob for r in partial]

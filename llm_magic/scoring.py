@@ -169,9 +169,10 @@ def _result(
 ) -> ScoreResult | ChoiceScores:
     """Item `index`'s result, from its pairs' scores (all of them done)."""
     done = [scored[i] for i in range(len(pairs)) if owners[i] == index]
+    texts = item.choices if item.choices is not None else (item.text,)
     made = [
         ScoreResult(
-            text=choice if item.choices is not None else item.text,
+            text=text,
             context=_context_given(item),
             context_shown=one.context_shown,
             tokens=one.tokens,
@@ -186,7 +187,7 @@ def _result(
             notes=one.notes,
             label=item.label,
         )
-        for choice, (one, seconds) in zip(item.choices or (None,), done, strict=True)
+        for text, (one, seconds) in zip(texts, done, strict=True)
     ]
     if item.choices is not None:
         return ChoiceScores(item.text, item.choices, tuple(made), item.answer)

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from . import errors, hardware
-from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
+from .cache import (
+    MODEL_CACHE,
+    LoadedModel,
+    Released,
+    clear_frames_of,
+    handle_name,
+    release_memory,
+)
 from .display.adapters import AdapterCard
 from .engines.base import AdapterHost, AdapterInfo
 from .errors import GenerationError, LLMError, LoadError
@@ -72,9 +79,10 @@ def unknown_model(name: str) -> GenerationError:
 
     entries = MODEL_CACHE.entries()
     loaded = [", ".join(sorted(e.aliases) + [e.name]) for e in entries]
+    # Names that reach one model each (an alias before a short name two share).
     names = sorted(
         {a for e in entries for a in e.aliases}
-        | {e.name.rstrip("/").rsplit("/", 1)[-1] for e in entries}
+        | {n for e in entries if (n := handle_name(e))}
         | {f"{model_label(e)}:{a}" for e in entries for a in e.adapters}
     )
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import adapters, hardware, loader, runlog, side_by_side
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
-from .display import ModelRow, ModelsCard, UnloadCard
+from .display import DiskCard, ModelRow, ModelsCard, UnloadCard
 from .display.adapters import AdapterCard
 from .engines.base import Card, Engine, LoadOptions, Progress
 from .errors import GenerationError, LLMError
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
     from .settings import SamplingKeywords, ScoreKeywords, SettingsKeywords
 
 
-def available() -> discovery.Available:
+def available(defaults: LoadOptions | None = None) -> discovery.Available:
     """What this machine can load now, offline, each with its `%llm_load` line (what
     `%llm_load` with no MODEL shows): cached Hub models, converted .gguf copies, the demo
-    model, and the models already loaded."""
-    return discovery.available(loader.loaded_entries())
+    model, and the models already loaded (`defaults`: the options a line's missing flags
+    stand for, `LLMMagics`' defaults in a notebook)."""
+    return discovery.available(loader.loaded_entries(defaults))
 
 
 def load(
@@ -181,7 +182,7 @@ def models() -> ModelsCard:
             ", ".join(sorted(e.aliases)),
             e.name,
             (e.info.revision or "")[:12],
-            e.info.dtype,
+            e.info.held_as,
             e.info.device,
             e.memory_bytes,
             now - e.last_used,
@@ -224,11 +225,12 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
                 {a for e in MODEL_CACHE.entries() for a in e.aliases}
                 | {e.name for e in MODEL_CACHE.entries()}
             )
+            entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
             raise LLMError(
                 f"no cached model named {name!r}" if name else "which model? give a NAME or --all",
                 "cached: " + ", ".join(cached) if cached else "the cache is empty",
-                [f"%llm_unload {cached[0]}", "%llm_unload --all"]
-                if cached
+                [loader.unload_command(entries[0]), "%llm_unload --all"]
+                if entries
                 else ["%llm_models lists what is cached"],
             )
         entries = [entry]
@@ -252,21 +254,38 @@ def unload(name: str | None = None, *, all: bool = False) -> UnloadCard:  # noqa
     )
 
 
+def delete_copies(name: str | None = None, *, all: bool = False) -> DiskCard:  # noqa: A002
+    """Delete converted .gguf copies (as `%llm_unload --disk` does): the copy NAME, every
+    copy of the .gguf NAME, or with `all=True` all of them. The card says what went, and
+    which loaded models were read from a deleted copy (they stay loaded)."""
+    from .sources import gguf_cache
+
+    deleted = gguf_cache.delete_copies(name, all=all)
+    folders = {c.folder: c.name for c in deleted}
+    said = tuple(
+        f"{e.name} ({e.info.held_as}) was read from {folders[e.info.source]}: it stays"
+        " loaded; loading its .gguf again converts it again"
+        for e in MODEL_CACHE.entries()
+        if e.info.source in folders
+    )
+    return gguf_cache.disk_card(tuple(deleted), said)
+
+
 def _refuse_ambiguous(name: str | None, what: str, error: type[LLMError]) -> None:
     """Ask, rather than pick one silently, when NAME means several cached models."""
     several = MODEL_CACHE.ambiguous(name) if name else []
     if not several:
         return
     described = [
-        f"{e.info.dtype} on {e.info.device}"
+        f"{e.info.held_as} on {e.info.device}"
         + (f" (as {', '.join(sorted(e.aliases))})" if e.aliases else "")
         for e in several
     ]
     aliased = next((min(e.aliases) for e in several if e.aliases), None)
     fixes = [f"{what} {aliased}  (an alias names one)"] if aliased else []
-    fixes.append(
-        f"give each an alias: %llm_load {several[0].name} --dtype {several[0].info.dtype} --as NAME"
-    )
+    unnamed = next((e for e in several if not e.aliases), None)
+    if unnamed is not None:
+        fixes.append(f"give each an alias: {loader.loaded_line(unnamed)} --as NAME")
     if what == "%llm_unload":
         fixes.append("%llm_unload --all unloads every one")
     raise error(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .engines.base import CacheKey, LoadedModel, LoadOptions
+from .sources.discovery import quote
 
 
 class ModelCache:
@@ -86,6 +87,11 @@ class ModelCache:
             previous.aliases.discard(alias)
         self._aliases[alias] = entry.key
         entry.aliases.add(alias)
+
+    def aliased(self, alias: str) -> LoadedModel | None:
+        """The entry `alias` names, if any."""
+        key = self._aliases.get(alias)
+        return self._entries.get(key) if key is not None else None
 
     def find(self, name: str) -> LoadedModel | None:
         """An entry by alias, by the name it was loaded with, by the last part of that
@@ -175,7 +181,9 @@ class ModelCache:
                 self.set_aside[e.key] = SetAside(
                     e.options, tuple(sorted(e.aliases)), adapters, e.default_adapter
                 )
-        models = [(e.name, tuple(sorted(e.aliases)), e.memory_bytes, e.info.dtype) for e in entries]
+        models = [
+            (e.name, tuple(sorted(e.aliases)), e.memory_bytes, e.info.held_as) for e in entries
+        ]
         refs = [weakref.ref(e.model) for e in entries if e.model is not None]
         targets = _owned(entries)
         for entry in entries:
@@ -233,7 +241,8 @@ class SetAside:
 class Released:
     """What `ModelCache.unload` did: plain data, safe to keep in `Out`."""
 
-    models: tuple[tuple[str, tuple[str, ...], int, str], ...]  # (name, aliases, bytes, dtype)
+    # (name, aliases, bytes, how it was held: ModelInfo.held_as)
+    models: tuple[tuple[str, tuple[str, ...], int, str], ...]
     freed: bool  # every unloaded model object is gone
     held_by: tuple[str, ...] = ()  # user variables that still hold one, when not freed
 
@@ -397,3 +406,16 @@ _malloc_trim: Callable[[int], int] | bool | None = None
 
 
 MODEL_CACHE = ModelCache()
+
+
+def handle_name(entry: LoadedModel) -> str | None:
+    """The name that reaches `entry` alone (for -m and %llm_unload): an alias, else its
+    short name or its name where no other cached model has it; None where only an alias
+    would tell it apart (the same file at two dtypes)."""
+    if entry.aliases:
+        return min(entry.aliases)
+    short = entry.name.rstrip("/").rsplit("/", 1)[-1]
+    for name in (short, entry.name):
+        if MODEL_CACHE.find(name) is entry and not MODEL_CACHE.ambiguous(name):
+            return quote(name)
+    return None

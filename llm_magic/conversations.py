@@ -126,7 +126,31 @@ class Conversation:
     def load(cls, path: str | Path) -> Conversation:
         """A conversation read back from `save`'s JSON (pass it to `llm_magic.chat(...,
         conversation=...)` to carry on with it)."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LLMError(
+                f"{path}: not a saved conversation: the JSON is not whole",
+                f"it stops being JSON at line {e.lineno}, column {e.colno} ({e.msg}):"
+                " a file cut short while saving, or edited",
+                [
+                    "save it again from the kernel that has it: conversation.save(path)",
+                    "or start over: %%llm_chat --new",
+                ],
+            ) from None
+        if not isinstance(data, dict):
+            raise LLMError(
+                f"{path}: not a saved conversation (JSON {type(data).__name__}, not an object)",
+                fixes=["save one with conversation.save('chat.json')"],
+            )
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise LLMError(
+                f"{path}: not a saved conversation: {type(e).__name__} {e} in its turns",
+                fixes=["save one with conversation.save('chat.json')"],
+            ) from None
 
     def __repr__(self) -> str:
         return f"<Conversation {self.name!r}: {len(self.turns)} turns, model {self.model}>"

@@ -122,6 +122,8 @@ def _results(
                 products=run.products,
                 engine=described,
                 error=done.error,
+                quantization=info.quantization,
+                held_as=info.held_as,
                 tokens=done.tokens,
                 distribution=engine.capabilities.distribution if done.tokens else None,
             )

@@ -12,7 +12,14 @@ import time
 from dataclasses import replace
 
 from . import adapters, errors, hardware, quiet
-from .cache import MODEL_CACHE, LoadedModel, Released, clear_frames_of, release_memory
+from .cache import (
+    MODEL_CACHE,
+    LoadedModel,
+    Released,
+    clear_frames_of,
+    handle_name,
+    release_memory,
+)
 from .engines import registry
 from .engines.base import Card, Loader, LoadOptions, LoadReport, Plan, Progress
 from .errors import LoadError
@@ -53,19 +60,26 @@ def _cached_or_loaded(
 ) -> tuple[LoadedModel, Card]:
     entry = None if options.reload else MODEL_CACHE.get(plan.key)
     state, fit = "cached", None
-    notes: list[str] = []
+    notes: list[str] = list(plan.notes)
     if entry is None:
         state = "reloaded" if options.reload and MODEL_CACHE.peek(plan.key) else "new"
-        fit, notes = make_room(plan, options, progress)  # raises when it won't fit
+        fit, room = make_room(plan, options, progress)  # raises when it won't fit
+        notes += room
         loaded = loader.load(plan, options, progress)
         notes += loaded.notes
         entry = LoadedModel(plan.key, loaded.model, loaded.tokenizer, loaded.info)
-        entry.options = replace(options, alias=None, reload=False, force=False, adapters=())
+        # A server's settled request (the URL that answered), else the one made here.
+        entry.options = replace(
+            loaded.options or options, alias=None, reload=False, force=False, adapters=()
+        )
         entry.engine = loaded.engine(entry)
         del loaded
         notes += [budget_note(r) for r in MODEL_CACHE.put(entry)]
     if options.alias:
+        before = MODEL_CACHE.aliased(options.alias)
         MODEL_CACHE.alias(entry, options.alias)
+        if before is not None and before is not entry:
+            notes.append(_alias_moved(options.alias, before))
     if options.adapters:
         notes += _with_adapters(entry, options, state, progress)
     seconds = time.perf_counter() - started if state == "cached" else entry.info.load_seconds
@@ -73,6 +87,29 @@ def _cached_or_loaded(
         state, seconds, fit, tuple(notes), len(MODEL_CACHE), MODEL_CACHE.total_bytes()
     )
     return entry, loader.card(entry, report)
+
+
+def _alias_moved(alias: str, before: LoadedModel) -> str:
+    """The alias now names this model: the one it named stays loaded, said with the name
+    that still reaches it."""
+    name = handle_name(before)
+    reach = (
+        f"%llm_unload {name} frees it"
+        if name is not None
+        else f"{loaded_line(before)} --as NAME names it again"
+    )
+    return (
+        f"--as {alias} named {before.name} ({before.info.held_as}) until now; that model "
+        f"stays loaded ({format_bytes(before.memory_bytes)}): {reach}"
+    )
+
+
+def unload_command(entry: LoadedModel) -> str:
+    """The command that unloads `entry`, naming it so that it means this model alone."""
+    name = handle_name(entry)
+    if name is not None:
+        return f"%llm_unload {name}"
+    return f"{loaded_line(entry)} --as NAME, then %llm_unload NAME"
 
 
 def _with_adapters(
@@ -168,9 +205,7 @@ def _fit_fixes(
     others = [e for e in MODEL_CACHE.entries() if e not in victims]
     if others:
         each = ", ".join(
-            f"%llm_unload {min(e.aliases) if e.aliases else e.name} "
-            f"frees {format_bytes(e.memory_bytes)}"
-            for e in others
+            f"{unload_command(e)} frees {format_bytes(e.memory_bytes)}" for e in others
         )
         fixes.append(each + (" (or --all)" if len(others) > 1 else ""))
     if target == "cuda" and options.device_map != "auto":
@@ -208,30 +243,57 @@ def budget_note(released: Released) -> str:
 # --- what the cache holds, as `%llm_load` without MODEL lists it ------------------------
 
 
-def loaded_entries() -> tuple[LoadedEntry, ...]:
-    """The models in the kernel's cache, the most recently used first."""
+def loaded_entries(defaults: LoadOptions | None = None) -> tuple[LoadedEntry, ...]:
+    """The models in the kernel's cache, the most recently used first, each with the line
+    that hits it again (`defaults`: what a line's missing flags stand for, the notebook's
+    `LLMMagics` defaults)."""
     entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
     return tuple(
         LoadedEntry(
             e.name,
             tuple(sorted(e.aliases)),
-            e.info.dtype,
+            e.info.held_as,
             e.info.device,
             e.memory_bytes,
-            loaded_line(e),
+            loaded_line(e, defaults),
         )
         for e in entries
     )
 
 
-def loaded_line(entry: LoadedModel) -> str:
-    """The request that hits this cache entry again: same model, dtype and device map."""
-    line = f"%llm_load {quote(entry.name)} --dtype {entry.info.dtype}"
-    device_map = entry.key.device_map
-    if device_map != "auto":
-        line += f" --device-map {quote(str(device_map))}"
-    if entry.info.kind == "hub" and entry.info.revision:
+def loaded_line(entry: LoadedModel, defaults: LoadOptions | None = None) -> str:
+    """The `%llm_load` line that hits this cache entry again: the request that made it
+    (server, engine, dtype as chosen, device map, quantization, revision...), with its
+    alias. A flag is left out where the line's default gives the same."""
+    defaults = defaults or LoadOptions()
+    made = entry.options or LoadOptions(model=entry.name)
+    words = ["%llm_load", quote(made.model or entry.name)]
+
+    def flag(name: str, value: object) -> None:
+        words.extend([name, quote(str(value))])
+
+    if made.server:
+        flag("--server", made.server)
+    elif made.engine != defaults.engine:
+        flag("--engine", made.engine)
+    if entry.key.dtype:  # the dtype chosen, where the engine chooses one
+        flag("--dtype", entry.key.dtype)
+    if isinstance(made.device_map, str) and made.device_map != defaults.device_map:
+        flag("--device-map", made.device_map)
+    if made.max_memory:
+        flag("--max-memory", ",".join(f"{k}={v}" for k, v in made.max_memory.items()))
+    if made.quantize:
+        flag("--quantize", made.quantize)
+    if made.revision:
+        flag("--revision", made.revision)
+    elif entry.info.kind == "hub" and entry.info.revision:
         main = hub.cached_snapshot(entry.name)
         if main is None or main.name != entry.info.revision:  # loaded at another revision
-            line += f" --revision {entry.info.revision}"
-    return line
+            flag("--revision", entry.info.revision)
+    if made.trust_remote_code:
+        words.append("--trust-remote-code")
+    if made.api_key_env and made.api_key_env != defaults.api_key_env:
+        flag("--api-key-env", made.api_key_env)
+    if entry.aliases:
+        flag("--as", min(entry.aliases))
+    return " ".join(words)

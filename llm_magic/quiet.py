@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -60,3 +62,20 @@ def silenced() -> Iterator[None]:
                 yield
             finally:
                 hf_logging.set_verbosity(level)
+
+
+@contextlib.contextmanager
+def bar_dropped(description: str) -> Iterator[None]:
+    """stderr while the block runs, less the frames of the tqdm bar described by
+    `description`: a library bar no switch turns off (the .gguf reader's). What else the
+    block writes to stderr is written there when it ends."""
+    caught = io.StringIO()
+    real = sys.stderr
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+    finally:
+        rest = re.sub(rf"\r?{re.escape(description)}[^\r\n]*", "", caught.getvalue())
+        if rest.strip():
+            real.write(rest.lstrip("\n"))
+            real.flush()

@@ -60,6 +60,14 @@ class GenerationResult:
     run_id: int | None = None  # its row in the run log (`%llm_log --show ID`), once written
     # Answered from the run log (--reuse): when the logged run was made (local time).
     replayed_from: str | None = None
+    # How the weights were quantized ("nf4", "Q4_1"; None: held at `dtype`), and the label
+    # of engine, quantization and dtype that footers and metadata show (ModelInfo.held_as).
+    quantization: str | None = None
+    held_as: str = ""
+
+    @property
+    def model_held_as(self) -> str:
+        return self.held_as or self.dtype
 
     def __str__(self) -> str:
         return self.text
@@ -97,7 +105,7 @@ class GenerationResult:
         footer = (
             f"{self.prompt_tokens} prompt tokens · {self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
-            f"{mode} · {short_name(self.model_id)}{adapter} {self.dtype}"
+            f"{mode} · {short_name(self.model_id)}{adapter} {self.model_held_as}"
         )
         if self.tokens:
             average = logprobs.mean(self.tokens) or 0.0
@@ -110,6 +118,8 @@ class GenerationResult:
             "model": self.model_id,
             "revision": self.revision,
             "dtype": self.dtype,
+            "quantization": self.quantization,
+            "held_as": self.model_held_as,
             "device": self.device,
             "settings": dict(self.settings),
             "seed": self.seed,
@@ -253,7 +263,7 @@ class GenerationResults(list[GenerationResult]):
             items = ", ".join(f"[{i}]" for i in self.failed[:8])
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
-        model = f" · {short_name(self[0].model_id)} {self[0].dtype}" if self else ""
+        model = f" · {short_name(self[0].model_id)} {self[0].model_held_as}" if self else ""
         count = len(batches) if self.group == "batch" else len(made)
         plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
         groups = f"{count} {self.group}{plural}"

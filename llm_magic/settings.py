@@ -8,6 +8,7 @@ may set its default, and the engines that support it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypedDict
 
@@ -16,6 +17,10 @@ from .logprobs import DEFAULT_TOP
 
 # The most alternatives kept per token (the OpenAI API's top_logprobs allows 20).
 MAX_LOGPROBS = 20
+
+# Seeds are 32-bit: llama.cpp's sampler holds 32 bits, and one range for every engine
+# keeps a seed meaning the same on each.
+SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,18 @@ class Settings:
             raise GenerationError(
                 f"--max-new-tokens {self.max_new_tokens}: at least 1 new token is needed",
                 fixes=["--max-new-tokens 256", "%config LLMMagics.max_new_tokens = 256"],
+            )
+        if not math.isfinite(self.temperature):
+            raise GenerationError(
+                f"--temperature {self.temperature}: must be a finite number above 0",
+                "an infinite temperature makes every token equally likely: noise",
+                ["--temperature 0.7", "--greedy for deterministic output"],
+            )
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise GenerationError(
+                f"--seed {self.seed}: must be a whole number from 0 to {SEED_LIMIT - 1}",
+                "the engines' random generators take 32-bit seeds",
+                ["--seed 42", "leave out --seed: a fresh one is chosen and shown with the result"],
             )
         if not self.greedy and not self.temperature > 0:
             raise GenerationError(

@@ -81,6 +81,57 @@ def test_unload_ext_removes_the_matcher(shell):
     shell.run_line_magic("load_ext", "llm_magic")  # the fixture unloads it again
 
 
+def test_chat_completes_flags_models_and_conversations(shell, tiny_model_dir):
+    shell.run_line_magic("llm_load", f"{tiny_model_dir} --as tiny --device-map cpu --quiet")
+    from llm_magic.conversations import CONVERSATIONS
+
+    CONVERSATIONS.open("talk")
+    CONVERSATIONS.open("travel")
+    assert "--retry" in offered(shell, "%llm_chat --re")
+    assert "--new" in offered(shell, "%%llm_chat --n")
+    assert offered(shell, "%%llm_chat -m ti") == ["tiny", tiny_model_dir.name]
+    assert offered(shell, "%%llm_chat --as t") == ["talk", "travel"]
+    assert offered(shell, "%llm_chat --show tr") == ["travel"]
+    assert offered(shell, "%llm_models --") == ["--disk"]
+
+
+def test_engine_quantize_and_device_map_values(shell):
+    assert offered(shell, "%llm_load x --engine ") == ["transformers", "llama.cpp"]
+    assert offered(shell, "%llm_load x --quantize ") == ["nf4", "fp4", "int8"]
+    maps = offered(shell, "%llm_load x --device-map ")
+    assert maps[:2] == ["auto", "cpu"]
+    import torch
+
+    assert ("cuda" in maps) == (torch.version.cuda is not None and torch.cuda.is_available())
+
+
+def test_over_offers_the_collections_in_the_namespace(shell):
+    shell.user_ns.update(
+        questions=["a", "b"], table={"x": 1}, word="text", count=3, rows=(1, 2), _hidden=[1]
+    )
+    assert offered(shell, "%%llm_generate --over ") == ["questions", "rows", "table"]
+    assert offered(shell, "%%llm_generate --over q") == ["questions"]
+
+
+def test_unload_disk_offers_the_copies(shell, tmp_path, monkeypatch, tiny_model_dir):
+    from test_discovery import fake_conversion
+
+    monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    folder = fake_conversion(gguf, "bfloat16", tiny_model_dir)
+    assert offered(shell, "%llm_unload --disk ") == [folder.name, "model.gguf"]
+    assert offered(shell, "%llm_unload --disk model.") == ["model.gguf"]
+
+
+def test_paths_after_dot_slash(shell, tmp_path, monkeypatch):
+    (tmp_path / "model_folder").mkdir()
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    assert offered(shell, "%llm_load ./") == ["./model.gguf", "./model_folder/"]
+    assert offered(shell, "%llm_load ./model_f") == ["./model_folder/"]
+
+
 def test_m_offers_each_of_several_names_and_the_adapters(shell, tiny_model_dir, tmp_path):
     from support.tiny_model import build_tiny_lora
 

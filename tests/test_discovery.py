@@ -46,7 +46,7 @@ def test_hub_models_with_revisions_sizes_and_completeness(written_cache):
 
     assert found.lines().index(main.line) + 1 == found.lines().index(v1.line)
     text = found.text()
-    assert f"%llm_load {TWO_REVS}\n" in text and f"%llm_load {TWO_REVS} --revision v1" in text
+    assert f" %llm_load {TWO_REVS} " in text and f"%llm_load {TWO_REVS} --revision v1" in text
     assert "incomplete: lacks weights (model.safetensors) (needs the network)" in text
     assert f"<code>%llm_load {TWO_REVS} --revision v1</code>" in found.html()
 
@@ -152,10 +152,24 @@ def test_demo_model_and_loaded_models_with_their_lines(shell, tiny_model_dir, sm
         "llm_load", f"{tiny_model_dir} --as tiny --dtype float32 --device-map cpu --quiet"
     )
     [entry] = llm_magic.available().loaded
-    assert entry.aliases == ("tiny",) and entry.dtype == "float32"
-    assert entry.line == f"%llm_load {tiny_model_dir} --dtype float32 --device-map cpu"
+    assert entry.aliases == ("tiny",) and entry.dtype == "transformers float32"
+    assert entry.line == f"%llm_load {tiny_model_dir} --dtype float32 --device-map cpu --as tiny"
     card = shell.run_line_magic("llm_load", entry.line.removeprefix("%llm_load "))
     assert card.cache_state == "cached", "the listed line must hit the cache"
+
+
+def test_the_demo_model_is_listed_once(shell, tiny_model_dir, smollm2_gguf, tmp_path, monkeypatch):
+    """With a converted copy of the demo .gguf on disk, one row offers it (marked as the
+    demo model), not a second one under "demo model" with another line."""
+    monkeypatch.setenv("LLM_MAGIC_CACHE", str(tmp_path / "cache"))
+    assert "demo model:" in llm_magic.available().text()  # no copy: its own section
+    fake_conversion(Path(smollm2_gguf), "bfloat16", tiny_model_dir)
+    found = llm_magic.available()
+    text = found.text()
+    assert "demo model:" not in text and text.count(smollm2_gguf + " --dtype bfloat16") == 1
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf (demo model)" in text
+    assert found.lines().count(f"%llm_load {smollm2_gguf} --dtype bfloat16") == 1
+    assert f"%llm_load {smollm2_gguf}" not in [line.rstrip() for line in found.lines()]
 
 
 def test_llm_load_without_model_shows_the_card(shell, written_cache):

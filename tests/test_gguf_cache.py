@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from IPython.utils.capture import capture_output
 from support.tiny_model import build_tiny_gguf
 
 import llm_magic
@@ -389,6 +390,99 @@ def test_a_gguf_that_is_gone_says_so_and_points_at_its_copy(tiny_gguf, cache, tm
     assert f"put the .gguf back at {gguf}" in text and f"%llm_load {folder}" in text
     handle = llm_magic.load(str(folder), device_map="cpu")  # the fix given works
     assert handle.info.class_name == "LlamaForCausalLM"
+
+
+# ------------------------------------------------- a cache that cannot take a copy
+
+
+def _read_only(folder: Path) -> Path:
+    """`folder`, made read-only; as root (whom permissions do not stop) a folder of the
+    read-only sysfs instead, where even root cannot write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        return Path("/sys/llm_magic_cache")
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["a file", "read-only"])
+def test_a_cache_that_cannot_take_the_copy_is_refused_before_converting(
+    tiny_gguf, tmp_path, monkeypatch, kind
+):
+    if kind == "a file":
+        root = tmp_path / "cache"
+        root.write_text("")
+    else:
+        root = _read_only(tmp_path / "cache")
+    monkeypatch.setenv("LLM_MAGIC_CACHE", str(root))
+    messages: list[str] = []
+    with pytest.raises(LoadError) as info:
+        llm_magic.load(tiny_gguf, progress=messages.append)
+    text = "\n".join(info.value.card_lines())
+    assert "tiny-llama.gguf: cannot convert it: the converted copy cannot be written" in text
+    assert ("is a file, not a folder" if kind == "a file" else "is not writable") in text
+    assert "LLM_MAGIC_CACHE" in text and messages == []  # nothing converted, nothing read
+    assert len(MODEL_CACHE) == 0
+
+
+def test_llm_unload_disk_on_a_read_only_cache_is_a_card(tiny_gguf, cache, shell, monkeypatch):
+    load(tiny_gguf)
+    MODEL_CACHE.clear()
+    folder = cache
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root: the folder's mode stops nobody
+
+            def refused(src, dst):
+                raise PermissionError(errno.EACCES, "Permission denied", str(src))
+
+            monkeypatch.setattr(gguf_cache.os, "rename", refused)
+        with capture_output() as out:
+            result = shell.run_cell("%llm_unload --disk --all")
+    finally:
+        folder.chmod(0o755)
+    assert isinstance(result.error_in_exec, LLMError)
+    assert "Traceback" not in out.stdout + out.stderr
+    card = "\n".join(result.error_in_exec.card_lines())
+    assert "could not delete tiny-llama-" in card and "is not writable (Permission denied)" in card
+    assert len(gguf_cache.converted_copies()) == 1  # still there, as said
+
+
+def test_deleting_the_copy_a_loaded_model_was_read_from_says_so(tiny_gguf, cache, shell):
+    shell.run_line_magic("llm_load", f"{tiny_gguf} --dtype bfloat16 --as t --quiet")
+    card = shell.run_line_magic("llm_unload", f"--disk {Path(tiny_gguf).name}")
+    [said] = [n for n in card.notes() if "was read from" in n]
+    assert said.startswith(f"{tiny_gguf} (transformers bfloat16) was read from tiny-llama-")
+    assert "it stays loaded" in said and MODEL_CACHE.find("t").engine is not None
+
+
+def test_a_terminal_load_shows_status_lines_and_no_library_bars(tiny_gguf, tmp_path):
+    """A fresh terminal IPython: the first line says what the first seconds do, and the
+    libraries draw none of their bars (the .gguf reader's, "Loading weights", "Writing
+    model shards") across a conversion and a load."""
+    script = (
+        "import sys\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'llm_magic')\n"
+        "ip.run_line_magic('llm_load', sys.argv[1] + ' --dtype bfloat16 --device-map cpu')\n"
+        "ip.run_line_magic('llm_load', sys.argv[1] + ' --dtype bfloat16 --reload')\n"
+    )
+    env = {**os.environ, "LLM_MAGIC_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, tiny_gguf],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert lines[0] == "… importing torch and transformers (once per kernel)…", lines
+    assert sum("… converting tiny-llama.gguf" in line for line in lines) == 2
+    for bar in ("de-quantizing", "Loading weights", "Writing model shards", "it/s]", "%|"):
+        assert bar not in done.stderr, done.stderr
+    assert all(line.startswith("… ") for line in lines), lines
 
 
 # ------------------------------------------------------------- the real SmolLM2 .gguf

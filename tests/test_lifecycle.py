@@ -101,7 +101,7 @@ def test_unload_frees_the_model_although_out_and_a_traceback_held_it(shell, tiny
     assert ref() is None, "the model survived %llm_unload"
     assert isinstance(card, UnloadCard) and card.freed
     assert (
-        f"unloaded tiny-gpt2 ({load_card.info.dtype}, as tiny)" in card.text()
+        f"unloaded tiny-gpt2 ({load_card.info.held_as}, as tiny)" in card.text()
         and "RSS" in card.text()
     )
     out = shell.user_ns["Out"]
@@ -201,6 +201,7 @@ def test_llm_models_lists_models_free_memory_and_escapes_html(shell, tiny_model_
         "alias",
         "model",
         "revision",
+        "engine,",
         "dtype",
         "device",
         "memory",
@@ -238,7 +239,8 @@ def test_max_models_one_unloads_the_first_model(shell, tiny_model_dir, tiny_hub_
     assert [e.name for e in MODEL_CACHE.entries()] == [tiny_hub_id]
     assert isinstance(card, LoadCard)
     assert any(
-        "unloaded first (bfloat16, 284 KB)" in n and "budget of 1 model" in n for n in card.notes()
+        "unloaded first (transformers bfloat16, 284 KB)" in n and "budget of 1 model" in n
+        for n in card.notes()
     )
     assert "unloaded" in card.text()
 
@@ -476,7 +478,7 @@ def test_memory_notebook_runs(smollm2_gguf):
     assert "2 models cached" in shown["list-two"], shown["list-two"]
     assert "float32" in shown["list-two"] and "bfloat16" in shown["list-two"]
     assert shown["unload"].startswith(
-        "✓ unloaded SmolLM2-135M-Instruct.Q4_1.gguf (float32, as big)"
+        "✓ unloaded SmolLM2-135M-Instruct.Q4_1.gguf (transformers float32, as big)"
     ), shown["unload"]
     assert "RSS" in shown["unload"]
     assert "model is gone: True" in shown["weakref"]
@@ -536,7 +538,9 @@ def test_one_name_for_two_cached_models_asks_which(shell, tiny_model_dir):
     assert len(MODEL_CACHE) == 2  # nothing unloaded on a guess
     card = ok(shell, "%llm_unload half")  # an alias names one
     assert len(card.models) == 1 and len(MODEL_CACHE) == 1
-    assert card.title() == "unloaded tiny-gpt2 (bfloat16, as half)"  # which of the two, said
+    assert (
+        card.title() == "unloaded tiny-gpt2 (transformers bfloat16, as half)"
+    )  # which of the two, said
     ok(shell, "%llm_unload tiny-gpt2")  # one left: no question
 
 

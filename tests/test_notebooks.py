@@ -75,6 +75,37 @@ def test_chat_notebook_remembers_and_resets():
     assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")
 
 
+def test_a_saved_notebook_keeps_no_emptied_outputs(tmp_path, tiny_model_dir):
+    """The card and the results take the place of the status line and the streamed text:
+    each cell's one output is what it showed, and Out still holds the values."""
+    import nbformat
+    from run_notebook import lab_client
+
+    cells = [
+        "%load_ext llm_magic",
+        f"%llm_load {tiny_model_dir} --dtype float32 --as t",
+        "%%llm_generate --greedy --max-new-tokens 4\nHello",
+        "%%llm_generate --greedy --max-new-tokens 4 --no-stream\nHello",
+        "print(type(Out[2]).__name__, type(Out[3]).__name__, type(_).__name__)",
+        f"%llm_load {tiny_model_dir} --dtype bfloat16 --as u --quiet",
+        "%%llm_generate -m t u --greedy --max-new-tokens 4\nHello",  # side by side
+        "print(type(_).__name__)",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    lab_client(notebook, timeout=600).execute()
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(notebook, path)
+    saved = nbformat.read(path, as_version=4)
+    for cell in saved.cells[1:4] + saved.cells[6:7]:
+        assert len(cell.outputs) == 1, cell.outputs
+        [output] = cell.outputs
+        assert output["data"].get("text/html") and output["data"]["text/plain"].strip()
+    assert "llm_magic" in saved.cells[2].outputs[0]["metadata"]  # what made the text, kept
+    assert "tiny-gpt2  →  GPT2LMHeadModel" in saved.cells[1].outputs[0]["data"]["text/plain"]
+    assert cell_text(saved.cells[4]).strip() == "LoadCard GenerationResult GenerationResult"
+    assert cell_text(saved.cells[7]).strip() == "Comparison"
+
+
 def test_scoring_notebook_scores_choices_texts_and_tokens():
     notebook = run(EXAMPLES / "scoring.ipynb")
     table = cell_text(_cells_with(notebook, 'to_pandas()[["context", "best"')[0])

@@ -97,3 +97,80 @@ def test_nf4_smollm2_is_under_half_of_bf16_and_still_answers_paris(shell, smollm
         "What is the capital of France?",
     )
     assert "Paris" in result.text
+
+
+# What a CPU with AVX512-BF16 makes bitsandbytes do at import: this machine may lack the
+# instruction set, so the subprocess tells bitsandbytes it has it (its own probe,
+# `functional.has_avx512bf16`, answers True), and records whether bitsandbytes then asked
+# `kernels` for the Hub kernel.
+_AVX512_BF16_LOAD = """
+import importlib.abc, json, sys
+
+class SaysAvx512Bf16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "bitsandbytes.backends.cpu.ops":  # about to ask the CPU what it has
+            sys.modules["bitsandbytes.functional"].has_avx512bf16 = lambda: True
+        return None
+
+sys.meta_path.insert(0, SaysAvx512Bf16())
+import kernels
+asked = []
+real_get_kernel = kernels.get_kernel
+def get_kernel(repo_id, **kw):
+    asked.append(repo_id)
+    return real_get_kernel(repo_id, **kw)
+kernels.get_kernel = get_kernel
+
+import llm_magic
+handle = llm_magic.load(sys.argv[1], dtype="bfloat16", quantize="nf4")
+print(json.dumps({"asked": asked, "quantization": handle.info.quantization}))
+"""
+
+
+def test_nf4_on_an_avx512_bf16_cpu_stays_offline_and_quiet(tiny_model_dir):
+    """bitsandbytes' Hub kernel lookup makes no connection (the subprocess's network guard
+    would fail this test: HF_ENDPOINT is the real Hub's here) and prints nothing."""
+    import json
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "LOCAL_KERNELS")}
+    done = subprocess.run(
+        [sys.executable, "-c", _AVX512_BF16_LOAD, str(tiny_model_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # bitsandbytes did look for the kernel (the CPU said it could use one) ...
+    assert report == {
+        "asked": ["kernels-community/quantization-bitsandbytes"],
+        "quantization": "nf4",
+    }
+    # ... and said nothing about it: no warning, no advice to trust remote code.
+    assert "kernels-community" not in done.stderr and "trust_remote_code" not in done.stderr
+    assert "gemm_4bit_forward" not in done.stderr
+
+
+def test_an_nf4_model_is_labelled_nf4_wherever_its_dtype_shows(shell, tiny_model_dir):
+    """Footer, the metadata saved into the notebook, %llm_models, a budget's unload note
+    and the unload card: each says nf4 and the engine, never bfloat16 alone."""
+    shell.run_line_magic("llm_load", f"{tiny_model_dir} --dtype bfloat16 --quantize nf4 --as q")
+    label = "transformers nf4 (bfloat16 compute)"
+    assert MODEL_CACHE.find("q").info.held_as == label
+    result = shell.run_cell_magic(
+        "llm_generate", "-m q --greedy --max-new-tokens 2 --no-stream", "The capital"
+    )
+    assert result.footer().endswith(f"tiny-gpt2 {label}")
+    bundle, metadata = result._repr_mimebundle_()
+    meta = metadata["llm_magic"]
+    assert (meta["quantization"], meta["held_as"], meta["dtype"]) == ("nf4", label, "bfloat16")
+    assert label in bundle["text/plain"] and label in bundle["text/html"]
+    row = next(
+        line for line in shell.run_line_magic("llm_models", "").text().splitlines() if " q " in line
+    )
+    assert label in row
+    unloaded = shell.run_line_magic("llm_unload", "q")
+    assert unloaded.title() == f"unloaded tiny-gpt2 ({label}, as q)"

@@ -125,9 +125,10 @@ def test_a_server_model_past_max_models_says_what_it_unloaded_as_a_local_one_doe
     finally:
         MODEL_CACHE.set_budget(max_models=0)
     budget = "least recently used, to stay within the budget of 1 model"
-    assert f"unloaded first (bfloat16, 284 KB), {budget}" in served.notes()
+    first = "unloaded first (transformers bfloat16, 284 KB)"
+    assert f"{first}, {budget}" in served.notes()
     assert f"unloaded srv (served, 0 B), {budget}" in local.notes()
-    assert f"⚠ unloaded first (bfloat16, 284 KB), {budget}" in served.text()
+    assert f"⚠ {first}, {budget}" in served.text()
     assert [e.aliases for e in MODEL_CACHE.entries()] == [{"again"}]
 
 
@@ -136,6 +137,41 @@ def test_model_named_explicitly_is_the_same_entry(shell, server):
     a = llm_magic.load(served, server=server.url)
     b = llm_magic.load(server=server.url)
     assert a is b
+
+
+def test_every_listed_line_is_a_cache_hit_of_its_entry(
+    shell, llama_server, tiny_model_dir, smollm2_gguf
+):
+    """`%llm_load` without MODEL: each loaded model's line, run as printed in the same
+    shell, hits that very entry: a server (named by the URL that answered, /v1 added),
+    llama.cpp, nf4, an alias, a device map."""
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("llama_cpp")
+    for line in (
+        f"{tiny_model_dir} --as tiny --dtype float32 --device-map cpu",
+        f"{tiny_model_dir} --dtype bfloat16 --quantize nf4",
+        f"{smollm2_gguf} --engine llama.cpp",
+        f"--server {llama_server.url.removesuffix('/v1')} --as srv",
+    ):
+        shell.run_line_magic("llm_load", line + " --quiet")
+    listing = shell.run_line_magic("llm_load", "")
+    entries = sorted(MODEL_CACHE.entries(), key=lambda e: -e.last_used)
+    assert len(listing.loaded) == len(entries) == 4
+    lines = [listed.line for listed in listing.loaded]
+    served = servers.served_ids(llama_server.url)[0]
+    assert f"%llm_load {served} --server {llama_server.url} --as srv" in lines
+    assert f"%llm_load {smollm2_gguf} --engine llama.cpp" in lines
+    assert f"%llm_load {tiny_model_dir} --dtype bfloat16 --quantize nf4" in lines
+    assert f"%llm_load {tiny_model_dir} --dtype float32 --device-map cpu --as tiny" in lines
+    for listed, entry in zip(listing.loaded, entries, strict=True):
+        card = shell.run_line_magic("llm_load", listed.line.removeprefix("%llm_load "))
+        assert card.cache_state == "cached", listed.line
+        assert MODEL_CACHE.current() is entry and len(MODEL_CACHE) == 4, listed.line
+    # One table: every line starts in the same column.
+    text = listing.text()
+    starts = {row.index("%llm_load") for row in text.splitlines() if "%llm_load" in row}
+    assert len(starts) == 1, text
+    assert "demo model:" not in text  # the demo .gguf is listed once: loaded with llama.cpp
 
 
 # --- generation ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ class ModelRow:
     alias: str
     name: str
     revision: str
-    dtype: str
+    dtype: str  # how it is held: engine, quantization and dtype (ModelInfo.held_as)
     device: str
     memory_bytes: int
     idle_seconds: float  # since it was last used
@@ -50,7 +50,7 @@ class ModelsCard(Shown):
     max_models: int = 0
     memory_budget: int = 0
 
-    _HEADER = ("", "alias", "model", "revision", "dtype", "device", "memory", "last used")
+    _HEADER = ("", "alias", "model", "revision", "engine, dtype", "device", "memory", "last used")
 
     def table(self) -> list[tuple[str, ...]]:
         return [cells for _, cells in self._lines()]
@@ -166,7 +166,8 @@ class ModelsCard(Shown):
 class UnloadCard(Card):
     """What `%llm_unload` did: which models, the memory returned, and whether they are gone."""
 
-    models: tuple[tuple[str, tuple[str, ...], int, str], ...]  # (name, aliases, bytes, dtype)
+    # (name, aliases, bytes, how it was held: engine, quantization, dtype)
+    models: tuple[tuple[str, tuple[str, ...], int, str], ...]
     freed: bool
     rss_before: int | None
     rss_after: int | None
@@ -217,9 +218,10 @@ class UnloadCard(Card):
         ]
 
 
-def _unloaded_name(name: str, aliases: tuple[str, ...], size: int, dtype: str) -> str:
-    """'SmolLM2 (bfloat16, as sm)': the dtype tells apart one file cached twice."""
-    said = [dtype] + ([f"as {', '.join(aliases)}"] if aliases else [])
+def _unloaded_name(name: str, aliases: tuple[str, ...], size: int, held_as: str) -> str:
+    """'SmolLM2 (transformers nf4 (bfloat16 compute), as sm)': how it was held tells apart
+    one file cached twice."""
+    said = [held_as] + ([f"as {', '.join(aliases)}"] if aliases else [])
     return f"{short_name(name)} ({', '.join(said)})"
 
 
@@ -251,6 +253,7 @@ class DiskCard(Card):
     copies: tuple[CopyFacts, ...] = ()  # what is there now
     deleted: tuple[CopyFacts, ...] = ()  # what this call deleted
     free_bytes: int | None = None  # on the copies' disk
+    said: tuple[str, ...] = ()  # more to say (a loaded model read from a deleted copy)
 
     def title(self) -> str:
         if self.deleted:
@@ -273,7 +276,7 @@ class DiskCard(Card):
         return rows + [("folder", self.folder + free)]
 
     def notes(self) -> list[str]:
-        return [
+        return list(self.said) + [
             f"{c.name}: damaged ({c.problem}); the next load converts it again"
             for c in self.copies
             if c.problem
@@ -293,36 +296,44 @@ def _source_state(copy: CopyFacts) -> str:
 @dataclass(frozen=True, repr=False)
 class CommandsCard(Shown):
     """Sections of things to act on, each row (what, facts, the command that does it):
-    what `%llm_load` with no MODEL shows."""
+    what `%llm_load` with no MODEL shows, as one table whose columns line up across the
+    sections (what, the command, then the facts, which run long)."""
 
     title: str
     sections: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...]  # (heading, rows)
     warnings: tuple[str, ...] = ()
 
     def text(self) -> str:
+        rows = [r for _, section in self.sections for r in section]
+        what = max((len(r[0]) for r in rows), default=0)
+        command = max((len(r[2]) for r in rows), default=0)
         lines = [self.title]
-        for heading, rows in self.sections:
+        for heading, section in self.sections:
             lines.append(f"{heading}:")
-            if not rows:
+            if not section:
                 lines.append("  (none)")
-            for what, facts, command in rows:
-                lines += [f"  {what}  ·  {facts}", f"      {command}"]
+            lines += [f"  {w.ljust(what)}  {c.ljust(command)}  {f}".rstrip() for w, f, c in section]
         return "\n".join(lines + [f"⚠ {w}" for w in self.warnings])
 
     def html(self) -> str:
         e = html.escape
-        parts = [f"<div><b>{e(self.title)}</b></div>"]
+        cell = "<td style='padding:0 1em 0 {};text-align:left;white-space:nowrap{}'>{}</td>"
+        body = []
         for heading, rows in self.sections:
-            parts.append(f"<div style='margin-top:.4em;color:{DIM}'>{e(heading)}</div>")
-            body = (
-                "".join(
-                    f"<tr><td style='padding:0 1em 0 1em;text-align:left'>{e(what)}</td>"
-                    f"<td style='padding:0 1em 0 0;text-align:left;color:{DIM}'>{e(facts)}</td>"
-                    f"<td style='text-align:left'><code>{e(command)}</code></td></tr>"
-                    for what, facts, command in rows
-                )
-                or "<tr><td style='padding:0 1em'>(none)</td></tr>"
+            # The heading runs on over the row's other cells without widening its column.
+            body.append(
+                "<tr><td style='padding-top:.4em;text-align:left;white-space:nowrap;"
+                f"max-width:0;overflow:visible;color:{DIM}'>{e(heading)}</td></tr>"
             )
-            parts.append(f"<table style='border:none'>{body}</table>")
+            body += [
+                "<tr>"
+                + cell.format("1em", "", e(what))
+                + cell.format("0", "", f"<code>{e(command)}</code>")
+                + cell.format("0", f";color:{DIM}", e(facts))
+                + "</tr>"
+                for what, facts, command in rows
+            ] or ["<tr><td style='padding:0 1em'>(none)</td></tr>"]
+        parts = [f"<div><b>{e(self.title)}</b></div>"]
+        parts.append(f"<table style='border:none'>{''.join(body)}</table>")
         parts += [warning_html(w) for w in self.warnings]
         return f"<div style='{CARD_STYLE}'>" + "".join(parts) + "</div>"

@@ -69,6 +69,51 @@ class LoadOptions:
             raise LoadError(
                 f"--as {self.alias!r}: an alias must be a plain name (letters, digits, _)"
             )
+        if self.api_key_env and not self.server:
+            raise LoadError(
+                f"--api-key-env {self.api_key_env}: a key is for a server model (--server URL)",
+                "without --server the model runs here, and no key is sent anywhere",
+                [
+                    f"%llm_load MODEL --server URL --api-key-env {self.api_key_env}",
+                    "leave out --api-key-env",
+                ],
+            )
+        for device, size in (self.max_memory or {}).items():
+            _check_memory_cap(device, size)
+        if self.timeout is not None and not (0 < self.timeout < float("inf")):
+            raise LoadError(f"timeout {self.timeout}: seconds to wait must be above 0")
+
+    def unused(self, *names: str) -> tuple[str, ...]:
+        """The flags among `names` (fields) set away from their defaults: what an engine
+        that does not use them says it leaves out."""
+        default = LoadOptions()
+        return tuple(
+            "--" + name.replace("_", "-")
+            for name in names
+            if getattr(self, name) != getattr(default, name)
+        )
+
+
+def _check_memory_cap(device: str | int, size: object) -> None:
+    """One --max-memory cap: a size above 0 (accelerate refuses others with a message
+    about its own format)."""
+    from ..sources.sizing import parse_bytes
+
+    example = "--max-memory 0=20GB,cpu=30GB"
+    try:
+        parsed = parse_bytes(size)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise LoadError(
+            f"--max-memory {device}={size}: not a size",
+            "a cap is a size such as 20GB, 512MB or 8GiB, or a number of bytes",
+            [example],
+        ) from None
+    if parsed <= 0:
+        raise LoadError(
+            f"--max-memory {device}={size}: a cap must be above 0",
+            f"a cap of 0 leaves no room for any weights on {device}",
+            [example, "leave a device out to let the model use what is free there"],
+        )
 
 
 class LoadKeywords(TypedDict, total=False):
@@ -133,6 +178,20 @@ class ModelInfo:
     warnings: tuple[str, ...] = ()
     chat_template: bool | None = None  # whether the tokenizer has one (None: not known)
     details: tuple[tuple[str, str], ...] = ()  # more card rows (quantization, context, threads)
+    # How the weights are quantized, where they are: "nf4", "fp4", "int8" (bitsandbytes),
+    # a GGUF file type such as "Q4_1" (llama.cpp); None: held at `dtype`.
+    quantization: str | None = None
+
+    @property
+    def held_as(self) -> str:
+        """The engine and how the weights are held, in one label: "transformers bfloat16",
+        "transformers nf4 (bfloat16 compute)", "llama.cpp Q4_1". Wherever a model's dtype
+        is shown (footers, results' metadata, %llm_models, unload cards) this is, so that
+        a 4-bit answer is never credited to the 16-bit model."""
+        weights = self.quantization or self.dtype
+        if self.quantization and self.quantization != self.dtype:
+            weights += f" ({self.dtype} compute)"
+        return f"{self.engine} {weights}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +236,9 @@ class Plan:
     unchecked: str | None = None
     source: Source | None = None  # the files, where MODEL names files (failure facts need them)
     state: Any = None
+    # Said on the card, cached or not: options this engine does not use ("--dtype does not
+    # apply ..."), so that none is ignored silently.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -189,6 +251,9 @@ class Loaded:
     info: ModelInfo
     engine: Callable[[LoadedModel], Engine]
     notes: tuple[str, ...] = ()  # what this load did on the way, said on its card only
+    # The request as the engine settled it (a server's MODEL and the URL that answered),
+    # where it differs from the one given: what loads this entry again.
+    options: LoadOptions | None = None
 
 
 @dataclass(eq=False)
@@ -207,7 +272,9 @@ class LoadedModel:
     # one the model's name alone means (None: the base model).
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     default_adapter: str | None = None
-    options: LoadOptions | None = None  # how it was loaded (to load it again)
+    # The request that made it (alias, reload and the like aside): to load it again, and
+    # for `%llm_load` without MODEL to print back as the line that hits this entry again.
+    options: LoadOptions | None = None
 
     @property
     def name(self) -> str:
@@ -228,7 +295,7 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         info = self.info
-        return f"<LoadedModel {info.name} {info.class_name} {info.dtype} on {info.device}>"
+        return f"<LoadedModel {info.name} {info.class_name} {info.held_as} on {info.device}>"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
 """Measured decode speeds of one `.gguf` file per engine on this machine, kept on disk.
 
-The card of a `.gguf` loaded with transformers says how much faster `--engine llama.cpp`
-decodes it — measured, not guessed. Measuring both engines at load time would cost a
-second load and seconds of decoding, so the figures come for free instead: every
+The card of a `.gguf` loaded with transformers may say how much faster `--engine
+llama.cpp` decodes it — measured, not guessed. Measuring both engines at load time would
+cost a second load and seconds of decoding, so the figures come for free instead: every
 single-prompt generation with a `.gguf` model records its decode rate (new tokens after
 the first, over the time after the first: prompt processing excluded), keyed by the file
-and the machine, in $LLM_MAGIC_CACHE/speed/. The bench's llama.cpp rows write the same
-records. Until both engines have decoded the file here, the card gives no figure.
+and the machine, in $LLM_MAGIC_CACHE/speed/.
+
+One run says little: the file is shared by every kernel on the machine, and a rate
+measured while another kernel computes is a fraction of the real one. So the card gives
+a figure only from several runs of each engine (the median of each engine's latest runs,
+the counts said), and none while the runs of either engine spread too far to compare.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
-MIN_TOKENS = 8  # fewer new tokens say little about the decode rate
+MIN_TOKENS = 16  # fewer new tokens say little about the decode rate
+MIN_RUNS = 3  # per engine, before the card gives a figure
+KEPT_RUNS = 7  # per engine, the latest
+# The fastest of an engine's runs against its slowest: past this, the runs were not
+# alike (another kernel busy, a machine throttled) and no figure is given.
+MAX_SPREAD = 1.5
 
 
 def machine_id() -> str:
@@ -42,37 +52,24 @@ def _file(identity: str) -> Path:
     return cache_root() / "speed" / f"{key}.json"
 
 
-def label(info) -> str:
-    """The engine and how the weights are held: 'llama.cpp', 'transformers bfloat16', ..."""
-    if info.engine != "transformers":
-        return info.engine
-    quantized = dict(info.details).get("quantization")
-    return f"transformers {info.dtype}" + (f" {quantized.split(':')[0]}" if quantized else "")
-
-
-def read(identity: str) -> dict:
+def read(identity: str) -> dict[str, list[dict]]:
+    """{engine label: its latest runs, oldest first}; runs of an older layout are dropped."""
     try:
-        return json.loads(_file(identity).read_text())
+        data = json.loads(_file(identity).read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, list)}
 
 
-def record(
-    identity: str,
-    engine_label: str,
-    tokens_per_second: float,
-    tokens: int,
-    by: str = "a generation",
-) -> None:
-    """Keep the latest decode rate of `engine_label` for the file `identity` here."""
+def record(identity: str, engine_label: str, tokens_per_second: float, tokens: int) -> None:
+    """Add a decode rate of `engine_label` (ModelInfo.held_as) for the file `identity`."""
     path = _file(identity)
     data = read(identity)
-    data[engine_label] = {
-        "tokens_per_second": tokens_per_second,
-        "tokens": tokens,
-        "when": time.time(),
-        "by": by,
-    }
+    runs = data.setdefault(engine_label, [])
+    runs.append({"tokens_per_second": tokens_per_second, "tokens": tokens, "when": time.time()})
+    del runs[:-KEPT_RUNS]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}")
@@ -90,24 +87,27 @@ def note_result(entry, result) -> None:
     decoding = result.seconds - result.time_to_first_token
     if result.new_tokens < MIN_TOKENS or decoding <= 0:
         return
-    record(entry.key.weights, label(info), (result.new_tokens - 1) / decoding, result.new_tokens)
+    rate = (result.new_tokens - 1) / decoding
+    record(entry.key.weights, info.held_as, rate, result.new_tokens)
 
 
 def llama_cpp_hint(identity: str, info) -> str:
-    """The card line for a .gguf loaded with transformers, llama-cpp-python installed."""
+    """The card line (85 columns at most, under 100 with its label) for a .gguf loaded
+    with transformers, llama-cpp-python installed: the ratio of the median rates when
+    each engine has run it at least MIN_RUNS times here and its runs agree, else no
+    figure."""
     data = read(identity)
-    mine, theirs = data.get(label(info)), data.get("llama.cpp")
-    if not mine or not theirs:
-        return (
-            "--engine llama.cpp runs this file as it is, without dequantizing; "
-            "no decode speed measured here yet "
-            "(each generation with either engine records one)"
-        )
-    ratio = theirs["tokens_per_second"] / mine["tokens_per_second"]
-    when = time.strftime("%Y-%m-%d", time.localtime(max(theirs["when"], mine["when"])))
+    # llama.cpp runs the file as it is quantized: one label per file ("llama.cpp Q4_1").
+    theirs = next((v for k, v in data.items() if k.split()[0] == "llama.cpp"), [])
+    mine = data.get(info.held_as, [])
+    plain = "--engine llama.cpp runs this file as it is"
+    if len(theirs) < MIN_RUNS or len(mine) < MIN_RUNS:
+        return f"{plain} (no speed figure before {MIN_RUNS} runs of each)"
+    rates = [[r["tokens_per_second"] for r in runs] for runs in (theirs, mine)]
+    if any(max(r) > MAX_SPREAD * min(r) for r in rates):
+        return f"{plain} (speeds vary too much here to compare)"
+    ratio = statistics.median(rates[0]) / statistics.median(rates[1])
     return (
-        f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here: "
-        f"{theirs['tokens_per_second']:.0f} vs {mine['tokens_per_second']:.0f} tokens/s "
-        f"({label(info)}), measured by {theirs.get('by', 'a generation')} "
-        f"and {mine.get('by', 'a generation')} on this machine, {when}"
+        f"--engine llama.cpp decodes this file {ratio:.1f}× as fast here"
+        f" (median of {len(theirs)} and {len(mine)} runs)"
     )

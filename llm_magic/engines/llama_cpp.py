@@ -93,7 +93,7 @@ class LlamaCppEngine:
             "engine": self.kind,
             "llama_cpp_python": _version(),
             "threads": getattr(llm, "n_threads", None),
-            "quantization": dict(self.entry.info.details).get("quantization"),
+            "quantization": self.entry.info.quantization,
         }
         if self._adapters:
             described["adapter"] = self._active or "base"
@@ -557,7 +557,18 @@ class LlamaCppLoader:
         # The weights are mapped as they are in the file.
         size = os.path.getsize(source.path)
         est = Estimate(size, 0, "gguf", "gguf", (source.path,), 0)
-        return Plan(CacheKey(KIND, source.identity), name, est, "cpu", source=source)
+        unused = options.unused("dtype", "max_memory", "trust_remote_code")
+        if options.device_map not in ("auto", "cpu"):
+            unused += (f"--device-map {options.device_map}",)
+        notes = (
+            (
+                f"{', '.join(unused)}: not used by --engine llama.cpp, which runs the file's"
+                " own quantized weights on the CPU (leave out --engine for transformers)",
+            )
+            if unused
+            else ()
+        )
+        return Plan(CacheKey(KIND, source.identity), name, est, "cpu", source=source, notes=notes)
 
     def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
         assert plan.source is not None and plan.source.path is not None
@@ -627,6 +638,7 @@ def _open(name: str, path: str, progress: Progress | None) -> tuple[Any, ModelIn
         memory_bytes=size + state,
         device="cpu",
         dtype=kind.split()[0],
+        quantization=kind.split()[0],
         dtype_reason="as quantized in the file; llama.cpp computes on it directly",
         source=path,
         revision=None,

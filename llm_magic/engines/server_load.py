@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
@@ -45,6 +46,10 @@ class ServerInfo(ModelInfo):
     api_key_env: str | None = None  # the variable's name, never its value
 
     @property
+    def held_as(self) -> str:
+        return "served"  # the server holds the weights, as it chooses
+
+    @property
     def entry(self) -> dict[str, Any]:
         return next((m for m in self.served if m.get("id") == self.name), {})
 
@@ -65,6 +70,31 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def check_url(url: str) -> None:
+    """Refuse a --server URL no OpenAI-compatible API answers on (another scheme, a port
+    that is no port, no host) before anything is sent."""
+    parts = urlsplit(url)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    fixes = ["--server http://HOST:8000/v1  (the API's base URL, as the server prints it)"]
+    if parts.scheme not in ("http", "https"):
+        raise LoadError(
+            f"--server {shown}: {parts.scheme}:// is not an address of an HTTP API",
+            "an OpenAI-compatible server answers on http:// or https://",
+            fixes,
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or not parts.hostname:
+        raise LoadError(
+            f"--server {shown}: "
+            + ("no host in the URL" if not parts.hostname else "the port is not 1 to 65535"),
+            "the URL is http://HOST:PORT/PATH, PORT a number from 1 to 65535",
+            fixes,
+        )
+
+
 def default_key_env(api_key_env: str | None) -> str | None:
     """The variable named, else OPENAI_API_KEY when it is set, else none (no key sent)."""
     if api_key_env:
@@ -79,6 +109,7 @@ class ServerLoader:
         assert options.server is not None
         started = time.perf_counter()
         url = normalize_url(options.server)
+        check_url(url)
         key_env = default_key_env(options.api_key_env)
         if key_env and not os.environ.get(key_env):
             raise LoadError(
@@ -89,21 +120,37 @@ class ServerLoader:
                     "leave out --api-key-env for a server without keys",
                 ],
             )
+        unused = options.unused(
+            "dtype", "device_map", "max_memory", "quantize", "revision", "trust_remote_code"
+        )
+        notes = (
+            (
+                f"{', '.join(unused)}: not used with --server, where the server holds the"
+                " weights as it was started",
+            )
+            if unused
+            else ()
+        )
         if not options.reload:
             known = _cached_key(url, options.model, key_env)
             if known is not None:
-                return Plan(known, options.model or url)
+                return Plan(known, options.model or url, notes=notes)
         if progress:
             progress(f"asking {public_url(url)} what it serves…")
         connection = Connection(url, key_env, options.timeout)
         info, connection = _probe(connection, options.model, started)
         # The key names the URL that answered: the same model reached by another spelling
         # of the URL (with or without /v1) is the same entry.
-        return Plan(_key(connection.url, info.name, key_env), info.name, state=(info, connection))
+        key = _key(connection.url, info.name, key_env)
+        return Plan(key, info.name, state=(info, connection), notes=notes)
 
     def load(self, plan: Plan, options: LoadOptions, progress: Progress | None) -> Loaded:
         info, connection = plan.state
-        return Loaded(None, None, info, lambda entry: ServerEngine(info, connection))
+        # Named as it answered: the model it serves, the URL that answered (with /v1).
+        settled = replace(options, model=info.name, server=public_url(connection.url))
+        return Loaded(
+            None, None, info, lambda entry: ServerEngine(info, connection), options=settled
+        )
 
     def card(self, entry: LoadedModel, report: LoadReport) -> ServerCard:
         engine, info = entry.engine, entry.info

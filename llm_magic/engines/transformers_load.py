@@ -8,6 +8,8 @@ stay fast, so the heavy imports live inside the functions that need them."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -46,6 +48,9 @@ class TransformersLoader:
         source = resolve_source(name, options.revision)
         checkpoint = checkpoint_dtype(source.path if source.kind != "gguf" else None)
         choice = hardware.choose_dtype(hardware.probe(), checkpoint, requested, options.device_map)
+        if source.kind == "gguf" and source.path is not None:
+            if options.reload or usable_copy(source.path, choice.dtype) is None:
+                gguf_cache.check_writable(source.path)  # before a conversion, not after it
         est = estimate(source, choice.dtype, options.quantize)
         unchecked = None
         if est is None:
@@ -210,10 +215,11 @@ def load_model(
         device_map=placement,
         trust_remote_code=trust_remote_code,
         **{dtype_keyword(): getattr(torch, dtype.dtype)},
-        **({"max_memory": max_memory} if max_memory else {}),
+        **({"max_memory": dict(max_memory)} if max_memory else {}),  # accelerate edits it
         **({"quantization_config": quantization_config(quantize, dtype.dtype)} if quantize else {}),
         **remote,
     )
+    _check_placed(model, source.name, max_memory)
     seconds = time.perf_counter() - started
     if source.kind == "hub" and not source.cached:
         where = str(hub.cached_snapshot(source.name, source.revision) or where)
@@ -223,8 +229,27 @@ def load_model(
             info,
             num_params=_quantized_param_count(model),
             details=info.details + (("quantization", quantization_label(quantize, dtype.dtype)),),
+            quantization=quantize,
         )
     return model, tokenizer, info, notes
+
+
+def _check_placed(model, name: str, max_memory: dict | None) -> None:
+    """Refuse a model that --max-memory put wholly on disk: its weights stay on the meta
+    device and every generation would fail on them."""
+    placed = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
+    if not placed or not placed <= {"disk"}:
+        return
+    caps = ",".join(f"{k}={v}" for k, v in (max_memory or {}).items())
+    raise LoadError(
+        f"{name}: --max-memory {caps} leaves no room for the model on any device",
+        "every layer went to disk, and a model wholly on disk cannot generate here"
+        " (its weights stay on the meta device)",
+        [
+            "raise the caps: at least the size of one layer must fit, e.g. cpu=2GB",
+            "leave out --max-memory to use the memory that is free",
+        ],
+    )
 
 
 # --quantize: bitsandbytes' 4-bit (NF4, FP4) and 8-bit (LLM.int8) linear layers.
@@ -238,6 +263,7 @@ def quantization_config(quantize: str, compute_dtype: str):
     import torch
     from transformers import BitsAndBytesConfig
 
+    import_bitsandbytes_offline()
     if quantize == "int8":
         import logging
 
@@ -250,6 +276,43 @@ def quantization_config(quantize: str, compute_dtype: str):
         bnb_4bit_quant_type=quantize,
         bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
     )
+
+
+# On a CPU with AVX512-BF16, importing bitsandbytes asks the Hub for a faster 4-bit kernel
+# (through the `kernels` package) and, unable to have it, logs a long warning advising
+# trust_remote_code. `kernels` reads LOCAL_KERNELS at each lookup: pointed at a local build
+# that does not exist, the lookup fails at once, offline, and bitsandbytes runs its own CPU
+# kernels, as it does wherever that build is missing.
+_BNB_HUB_KERNEL = "kernels-community/quantization-bitsandbytes"
+_NO_LOCAL_BUILD = os.path.join(os.devnull, "llm_magic-no-local-kernel")
+
+
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes (once per process) without its Hub kernel lookup or the
+    warning that lookup leaves."""
+    if "bitsandbytes" in sys.modules:
+        return
+    import logging
+
+    given = os.environ.get("LOCAL_KERNELS")
+    if given and _BNB_HUB_KERNEL + "=" in given:  # a build of the user's own: theirs to use
+        import bitsandbytes  # noqa: F401
+
+        return
+    os.environ["LOCAL_KERNELS"] = ":".join(
+        filter(None, [given, _BNB_HUB_KERNEL + "=" + _NO_LOCAL_BUILD])
+    )
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its "Failed to load CPU gemm_4bit_forward" warning
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        logger.setLevel(level)
+        if given is None:
+            os.environ.pop("LOCAL_KERNELS", None)
+        else:
+            os.environ["LOCAL_KERNELS"] = given
 
 
 def _quantized_param_count(model) -> int:
@@ -304,11 +367,13 @@ def describe(
     """Facts for the card, derived from the loaded objects."""
     device_map = getattr(model, "hf_device_map", None) or {}
     placed = {str(v) for v in device_map.values()}
-    offloaded = sorted(placed & {"cpu", "disk"})
+    # Off an accelerator, cpu is where the model runs: only the disk is offloaded to.
+    on_accelerator = bool(placed - {"cpu", "disk"})
+    offloaded = sorted(placed & ({"cpu", "disk"} if on_accelerator else {"disk"}))
     # Disk-offloaded weights sit on the meta device until used: name the disk instead.
     devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
     warnings = []
-    if "disk" in placed or (offloaded and len(placed) > 1):
+    if offloaded:
         n = sum(1 for v in device_map.values() if str(v) in offloaded)
         warnings.append(
             f"{n} module(s) offloaded to {' and '.join(offloaded)}: "

@@ -169,7 +169,7 @@ class Sink(Protocol):
     parts: list[str]
     handle: Any
 
-    def settle(self) -> None: ...
+    def settle(self, result: Any = None, shell: Any = None) -> Any: ...
 
 
 def run_streamed(
@@ -204,14 +204,41 @@ def run_streamed(
             waiting.done()
         raise
     if waiting is not None:
-        waiting.done()
+        result = waiting.done(result, shell)
     if sink is not None:
-        sink.settle()
+        result = sink.settle(result, shell)
         if not sink.jupyter and sink.parts and hasattr(result, "text_already_shown"):
             result.text_already_shown()  # in a terminal, Out[n] adds only the footer
     if out is not None:
         shell.user_ns[out] = result
     return result
+
+
+def shown_in_place(handle, value, shell):
+    """`value` shown in place of the display `handle` (a status line, the streaming
+    text), so the notebook keeps the value there rather than an emptied output beside
+    it; returned marked so that this cell's result display (which still fills Out and
+    `_`) shows nothing more. Shown later, in another cell, it shows as any value does."""
+    data, metadata = shell.display_formatter.format(value)
+    handle.update(data, metadata=metadata, raw=True)
+    object.__setattr__(value, "_ipython_display_", _ShownAlready(value, shell.execution_count))
+    return value
+
+
+class _ShownAlready:
+    """A value's one-time `_ipython_display_`: nothing in the cell that showed it, the
+    value as usual anywhere else. A plain object, so the value still pickles."""
+
+    def __init__(self, value, count: int) -> None:
+        self.value, self.count = value, count
+
+    def __call__(self) -> None:
+        object.__delattr__(self.value, "_ipython_display_")
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or shell.execution_count != self.count:
+            display(self.value)
 
 
 def _keep_partial(shell, partial, out: str | None, what: str = "generation") -> str:
@@ -278,12 +305,17 @@ class Stream:
             self.handle.update(StreamView("".join(self.parts), self.notes))
             self.drawn = now
 
-    def settle(self) -> None:
-        """Done: the result, shown as the cell's value, takes the streamed text's place."""
+    def settle(self, result=None, shell=None):
+        """Done: the result takes the streamed text's place (returned, for Out); with no
+        result (a failure) the streamed display is emptied."""
         if self.jupyter and self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
+            handle, self.handle = self.handle, None
+            if result is not None and shell is not None:
+                return shown_in_place(handle, result, shell)
+            handle.update({"text/plain": ""}, raw=True)
         elif not self.jupyter and self.parts:
             print(flush=True)
+        return result
 
 
 class Waiting:
@@ -305,10 +337,15 @@ class Waiting:
             StatusLine(" · ".join((message,) + tuple(f"⚠ {n}" for n in notes))), display_id=True
         )
 
-    def done(self) -> None:
+    def done(self, result=None, shell=None):
+        """The result takes the status line's place (returned, for Out); with no result
+        (a failure, Ctrl-C) the line is emptied."""
         if self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
-            self.handle = None
+            handle, self.handle = self.handle, None
+            if result is not None and shell is not None:
+                return shown_in_place(handle, result, shell)
+            handle.update({"text/plain": ""}, raw=True)
+        return result
 
 
 def _show_partial(sink: Sink | None, partial) -> None:

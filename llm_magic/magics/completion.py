@@ -2,13 +2,16 @@
 
 `%llm_load <TAB>` offers the models already loaded, the Hub ids of the local Hugging
 Face cache, the converted `.gguf` originals, the demo model, and `.gguf` files and folders
-on disk; `-m`/`--model` (each of several) and `%llm_unload` offer the loaded models'
-aliases and names, and `MODEL:ADAPTER` for their adapters; `%llm_adapter load` offers
-folders and .gguf files, `%llm_adapter unload` the adapters;
-`--<TAB>` offers a magic's flags (read from its magic_arguments parser), `--dtype` and
-`--device-map` their values. No network, no torch: answers come from folder listings and
-the kernel's cache. Besides the magics package, the one module that imports IPython: it
-plugs into the shell's completer.
+on disk (`./` included); `-m`/`--model` (each of several, with `%%llm_generate`) and
+`%llm_unload` offer the loaded models' aliases and names, and `MODEL:ADAPTER` for their
+adapters; `%llm_adapter load` offers folders and .gguf files, `%llm_adapter unload` the
+adapters; `%llm_unload --disk` the converted copies, `%%llm_chat --as`/`--show`/`--reset`
+the conversations, `--over` the notebook's collections; `--<TAB>` offers a magic's flags
+(read from its magic_arguments parser), and a flag's values where the parser lists them
+(`--engine`, `--quantize`), `--dtype`, and `--device-map` as this machine's torch can place
+a model (no cuda on a CPU-only build). No network, no torch import: answers come from
+folder listings and the kernel's cache. Besides the magics package, the one module that
+imports IPython: it plugs into the shell's completer.
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ from IPython.core.completer import (
 from ..cache import MODEL_CACHE
 
 IDENTIFIER = "llm_magic.completion"
-_MAGICS = ("llm_load", "llm_unload", "llm_generate", "llm_adapter")
-_VALUES = {
-    "--dtype": ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32"),
-    "--device-map": ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps", "balanced", "sequential"),
+# Each magic, and whether it runs as a line magic (%), a cell magic (%%) or both.
+_MAGICS = {
+    "llm_load": "line",
+    "llm_unload": "line",
+    "llm_models": "line",
+    "llm_generate": "cell",
+    "llm_chat": "both",
+    "llm_adapter": "line",
 }
+_DTYPES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
 _MODEL_FLAGS = ("-m", "--model")
 # A word: a quoted string (maybe still open) or a run of non-blanks.
 _WORD = re.compile(r"\"[^\"]*\"?|'[^']*'?|\S+")
@@ -85,22 +93,39 @@ def complete(shell, text: str) -> tuple[str, list[SimpleCompletion]] | None:
     if not words:
         return None
     magic = words[0].lstrip("%")
-    if magic not in _MAGICS or (words[0].startswith("%%") != (magic == "llm_generate")):
+    cell = words[0].startswith("%%")
+    runs_as = _MAGICS.get(magic)
+    if runs_as is None or runs_as != "both" and cell != (runs_as == "cell"):
         return None
     current = "" if text[-1:].isspace() or len(words) == 1 else words[-1]
     if len(words) == 1 and not text[-1:].isspace():
         return None  # still typing the magic's name: IPython's own matcher does that
     before = words[-1] if current == "" else (words[-2] if len(words) > 1 else "")
+
+    def values(names) -> tuple[str, list[SimpleCompletion]]:
+        return current, [
+            SimpleCompletion(v, type="value") for v in dict.fromkeys(names) if v.startswith(current)
+        ]
+
     if current.startswith("-"):
         return current, [
             SimpleCompletion(f, type="flag") for f in _flags(shell, magic) if f.startswith(current)
         ]
-    if before in _VALUES and magic == "llm_load":
-        return current, [
-            SimpleCompletion(v, type="value") for v in _VALUES[before] if v.startswith(current)
-        ]
-    if before == "--revision" and magic == "llm_load":
+    choices = _choices(shell, magic, before)
+    if choices:
+        return values(choices)
+    if magic == "llm_load" and before == "--dtype":
+        return values(_DTYPES)
+    if magic == "llm_load" and before == "--device-map":
+        return values(_device_maps())
+    if magic == "llm_load" and before == "--revision":
         return current, _revisions(words, current)
+    if magic == "llm_generate" and before == "--over":
+        return values(_sized_variables(shell))
+    if magic == "llm_chat" and before in ("--as", "--show", "--reset"):
+        return current, _conversations(current)
+    if magic == "llm_chat" and before in _MODEL_FLAGS:
+        return current, _loaded_names(current)
     if (
         before.startswith("-")
         and _takes_value(shell, magic, before)
@@ -127,8 +152,12 @@ def complete(shell, text: str) -> tuple[str, list[SimpleCompletion]] | None:
             if a.startswith(current) and action is None
         ]
     if magic == "llm_unload":
+        if "--disk" in words[1:]:
+            return current, _copies(current)
         return current, _loaded_names(current)
-    return current, _models(current)
+    if magic == "llm_load":
+        return current, _models(current)
+    return None
 
 
 # ---------------------------------------------------------------------------- candidates
@@ -143,17 +172,98 @@ def _flags(shell, magic: str) -> list[str]:
     ]
 
 
-def _takes_value(shell, magic: str, flag: str) -> bool:
+def _action(shell, magic: str, flag: str):
     parser = _parser(shell, magic)
-    action = parser._option_string_actions.get(flag) if parser is not None else None
+    return parser._option_string_actions.get(flag) if parser is not None else None
+
+
+def _takes_value(shell, magic: str, flag: str) -> bool:
+    action = _action(shell, magic, flag)
     return action is not None and action.nargs != 0
+
+
+def _choices(shell, magic: str, flag: str) -> tuple[str, ...]:
+    """The values a flag's parser accepts, where it lists them (--engine, --quantize)."""
+    action = _action(shell, magic, flag) if flag.startswith("-") else None
+    return tuple(action.choices) if action is not None and action.choices else ()
 
 
 def _parser(shell, magic: str):
     """The magic_arguments parser of a registered magic (it prints `%magic?` too)."""
-    kind = "cell" if magic == "llm_generate" else "line"
+    kind = "cell" if _MAGICS.get(magic) == "cell" else "line"
     method = shell.magics_manager.magics.get(kind, {}).get(magic)
     return getattr(method, "parser", None)
+
+
+def _device_maps() -> tuple[str, ...]:
+    """--device-map's values for this machine's torch: cuda only where torch was built
+    for it, mps only on a Mac. Read without importing torch (its version file says what
+    it was built for) unless it is imported already."""
+    import sys
+
+    maps = ["auto", "cpu"]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cuda = bool(torch.version.cuda or torch.version.hip) and torch.cuda.is_available()
+    else:
+        cuda = _torch_built_for_gpus()
+    if cuda:
+        maps += ["cuda", "cuda:0", "cuda:1", "balanced", "sequential"]
+    if sys.platform == "darwin":
+        maps.append("mps")
+    return tuple(maps)
+
+
+def _torch_built_for_gpus() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        text = Path(spec.origin).with_name("version.py").read_text()
+    except OSError:
+        return True  # cannot tell: offer them
+    built = re.findall(r"^(?:cuda|hip)\s*(?::[^=]*)?=\s*(\S+)", text, re.MULTILINE)
+    return any(value != "None" for value in built)
+
+
+def _sized_variables(shell) -> list[str]:
+    """The notebook's variables --over can run over: lists, tuples, dicts, sets, ranges
+    and other sized collections that are not text."""
+    names = []
+    for name, value in shell.user_ns.items():
+        if name.startswith("_") or name in shell.user_ns_hidden:
+            continue
+        if isinstance(value, (str, bytes, type)) or not hasattr(value, "__len__"):
+            continue
+        if hasattr(value, "__iter__"):
+            names.append(name)
+    return sorted(names)
+
+
+def _conversations(prefix: str) -> list[SimpleCompletion]:
+    from ..conversations import CONVERSATIONS
+
+    return [
+        SimpleCompletion(n, type="conversation")
+        for n in CONVERSATIONS.names()
+        if n.startswith(prefix)
+    ]
+
+
+def _copies(prefix: str) -> list[SimpleCompletion]:
+    """What `%llm_unload --disk` takes: the copies' names, and the .gguf files' names
+    (all the copies of one)."""
+    from ..sources import gguf_cache
+
+    found: dict[str, str] = {}
+    for copy in gguf_cache.converted_copies():
+        found.setdefault(copy.name, "converted copy")
+    for copy in gguf_cache.converted_copies():
+        if copy.gguf:
+            found.setdefault(os.path.basename(copy.gguf), "gguf (all its copies)")
+    return [SimpleCompletion(n, type=t) for n, t in found.items() if n.startswith(prefix)]
 
 
 def _loaded_names(prefix: str, adapters: bool = False) -> list[SimpleCompletion]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -34,6 +34,7 @@ from ..display import StatusLine
 from ..engines import registry
 from ..engines.base import LoadOptions
 from ..errors import GenerationError, LLMError
+from ..paths import short_name
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from ..sources import gguf_cache, sizing
 from ..sources.adapter import adapter_pairs
@@ -49,6 +50,7 @@ from .cells import (
     prompt_shower,
     run_streamed,
     settings_from,
+    shown_in_place,
     unquote,
     user_namespace,
 )
@@ -262,7 +264,7 @@ class LLMMagics(Magics):
         """Load a causal language model into the kernel's cache and show what was done."""
         args = parse_line(self.llm_load, line)
         if args.model is None and not (args.server or self.server):
-            return api.available()
+            return api.available(self._load_defaults())
         dtype = args.dtype or self.dtype
         try:
             hardware.normalize_dtype(dtype)
@@ -273,8 +275,9 @@ class LLMMagics(Magics):
         quiet = args.quiet or self.quiet
         server = unquote(args.server or self.server) or None
         engine = args.engine or self.engine
+        hf_bars = registry.shows_library_bars(engine, server)
         with (
-            self._status(quiet, hf_bars=registry.shows_library_bars(engine, server)) as progress,
+            self._status(quiet, _first_words(args.model, server, hf_bars), hf_bars) as progress,
             _verbose_errors(args.verbose),
         ):
             options = LoadOptions(
@@ -287,7 +290,9 @@ class LLMMagics(Magics):
                 max_memory=_parse_max_memory(args.max_memory),
                 quantize=args.quantize,
                 server=server,
-                api_key_env=unquote(args.api_key_env or self.api_key_env) or None,
+                # The trait is the key of server models; a flag given is checked as given.
+                api_key_env=unquote(args.api_key_env or (self.api_key_env if server else ""))
+                or None,
                 alias=args.alias,
                 reload=args.reload,
                 force=args.force,
@@ -295,8 +300,17 @@ class LLMMagics(Magics):
                 adapters=adapter_pairs([unquote(a) for a in args.adapter or []]),
             )
             handle, card = api.load_with_card(options=options, progress=progress)
-        del handle  # the card, not the model, goes to Out: Out must not pin the weights
-        return None if quiet else card
+            del handle  # the card, not the model, goes to Out: Out must not pin the weights
+            return None if progress is None else progress.settle(card)
+
+    def _load_defaults(self) -> LoadOptions:
+        """What `%llm_load` takes for the flags a line leaves out (the traits)."""
+        return LoadOptions(
+            engine=self.engine,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            api_key_env=self.api_key_env or None,
+        )
 
     @magic_arguments()
     @argument(
@@ -332,9 +346,7 @@ class LLMMagics(Magics):
 
             raise UsageError("%llm_unload takes a NAME or --all (%llm_models lists the names)")
         if args.disk:
-            return gguf_cache.disk_card(
-                tuple(gguf_cache.delete_copies(unquote(args.name or ""), all=args.all))
-            )
+            return api.delete_copies(unquote(args.name or ""), all=args.all)
         return api.unload(unquote(args.name) if args.name else None, all=args.all)
 
     @no_var_expand  # `{name}` and `$x` in the line are ours to fill (or not), not IPython's
@@ -508,32 +520,66 @@ class LLMMagics(Magics):
         )
 
     @contextmanager
-    def _status(self, quiet: bool, hf_bars: bool = True):
-        """A progress callback: one status line updated in place in Jupyter, lines on
-        stderr in a terminal; in Jupyter the line is blanked when done, and the card
-        (the magic's value) follows it."""
+    def _status(self, quiet: bool, first: str = "starting…", hf_bars: bool = True):
+        """A load's status (None with --quiet): one line updated in place in Jupyter, lines
+        on stderr in a terminal, beginning with `first`. The libraries' own progress bars
+        are off meanwhile (`hf_bars`: the engine draws them): the status stands in for
+        them, in Jupyter and in a terminal alike."""
         if quiet:
             yield None
             return
-        if getattr(self.shell, "kernel", None) is None:
-            yield lambda message: print(f"… {message}", file=sys.stderr, flush=True)
-            return
-        handle = display(StatusLine("starting"), display_id=True)
-        if (
-            not hf_bars
-        ):  # a server model or llama.cpp: no transformers to import just to hush its bars
-            try:
-                yield lambda message: handle.update(StatusLine(message))
-            finally:
-                handle.update({"text/plain": ""}, raw=True)
-            return
-        # transformers' own bars would stay in the cell as stderr text: the status line
-        # stands in for them while this load runs.
-        with quiet_output.library_bars_off():
-            try:
-                yield lambda message: handle.update(StatusLine(message))
-            finally:
-                handle.update({"text/plain": ""}, raw=True)
+        jupyter = getattr(self.shell, "kernel", None) is not None
+        status = _Status(
+            self.shell, display(StatusLine(first), display_id=True) if jupyter else None
+        )
+        if not jupyter:
+            status(first)
+        try:
+            # Importing transformers to hush its bars costs seconds: only where it draws them.
+            with quiet_output.library_bars_off() if hf_bars else nullcontext():
+                yield status
+        finally:
+            status.close()
+
+
+class _Status:
+    """Called with what a load is doing now. In Jupyter the line is one display updated in
+    place, and `settle` puts the magic's value (the card) there, so the notebook keeps the
+    card where the status was, not an emptied output beside it."""
+
+    def __init__(self, shell, handle=None):
+        self.shell = shell
+        self.handle = handle  # the status display (Jupyter); None: lines on stderr
+
+    def __call__(self, message: str) -> None:
+        if self.handle is not None:
+            self.handle.update(StatusLine(message))
+        else:
+            print(f"… {message}", file=sys.stderr, flush=True)
+
+    def settle(self, value):
+        """`value` shown in the status line's place; returned for Out and `_`, marked so
+        that this cell does not show it a second time."""
+        if self.handle is None:
+            return value
+        handle, self.handle = self.handle, None
+        return shown_in_place(handle, value, self.shell)
+
+    def close(self) -> None:
+        """Not settled (the load failed): the line goes, the error card follows."""
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+            self.handle = None
+
+
+def _first_words(model: str | None, server: str | None, hf_bars: bool) -> str:
+    """What a load does first, said at once: a kernel's first transformers load spends
+    seconds importing torch and transformers before any status of its own."""
+    if hf_bars and "transformers" not in sys.modules:
+        return "importing torch and transformers (once per kernel)…"
+    if server:
+        return "asking the server what it serves…"
+    return f"opening {short_name(unquote(model))}…" if model else "starting…"
 
 
 def _parse_max_memory(text: str | None) -> dict | None:

@@ -12,6 +12,7 @@ from typing import Any
 from IPython.display import display
 
 from ..display import ColumnsView
+from .cells import shown_in_place
 
 WAITING = "waiting for its turn"
 RUNNING = "… generating (Ctrl-C / interrupt stops it, keeping the text)"
@@ -71,6 +72,12 @@ class Columns:
             self.handle.update(view)
             self.drawn = now
 
-    def settle(self) -> None:
+    def settle(self, result: Any = None, shell: Any = None) -> Any:
+        """Done: the result takes the columns' place (returned, for Out); with no result
+        (a failure) the columns are emptied."""
         if self.jupyter and self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
+            handle, self.handle = self.handle, None
+            if result is not None and shell is not None:
+                return shown_in_place(handle, result, shell)
+            handle.update({"text/plain": ""}, raw=True)
+        return result

@@ -68,11 +68,19 @@ class Available:
 
     def lines(self) -> list[str]:
         """Every %llm_load line offered, in display order."""
-        out = [e.line for e in self.loaded]
-        for m in self.hub:
-            out += [r.line for r in m.revisions]
-        out += [c.line for c in self.converted]
-        return out + ([self.demo.line] if self.demo else [])
+        return [line for _, rows in self._sections() for _, _, line in rows]
+
+    def _shown_copies(self) -> list[ConvertedCopy]:
+        """The converted copies not loaded already (the loaded row's line loads them)."""
+        loaded = {e.line.split(" --as ")[0] for e in self.loaded}
+        return [c for c in self.converted if c.line not in loaded]
+
+    def _demo_listed(self) -> bool:
+        """Whether the demo model has a row already: loaded, or as a converted copy."""
+        demo = self.demo.path if self.demo else None
+        return any(e.name == demo for e in self.loaded) or any(
+            c.gguf == demo for c in self.converted
+        )
 
     def _sections(self) -> list[tuple[str, list[tuple[str, str, str]]]]:
         """(heading, [(what, facts, %llm_load line)]) for the card."""
@@ -83,7 +91,8 @@ class Available:
                     "loaded in this kernel (a cache hit: no disk read)",
                     [
                         (
-                            e.name + (f" (as {', '.join(e.aliases)})" if e.aliases else ""),
+                            self._named(e.name)
+                            + (f" (as {', '.join(e.aliases)})" if e.aliases else ""),
                             f"{e.dtype} on {e.device}, {format_bytes(e.memory_bytes)}",
                             e.line,
                         )
@@ -105,22 +114,23 @@ class Available:
                     (name, f"{refs}{r.commit[:12]}, {format_bytes(r.size_bytes)}, {state}", r.line)
                 )
         sections.append((f"Hugging Face cache ({self.hub_cache})", rows))
-        if self.converted:
+        copies = self._shown_copies()
+        if copies:
             sections.append(
                 (
                     f"converted .gguf copies ({self.converted_root})",
                     [
                         (
-                            Path(c.gguf).name,
-                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state};"
-                            f" original {c.gguf}",
+                            self._named(c.gguf, Path(c.gguf).name),
+                            f"{c.dtype} copy, {format_bytes(c.size_bytes)}, {c.state}"
+                            + ("" if c.gguf in c.line else f"; original {c.gguf}"),
                             c.line,
                         )
-                        for c in self.converted
+                        for c in copies
                     ],
                 )
             )
-        if self.demo:
+        if self.demo and not self._demo_listed():
             sections.append(
                 (
                     "demo model",
@@ -134,6 +144,11 @@ class Available:
                 )
             )
         return sections
+
+    def _named(self, name: str, shown: str | None = None) -> str:
+        """`shown` (default: `name`), marked when it is the demo model."""
+        demo = self.demo is not None and name == self.demo.path
+        return (shown or name) + (" (demo model)" if demo else "")
 
     def card(self) -> CommandsCard:
         sections = tuple((heading, tuple(rows)) for heading, rows in self._sections())

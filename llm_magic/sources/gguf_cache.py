@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .._compat import dtype_keyword
 from ..errors import LLMError, LoadError
 from ..paths import cache_root, nearest_existing
+from ..quiet import bar_dropped
 from ..units import DTYPE_BYTES, format_bytes
 from .sizing import read_gguf_tensor_counts, read_safetensors_header
 
@@ -273,16 +274,28 @@ def delete_copies(name: str | None = None, *, all: bool = False) -> list[Convert
                 else ["%llm_models --disk lists them"],
             )
     for copy in chosen:
-        _discard(Path(copy.folder))
+        try:
+            _discard(Path(copy.folder))
+        except OSError as e:
+            raise LLMError(
+                f"could not delete {copy.name}",
+                f"{copies_dir()} is not writable ({e.strerror or type(e).__name__})",
+                [
+                    "delete it as the user who owns the folder, or make the folder writable",
+                    f"the copy takes {format_bytes(copy.size_bytes)} at {copy.folder}",
+                ],
+            ) from e
     return chosen
 
 
-def disk_card(deleted: tuple[ConvertedCopy, ...] = ()) -> DiskCard:
-    """The card of `%llm_models --disk` (and of `%llm_unload --disk`, with what it deleted)."""
+def disk_card(deleted: tuple[ConvertedCopy, ...] = (), said: tuple[str, ...] = ()) -> DiskCard:
+    """The card of `%llm_models --disk` (and of `%llm_unload --disk`, with what it deleted
+    and what more it says)."""
     from ..display import DiskCard
 
     folder = copies_dir()
-    return DiskCard(str(folder), tuple(converted_copies()), tuple(deleted), _free_bytes(folder))
+    copies = tuple(converted_copies())
+    return DiskCard(str(folder), copies, tuple(deleted), _free_bytes(folder), said)
 
 
 def _remove_outdated(gguf_path: str) -> list[ConvertedCopy]:
@@ -323,6 +336,33 @@ def check_space(gguf_path: str, dtype: str) -> None:
             " %llm_unload --disk NAME deletes one",
             "or keep converted copies on a bigger disk: set LLM_MAGIC_CACHE=/big/disk/llm_magic"
             " before starting the kernel",
+        ],
+    )
+
+
+def check_writable(gguf_path: str) -> None:
+    """Refuse a conversion whose copy could not be written (LLM_MAGIC_CACHE read-only, or
+    a file), before anything is read or converted."""
+    folder = copies_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return
+    except OSError as e:
+        existing = nearest_existing(folder)
+        cause = (
+            f"{existing} is a file, not a folder"
+            if existing.exists() and not existing.is_dir()
+            else f"{folder} is not writable ({e.strerror or type(e).__name__})"
+        )
+    raise LoadError(
+        f"{Path(gguf_path).name}: cannot convert it: the converted copy cannot be written",
+        f"converted copies go to {folder}, and {cause}",
+        [
+            "set LLM_MAGIC_CACHE to a writable folder before starting the kernel",
+            "or --engine llama.cpp runs the .gguf as it is, with no copy",
         ],
     )
 
@@ -386,9 +426,11 @@ def convert(gguf_path: str, dtype: str, progress: Progress) -> Path:
     # A .gguf is read at float32 (transformers warns that other dtypes cast every matmul),
     # then cast once for saving.
     read_as = torch.float32 if read_from else getattr(torch, dtype)
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        folder, **read_from, **{dtype_keyword(): read_as}
-    )
+    # The status line says what this is; the reader's own bar would add one per tensor.
+    with bar_dropped("Converting and de-quantizing GGUF tensors"):
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            folder, **read_from, **{dtype_keyword(): read_as}
+        )
     model.to(getattr(torch, dtype))
     # Dequantized weights are plain tensors, but the model is still marked quantized and
     # save_pretrained refuses it: clear the marking.

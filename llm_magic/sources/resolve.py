@@ -18,7 +18,7 @@ from pathlib import Path
 from .._compat import add_note
 from ..errors import PROBE_NOTE, LoadError
 from ..paths import nearest_existing, visible_files
-from . import gguf_cache, hub
+from . import gguf_cache, gguf_header, hub
 
 # A Hub id is "name" or "org/name"; anything else that does not exist on disk is a bad path.
 _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
@@ -63,11 +63,15 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
         if not path.is_file():
             raise _missing_gguf(text, path)
         _check_gguf(text, path)
-        return Source("gguf", text, str(path.resolve()), revision)
+        _no_revision(text, "a .gguf file", revision)
+        return Source("gguf", text, str(path.resolve()), None)
     if path.is_dir():
         _check_model_folder(text, path)
-        return Source("folder", text, str(path.resolve()), revision)
-    if path.exists() or not _HUB_ID.match(text) or text.startswith((".", "~")):
+        _no_revision(text, "a folder", revision)
+        return Source("folder", text, str(path.resolve()), None)
+    if path.exists():
+        raise _not_a_model(text, path)
+    if not _HUB_ID.match(text) or text.startswith((".", "~")):
         raise _missing_path(text, path)
     snapshot = hub.cached_snapshot(text, revision)
     if snapshot is not None:
@@ -121,6 +125,16 @@ def _check_gguf(text: str, path: Path) -> None:
             )
             fixes = [f"check what {path.name} is: file {path}", "download the .gguf again"]
         raise LoadError(f"{text}: not a GGUF file (no GGUF magic)", cause, fixes)
+    damaged = gguf_header.problem(path)
+    if damaged is not None:
+        raise LoadError(
+            f"{text}: the .gguf file is {damaged.split(':')[0]}",
+            damaged,
+            [
+                f"download or copy {path.name} again",
+                "the demo model, offline: %llm_load $path  (path = llm_magic.demo_model())",
+            ],
+        )
 
 
 def _check_model_folder(text: str, path: Path) -> None:
@@ -152,16 +166,47 @@ def _check_model_folder(text: str, path: Path) -> None:
     )
 
 
+def _no_revision(text: str, what: str, revision: str | None) -> None:
+    """--revision picks a version of a Hub model: on a local file it would be shown on the
+    card as if it had been used."""
+    if revision is not None:
+        raise LoadError(
+            f"--revision {revision}: {text} is {what} on disk, which has no revisions",
+            "--revision picks a branch, tag or commit of a Hub model",
+            [f"%llm_load {text}  (without --revision)"],
+        )
+
+
+def _not_a_model(text: str, path: Path) -> LoadError:
+    """A file that is there, but neither a .gguf nor a model folder."""
+    return LoadError(
+        f"{text}: not a model",
+        "MODEL is a Hub id, a model folder (what save_pretrained writes) or a .gguf file;"
+        " this is another kind of file",
+        [
+            f"the folder it is in, if that holds the model: %llm_load {path.parent}",
+            "offline, the demo model: %llm_load $path  (path = llm_magic.demo_model())",
+        ],
+    )
+
+
 def _missing_path(text: str, path: Path) -> LoadError:
     """A path that is not there: the nearest folder that is (and what it holds), and the
-    Hub id it may have meant."""
+    Hub id it may have meant (only for ./org/name or ~/org/name: a .gguf, a path up
+    the tree or an absolute one names a file, never a Hub model)."""
     parent = nearest_existing(path)
     near = sorted(p.name for p in parent.iterdir())[:8] if parent.is_dir() else []
     fixes = [
         f"nearest existing folder: {parent}" + (f" (holds: {', '.join(near)})" if near else "")
     ]
-    if _HUB_ID.match(text.lstrip("./~")):
-        fixes.append(f"for the Hub id, drop the path prefix: %llm_load {text.lstrip('./~')}")
+    hub_id = text.removeprefix("./").removeprefix("~/")
+    if (
+        hub_id != text
+        and _HUB_ID.match(hub_id)
+        and ".." not in hub_id
+        and not hub_id.lower().endswith(".gguf")
+    ):
+        fixes.append(f"for the Hub id, drop the path prefix: %llm_load {hub_id}")
     return LoadError(f"{text}: no such file or folder", "the path does not exist", fixes)
 
 

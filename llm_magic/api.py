@@ -578,7 +578,13 @@ def score(
     else:
         items = _score_items(text, context, shared, over, namespace or {})
     results = scoring.score(
-        _engine(entry), items, chosen, delimiter=delimiter, on_progress=progress
+        _engine(entry),
+        items,
+        chosen,
+        delimiter=delimiter,
+        on_progress=progress,
+        origin=_origin(entry),
+        over=over is not None,
     )
     return results if over is not None else results[0]
 
@@ -837,7 +843,7 @@ def log_card(
     total = store.count(**filters)
     what = [
         f"{name} {value}"
-        for name, value in (("model", model), ("search", search), ("since", since))
+        for name, value in (("model", model), ("search", search), ("since", since), ("kind", kind))
         if value
     ] + ([f"cell {cell[:8]}"] if cell else [])
     extra = list(notes)

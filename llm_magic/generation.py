@@ -65,7 +65,8 @@ def check_capabilities(engine: Engine, settings: Settings) -> None:
         )
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """The versions a result records: Python, llm_magic, and torch / transformers if loaded."""
     from ._version import __version__
 
     versions = {"python": platform.python_version(), "llm_magic": __version__}
@@ -88,7 +89,7 @@ def _results(
     ttft = None if run.first_token_at is None else run.first_token_at - run.started
     recorded, versions, info, described = (
         settings.recorded(),
-        _versions(),
+        library_versions(),
         engine.info,
         engine.describe(),
     )

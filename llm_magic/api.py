@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .conversations import Conversation
     from .display.log import LogStatsCard
     from .engines.base import LoadKeywords
+    from .prompts import Over
     from .settings import SamplingKeywords, ScoreKeywords, SettingsKeywords
 
 
@@ -177,7 +178,7 @@ def unload_adapter(
 def models() -> ModelsCard:
     """The cached models, their total, free memory and the budget (what `%llm_models` shows)."""
     now = time.time()
-    current = MODEL_CACHE.current()
+    current = _default_entry()  # the one marked *: what %%llm_generate uses without -m
     rows = tuple(
         ModelRow(
             ", ".join(sorted(e.aliases)),
@@ -303,7 +304,7 @@ def generate(
     model: str | LoadedModel | None = None,
     settings: Settings | None = None,
     namespace: Mapping[str, Any] | None = None,
-    over: Iterable[Any] | None = None,
+    over: Iterable[Any] | Over | None = None,
     stream: Callable[[str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_prompt: Callable[[str, int | None], None] | None = None,
@@ -325,8 +326,10 @@ def generate(
     text (`{{`/`}}` are literal braces); without it the prompt is used verbatim.
     over: run the prompt as a template once per item (`{item}`), in batches of
     `batch_size` (server models: `concurrency` requests at once); returns one result per
-    item, in order. stream: called with each new piece of text as it is generated
-    (single prompts). Ctrl-C stops generating and raises KeyboardInterrupt carrying the
+    item, in order, which keep the items (`to_pandas()`; a Series keeps its index). A list,
+    tuple, Series, dict (its values) or any iterable of at most 100,000 items.
+    stream: called with each new piece of text as it is generated (single prompts).
+    Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
     The answer's format (one of): schema (a pydantic model class, a JSON Schema dict, or
     the inline form 'name, age int, mood happy|sad'), choice (a list of strings), regex
@@ -343,7 +346,7 @@ def _generate(
     prompt: str,
     chosen: Settings,
     namespace: Mapping[str, Any] | None,
-    over: Iterable[Any] | None,
+    over: Iterable[Any] | Over | None,
     stream: Callable[[str], None] | None,
     progress: Callable[[int, int], None] | None,
     on_prompt: Callable[[str, int | None], None] | None,
@@ -366,10 +369,17 @@ def _generate(
     engine = _engine(entry)
     origin = _origin(entry)
     if over is not None:
-        texts = prompts.fill_over(prompt, prompts.items_of(over, "over="), namespace or {})
+        items = prompts.items_of(over, "over=")
+        texts = prompts.fill_over(prompt, items.items, namespace or {})
         with adapters.using(target):
             return generation.generate_many(
-                engine, texts, chosen, on_progress=progress, on_prompt=on_prompt, origin=origin
+                engine,
+                texts,
+                chosen,
+                on_progress=progress,
+                on_prompt=on_prompt,
+                over=items,
+                origin=origin,
             )
     text = prompt if namespace is None else prompts.fill(prompt, namespace)
     with adapters.using(target):
@@ -392,13 +402,21 @@ def _with_format(settings: Settings, schema: Any, choice: Any, regex: Any) -> Se
     return settings if fmt is None else replace(settings, answer_format=fmt)
 
 
+def _default_entry() -> LoadedModel | None:
+    """The model a generation without `model` uses: the one used last, else (after it was
+    unloaded) the most recently used of those left."""
+    return MODEL_CACHE.current() or max(
+        MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None
+    )
+
+
 def compare(
     prompt: str,
     models: Sequence[str | LoadedModel],
     *,
     settings: Settings | None = None,
     namespace: Mapping[str, Any] | None = None,
-    over: Iterable[Any] | None = None,
+    over: Iterable[Any] | Over | None = None,
     stream: Callable[[str], Callable[[str], None] | None] | None = None,
     on_result: Callable[[str, Any], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -419,9 +437,13 @@ def compare(
     and raises KeyboardInterrupt carrying the comparison so far as `.result`."""
     import secrets
 
+    from . import prompts
+
     chosen = settings_module.make(settings, **keywords)
     if not chosen.greedy and chosen.seed is None:
         chosen = chosen.with_(seed=secrets.randbelow(2**31))  # one seed for every model
+    if over is not None:  # read once: an iterator would be used up by the first model
+        over = prompts.items_of(over, "over=")
     names = [m if isinstance(m, str) else adapters.model_label(m) for m in models]
     if len(names) < 1:
         raise GenerationError("no model named", fixes=["-m A B  (two or more names)"])
@@ -482,9 +504,7 @@ def _generation_target(model: str | LoadedModel | None) -> adapters.Target:
     if isinstance(model, LoadedModel):
         target = adapters.Target(model, model.default_adapter, adapters.model_label(model))
     elif model is None:
-        entry = MODEL_CACHE.current() or max(
-            MODEL_CACHE.entries(), key=lambda e: e.last_used, default=None
-        )
+        entry = _default_entry()
         if entry is None:
             raise GenerationError(
                 "no model is loaded",
@@ -572,7 +592,13 @@ def score(
     else:
         items = _score_items(text, context, shared, over, namespace or {})
     results = scoring.score(
-        _engine(entry), items, chosen, delimiter=delimiter, on_progress=progress
+        _engine(entry),
+        items,
+        chosen,
+        delimiter=delimiter,
+        on_progress=progress,
+        origin=_origin(entry),
+        over=over is not None,
     )
     return results if over is not None else results[0]
 
@@ -590,7 +616,7 @@ def _score_items(
 
     from . import prompts, scoring
 
-    values = prompts.items_of(over, "over=")
+    values = prompts.items_of(over, "over=").items
     texts = prompts.fill_over(template, values, namespace)
     variables = dict(namespace)  # read under each item's {item}, never written
     items = []
@@ -656,7 +682,9 @@ def chat(
     in `generate`; None: the conversation's model, else the current one. system: set the
     conversation's system message; default_system: the one a conversation starting with
     this turn gets when `system` is not given. new: start the conversation over. retry:
-    ask the last question again (TEXT unused), replacing its answer. cell_id: the notebook
+    ask the last question again (TEXT unused; default: the conversation used last), with
+    that turn's own settings unless `settings` is given (keywords change single ones),
+    replacing its answer. cell_id: the notebook
     cell the turn comes from: a later turn from the same cell replaces it and drops the
     turns after it. max_history: send at most this many earlier turns (0: as many as the
     context holds, oldest left out first). How to generate: a `Settings` and/or its
@@ -666,10 +694,16 @@ def chat(
     """
     from . import conversations, prompts
 
+    if retry and conversation is None and model is None:
+        conversation = conversations.CONVERSATIONS.current()  # the one used last
     conv, target = _chat_target(conversation, model)
+    # A retry answers again as the turn was answered: its own settings, unless given here.
+    base = settings
+    if retry and settings is None and conv.turns and conv.turns[-1].settings is not None:
+        base = conv.turns[-1].settings
     # The conversation's own system message is sent, not a Settings' one.
     chosen = replace(
-        _with_format(settings_module.make(settings, **keywords), schema, choice, regex),
+        _with_format(settings_module.make(base, **keywords), schema, choice, regex),
         system=None,
         raw=False,
     )
@@ -831,7 +865,7 @@ def log_card(
     total = store.count(**filters)
     what = [
         f"{name} {value}"
-        for name, value in (("model", model), ("search", search), ("since", since))
+        for name, value in (("model", model), ("search", search), ("since", since), ("kind", kind))
         if value
     ] + ([f"cell {cell[:8]}"] if cell else [])
     extra = list(notes)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .engines import Engine, Request
 from .errors import GenerationError, LLMError
 from .runlog import Origin
+from .settings import Settings
 
 FORMAT = "llm_magic.conversation/1"
 
@@ -33,6 +34,7 @@ class Turn:
     assistant: str
     cell_id: str | None = None  # the notebook cell it came from; None outside Jupyter
     interrupted: bool = False  # the answer was stopped by Ctrl-C: `assistant` is partial
+    settings: Settings | None = None  # how the answer was generated (--retry uses them again)
 
     def messages(self) -> list[dict[str, str]]:
         return [
@@ -98,6 +100,7 @@ class Conversation:
                     "assistant": t.assistant,
                     "cell_id": t.cell_id,
                     "interrupted": t.interrupted,
+                    "settings": _settings_dict(t.settings),
                 }
                 for t in self.turns
             ],
@@ -111,7 +114,13 @@ class Conversation:
                 fixes=["save one with conversation.save('chat.json')"],
             )
         turns = [
-            Turn(t["user"], t["assistant"], t.get("cell_id"), bool(t.get("interrupted", False)))
+            Turn(
+                t["user"],
+                t["assistant"],
+                t.get("cell_id"),
+                bool(t.get("interrupted", False)),
+                _settings_of(t.get("settings")),
+            )
             for t in data.get("turns", [])
         ]
         return cls(data["name"], data.get("model"), data.get("system"), turns)
@@ -154,6 +163,41 @@ class Conversation:
 
     def __repr__(self) -> str:
         return f"<Conversation {self.name!r}: {len(self.turns)} turns, model {self.model}>"
+
+
+def _settings_dict(settings: Settings | None) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    values = asdict(settings)
+    values["stop"] = list(settings.stop)
+    return values
+
+
+def _settings_of(values: Any) -> Settings | None:
+    """A turn's saved settings read back; the fields this version does not know are left
+    out (a file saved by another version), and unreadable ones give None."""
+    if not isinstance(values, dict):
+        return None
+    known = {f.name for f in fields(Settings)}
+    kept = {k: v for k, v in values.items() if k in known}
+    if isinstance(kept.get("stop"), list):
+        kept["stop"] = tuple(kept["stop"])
+    try:
+        return Settings(**kept)
+    except TypeError:
+        return None
+
+
+def settings_words(settings: Settings) -> str:
+    """How a turn was generated, in a few words: 'greedy, at most 64 new tokens'."""
+    how = (
+        "greedy"
+        if settings.greedy
+        else f"sampled at temperature {settings.temperature:g}, top-p {settings.top_p:g}, "
+        f"top-k {settings.top_k}" + (f", seed {settings.seed}" if settings.seed is not None else "")
+    )
+    stops = f", stop at {', '.join(repr(s) for s in settings.stop)}" if settings.stop else ""
+    return f"{how}, at most {settings.max_new_tokens} new tokens{stops}"
 
 
 def replaced_note(index: int, count: int) -> str:
@@ -249,6 +293,7 @@ def ask(
     from .results import ChatResult, GenerationResult, carried_result, carry_result
 
     notes: list[str] = []
+    remarks: list[str] = []  # said with the answer, not as warnings
     if retry:
         if not conversation.turns:
             raise GenerationError(
@@ -258,7 +303,10 @@ def ask(
         index = len(conversation.turns) - 1
         last = conversation.turns[index]
         text, cell_id = last.user, last.cell_id
-        notes.append(f"retried turn {index + 1}")
+        remarks.append(
+            f"retried turn {index + 1} of conversation {conversation.name!r}: "
+            f"{settings_words(settings)}"
+        )
     else:
         if not text or not text.strip():
             raise GenerationError(
@@ -277,6 +325,7 @@ def ask(
     )
     if note:
         notes.append(note)
+    kept = replace(settings, system=None, raw=False)  # the turn's own: --retry reuses them
     settings = replace(settings, system=conversation.system, raw=False)  # recorded with the result
     try:
         result = generation.generate(
@@ -292,13 +341,13 @@ def ask(
     except KeyboardInterrupt as e:
         partial = carried_result(e)
         if isinstance(partial, GenerationResult):
-            carry_result(e, ChatResult.of(partial, conversation, tuple(notes)))
-            conversation.commit(index, Turn(text, partial.text, cell_id, interrupted=True))
+            carry_result(e, ChatResult.of(partial, conversation, tuple(notes), tuple(remarks)))
+            conversation.commit(index, Turn(text, partial.text, cell_id, True, kept))
             conversation.sent_from = start
         raise
-    conversation.commit(index, Turn(text, result.text, cell_id))
+    conversation.commit(index, Turn(text, result.text, cell_id, False, kept))
     conversation.sent_from = start
-    return ChatResult.of(result, conversation, tuple(notes))
+    return ChatResult.of(result, conversation, tuple(notes), tuple(remarks))
 
 
 # --- the kernel's conversations -----------------------------------------------------------------

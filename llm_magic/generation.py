@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Generator, Sequence
 
 from . import prompts, structured
-from .engines.base import Engine, Rendered, Request, Run, partial_run
+from .engines.base import Completion, Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
 from .recorder import Recorder
-from .results import GenerationResult, GenerationResults, carry_result
+from .results import NOT_RUN, GenerationResult, GenerationResults, carry_result
 from .runlog import Origin
 from .settings import Settings
 
@@ -65,7 +65,8 @@ def check_capabilities(engine: Engine, settings: Settings) -> None:
         )
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """The versions a result records: Python, llm_magic, and torch / transformers if loaded."""
     from ._version import __version__
 
     versions = {"python": platform.python_version(), "llm_magic": __version__}
@@ -88,7 +89,7 @@ def _results(
     ttft = None if run.first_token_at is None else run.first_token_at - run.started
     recorded, versions, info, described = (
         settings.recorded(),
-        _versions(),
+        library_versions(),
         engine.info,
         engine.describe(),
     )
@@ -108,7 +109,7 @@ def _results(
                 prompt=rendered.request.text,
                 rendered_prompt=rendered.shown,
                 token_ids=done.token_ids,
-                prompt_tokens=prompt_tokens or 0,
+                prompt_tokens=prompt_tokens,
                 new_tokens=done.new_tokens,
                 time_to_first_token=ttft if done.new_tokens else None,
                 seconds=seconds,
@@ -301,16 +302,19 @@ def generate_many(
     *,
     on_progress: ProgressCallback | None = None,
     on_prompt: PromptCallback | None = None,
+    over: prompts.Over | None = None,
     origin: Origin | None = None,
 ) -> GenerationResults:
     """Many prompts (already filled) → one result each, in order, grouped as the engine
-    does best (padded batches, concurrent requests). Each is written to the run log, the
+    does best (padded batches, concurrent requests). `over`: the items the prompts were
+    filled from, kept with the results (`to_pandas()`). Each is written to the run log, the
     finished ones at least every second (so a crash loses at most the last second); with
     `settings.reuse`, the items whose identical deterministic request is logged already
     are answered from the log and only the others generated (an interrupted run resumes).
 
-    On Ctrl-C: the current group stops; KeyboardInterrupt is raised with the results so
-    far (finished groups, and the partial current one) as its `.result`.
+    On Ctrl-C: the current group stops; KeyboardInterrupt is raised with one result per
+    prompt as its `.result`: the finished groups, the partial current one, and the rest
+    marked "not run".
     """
     settings.check()
     check_capabilities(engine, settings)
@@ -358,19 +362,39 @@ def generate_many(
                 raise run.interrupt
     except KeyboardInterrupt as e:  # also before the first group (packing weights)
         record.flush()
-        so_far = GenerationResults(
-            record.with_id(r, i) for i, r in enumerate(slots) if r is not None
-        )
-        so_far.group = engine.capabilities.group
-        carry_result(e, so_far)
+        carry_result(e, _collected(engine, rows, slots, settings, seed, started, over, record))
         raise
     finally:
         groups.close()  # leaves the engine's batch set-up (packed products) at once
         record.flush()
-    done = [record.with_id(r, i) for i, r in enumerate(slots) if r is not None]
-    if len(done) != len(slots):  # run_many must yield every row once
-        raise GenerationError(f"the engine returned {len(done)} results for {len(slots)} prompts")
-    results = GenerationResults(done)
+    finished = sum(slot is not None for slot in slots)
+    if finished != len(slots):  # run_many must yield every row once
+        raise GenerationError(f"the engine returned {finished} results for {len(slots)} prompts")
+    return _collected(engine, rows, slots, settings, seed, started, over, record)
+
+
+def _collected(
+    engine: Engine,
+    rows: Sequence[Rendered],
+    slots: list[GenerationResult | None],
+    settings: Settings,
+    seed: int | None,
+    started: float,
+    over: prompts.Over | None,
+    record: Recorder,
+) -> GenerationResults:
+    """One result per row, in order, each with its run-log id; a row an interrupt left
+    unrun is marked "not run"."""
+    now = time.perf_counter()
+    unrun = Run([Completion("", 0, NOT_RUN)], now, now)
+    results = GenerationResults(
+        record.with_id(slot, i)
+        if slot is not None
+        else _results(engine, unrun, [row], settings, seed, None)[0]
+        for i, (row, slot) in enumerate(zip(rows, slots, strict=True))
+    )
     results.group = engine.capabilities.group
-    results.wall_seconds = time.perf_counter() - started
+    results.wall_seconds = now - started
+    if over is not None:
+        results.items, results.labels, results.notes = over.items, over.labels, over.notes
     return results

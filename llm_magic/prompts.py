@@ -4,10 +4,12 @@ never `eval`), the items of an `--over` list, and the chat messages a prompt bec
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 import string
 from collections import ChainMap
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import GenerationError
@@ -125,9 +127,26 @@ def field_names(template: str) -> list[str]:
         return []
 
 
-def items_of(value: Any, label: str = "over") -> list:
-    """The items of an `--over` variable: a list, tuple, pandas Series, any iterable.
-    `label` names it in errors (`--over docs`)."""
+# The most items one `--over` takes. An iterator without a length is read up to one more
+# than this, so an endless one (itertools.count()) is refused at once, in bounded memory.
+MAX_OVER_ITEMS = 100_000
+
+
+@dataclass(frozen=True)
+class Over:
+    """The items of an `--over` run, and what labels them in the results: a pandas Series'
+    index, a dict's keys, or (None) their positions."""
+
+    items: list[Any]
+    labels: Any = None
+    notes: tuple[str, ...] = ()  # said with the results (a dict's values, None items)
+
+
+def items_of(value: Any, label: str = "over") -> Over:
+    """The items of an `--over` variable: a list, tuple, pandas Series, dict (its values),
+    any iterable of at most MAX_OVER_ITEMS items. `label` names it in errors (`--over docs`)."""
+    if isinstance(value, Over):
+        return value
     if isinstance(value, (str, bytes)):
         raise GenerationError(
             f"{label}: a single string, not a list of them",
@@ -136,17 +155,68 @@ def items_of(value: Any, label: str = "over") -> list:
                 "--over takes a list, a tuple or a pandas Series",
             ],
         )
+    if _is_pandas(value, "DataFrame"):
+        column = next(iter(value.columns), "text")
+        raise GenerationError(
+            f"{label}: a DataFrame, not one column of it",
+            "--over goes over the items of one sequence; a DataFrame's would be its column names",
+            [
+                f"texts = {label.split()[-1] if ' ' in label else 'df'}[{column!r}]  "
+                "(then --over texts)"
+            ],
+        )
+    labels: Any = None
+    notes: tuple[str, ...] = ()
     if isinstance(value, Mapping):
-        value = value.values()
+        labels, value = list(value.keys()), value.values()
+        notes = (f"{label} is a dict: it runs over its values (its keys label the results)",)
+    elif _is_pandas(value, "Series"):
+        labels = value.index
+    items = _bounded_list(value, label)
+    if not items:
+        raise GenerationError(f"{label}: the list is empty", fixes=["give it at least one item"])
+    nones = [i for i, item in enumerate(items) if item is None]
+    if nones:
+        which = ", ".join(f"[{i}]" for i in nones[:8]) + (" ..." if len(nones) > 8 else "")
+        notes += (
+            f"item{'s' if len(nones) > 1 else ''} {which} of {label} "
+            f"{'are' if len(nones) > 1 else 'is'} None: the prompt got the text 'None' there",
+        )
+    return Over(items, labels, notes)
+
+
+def _is_pandas(value: Any, name: str) -> bool:
+    """Whether `value` is pandas' `name` (asked by type name: pandas is not imported)."""
+    return type(value).__name__ == name and type(value).__module__.startswith("pandas")
+
+
+def _bounded_list(value: Any, label: str) -> list[Any]:
+    """`value`'s items as a list, refused past MAX_OVER_ITEMS before they are all read."""
+    too_many = GenerationError(
+        f"{label}: more than {MAX_OVER_ITEMS:,} items",
+        f"--over takes at most {MAX_OVER_ITEMS:,} items in one cell; an iterator without a "
+        f"length (a generator, itertools.count()) is read only that far",
+        [
+            f"take a slice: itertools.islice(it, 1000) or a list's [:{MAX_OVER_ITEMS}]",
+            "run the rest in further cells, a slice each",
+        ],
+    )
     try:
-        items = list(value)
+        size = len(value)
+    except TypeError:
+        size = None
+    if size is not None and size > MAX_OVER_ITEMS:
+        raise too_many
+    try:
+        iterator = iter(value)
     except TypeError:
         raise GenerationError(
             f"{label}: a {type(value).__name__} has no items to go over",
             fixes=["--over takes a list, a tuple or a pandas Series of strings"],
         ) from None
-    if not items:
-        raise GenerationError(f"{label}: the list is empty", fixes=["give it at least one item"])
+    items = list(itertools.islice(iterator, MAX_OVER_ITEMS + 1))
+    if len(items) > MAX_OVER_ITEMS:
+        raise too_many
     return items
 
 

@@ -1,7 +1,8 @@
 """What a run leaves in the run log (`runlog.py`), and what `--reuse` takes back from it.
 
-Every run goes through `generation.py`, which hands each result to a `Recorder`: one row per
-generation, chat turn and `--over` item, with the model's provenance (what MODEL was, its
+Every run goes through `generation.py` or `scoring.py`, which hand each result to a
+`Recorder`: one row per generation, chat turn, `--over` item and scored item (kind
+'score': its figures in the `result` JSON), with the model's provenance (what MODEL was, its
 alias, the Hub commit or the sha256 of its file or folder, engine, dtype, quantization,
 device, server URL), the cell it came from, the settings and every field of the result.
 A result field this module does not know (a parsed answer, log-probabilities, scores) goes
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import weakref
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from .engines.base import Engine, Rendered
 from .logprobs import TokenLogprob
 from .results import GenerationResult
 from .runlog import Origin
+from .scores import ChoiceScores, ScoreResult
 from .settings import Settings
 
 # Result fields that have a column of their own (field -> column).
@@ -304,6 +307,38 @@ class Recorder:
         )
         self._write(row, 0, True)
 
+    def add_score(
+        self,
+        result: ScoreResult | ChoiceScores,
+        item: int | None,
+        versions: dict[str, str],
+        at_once: bool = True,
+    ) -> None:
+        """Log one scored item: a text's figures, or a question's choices with theirs.
+        A score has no request key: it is never answered from the log (`--reuse`), and a
+        generation never takes it for an answer."""
+        if self.log is None:
+            return
+        row = self._row(item, versions)
+        row.update(greedy=None, request_key=None, result=_score_json(result))
+        if isinstance(result, ChoiceScores):
+            first = result.scores[0]
+            row.update(
+                prompt=result.context,
+                rendered=first.context_shown,
+                answer=result.best,
+                prompt_tokens=first.context_tokens,
+                seconds=math.fsum(s.seconds for s in result.scores),
+            )
+        else:
+            row.update(
+                prompt=result.text,
+                rendered=result.context_shown + result.text,
+                prompt_tokens=result.context_tokens,
+                seconds=result.seconds,
+            )
+        self._write(row, 0 if item is None else item, at_once)
+
     def _provenance(self, versions: dict[str, str] | None) -> runlog.Json:
         """The model's facts and the library versions, serialized once per call."""
         key = json.dumps(versions, sort_keys=True)
@@ -372,6 +407,50 @@ def _result_fields(kind: type) -> tuple[str, ...]:
 
 
 _RESULT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _scored_json(scored: ScoreResult) -> dict[str, Any]:
+    """One scored text's figures and tokens, as plain values."""
+    return {
+        "text": scored.text,
+        "context": scored.context,
+        "context_tokens": scored.context_tokens,
+        "logprob": scored.logprob,
+        "token_count": scored.token_count,
+        "mean_logprob": scored.mean_logprob,
+        "perplexity": scored.perplexity,
+        "greedy": scored.greedy,
+        "templated": scored.templated,
+        "distribution": scored.distribution,
+        "seconds": scored.seconds,
+        "notes": list(scored.notes),
+        "label": scored.label,
+        "tokens": [runlog.jsonable(t) for t in scored.tokens],
+    }
+
+
+def _score_json(result: ScoreResult | ChoiceScores) -> dict[str, Any]:
+    """A score's `result` JSON: its figures (and a question's, per choice: the
+    probabilities, the likeliest and lm-evaluation-harness's acc / acc_norm)."""
+    if isinstance(result, ScoreResult):
+        return _scored_json(result)
+    answer = result.answer
+    return {
+        "question": result.context,
+        "choices": list(result.choices),
+        "probabilities": result.probabilities,
+        "logprobs": result.logprobs,
+        "logprob_per_char": result.per_char,
+        "logprob_per_byte": result.per_byte,
+        "best": result.best,
+        "best_norm": result.best_norm,
+        "best_bytes": result.best_bytes,
+        "answer": answer,
+        "answer_text": None if answer is None else result.choices[answer],
+        "acc": result.acc,
+        "acc_norm": result.acc_norm,
+        "scores": [_scored_json(s) for s in result.scores],
+    }
 
 
 def _message(error: BaseException) -> str:

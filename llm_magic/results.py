@@ -31,6 +31,9 @@ from .units import format_seconds
 
 MimeBundle = tuple[dict[str, str], dict[str, Any]]
 
+# The stop reason of an --over item an interrupt left unrun.
+NOT_RUN = "not run"
+
 
 @dataclass(frozen=True, repr=False, eq=False)
 class GenerationResult:
@@ -43,12 +46,12 @@ class GenerationResult:
     prompt: str  # the prompt after {name} filling
     rendered_prompt: str  # what the model read: the chat template applied, or the raw text
     token_ids: tuple[int, ...]  # the new tokens (up to and including eos / the stop string)
-    prompt_tokens: int
+    prompt_tokens: int | None  # None: the engine could not tell (a server reporting no usage)
     new_tokens: int
     time_to_first_token: float | None  # seconds from the call to the first new token
     seconds: float  # the generate call (for a batch: the whole batch)
     tokens_per_second: float
-    stop_reason: str  # "eos", "length", "stop string" or "interrupted"
+    stop_reason: str  # "eos", "length", "stop string", "interrupted", "error" or "not run"
     settings: dict[str, Any]  # max_new_tokens, greedy, temperature, top_p, top_k, stop, ...
     seed: int | None
     model_id: str
@@ -132,7 +135,8 @@ class GenerationResult:
         adapter = f":{self.adapter}" if self.adapter else ""
         answer = f" · {self.answer.status}" if self.answer is not None else ""
         footer = (
-            f"{self.prompt_tokens} prompt tokens · {self.new_tokens} new · "
+            f"{'?' if self.prompt_tokens is None else self.prompt_tokens} prompt tokens · "
+            f"{self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
             f"{mode} · {short_name(self.model_id)}{adapter} {self.model_held_as}{answer}"
         )
@@ -197,17 +201,22 @@ class GenerationResult:
             said += (f"the answer does not conform: {answer.error}",)
         return self.notes + ((self.error,) if self.error else ()) + said
 
-    def plain(self, with_text: bool = True) -> str:
+    def _remarks(self) -> tuple[str, ...]:
+        """What is said with the result that is no warning (a chat turn retried)."""
+        return ()
+
+    def plain(self, with_text: bool = True, said: tuple[str, ...] = ()) -> str:
+        """The text, the footer and the notes; `said`: notes already on screen, left out."""
         lines = [self.text.rstrip("\n")] if with_text else []
         if self.answer is not None and self.answer.valid:
             lines.append("→ " + parsed_text(self.answer))
-        lines += ["── " + self.footer()]
+        lines += ["── " + self.footer()] + [f"   {remark}" for remark in self._remarks()]
         if self.tokens:
             lines.append(
                 f"── log-probabilities: {self.distribution or logprobs.DISTRIBUTION_SHORT}; "
                 "result.tokens_table() lists them"
             )
-        lines += [f"⚠ {note}" for note in self._warnings()]
+        lines += [f"⚠ {note}" for note in self._warnings() if note not in said]
         replayed = self.replay_line()
         return "\n".join(lines + ([replayed] if replayed else []))
 
@@ -215,6 +224,7 @@ class GenerationResult:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
         parsed = parsed_html(self.answer) if self.answer is not None and self.answer.valid else ""
+        remarks = "".join(f"<div style='{FOOTER_STYLE}'>{e(r)}</div>" for r in self._remarks())
         text = self.text.rstrip(chr(10))
         body = f"<div style='{TEXT_STYLE}'>{e(text)}</div>"
         legend = ""
@@ -228,16 +238,21 @@ class GenerationResult:
             notes += f"<div style='{FOOTER_STYLE}'>{e(replayed)}</div>"
         return (
             f"<div>{body}{parsed}<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>"
-            f"{legend}{notes}</div>"
+            f"{remarks}{legend}{notes}</div>"
         )
 
-    def text_already_shown(self) -> None:
-        """The text has just streamed to a terminal: the next display (Out[n]) shows the
-        footer only, so the answer is not printed twice. Later displays show it all."""
-        object.__setattr__(self, "_text_on_screen", True)
+    def text_already_shown(self, text: bool = True, notes: tuple[str, ...] = ()) -> None:
+        """The text has just streamed to a terminal (`text`), and `notes` were said before
+        it: the next display (Out[n]) leaves them out, so nothing is printed twice. Later
+        displays show it all."""
+        object.__setattr__(self, "_text_on_screen", text)
+        object.__setattr__(self, "_notes_on_screen", tuple(notes))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> MimeBundle:
-        plain = self.plain(with_text=not self.__dict__.pop("_text_on_screen", False))
+        plain = self.plain(
+            with_text=not self.__dict__.pop("_text_on_screen", False),
+            said=self.__dict__.pop("_notes_on_screen", ()),
+        )
         return {"text/plain": plain, "text/html": self.html()}, {"llm_magic": self.metadata()}
 
 
@@ -248,6 +263,13 @@ class GenerationResults(list[GenerationResult]):
     wall_seconds: float | None = None
     # How the engine grouped the prompts (its Capabilities.group): "batch", "request", "prompt".
     group: str = "batch"
+    # The items the run went over, and their labels (a pandas Series' index, a dict's
+    # keys; None: their positions): to_pandas() keeps both, so results join back to the data.
+    items: list[Any] | None = None
+    labels: Any = None
+    notes: tuple[str, ...] = ()  # about the items as a whole (a dict's values, None items)
+    # A plain listing shows this many items at most, then the summary.
+    shown_items: int = 20
 
     @property
     def texts(self) -> list[str]:
@@ -258,11 +280,23 @@ class GenerationResults(list[GenerationResult]):
         """The items whose request failed on its own (their `.error` says why)."""
         return [i for i, r in enumerate(self) if r.error is not None]
 
+    @property
+    def not_run(self) -> list[int]:
+        """The items an interrupt left unrun (stop_reason "not run")."""
+        return [i for i, r in enumerate(self) if r.stop_reason == NOT_RUN]
+
+    def stopped_after(self) -> tuple[int, int] | None:
+        """(items finished, items in all) when an interrupt stopped the run; else None."""
+        unfinished = sum(r.stop_reason in (NOT_RUN, "interrupted") for r in self)
+        return (len(self) - unfinished, len(self)) if unfinished else None
+
     def to_pandas(self) -> Any:
         """One row per item: item, text, prompt/new tokens, stop reason, seconds, error, and
         with --logprobs the answer's log-probability and its tokens (needs pandas). With
         --schema, one typed column per top-level field (integers as integers), then `valid`
-        and `validation_error`; with --choice or --regex, a `data` column."""
+        and `validation_error`; with --choice or --regex, a `data` column. The index is the
+        items' labels (a Series' index, a dict's keys), so the frame joins back to the data
+        it came from."""
         try:
             import pandas as pd
         except ImportError:
@@ -271,11 +305,12 @@ class GenerationResults(list[GenerationResult]):
             raise LLMError(
                 "results.to_pandas() needs pandas", fixes=["pip install pandas"]
             ) from None
+        items = self.items if self.items is not None else list(range(len(self)))
         with_tokens = any(r.tokens for r in self)
         frame = pd.DataFrame(
             [
                 {
-                    "item": i,
+                    "item": item,
                     "prompt": r.prompt,
                     "text": r.text,
                     "prompt_tokens": r.prompt_tokens,
@@ -286,21 +321,27 @@ class GenerationResults(list[GenerationResult]):
                     # with --logprobs: the answer's log-probability and its tokens' records
                     **({"logprob": r.logprob, "tokens": list(r.tokens)} if with_tokens else {}),
                 }
-                for i, r in enumerate(self)
+                for item, r in zip(items, self, strict=False)
             ]
         )
-        return _with_answer_columns(pd, frame, [r.answer for r in self])
+        # The answer's columns first: they line up with the rows by position.
+        frame = _with_answer_columns(pd, frame, [r.answer for r in self])
+        if self.labels is not None and len(self.labels) == len(frame):
+            frame.index = pd.Index(self.labels)
+        return frame
 
     def summary(self) -> str:
         made = [r for r in self if r.replayed_from is None]  # the runs of this call
-        batches = {r.batch[0] for r in made if r.batch is not None}
         seconds = sum({r.batch[0]: r.seconds for r in made if r.batch is not None}.values())
         if self.wall_seconds is not None:  # concurrent requests overlap: the sum would overstate
             seconds = self.wall_seconds
         new = sum(r.new_tokens for r in made)
         rate = new / seconds if seconds > 0 else 0.0
         interrupted = sum(r.stop_reason == "interrupted" for r in self)
-        tail = f" · {interrupted} interrupted" if interrupted else ""
+        stopped = self.stopped_after()
+        tail = f" · stopped after {stopped[0]} of {stopped[1]} items" if stopped else ""
+        tail += f" · {interrupted} interrupted" if interrupted else ""
+        tail += f" · {len(self.not_run)} not run" if self.not_run else ""
         replayed = sum(r.replayed_from is not None for r in self)
         if replayed:
             tail += f" · {replayed} from the run log (--reuse), not generated again"
@@ -315,7 +356,8 @@ class GenerationResults(list[GenerationResult]):
             tail += f" ({incomplete} incomplete)" if incomplete else ""
             tail += f" · {answers[0].status}"
         model = f" · {short_name(self[0].model_id)} {self[0].model_held_as}" if self else ""
-        count = len(batches) if self.group == "batch" else len(made)
+        ran = [r for r in made if r.stop_reason != NOT_RUN]
+        count = len({r.batch[0] for r in ran if r.batch}) if self.group == "batch" else len(ran)
         plural = ("es" if self.group.endswith("h") else "s") if count != 1 else ""
         groups = f"{count} {self.group}{plural}"
         return (
@@ -323,14 +365,33 @@ class GenerationResults(list[GenerationResult]):
             f"{format_seconds(seconds)} · {rate:.1f} tokens/s in all{tail}{model}"
         )
 
+    def _listed(self) -> tuple[list[int], int]:
+        """(the items a listing shows, how many it leaves out): the first ones and the
+        last two, when there are more than `shown_items`."""
+        if len(self) <= self.shown_items:
+            return list(range(len(self))), 0
+        head = list(range(self.shown_items - 2))
+        return head + [len(self) - 2, len(self) - 1], len(self) - self.shown_items
+
+    def _more(self, left_out: int) -> str:
+        return (
+            f"… {left_out} more: results[i], results.texts or results.to_pandas() show every item"
+        )
+
     def plain(self) -> str:
-        parts = [
-            f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
-            + (f" · {r.error}" if r.error else "")
-            + _row_answer(r.answer)
-            for i, r in enumerate(self)
-        ]
-        return "\n".join(parts + ["── " + self.summary()])
+        shown, left_out = self._listed()
+        parts = []
+        for i in shown:
+            r = self[i]
+            if left_out and i == len(self) - 2:
+                parts.append(self._more(left_out))
+            parts.append(
+                f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
+                + (f" · {r.error}" if r.error else "")
+                + _row_answer(r.answer)
+            )
+        notes = [f"⚠ {note}" for note in self.notes]
+        return "\n".join(parts + ["── " + self.summary()] + notes)
 
     def html(self) -> str:
         e = html.escape
@@ -341,9 +402,10 @@ class GenerationResults(list[GenerationResult]):
             f"{e(' · ' + r.error) if r.error else ''}{e(_row_answer(r.answer))}</div></td></tr>"
             for i, r in enumerate(self)
         )
+        notes = "".join(warning_html(n) for n in self.notes)
         return (
             f"<div><table style='border:none'>{rows}</table>"
-            f"<div style='{FOOTER_STYLE}'>{e(self.summary())}</div></div>"
+            f"<div style='{FOOTER_STYLE}'>{e(self.summary())}</div>{notes}</div>"
         )
 
     def __repr__(self) -> str:
@@ -379,6 +441,11 @@ class Comparison(dict[str, Any]):
         """Long form: item, model, prompt, text, tokens, stop reason, seconds, seed, error
         (and what each model's results add), one row per item and model, the items in order
         and the models as named within each (needs pandas)."""
+        return self._long().drop(columns=["_position", "_order"], errors="ignore")
+
+    def _long(self) -> Any:
+        """The long form with each row's position in its model's results (`_position`):
+        items themselves (texts, dicts) may repeat or not sort."""
         try:
             import pandas as pd
         except ImportError:
@@ -388,31 +455,35 @@ class Comparison(dict[str, Any]):
         frames = []
         for order, (model, value) in enumerate(self.items()):
             runs = value if isinstance(value, GenerationResults) else GenerationResults([value])
-            frame = runs.to_pandas()
+            frame = runs.to_pandas().reset_index(drop=True)
             frame.insert(1, "model", model)
             frame["seed"] = [r.seed for r in runs]
             frame["adapter"] = [r.adapter for r in runs]
+            frame["_position"] = range(len(frame))
             frame["_order"] = order
             frames.append(frame)
         if not frames:
             return pd.DataFrame()
         long = pd.concat(frames, ignore_index=True)
-        long = long.sort_values(["item", "_order"], kind="stable")
-        return long.drop(columns="_order").reset_index(drop=True)
+        long = long.sort_values(["_position", "_order"], kind="stable")
+        return long.reset_index(drop=True)
 
     def pivot(self, values: str = "text") -> Any:
         """Items × models: each model's `values` column (text, new_tokens, seconds, ...)
-        side by side, the models in the order named."""
-        table = self.to_pandas().pivot(index="item", columns="model", values=values)
+        side by side, the models in the order named; a row per item, indexed by its
+        position."""
+        table = self._long().pivot(index="_position", columns="model", values=values)
+        table.index.name = "item"
         return table[[m for m in self.models if m in table.columns]]
 
     def footer(self) -> str:
         mode = "greedy" if self.seed is None else f"seed {self.seed}"
         return f"{len(self)} models · the same prompt and settings ({mode}) for each"
 
-    def text_already_shown(self) -> None:
-        """The texts have just streamed to a terminal: the next display shows the footers."""
-        self._texts_on_screen = True
+    def text_already_shown(self, text: bool = True, notes: tuple[str, ...] = ()) -> None:
+        """The texts have just streamed to a terminal (`text`): the next display shows the
+        footers. `notes`: as a single result takes them (the columns say none first)."""
+        self._texts_on_screen = text
 
     def plain(self, with_text: bool = True) -> str:
         parts = []
@@ -495,6 +566,7 @@ class ChatResult(GenerationResult):
     conversation it is a turn of (`.conversation`, `.messages`)."""
 
     conversation: HasMessages | None = field(default=None, compare=False)
+    remarks: tuple[str, ...] = ()  # said under the footer, not as warnings ("retried turn 2")
 
     @classmethod
     def of(
@@ -502,10 +574,14 @@ class ChatResult(GenerationResult):
         result: GenerationResult,
         conversation: HasMessages,
         notes: tuple[str, ...] = (),
+        remarks: tuple[str, ...] = (),
     ) -> ChatResult:
         values = {f.name: getattr(result, f.name) for f in fields(GenerationResult)}
         values["notes"] = tuple(notes) + result.notes
-        return cls(**values, conversation=conversation)
+        return cls(**values, conversation=conversation, remarks=remarks)
+
+    def _remarks(self) -> tuple[str, ...]:
+        return self.remarks
 
     @property
     def messages(self) -> list[dict[str, str]]:

@@ -5,7 +5,7 @@ is: an engine without `Capabilities.prompt_logprobs` gets a card saying what to 
 
 A plain function of (engine, items, settings): the same call scores the same items with
 another model. On Ctrl-C the items scored so far are kept: KeyboardInterrupt is raised
-with them as its `.result`."""
+with them as its `.result`. Every scored item is a row of the run log (`recorder.py`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from . import generation
 from .engines.base import Engine, Scored, ScorePair
 from .errors import GenerationError
+from .recorder import Recorder
 from .results import carry_result
+from .runlog import Origin
 from .scores import ChoiceScores, ScoreResult, ScoreResults
 from .settings import Settings
 
@@ -95,9 +97,16 @@ def score(
     *,
     delimiter: str | None = None,
     on_progress: ProgressCallback | None = None,
+    origin: Origin | None = None,
+    over: bool = False,
 ) -> ScoreResults:
     """Each item scored; one result per item, in order. `delimiter`: put before each
-    choice (None: a space after a plain-text context, none after a chat template)."""
+    choice (None: a space after a plain-text context, none after a chat template).
+
+    Each item is written to the run log (kind 'score'; `origin`: where it comes from;
+    `over`: the items are an --over list, each row holding its item's index) as soon as
+    its last pair is scored, in few transactions: the finished ones at least every second,
+    and the rest at the end or on Ctrl-C."""
     settings.check()
     check(engine, items)
     pairs, owners = [], []
@@ -105,8 +114,11 @@ def score(
         for pair in pairs_of(item, settings, delimiter):
             pairs.append(pair)
             owners.append(index)
-    wanted = [owners.count(i) for i in range(len(items))]
+    waiting = [owners.count(i) for i in range(len(items))]  # each item's pairs not yet scored
     scored: dict[int, tuple[Scored, float]] = {}
+    made: dict[int, ScoreResult | ChoiceScores] = {}
+    shared = _Shared(engine)
+    record = Recorder(engine, settings, origin, "score")
     results = ScoreResults()
     results.items = len(items)
     started = time.perf_counter()
@@ -117,50 +129,77 @@ def score(
             now = time.perf_counter()
             for i, one in zip(indices, done, strict=True):
                 scored[i] = (one, now - last)
+                waiting[owners[i]] -= 1
+                if waiting[owners[i]] == 0:
+                    index = owners[i]
+                    made[index] = _result(shared, items[index], pairs, owners, index, scored)
+                    record.add_score(
+                        made[index], index if over else None, shared.versions, at_once=False
+                    )
             last = now
     except KeyboardInterrupt as e:
-        partial = _results(engine, items, pairs, owners, wanted, scored, results, started)
-        carry_result(e, partial)
+        carry_result(e, _in_order(made, results, started))
         raise
     finally:
         groups.close()
-    return _results(engine, items, pairs, owners, wanted, scored, results, started)
+        record.flush()  # what is scored is on disk before Ctrl-C or an error reaches the user
+    return _in_order(made, results, started)
 
 
-def _results(engine, items, pairs, owners, wanted, scored, results, started) -> ScoreResults:
+@dataclass
+class _Shared:
+    """What every result of one call shares, asked of the engine once."""
+
+    engine: Engine
+
+    def __post_init__(self) -> None:
+        self.info = self.engine.info
+        self.described = self.engine.describe()
+        self.distribution = self.engine.capabilities.distribution
+        self.versions = generation.library_versions()
+
+
+def _result(
+    shared: _Shared,
+    item: ScoreItem,
+    pairs: Sequence[ScorePair],
+    owners: Sequence[int],
+    index: int,
+    scored: dict[int, tuple[Scored, float]],
+) -> ScoreResult | ChoiceScores:
+    """Item `index`'s result, from its pairs' scores (all of them done)."""
+    done = [scored[i] for i in range(len(pairs)) if owners[i] == index]
+    texts = item.choices if item.choices is not None else (item.text,)
+    made = [
+        ScoreResult(
+            text=text,
+            context=_context_given(item),
+            context_shown=one.context_shown,
+            tokens=one.tokens,
+            context_tokens=one.context_tokens,
+            greedy=one.greedy,
+            model_id=shared.info.name,
+            dtype=shared.info.dtype,
+            seconds=seconds,
+            distribution=shared.distribution,
+            templated=one.templated,
+            engine=shared.described,
+            notes=one.notes,
+            label=item.label,
+        )
+        for text, (one, seconds) in zip(texts, done, strict=True)
+    ]
+    if item.choices is not None:
+        return ChoiceScores(item.text, item.choices, tuple(made), item.answer)
+    return made[0]
+
+
+def _in_order(
+    made: dict[int, ScoreResult | ChoiceScores], results: ScoreResults, started: float
+) -> ScoreResults:
     """The items whose pairs are all scored, in order (an interrupted run: some)."""
-    by_item: dict[int, list[tuple[str, Scored, float]]] = {}
-    for i, (one, seconds) in sorted(scored.items()):
-        by_item.setdefault(owners[i], []).append((pairs[i].continuation, one, seconds))
-    info, described = engine.info, engine.describe()
-    distribution = engine.capabilities.distribution
-    for index, item in enumerate(items):
-        done = by_item.get(index, [])
-        if len(done) < wanted[index]:
-            continue
-        made = [
-            ScoreResult(
-                text=choice if item.choices is not None else item.text,
-                context=_context_given(item),
-                context_shown=one.context_shown,
-                tokens=one.tokens,
-                context_tokens=one.context_tokens,
-                greedy=one.greedy,
-                model_id=info.name,
-                dtype=info.dtype,
-                seconds=seconds,
-                distribution=distribution,
-                templated=one.templated,
-                engine=described,
-                notes=one.notes,
-                label=item.label,
-            )
-            for choice, (_, one, seconds) in zip(item.choices or (None,), done, strict=True)
-        ]
-        if item.choices is not None:
-            results.append(ChoiceScores(item.text, item.choices, tuple(made), item.answer))
-        else:
-            results.append(made[0])
+    for index in sorted(made):
+        results.append(made[index])
         results.indices.append(index)
     results.wall_seconds = time.perf_counter() - started
     return results

@@ -210,10 +210,33 @@ def test_interrupted_answer_stays_marked_and_retry_replaces_it(shell, tiny):
         again = shell.run_cell(
             "%llm_chat --retry --seed 7 --max-new-tokens 5"
         ).result  # a line magic: no cell
-    assert again.notes[0] == "retried turn 2"
+    assert again.remarks[0].startswith("retried turn 2 of conversation 'tiny': greedy, at most 5")
     assert users("tiny") == ["first question", "The capital of France"]
     assert not conversation.turns[-1].interrupted and conversation.turns[-1].assistant == again.text
     assert again.seed == 7 and again.new_tokens == 5
+
+
+def test_retry_takes_the_conversation_used_last_and_that_turns_own_settings(shell, tiny_varied_dir):
+    """A greedy turn of a named conversation, retried from another cell: the same
+    conversation, greedy again (so the same answer), said as a remark, not a warning; a
+    flag on the retry's line changes that one setting only."""
+    shell.run_line_magic("llm_load", f"{tiny_varied_dir} --as varied --quiet")
+    chat(shell, "an earlier question", flags="--greedy --max-new-tokens 6")  # varied's own
+    first = chat(shell, "The capital of France", flags="--as quiz --greedy --max-new-tokens 12")
+    with capture_output() as captured:
+        again = shell.run_cell("%llm_chat --retry").result
+    assert again.conversation is llm_magic.conversation("quiz")
+    assert users("quiz") == ["The capital of France"] and users("varied") == ["an earlier question"]
+    assert again.settings["greedy"] is True and again.settings["max_new_tokens"] == 12
+    assert again.text == first.text and again.new_tokens == first.new_tokens
+    said = "retried turn 1 of conversation 'quiz': greedy, at most 12 new tokens"
+    assert again.remarks == (said,) and said in captured.stdout
+    assert "⚠ retried" not in captured.stdout  # a remark, not a warning
+    with capture_output():
+        shorter = shell.run_cell("%llm_chat --retry --max-new-tokens 3").result
+    assert shorter.settings["greedy"] is True and shorter.new_tokens == 3
+    assert shorter.text == first.text[: len(shorter.text)]
+    CONVERSATIONS.clear()
 
 
 def test_retry_needs_an_answer_and_no_new_question(shell, tiny):

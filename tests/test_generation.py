@@ -942,11 +942,18 @@ def test_ctrl_c_during_over_is_quiet_and_keeps_the_finished_items(shell, tiny):
     )  # the first item is done (a step per prompt)
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     partial = shell.user_ns["_"]
-    assert isinstance(partial, GenerationResults) and 1 <= len(partial) < 3
+    # One result per item: the finished one whole, the rest not run (Ctrl-C landed as the
+    # progress line was written, between items).
+    assert isinstance(partial, GenerationResults) and len(partial) == 3
     assert partial[0].stop_reason == "length"  # the finished item is kept whole
+    assert [r.stop_reason for r in partial[1:]] == ["not run", "not run"]
+    assert partial[2].text == "" and partial[2].prompt == "Hello" and partial.not_run == [1, 2]
+    assert partial.items == shell.user_ns["items"]
+    assert "stopped after 1 of 3 items · 2 not run" in partial.summary()
     lines = out.strip("\n").splitlines()
     assert lines[-1].startswith(
-        "KeyboardInterrupt: generation stopped; the partial result is in _, Out["
+        "KeyboardInterrupt: generation stopped after 1 of 3 items; the results (one per item, "
+        "those not run marked 'not run') are in _, Out["
     )
     assert "Traceback" not in out and len(lines) <= 2 * len(partial) + 3
 
@@ -1001,6 +1008,8 @@ def test_a_terminal_says_the_lowered_budget_before_the_text(shell, tiny):
     text = both.getvalue()
     assert result.success and text.startswith("⚠ max_new_tokens lowered from 100 to")
     assert text.index("max_new_tokens lowered") < text.index(result.result.text.strip()[:10])
+    assert text.count("max_new_tokens lowered") == 1  # said first, not again under the text
+    assert "max_new_tokens lowered" in result.result.plain()  # the result itself still says it
 
 
 @pytest.mark.slow

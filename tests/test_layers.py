@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("settings", "prompts", "results", "structured", "runlog", "logprobs", "scores"),
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
-    ("hardware", "quiet", "units", "paths", "_version", "_compat"),  # leaves
+    ("hardware", "quiet", "units", "paths", "redact", "_version", "_compat"),  # leaves
 ]
 
 

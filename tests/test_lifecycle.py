@@ -223,6 +223,18 @@ def test_llm_models_lists_models_free_memory_and_escapes_html(shell, tiny_model_
     assert ok(shell, "%llm_models").text().startswith("0 models cached, 0 B in all")
 
 
+def test_llm_models_marks_the_model_generate_uses_after_the_current_one_is_unloaded(
+    shell, tiny_model_dir
+):
+    ok(shell, f"%llm_load {tiny_model_dir} --as older --dtype float32 --quiet")
+    ok(shell, f"%llm_load {tiny_model_dir} --as newer --dtype bfloat16 --quiet")
+    ok(shell, "%llm_unload newer")
+    marked = [line for line in ok(shell, "%llm_models").text().splitlines() if "older" in line]
+    assert marked and marked[0].startswith("*")  # the one %%llm_generate takes now
+    result = ok(shell, "%%llm_generate --greedy --max-new-tokens 2\nHello")
+    assert result.dtype == "float32"  # it is the one that generated
+
+
 # ------------------------------------------------------------------------------- budget
 
 
@@ -555,8 +567,7 @@ def test_llm_models_stays_narrow_and_marks_a_default_only_when_there_is_one(shel
     assert "(* = default" in text
     html = ok(shell, "%llm_models")._repr_mimebundle_()["text/html"]
     assert f"title='{tiny_model_dir}'" in html and "white-space:nowrap" in html
-    ok(shell, "%llm_unload second")  # the default goes
+    ok(shell, "%llm_unload second")  # the default goes: the * moves to the one generate uses
     text = ok(shell, "%llm_models").text()
-    assert (
-        not any(line.startswith("*") for line in text.splitlines()) and "(* = default" not in text
-    )
+    marked = [line for line in text.splitlines() if line.startswith("*")]
+    assert len(marked) == 1 and "first" in marked[0] and "(* = default" in text

@@ -192,8 +192,10 @@ def test_an_interrupted_over_resumes_with_reuse_generating_only_the_missing(shel
             batch_size=4,
             progress=ctrl_c_after_two_batches,
         )
-    assert len(stopped.value.result) == 8
-    assert len(run_log.query()) == 8
+    stopped_results = stopped.value.result  # one per item, those not run marked
+    assert len(stopped_results) == 20 and stopped_results.stopped_after() == (8, 20)
+    assert stopped_results.not_run == list(range(8, 20))
+    assert len(run_log.query()) == 8  # what was not run is not logged
     resumed, _ = cell(
         shell,
         "%%llm_generate --over items --greedy --max-new-tokens 2 --batch-size 4 --reuse\n"
@@ -207,7 +209,7 @@ def test_an_interrupted_over_resumes_with_reuse_generating_only_the_missing(shel
     assert len(rows) == 20 and sorted(r["prompt"] for r in rows) == sorted(
         f"Repeat: {i}" for i in items
     )
-    assert [r.text for r in resumed[:8]] == [r.text for r in stopped.value.result]
+    assert [r.text for r in resumed[:8]] == [r.text for r in stopped_results[:8]]
 
 
 def test_the_log_card_and_its_flags(shell, tiny, tiny_varied_dir, run_log):

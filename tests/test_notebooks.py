@@ -172,9 +172,9 @@ def test_compare_notebook_trains_an_adapter_and_shows_it_beside_its_base():
 def test_run_log_notebook_logs_every_run_with_its_file_cell_and_notebook(tmp_path, monkeypatch):
     """examples/run_log.ipynb in a real kernel started as Jupyter Server starts one for a
     notebook (JPY_SESSION_NAME is its path; each cell's id sent with it): SmolLM2 by .gguf
-    generates, samples with a seed, chats two turns and runs --over on 5 items; the log
-    holds one row per run with the file's hash, engine, dtype, seed, cell ids and texts,
-    and the repeated greedy cell with --reuse is answered from it."""
+    generates, samples with a seed, chats two turns, runs --over on 5 items and scores a
+    question's choices; the log holds one row per run with the file's hash, engine, dtype,
+    seed, cell ids and texts, and the repeated greedy cell with --reuse is answered from it."""
     import hashlib
 
     import llm_magic
@@ -190,14 +190,14 @@ def test_run_log_notebook_logs_every_run_with_its_file_cell_and_notebook(tmp_pat
     ran = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("%%llm_")]
     generating = ran[:-1]  # the last one is the --reuse replay: not a new run
     per_cell = [5 if "--over" in c.source else 1 for c in generating]
-    assert len(rows) == sum(per_cell) == 9
+    assert len(rows) == sum(per_cell) == 10
     assert [r["cell_id"] for r in rows] == [
         c.id for c, n in zip(generating, per_cell, strict=True) for _ in range(n)
     ]
     assert [r["cell"] for r in rows] == [
         c.source for c, n in zip(generating, per_cell, strict=True) for _ in range(n)
     ]
-    assert [r["kind"] for r in rows] == ["generate"] * 2 + ["chat"] * 2 + ["over"] * 5
+    assert [r["kind"] for r in rows] == ["generate"] * 2 + ["chat"] * 2 + ["over"] * 5 + ["score"]
     digest = hashlib.sha256(Path(llm_magic.demo_model()).read_bytes()).hexdigest()
     assert {r["model_hash"] for r in rows} == {f"sha256:{digest}"}
     assert {r["engine"] for r in rows} == {"transformers"} and {r["alias"] for r in rows} == {
@@ -208,10 +208,13 @@ def test_run_log_notebook_logs_every_run_with_its_file_cell_and_notebook(tmp_pat
     assert {r["notebook"] for r in rows} == {str(path)}
     assert [r["turn"] for r in rows[2:4]] == [1, 2] and rows[3]["conversation"] == "smol"
     assert "Ada" in rows[3]["answer"]
-    assert [r["item"] for r in rows[4:]] == [0, 1, 2, 3, 4] and "Lima" in rows[6]["prompt"]
+    assert [r["item"] for r in rows[4:9]] == [0, 1, 2, 3, 4] and "Lima" in rows[6]["prompt"]
+    scored = rows[9]["result"]
+    assert scored["choices"] == ["Peru", "Spain", "Italy"] and rows[9]["answer"] == scored["best"]
+    assert sum(scored["probabilities"].values()) == pytest.approx(1)
     replay = cell_text(ran[-1])
     assert f"↺ from the run log: run {rows[0]['id']}" in replay
     assert replay.split("\n── ")[0] == rows[0]["answer"].rstrip("\n")
     frame = cell_text(_cells_with(notebook, "llm_magic.log(")[0])
     assert "Write one line about the sea." in frame
-    assert "run log: 9 runs" in cell_text(_cells_with(notebook, "--stats")[0])
+    assert "run log: 10 runs" in cell_text(_cells_with(notebook, "--stats")[0])

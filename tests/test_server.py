@@ -198,6 +198,20 @@ def test_transformers_serve_greedy_equals_local_greedy(shell, transformers_serve
     )
 
 
+def test_transformers_serve_is_not_said_to_refuse_a_top_k_nobody_set(shell, transformers_server):
+    """`transformers serve` takes no top_k: sampling without it is said only when the user
+    chose one (--top-k), not for the default every sampled request carries."""
+    shell.run_line_magic("llm_load", f"--server {transformers_server.url} --as ts --quiet --reload")
+    sampled, out = run(shell, f"%%llm_generate -m ts --max-new-tokens 2 --no-stream\n{QUESTION}")
+    assert sampled.success, sampled.error_in_exec
+    assert MODEL_CACHE.find("ts").engine.top_k_refused  # the server did refuse it
+    assert not any("top_k" in n for n in sampled.result.notes) and "top_k" not in out.stdout
+    chosen, _ = run(
+        shell, f"%%llm_generate -m ts --top-k 5 --max-new-tokens 2 --no-stream\n{QUESTION}"
+    )
+    assert "this server takes no top_k: sampled without --top-k 5" in chosen.result.notes
+
+
 def test_llama_cpp_greedy_equals_the_raw_openai_client(shell, llama_server):
     import openai
 
@@ -321,7 +335,7 @@ def test_over_keeps_the_order_and_converts_to_pandas(loaded):
     assert results.texts == singles
     assert [r.prompt for r in results] == SEQUENCES
     frame = results.to_pandas()
-    assert list(frame["text"]) == singles and list(frame["item"]) == [0, 1, 2]
+    assert list(frame["text"]) == singles and list(frame["item"]) == SEQUENCES
     assert set(frame.columns) >= {"new_tokens", "stop_reason", "seconds", "error"}
     assert "3 results in 3 requests" in results.summary()
 

@@ -55,7 +55,7 @@ def test_over_four_prompts_through_two_models_is_eight_rows_in_order(shell, tiny
     assert all(isinstance(v, GenerationResults) and len(v) == 4 for v in comparison.values())
     frame = comparison.to_pandas()
     assert len(frame) == 8
-    assert list(frame["item"]) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert list(frame["item"]) == [item for item in ITEMS for _ in range(2)]  # the items
     assert list(frame["model"]) == ["tiny:base", "tiny:lora"] * 4
     assert list(frame["adapter"]) == ["base", "lora"] * 4
     assert list(frame["seed"]) == [11] * 8 and comparison.seed == 11

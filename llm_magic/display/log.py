@@ -24,13 +24,23 @@ _COLUMNS: tuple[tuple[str, Any, int], ...] = (
     ("model", lambda r: r["alias"] or short_name(r["model"] or "?"), 24),
     ("cell", lambda r: _cell(r), 14),
     ("prompt", lambda r: _line(r["prompt"]), 36),
-    ("answer", lambda r: _line(r["error"] and "✗ " + r["error"] or r["answer"]), 48),
+    ("answer", lambda r: _answer(r), 48),
     ("tokens", lambda r: "" if r["new_tokens"] is None else str(r["new_tokens"]), 6),
 )
 
 
 def _line(text: str | None) -> str:
     return " ".join((text or "").split())
+
+
+def _answer(row: Row) -> str:
+    """The answer, the error, or for a scored text (no answer) its figures."""
+    if row["error"]:
+        return _line("✗ " + row["error"])
+    figures = row.get("result") if row["kind"] == "score" and not row["answer"] else None
+    if isinstance(figures, Mapping) and "logprob" in figures:
+        return f"logprob {figures['logprob']:.3f} · perplexity {figures['perplexity']:.3f}"
+    return _line(row["answer"])
 
 
 def _cell(row: Row) -> str:

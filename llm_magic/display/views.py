@@ -80,18 +80,27 @@ class PromptView(Shown):
 
 @dataclass(frozen=True, repr=False)
 class BatchProgress(Shown):
-    """A progress bar over the batches of a `--over` run."""
+    """A progress bar over the batches of a `--over` run, with the time so far and an
+    estimate of the time left (from the pace of the groups done)."""
 
     done: int
     total: int
     items: int
+    elapsed: float | None = None  # seconds since the run started
     noun: str = "prompts"  # what the items are: prompts, texts scored
 
     def words(self) -> str:
         # A step per prompt: a server's requests, llama.cpp, batch size 1.
         if self.total == self.items:
-            return f"{self.done}/{self.items} {self.noun}"
-        return f"batch {self.done}/{self.total} · {self.items} {self.noun}"
+            said = f"{self.done}/{self.items} {self.noun}"
+        else:
+            said = f"batch {self.done}/{self.total} · {self.items} {self.noun}"
+        if self.elapsed is None:
+            return said
+        said += f" · {clock(self.elapsed)} elapsed"
+        if 0 < self.done < self.total:
+            said += f" · about {clock(self.elapsed / self.done * (self.total - self.done))} left"
+        return said
 
     def text(self) -> str:
         width = 24
@@ -101,8 +110,19 @@ class BatchProgress(Shown):
     def html(self) -> str:
         return (
             f"<div style='{STATUS_STYLE}'>"
-            f"<progress value='{self.done}' max='{self.total}'></progress> {self.words()}</div>"
+            f"<progress value='{self.done}' max='{self.total}'></progress> "
+            f"{html.escape(self.words())}</div>"
         )
+
+
+def clock(seconds: float) -> str:
+    """A duration as a person reads it on a progress line: 7 s, 3 min 05 s, 1 h 02 min."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 @dataclass(frozen=True, repr=False)

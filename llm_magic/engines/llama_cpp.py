@@ -39,7 +39,7 @@ from ..sources.adapter import AdapterSource
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
 from ..structured import KINDS
-from . import gbnf, llama_cpp_logprobs
+from . import gbnf, llama_cpp_logprobs, prompt_tokens
 from .base import (
     AdapterInfo,
     Budget,
@@ -210,30 +210,57 @@ class LlamaCppEngine:
     def render(self, request: Request) -> Rendered:
         llm = self.entry.model
         formatter = None if request.raw else self._chat_formatter()
+
+        def encode(piece: str, markers: bool) -> list[int]:
+            return list(llm.tokenize(piece.encode("utf-8"), add_bos=False, special=markers))
+
+        def name(token: int) -> str:
+            return str(llm._model.token_get_text(token))
+
         if formatter is None:
             text = "\n\n".join(m["content"] for m in request.messages)
             # As create_completion tokenizes a text prompt: the model's bos, then the text.
+            # Outside --raw, special-token text in it is read as plain text.
             bos = [llm.token_bos()] if llm._model.add_bos_token() and llm.token_bos() != -1 else []
-            ids = bos + (
-                llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
-            )
-            return Rendered(request, text, len(ids) if text else 0, ids)
+            markers = [] if request.raw else prompt_tokens.markers_in(encode, name, [text])
+            ids = bos + (encode(text, not markers) if text else [])
+            notes = (prompt_tokens.marker_note(markers),) if markers else ()
+            return Rendered(request, text, len(ids) if text else 0, ids, notes=notes)
         from jinja2 import TemplateError
 
-        try:
-            formatted = formatter(messages=[dict(m) for m in request.messages])
-        except (TemplateError, ValueError) as e:  # the template's raise_exception raises ValueError
-            fixes = ["--raw sends the text without the chat template"]
-            if request.system:
-                fixes.insert(0, "leave out --system: some templates take no system message")
-            raise GenerationError(
-                "the model's chat template refused the prompt", str(e), fixes
-            ) from e
-        # As llama-cpp-python's chat handler tokenizes it: the template wrote the special tokens.
+        def render(messages) -> Any:
+            try:
+                return formatter(messages=[dict(m) for m in messages])
+            except (TemplateError, ValueError) as e:  # raise_exception raises ValueError
+                fixes = ["--raw sends the text without the chat template"]
+                if request.system:
+                    fixes.insert(0, "leave out --system: some templates take no system message")
+                raise GenerationError(
+                    "the model's chat template refused the prompt", str(e), fixes
+                ) from e
+
+        formatted = render(request.messages)
+        # As llama-cpp-python's chat handler tokenizes it: the template wrote the special
+        # tokens (the messages' own special-token text stays text).
         ids = llm.tokenize(
             formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
         )
-        return Rendered(request, formatted.prompt, len(ids), ids)
+        split = prompt_tokens.encode_template(
+            encode,
+            name,
+            formatted.prompt,
+            [m["content"] for m in request.messages],
+            lambda texts: (
+                render(
+                    {**m, "content": t} for m, t in zip(request.messages, texts, strict=True)
+                ).prompt
+            ),
+        )
+        if split is None:
+            return Rendered(request, formatted.prompt, len(ids), ids)
+        head, tail = _around(ids, encode(formatted.prompt, True))  # the bos tokenizing added
+        ids = head + split[0] + tail
+        return Rendered(request, formatted.prompt, len(ids), ids, notes=split[1])
 
     def _chat_formatter(self):
         """The formatter create_chat_completion uses for this file's own template (None
@@ -463,6 +490,14 @@ class LlamaCppEngine:
         if wrapped is not error:
             wrapped.__cause__ = error
         return wrapped
+
+
+def _around(full: list[int], inner: list[int]) -> tuple[list[int], list[int]]:
+    """(what tokenizing added before `inner`, and after it) in `full`: the model's bos."""
+    for start in range(len(full) - len(inner) + 1):
+        if full[start : start + len(inner)] == inner:
+            return full[:start], full[start + len(inner) :]
+    return [], []
 
 
 @contextmanager

@@ -24,10 +24,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import SERVER, GenerationError, LLMError, chain, diagnose
+from ..errors import SERVER, GenerationError, IncompleteStream, LLMError, chain, diagnose
 from ..logprobs import SERVER_DISTRIBUTION, TokenLogprob
+from ..redact import public_url, redact
 from ..settings import Settings
 from . import server_formats, server_logprobs
 from .base import (
@@ -66,16 +66,6 @@ def adapters_of(info) -> list[str]:
     return [str(m["id"]) for m in info.served if m.get("parent") == info.name and m.get("id")]
 
 
-def public_url(url: str) -> str:
-    """The URL without user:password, safe to show and record."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 @dataclass(frozen=True)
 class Connection:
     """Where a server model is, and how to reach it: everything but the key itself."""
@@ -103,15 +93,15 @@ class Connection:
         )
 
     def scrub(self, error: BaseException) -> BaseException:
-        """The error with the key cut out of its message, should a server echo it back."""
+        """The error with the key (should a server echo it back) and any URL credentials
+        cut out of its messages, the whole chain through."""
         key = self.key()
         for e in chain(error, suppressed=True):
-            if key and key in str(e):
-                e.args = tuple(a.replace(key, "***") if isinstance(a, str) else a for a in e.args)
-                message = getattr(e, "message", None)
-                if isinstance(message, str):  # openai's errors repeat their text there
-                    # setattr: an attribute only some exceptions have, not BaseException's
-                    setattr(e, "message", message.replace(key, "***"))  # noqa: B010
+            e.args = tuple(redact(a, [key]) if isinstance(a, str) else a for a in e.args)
+            message = getattr(e, "message", None)
+            if isinstance(message, str):  # openai's errors repeat their text there
+                # setattr: an attribute only some exceptions have, not BaseException's
+                setattr(e, "message", redact(message, [key]))  # noqa: B010
         return error
 
 
@@ -136,6 +126,7 @@ class ServerEngine:
         self._info = info  # serving.ServerInfo
         self.connection = connection
         self.top_k_refused = False  # learned from the server: it rejects top_k
+        self.no_usage_said = False  # the note that the server reports no usage: said once
         self.logprobs_refused = False  # learned from the server: it rejects logprobs
         self.prompt_logprobs_checked = False  # its echoed log-probabilities passed the check
         self._client = None
@@ -266,7 +257,7 @@ class ServerEngine:
             try:
                 self._stream(row, seed, max_new, settings, on_text, streamed)
             except KeyboardInterrupt as e:
-                completions.append(streamed.completion("interrupted"))
+                completions.append(streamed.completion("interrupted", settings))
                 return Run(
                     completions,
                     started,
@@ -276,22 +267,25 @@ class ServerEngine:
                     format_note=format_note,
                 )
             except Exception as e:
+                # A stream that broke off may leave its connection unusable: the next
+                # request opens a fresh one.
+                self._drop_client()
                 error = self._explain(e, row, max_new)
-                if streamed.parts:  # the server dropped mid-stream: keep what came
-                    partial = streamed.completion("error")
+                if streamed.parts:  # the server failed mid-stream: keep what came
+                    partial = streamed.completion("error", settings)
                     partial.error = str(error)
                     so_far = completions + [partial]
                     failed_midway(
                         error, Run(so_far, started, time.perf_counter(), streamed.first_at)
                     )
                 raise error from e
-            completions.append(streamed.completion(None))
+            completions.append(streamed.completion(None, settings))
             first_token_at = first_token_at or streamed.first_at
-            if streamed.usage is None:
+            if streamed.usage is None and not self.no_usage_said:
+                self.no_usage_said = True
                 notes += (
-                    "the server reported no usage while streaming: "
-                    "new tokens counted as streamed pieces, "
-                    "prompt tokens unknown (0)",
+                    "this server reports no usage while streaming: new tokens are counted as "
+                    "streamed pieces, prompt tokens are unknown (said once for this model)",
                 )
         return Run(
             completions,
@@ -353,7 +347,9 @@ class ServerEngine:
 
     def _notes(self, settings, completions: Sequence[Completion] = ()) -> tuple[str, ...]:
         notes: tuple[str, ...] = ()
-        if self.top_k_refused and settings.top_k and not settings.greedy:
+        # Said only for a top_k the user chose: the default one is left out silently.
+        chosen = settings.top_k != Settings.top_k
+        if self.top_k_refused and settings.top_k and chosen and not settings.greedy:
             notes += (f"this server takes no top_k: sampled without --top-k {settings.top_k}",)
         if settings.logprobs is not None:
             if self.logprobs_refused:
@@ -361,6 +357,11 @@ class ServerEngine:
             elif any(c.new_tokens and not c.tokens for c in completions):
                 notes += (LOGPROBS_NOT_SENT,)
         return notes
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def _stream(
         self, row: Rendered, seed, max_new: int, settings, on_text, streamed: _Streamed
@@ -389,9 +390,14 @@ class ServerEngine:
                             on_text(piece)
                     if choice.finish_reason:
                         streamed.finish = choice.finish_reason
+                        streamed.stop_said = _said_stop(choice)
         finally:
             if stream is not None:
                 stream.close()  # Ctrl-C or an error: the server sees the client leave and stops
+        if streamed.finish is None:
+            # No finish reason: the server was stopped, or failed on its side without
+            # saying why (llama.cpp's server with a prompt past its context).
+            raise IncompleteStream(streamed.pieces)
 
     # --- many prompts, concurrently ------------------------------------------------------
 
@@ -472,7 +478,7 @@ class ServerEngine:
         text = (choice.message.content or "") if endpoint == "chat" else (choice.text or "")
         usage = getattr(reply, "usage", None)
         new = getattr(usage, "completion_tokens", None)
-        reason, stop_string = _stop_reason(choice.finish_reason, choice, settings)
+        reason, stop_string = _stop_reason(choice.finish_reason, _said_stop(choice), settings)
         done = Completion(
             text,
             new if new is not None else 0,
@@ -646,13 +652,14 @@ class _Streamed:
         self.first_at: float | None = None
         self.usage = None
         self.finish: str | None = None
+        self.stop_said: tuple[bool, object] = (False, None)  # see _said_stop
 
-    def completion(self, reason: str | None) -> Completion:
+    def completion(self, reason: str | None, settings: Settings) -> Completion:
         usage = self.usage
         new = getattr(usage, "completion_tokens", None)
         prompt = getattr(usage, "prompt_tokens", None)
         if reason is None:
-            reason, stop_string = _stop_reason(self.finish, None, None)
+            reason, stop_string = _stop_reason(self.finish, self.stop_said, settings)
         else:
             stop_string = None
         # Without usage (interrupted, or a server that does not report it): one token per
@@ -668,17 +675,30 @@ class _Streamed:
         return done
 
 
-def _stop_reason(finish: str | None, choice, settings) -> tuple[str, str | None]:
-    """The server's finish_reason in llm_magic's words. "stop" covers both the end of the
-    answer and a stop string; vLLM says which in `stop_reason`."""
+def _said_stop(choice) -> tuple[bool, object]:
+    """(whether the server says what stopped the answer, what it says). vLLM sends
+    `stop_reason`: the stop string hit, a stop token's id, or null for the end of the
+    answer; other servers send no such field."""
+    extra = getattr(choice, "model_extra", None) or {}
+    return ("stop_reason" in extra, extra.get("stop_reason"))
+
+
+def _stop_reason(
+    finish: str | None, said: tuple[bool, object], settings: Settings | None
+) -> tuple[str, str | None]:
+    """The server's finish_reason in llm_magic's words: "eos" when the model finished (as
+    every engine says it), "length", "stop string". A server's "stop" covers both the end
+    of the answer and a stop string; only where it does not say which (not vLLM) and
+    --stop was given is it "eos or stop string"."""
     if finish == "length":
         return "length", None
-    said = getattr(choice, "stop_reason", None) if choice is not None else None
-    if isinstance(said, str) and settings is not None and said in settings.stop:
-        return "stop string", said
+    tells, what = said
+    stops = settings.stop if settings is not None else ()
+    if isinstance(what, str) and what in stops:
+        return "stop string", what
     if finish == "stop":
-        return "stop", None
-    return finish or "stop", None
+        return ("eos or stop string" if stops and not tells else "eos"), None
+    return finish or "eos", None
 
 
 def _backoff(error: BaseException, attempt: int) -> float:

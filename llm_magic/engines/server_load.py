@@ -15,14 +15,15 @@ import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ..cache import MODEL_CACHE, LoadedModel
 from ..display import ServerCard
 from ..errors import SERVER, LoadError, diagnose
+from ..redact import public_url, url_credentials, without_credentials
 from .base import CacheKey, Loaded, LoadOptions, LoadReport, ModelInfo, Plan, Progress
 from .cards import adapters_rows
-from .server import DEFAULTS, Connection, ServerEngine, adapters_of, public_url
+from .server import DEFAULTS, Connection, ServerEngine, adapters_of
 
 # /models fields that give a model's context length, by server.
 _CONTEXT_FIELDS = (
@@ -74,7 +75,7 @@ def check_url(url: str) -> None:
     """Refuse a --server URL no OpenAI-compatible API answers on (another scheme, a port
     that is no port, no host) before anything is sent."""
     parts = urlsplit(url)
-    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    shown = public_url(url)  # no user:password, no key from the query
     fixes = ["--server http://HOST:8000/v1  (the API's base URL, as the server prints it)"]
     if parts.scheme not in ("http", "https"):
         raise LoadError(
@@ -109,7 +110,8 @@ class ServerLoader:
         assert options.server is not None
         started = time.perf_counter()
         url = normalize_url(options.server)
-        check_url(url)
+        check_url(url)  # an address no API answers on, said first (credentials hidden)
+        _refuse_credentials(url)
         key_env = default_key_env(options.api_key_env)
         if key_env and not os.environ.get(key_env):
             raise LoadError(
@@ -172,6 +174,25 @@ class ServerLoader:
 
 
 LOADER = ServerLoader()
+
+
+def _refuse_credentials(url: str) -> None:
+    """A URL holding a password or a key is refused, before anything is sent: the key is
+    read from an environment variable only, never from text that the notebook keeps."""
+    credentials = url_credentials(url)
+    if not credentials:
+        return
+    raise LoadError(
+        f"--server {public_url(url)}: the URL holds {' and '.join(credentials)}, "
+        "which llm_magic does not send",
+        "a server's key is read from an environment variable (--api-key-env): written in "
+        "the URL it would stay in the notebook, its history and tracebacks",
+        [
+            "import os, getpass; os.environ['SERVER_KEY'] = getpass.getpass()",
+            f"%llm_load --server {without_credentials(url)} --api-key-env SERVER_KEY",
+            "then take the key out of this cell: the notebook and its history keep it",
+        ],
+    )
 
 
 def _served_adapters(entry: LoadedModel) -> tuple[tuple[str, str], ...]:

@@ -22,7 +22,7 @@ from ..cache import MODEL_CACHE, clear_frames_of
 from ..errors import GENERATION, GenerationError, diagnose
 from ..settings import Settings
 from ..structured import KINDS
-from . import cpu_matmul, grammar, transformers_logprobs, transformers_score
+from . import cpu_matmul, grammar, prompt_tokens, transformers_logprobs, transformers_score
 from .base import (
     Budget,
     Capabilities,
@@ -122,13 +122,46 @@ class TransformersEngine:
         tokenizer = self.entry.tokenizer
         templated = bool(getattr(tokenizer, "chat_template", None))
         text, special = render_text(tokenizer, request)
-        ids = tokenizer(text, add_special_tokens=special)["input_ids"]
-        notes = (
-            ()
-            if templated or request.raw
-            else (NO_TEMPLATE_NOTE,) + (NO_SYSTEM_ROLE_NOTE,) * bool(request.system)
-        )
+        ids, notes = self._tokens(request, text, special, templated)
+        if not (templated or request.raw):
+            notes = (NO_TEMPLATE_NOTE,) + (NO_SYSTEM_ROLE_NOTE,) * bool(request.system) + notes
         return Rendered(request, text, len(ids), list(ids), notes=notes)
+
+    def _tokens(
+        self, request: Request, text: str, special: bool, templated: bool
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's ids. Outside --raw, special-token text in the messages is read as
+        plain text (the tokenizer's split of special tokens): only the template's own
+        markers are markers."""
+        tokenizer = self.entry.tokenizer
+
+        def encode(piece: str, markers: bool) -> list[int]:
+            return list(
+                tokenizer(piece, add_special_tokens=False, split_special_tokens=not markers)[
+                    "input_ids"
+                ]
+            )
+
+        def name(token: int) -> str:
+            return str(tokenizer.convert_ids_to_tokens(token))
+
+        if request.raw:
+            return list(tokenizer(text, add_special_tokens=special)["input_ids"]), ()
+        if not templated:  # the text is the messages' own, all of it
+            markers = prompt_tokens.markers_in(encode, name, [text])
+            ids = tokenizer(text, add_special_tokens=special, split_special_tokens=bool(markers))
+            notes = (prompt_tokens.marker_note(markers),) if markers else ()
+            return list(ids["input_ids"]), notes
+
+        def render(texts) -> str:
+            messages = tuple(
+                {**m, "content": t} for m, t in zip(request.messages, texts, strict=True)
+            )
+            return render_text(tokenizer, Request(messages, label=request.label))[0]
+
+        contents = [m["content"] for m in request.messages]
+        split = prompt_tokens.encode_template(encode, name, text, contents, render)
+        return split if split is not None else (encode(text, True), ())
 
     def run(
         self,

@@ -14,13 +14,14 @@ from .card import (
     GenerationError,
     LLMError,
     LoadError,
+    full_traceback,
     original_line,
     quiet_interrupt,
 )
 from .generation import GENERATION
 from .load import LOAD, PROBE_NOTE
 from .rules import Catalogue, Context, Explain, Rule, chain, diagnose, find_rule, is_type
-from .server import SERVER
+from .server import SERVER, IncompleteStream
 
 __all__ = [
     "ADAPTER",
@@ -36,12 +37,14 @@ __all__ = [
     "Diagnosis",
     "Explain",
     "GenerationError",
+    "IncompleteStream",
     "LLMError",
     "LoadError",
     "Rule",
     "chain",
     "diagnose",
     "find_rule",
+    "full_traceback",
     "is_type",
     "original_line",
     "quiet_interrupt",

@@ -8,7 +8,10 @@ exception stays chained (`raise LoadError(...) from e`) for code and for `%llm_t
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from ..redact import redact
 
 # A card stays short: what, cause, these many details and fixes, the original, the hint.
 MAX_DETAILS = 4
@@ -64,13 +67,12 @@ class LLMError(Exception):
             )
             lines.append(f"  {original_line(original)}{recognised}")
             lines.append(f"  {self.traceback_hint}")
-        return lines
+        return [redact(line) for line in lines]
 
     def full_traceback(self) -> list[str]:
-        """The chained traceback, original first, as lines (what `%llm_tb` prints)."""
-        return "".join(
-            traceback.format_exception(type(self), self, self.__traceback__)
-        ).splitlines()
+        """The chained traceback, original first, as lines (what `%llm_tb` prints), with
+        credentials cut out: it quotes the cell's line, which may hold a URL's password."""
+        return full_traceback(self).splitlines()
 
     def _render_traceback_(self) -> list[str]:
         lines = self.card_lines()
@@ -102,6 +104,13 @@ def quiet_interrupt(interrupt: KeyboardInterrupt, message: str) -> KeyboardInter
     # IPython asks the instance (showtraceback), so the method is set on this one only.
     setattr(interrupt, _RENDER_TRACEBACK, lambda: [line])
     return interrupt
+
+
+def full_traceback(error: BaseException, secrets: Iterable[str | None] = ()) -> str:
+    """The chained traceback of any exception as text, with credentials (and `secrets`)
+    cut out."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return redact(text, secrets)
 
 
 def original_line(exc: BaseException) -> str:

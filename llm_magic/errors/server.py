@@ -34,6 +34,18 @@ _CONTEXT_TOO_LONG = pattern(
 )
 
 
+class IncompleteStream(Exception):
+    """A server's stream that ended without a finish reason: the server was stopped, or
+    failed on its side without saying why. Raised by the server engine, explained here."""
+
+    def __init__(self, pieces: int) -> None:
+        self.pieces = pieces  # pieces of text that arrived before the end
+        super().__init__(
+            f"the stream ended after {pieces} piece{'' if pieces == 1 else 's'} of text "
+            "with no finish reason"
+        )
+
+
 def _what(ctx: Context) -> str:
     url = ctx.get("url") or "the server"
     if ctx.get("stage") == "load":
@@ -130,11 +142,44 @@ def _dropped(exc: BaseException, ctx: Context) -> Diagnosis:
     return Diagnosis(
         _what(ctx),
         "the server closed the connection before the answer was complete",
+        ["the server may have crashed or restarted: see its log, then run the cell again"],
+    )
+
+
+def _incomplete(exc: BaseException, ctx: Context) -> Diagnosis:
+    pieces = getattr(exc, "pieces", 0)
+    if pieces:
+        cause = (
+            "the server ended the stream before the answer was complete (no finish reason): "
+            "it was stopped, or failed on its side"
+        )
+    else:
+        cause = (
+            "the server ended the stream before sending any text (no finish reason): it was "
+            "stopped, or failed on its side, e.g. a prompt past its context"
+        )
+    fixes = ["its log says why; check that it is still running, then run the cell again"]
+    if not pieces:
+        fixes.append(
+            "shorten the prompt, or start the server with a longer context "
+            "(llama.cpp: --n_ctx N; vLLM: --max-model-len N)"
+        )
+    return Diagnosis(_what(ctx), cause, fixes)
+
+
+def _stream_error(exc: BaseException, ctx: Context) -> Diagnosis:
+    return Diagnosis(
+        _what(ctx),
+        f"the server failed while answering; it says: {_server_body(exc)}",
         [
-            "the server may have crashed or restarted: see its log, then run the cell again",
-            "the text that arrived before the drop is kept (shown above, and in --out)",
+            "its log says more; run the cell again once it is fixed",
+            "a server that keeps failing may need a restart",
         ],
     )
+
+
+def _says_context_too_long(exc: BaseException) -> bool:
+    return bool(_CONTEXT_TOO_LONG.search(_server_body(exc)))
 
 
 def _connection(exc: BaseException, ctx: Context) -> Diagnosis:
@@ -264,6 +309,16 @@ SERVER = Catalogue(
         Rule("rate_limited", ("openai.RateLimitError",), _rate_limited),
         Rule("server_failed", ("openai.InternalServerError",), _server_failed),
         Rule("connection", ("openai.APIConnectionError",), _connection),
+        Rule("incomplete", ("llm_magic.IncompleteStream",), _incomplete),
+        # An error the server sent in place of the rest of a stream (openai raises the
+        # base APIError with the server's body); its own words are shown.
+        Rule(
+            "stream_context_too_long",
+            ("openai.APIError",),
+            _context_too_long,
+            when=_says_context_too_long,
+        ),
+        Rule("stream_error", ("openai.APIError",), _stream_error),
     ),
     error_class=LLMError,  # callers name LoadError or GenerationError
     what=_what,

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from IPython.core.error import UsageError
@@ -22,8 +23,9 @@ from traitlets import Bool, Float, Int, TraitType, Unicode
 from .. import settings as settings_module
 from .. import structured
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
-from ..errors import quiet_interrupt
-from ..results import carried_result
+from ..errors import LLMError, quiet_interrupt
+from ..redact import redact
+from ..results import GenerationResult, carried_result
 from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
 
 # The flags of the answer's format (one Settings field, three ways to give it).
@@ -155,6 +157,23 @@ def settings_from(
     return settings_module.make(**values)
 
 
+def given_settings(args: Any, options: tuple[Option, ...]) -> dict[str, Any]:
+    """The options given on the line, and only those (not the traits' defaults): what
+    changes a setting kept from before (a retried turn's)."""
+    given: dict[str, Any] = {}
+    for option in options:
+        value = getattr(args, option.name)
+        if option.kind == "switch":
+            if value:
+                given[option.name] = True
+        elif option.kind == "list":
+            if value:
+                given[option.name] = tuple(unescape(unquote(s)) for s in value)
+        elif value is not None:
+            given[option.name] = unquote(value) if option.kind == "text" else value
+    return given
+
+
 def parse_line(magic, line: str):
     """parse_argstring, with "did you mean" for a mistyped flag."""
     try:
@@ -176,8 +195,8 @@ def parse_line(magic, line: str):
             )
             hints += [f"{word}: did you mean {close[0]}?"] if close else []
         if hints:
-            raise UsageError(f"{e}\n" + "\n".join(hints)) from None
-        raise
+            raise UsageError(redact(f"{e}\n" + "\n".join(hints))) from None
+        raise UsageError(redact(str(e))) from None
 
 
 def unquote(text: str) -> str:
@@ -237,22 +256,31 @@ def run_streamed(
         quiet_interrupt(e, _keep_partial(shell, partial, out, what))
         raise  # the cell is interrupted: later queued cells must not run
     except Exception as e:
-        partial = carried_result(e)  # a server that dropped mid-stream: its text stays
-        if partial is not None:
-            if out is not None:
-                shell.user_ns[out] = partial
-            _show_partial(sink, partial)
-        elif sink is not None:
-            sink.settle()  # no "generating…" left above the error card
         if waiting is not None:
             waiting.done()
+        partial = carried_result(e)  # a server that failed mid-stream: its text stays
+        if isinstance(partial, GenerationResult):
+            # On screen with its footer, as after Ctrl-C; the failure itself is said once,
+            # by the card under it.
+            _show_partial(sink, replace(partial, error=None))
+            places = _keep(shell, partial, out)
+            if isinstance(e, LLMError) and places:
+                e.diagnosis.details.insert(
+                    0, f"the text that arrived before the failure is kept: {', '.join(places)}"
+                )
+        elif sink is not None:
+            sink.settle()  # no "generating…" left above the error card
         raise
     if waiting is not None:
         result = waiting.done(result, shell)
     if sink is not None:
         result = sink.settle(result, shell)
-        if not sink.jupyter and sink.parts and hasattr(result, "text_already_shown"):
-            result.text_already_shown()  # in a terminal, Out[n] adds only the footer
+    # In a terminal, what is already on screen (the streamed text, the notes said before
+    # it) is not printed again: Out[n] adds the footer and the rest.
+    shown = sink or waiting
+    if shown is not None and not shown.jupyter and hasattr(result, "text_already_shown"):
+        said = getattr(shown, "notes", ())  # notes a Stream or a status line said first
+        result.text_already_shown(bool(sink is not None and sink.parts), said)
     if out is not None:
         shell.user_ns[out] = result
     return result
@@ -292,6 +320,22 @@ def _keep_partial(shell, partial, out: str | None, what: str = "generation") -> 
     if partial is None or (isinstance(partial, list) and not partial):
         nothing = "any text was made" if what == "generation" else "anything was done"
         return f"{what} stopped before {nothing}"
+    places = _keep(shell, partial, out)
+    where = (
+        ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
+    )
+    stopped = partial.stopped_after() if hasattr(partial, "stopped_after") else None
+    if stopped is not None:  # an --over run: one result per item, the unrun ones marked
+        return (
+            f"{what} stopped after {stopped[0]} of {stopped[1]} items; the results "
+            f"(one per item, those not run marked 'not run') are in {where}"
+        )
+    return f"{what} stopped; the partial result is in {where}"
+
+
+def _keep(shell, partial, out: str | None) -> list[str]:
+    """Put a partial result where a finished one would be (--out's variable, `_`, Out[n]);
+    returns those places' names."""
     places = []
     if out is not None:
         shell.user_ns[out] = partial
@@ -299,10 +343,7 @@ def _keep_partial(shell, partial, out: str | None, what: str = "generation") -> 
     if shell.displayhook.do_full_cache:
         shell.displayhook.update_user_ns(partial)
         places += ["_", f"Out[{shell.displayhook.prompt_count}]"]
-    where = (
-        ", ".join(places) if places else "--out VAR (run again with it to keep a partial result)"
-    )
-    return f"{what} stopped; the partial result is in {where}"
+    return places
 
 
 def unescape(text: str) -> str:
@@ -366,11 +407,14 @@ class Waiting:
     """--no-stream: a status line while the whole text is made (blanked when done), and
     the notes said first."""
 
+    notes: tuple[str, ...] = ()
+
     def __init__(self, jupyter: bool):
         self.jupyter = jupyter
         self.handle = None
 
     def start(self, notes: tuple[str, ...]) -> None:
+        self.notes = notes
         message = "generating; the text shows when it is complete (Ctrl-C stops it)"
         if not self.jupyter:
             for note in notes:
@@ -406,24 +450,34 @@ def _show_partial(sink: Sink | None, partial) -> None:
 
 @contextmanager
 def batch_progress(jupyter: bool, items: int, noun: str = "prompts"):
-    """A progress bar over the batches of an --over run: a display updated in place
-    in Jupyter (blanked when done), a line on stderr in a terminal."""
+    """A progress bar over the batches of an --over run (`items` prompts, or texts
+    scored: `noun`), with the time so far and left: a display updated in place in Jupyter
+    (blanked when done), one line on stderr rewritten in place in a terminal."""
     if not items:
         yield None
         return
+    started = time.perf_counter()
+
+    def bar(done: int, total: int) -> BatchProgress:
+        return BatchProgress(done, total, items, time.perf_counter() - started, noun)
+
     if not jupyter:
+        width = 0
+
+        def line(done: int, total: int) -> None:
+            nonlocal width
+            text = bar(done, total).text()
+            # Padded to the longest line yet: a shorter one must cover the last.
+            print(f"\r{text.ljust(width)}", end="", file=sys.stderr, flush=True)
+            width = max(width, len(text))
+
         try:
-            yield lambda done, total: print(
-                f"\r{BatchProgress(done, total, items, noun).text()}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            yield line
         finally:
             print(file=sys.stderr)
         return
-    handle = display(BatchProgress(0, 1, items, noun), display_id=True)
+    handle = display(BatchProgress(0, 1, items, noun=noun), display_id=True)
     try:
-        yield lambda done, total: handle.update(BatchProgress(done, total, items, noun))
+        yield lambda done, total: handle.update(bar(done, total))
     finally:
         handle.update({"text/plain": ""}, raw=True)

@@ -21,8 +21,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .. import api
 from ..conversations import CONVERSATIONS
 from ..display import ConversationsCard, ConversationView
+from ..settings import OPTIONS
 from .cells import (
     generation_flags,
+    given_settings,
     out_name,
     parse_line,
     prompt_shower,
@@ -157,6 +159,12 @@ class ChatMagics(Magics):
         sink = settings.stream_sink(args)
         system = unquote(args.system) if args.system is not None else None
         conversation = unquote(args.conversation) if args.conversation else None
+        # A retry keeps the turn's own settings; the flags on its line change single ones.
+        how = (
+            given_settings(args, OPTIONS)
+            if args.retry
+            else {"settings": settings.sampling_settings(args)}
+        )
 
         def call():
             return api.chat(
@@ -172,7 +180,7 @@ class ChatMagics(Magics):
                 namespace=ns,
                 stream=sink,
                 on_prompt=prompt_shower(args.show_prompt),
-                settings=settings.sampling_settings(args),
+                **how,
             )
 
         return run_streamed(call, sink, out, self.shell)

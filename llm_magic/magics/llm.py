@@ -5,8 +5,8 @@ the other modules."""
 
 from __future__ import annotations
 
+import os
 import sys
-import traceback
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -33,7 +33,7 @@ from ..cache import MODEL_CACHE
 from ..display import StatusLine
 from ..engines import registry
 from ..engines.base import LoadOptions
-from ..errors import GenerationError, LLMError
+from ..errors import GenerationError, LLMError, full_traceback
 from ..paths import short_name
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from ..sources import gguf_cache, sizing
@@ -413,7 +413,7 @@ class LLMMagics(Magics):
             return self._side_by_side(cell, models, args, settings, over, out, on_prompt)
 
         def call():
-            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+            with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
                 return api.generate(
                     cell.strip("\n"),
                     model=models[0] if models else None,
@@ -436,7 +436,7 @@ class LLMMagics(Magics):
         sink = Columns(jupyter, models, stream=self.stream and not args.no_stream)
 
         def call():
-            with batch_progress(jupyter, len(over) if over is not None else 0) as progress:
+            with batch_progress(jupyter, len(over.items) if over is not None else 0) as progress:
                 return api.compare(
                     cell.strip("\n"),
                     models,
@@ -514,10 +514,9 @@ class LLMMagics(Magics):
         if error is None:
             print("no error yet")
             return
-        print(
-            "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            file=sys.stderr,
-        )
+        # Credentials are cut out: the traceback quotes the cell's line, and a server's key
+        # may have been echoed into a message.
+        print(full_traceback(error, _known_keys()), file=sys.stderr)
 
     @contextmanager
     def _status(self, quiet: bool, first: str = "starting…", hf_bars: bool = True):
@@ -580,6 +579,13 @@ def _first_words(model: str | None, server: str | None, hf_bars: bool) -> str:
     if server:
         return "asking the server what it serves…"
     return f"opening {short_name(unquote(model))}…" if model else "starting…"
+
+
+def _known_keys() -> list[str | None]:
+    """The keys this kernel's server models are reached with (read from the variables
+    they name), and OPENAI_API_KEY: none of them is ever printed."""
+    names = {e.key.api_key_env for e in MODEL_CACHE.entries()} | {"OPENAI_API_KEY"}
+    return [os.environ.get(name) for name in names if name]
 
 
 def _parse_max_memory(text: str | None) -> dict | None:

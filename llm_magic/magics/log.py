@@ -45,6 +45,12 @@ class LogMagics(Magics):
         help="The history of one cell: this cell, or the cell that ran last when this "
         "one ran none; or the cell whose id starts with ID.",
     )
+    @argument(
+        "--kind",
+        choices=("generate", "chat", "over", "score"),
+        default=None,
+        help="Runs of this kind only: generate, chat, over (an --over item) or score.",
+    )
     @argument("--show", type=int, default=None, metavar="ID", help="One run whole.")
     @argument(
         "--forget",
@@ -81,6 +87,7 @@ class LogMagics(Magics):
             search=search,
             since=since,
             cell=cell,
+            kind=args.kind,
             notes=notes,
         )
 
@@ -103,6 +110,9 @@ class LogMagics(Magics):
         return last, (f"this cell ran nothing: the cell that ran last ({last[:8]}…)",)
 
     def _forget(self, args, model, search, since, cell):
+        if args.kind:
+            # Deleting by the other filters alone would delete runs of every kind.
+            raise UsageError("%llm_log --forget takes no --kind: name the runs by their ids")
         if args.all and not args.yes:
             stats = api.log_stats()
             raise UsageError(

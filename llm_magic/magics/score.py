@@ -154,7 +154,7 @@ class ScoreMagics(Magics):
                 f"--over {name}: no variable named {name!r}",
                 fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
             )
-        return prompts.items_of(ns[name], f"--over {name}")
+        return prompts.items_of(ns[name], f"--over {name}").items
 
     @staticmethod
     def _choices(words: list[str] | None, ns) -> list[str] | None:
@@ -163,7 +163,7 @@ class ScoreMagics(Magics):
             return None
         if len(words) == 1 and words[0].isidentifier() and words[0] in ns:
             value = ns[words[0]]
-            items = prompts.items_of(value, f"--choices {words[0]}")
+            items = prompts.items_of(value, f"--choices {words[0]}").items
             if not all(isinstance(c, str) for c in items):
                 raise GenerationError(
                     f"--choices {words[0]}: the choices must be strings",

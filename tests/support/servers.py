@@ -114,9 +114,11 @@ def transformers_serve(
     continuous_batching: bool = True,
     timeout: float = 300.0,
     threads: int | None = None,
+    cache_blocks: int = 256,
 ) -> ServerProcess:
     """`transformers serve` pinned to a local folder. The paged KV cache is kept small:
-    by default it takes a share of the machine's memory. `threads` sets OMP_NUM_THREADS."""
+    by default it takes a share of the machine's memory. `threads` sets OMP_NUM_THREADS;
+    `cache_blocks` blocks of 32 tokens make the paged cache (256: 8,192 tokens)."""
     # The CLI asks pypi.org for a newer version unless told not to: loopback only here.
     env = {
         "HF_HUB_DISABLE_UPDATE_CHECK": "1",
@@ -139,7 +141,8 @@ def transformers_serve(
         "warning",
     ]
     if continuous_batching:
-        cmd += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "256"]
+        cmd += ["--continuous-batching", "--cb-block-size", "32"]
+        cmd += ["--cb-num-blocks", str(cache_blocks)]
     return ServerProcess("transformers-serve", cmd, port, env=env).wait_ready(timeout=timeout)
 
 
@@ -228,6 +231,7 @@ class KeyProxy:
         proxy = self
         self.busy_left = busy
         self.refused = 0
+        self.requests = 0  # every request that reached the proxy, whatever its answer
         lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -245,6 +249,8 @@ class KeyProxy:
                 self.wfile.write(body)
 
             def _forward(self):
+                with lock:
+                    proxy.requests += 1
                 if self.command == "POST":
                     with lock:
                         busy = proxy.busy_left > 0

@@ -868,9 +868,9 @@ def write_report(
     def ratio(r: Row) -> str:
         if r.ratio is None:
             return "–"
-        if r.name in ("import_load_ext", "cache_hit"):
+        if r.name in ("import_load_ext", "cache_hit", "structured_compile"):
             return fmt_s(r.ratio)
-        if r.name in ("decode_vs_bandwidth", "decode_bandwidth_engines"):
+        if r.name in ("decode_vs_bandwidth", "decode_bandwidth_engines", "structured_valid"):
             return f"{r.ratio:.0%}"
         return f"{r.ratio:.2f}×"
 
@@ -990,6 +990,11 @@ def main(argv=None) -> int:
         "--server",
         action="store_true",
         help="also the server rows (bench/server_rows.py: starts transformers serve)",
+    )
+    p.add_argument(
+        "--structured",
+        action="store_true",
+        help="also the typed-answer rows (bench/structured_rows.py: --schema vs none on SmolLM2)",
     )
     p.add_argument(
         "--score",
@@ -1135,6 +1140,15 @@ def main(argv=None) -> int:
     attempt(
         ENGINE_ROWS, lambda: rows_engines(env, gguf, prep.get("gguf_converted_now_seconds"), args)
     )
+    if args.structured:
+        from structured_rows import STRUCTURED_ROWS, structured_rows
+
+        attempt(
+            STRUCTURED_ROWS,
+            lambda: tuple(
+                structured_rows(8 if smoke else 32, 16 if smoke else 64, 1 if smoke else 5)
+            ),
+        )
     if args.score and not smoke:
         from score_rows import SCORE_ROWS, score_rows
 

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from . import adapters, hardware, loader, runlog, side_by_side
+from . import adapters, hardware, loader, runlog, side_by_side, structured
 from . import settings as settings_module
 from .cache import MODEL_CACHE, LoadedModel
 from .display import DiskCard, ModelRow, ModelsCard, UnloadCard
@@ -308,6 +309,9 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     on_prompt: Callable[[str, int | None], None] | None = None,
     on_start: Callable[[tuple[str, ...]], None] | None = None,
+    schema: Any = None,
+    choice: Iterable[Any] | None = None,
+    regex: str | re.Pattern[str] | None = None,
     **keywords: Unpack[SettingsKeywords],
 ) -> GenerationResult | GenerationResults:
     """Generate from PROMPT with a cached model; returns the result (`.text` and stats).
@@ -327,9 +331,13 @@ def generate(
     stream: called with each new piece of text as it is generated (single prompts).
     Ctrl-C stops generating and raises KeyboardInterrupt carrying the
     partial result as `.result`.
+    The answer's format (one of): schema (a pydantic model class, a JSON Schema dict, or
+    the inline form 'name, age int, mood happy|sad'), choice (a list of strings), regex
+    (a pattern). Enforced while decoding where the engine can, always checked:
+    `result.data`, `result.valid`; `results.to_pandas()` gets typed columns.
     """
     target = _generation_target(model)
-    chosen = settings_module.make(settings, **keywords)
+    chosen = _with_format(settings_module.make(settings, **keywords), schema, choice, regex)
     return _generate(target, prompt, chosen, namespace, over, stream, progress, on_prompt, on_start)
 
 
@@ -386,6 +394,12 @@ def _generate(
         )
     decode_speed.note_result(entry, result)  # for the card's engine comparison
     return result
+
+
+def _with_format(settings: Settings, schema: Any, choice: Any, regex: Any) -> Settings:
+    """`settings` with the answer's format the keywords ask for (if any)."""
+    fmt = structured.from_keywords(schema, choice, regex)
+    return settings if fmt is None else replace(settings, answer_format=fmt)
 
 
 def _default_entry() -> LoadedModel | None:
@@ -655,6 +669,9 @@ def chat(
     namespace: Mapping[str, Any] | None = None,
     stream: Callable[[str], None] | None = None,
     on_prompt: Callable[[str, int | None], None] | None = None,
+    schema: Any = None,
+    choice: Iterable[Any] | None = None,
+    regex: str | re.Pattern[str] | None = None,
     **keywords: Unpack[SamplingKeywords],
 ) -> GenerationResult:
     """The next turn of a conversation: TEXT answered with the history before it; returns
@@ -671,8 +688,9 @@ def chat(
     cell the turn comes from: a later turn from the same cell replaces it and drops the
     turns after it. max_history: send at most this many earlier turns (0: as many as the
     context holds, oldest left out first). How to generate: a `Settings` and/or its
-    sampling fields as keywords, as in `generate`. Ctrl-C: the partial answer is kept in
-    the conversation (marked interrupted) and carried by the KeyboardInterrupt as `.result`.
+    sampling fields as keywords, as in `generate`; schema, choice, regex: the answer's
+    format, as in `generate`. Ctrl-C: the partial answer is kept in the conversation
+    (marked interrupted) and carried by the KeyboardInterrupt as `.result`.
     """
     from . import conversations, prompts
 
@@ -684,7 +702,11 @@ def chat(
     if retry and settings is None and conv.turns and conv.turns[-1].settings is not None:
         base = conv.turns[-1].settings
     # The conversation's own system message is sent, not a Settings' one.
-    chosen = replace(settings_module.make(base, **keywords), system=None, raw=False)
+    chosen = replace(
+        _with_format(settings_module.make(base, **keywords), schema, choice, regex),
+        system=None,
+        raw=False,
+    )
     if system is None and default_system and (new or not conv.turns and not conv.system):
         system = default_system
     if system is not None and namespace is not None:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 
-from . import prompts
+from . import prompts, structured
 from .engines.base import Completion, Engine, Rendered, Request, Run, partial_run
 from .errors import GenerationError
 from .recorder import Recorder
@@ -94,8 +94,14 @@ def _results(
         engine.describe(),
     )
     results = []
+    fmt = settings.answer_format
+    # Asked after the run: a server's are learned at its first request with a format.
+    enforced = fmt is not None and fmt.kind in engine.capabilities.answer_formats
     # An interrupted run may hold fewer completions than rows.
     for rendered, done in zip(rows, run.completions, strict=False):
+        answer = None
+        if fmt is not None and done.error is None:
+            answer = structured.check(fmt, done.text, done.stop_reason, enforced, run.format_note)
         prompt_tokens = done.prompt_tokens if done.prompt_tokens is not None else rendered.tokens
         results.append(
             GenerationResult(
@@ -122,6 +128,7 @@ def _results(
                 products=run.products,
                 engine=described,
                 error=done.error,
+                answer=answer,
                 quantization=info.quantization,
                 held_as=info.held_as,
                 tokens=done.tokens,
@@ -129,6 +136,29 @@ def _results(
             )
         )
     return results
+
+
+def _refuse_cut_answer(result: GenerationResult, max_new: int) -> None:
+    """An answer that --max-new-tokens cut off before its format closed is no data: a card
+    that says how many tokens it had (the result, text kept, rides on the error)."""
+    answer = result.answer
+    if answer is None or not answer.incomplete or result.stop_reason != "length":
+        return
+    more = max(2 * max_new, max_new + 64)
+    error = GenerationError(
+        f"the answer was cut off after {result.new_tokens} new tokens, before its "
+        f"{answer.format.describe()} was complete",
+        f"it needed more than the {max_new} new tokens --max-new-tokens allowed: "
+        "result.data is None",
+        [
+            f"--max-new-tokens {more}",
+            "ask for a shorter answer (fewer or shorter fields)",
+            "the text so far is in --out VAR, or e.result in Python",
+        ],
+        [f"text so far: {result.text[:80]!r}" + ("…" if len(result.text) > 80 else "")],
+    )
+    error.result = result  # type: ignore[attr-defined]
+    raise error
 
 
 def _budget(
@@ -183,6 +213,11 @@ class _StopHeldBack:
         if text.startswith(self.seen[: self.shown]) and len(text) > self.shown:
             self.on_text(text[self.shown :])
             self.shown = len(text)
+
+
+def _format_notes(settings: Settings) -> tuple[str, ...]:
+    """What the answer's format has to say (a --regex that looks mangled)."""
+    return settings.answer_format.notes if settings.answer_format is not None else ()
 
 
 def _seed(settings: Settings) -> int | None:
@@ -242,7 +277,7 @@ def generate(
         else:
             record.failed(rendered, e, seed)
         raise
-    run.notes = notes + _unused_seed(settings) + run.notes
+    run.notes = notes + _unused_seed(settings) + run.notes + _format_notes(settings)
     (result,) = _results(engine, run, [rendered], settings, seed, None)
     record.add(result)
     result = record.with_id(result)
@@ -251,6 +286,7 @@ def generate(
     if run.interrupt is not None:
         carry_result(run.interrupt, result)
         raise run.interrupt
+    _refuse_cut_answer(result, max_new)
     return result
 
 
@@ -310,7 +346,7 @@ def generate_many(
     )
     try:
         for index, (indices, run) in enumerate(groups):
-            run.notes = _unused_seed(settings) + run.notes
+            run.notes = _unused_seed(settings) + run.notes + _format_notes(settings)
             done = _results(
                 engine,
                 run,

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from . import runlog
+from . import runlog, structured
 from .engines.base import Engine, Rendered
 from .logprobs import TokenLogprob
 from .results import GenerationResult
@@ -254,6 +254,19 @@ class Recorder:
         values["seconds"] = values["seconds"] or 0.0
         values.setdefault("tokens_per_second", 0.0)
         values.setdefault("time_to_first_token", None)
+        # The logged answer is plain data: read the text against the format again, so a
+        # replay's .data is the same typed value (a pydantic instance) a generation gives.
+        logged = values.pop("answer", None)
+        fmt = self.settings.answer_format
+        if fmt is not None:
+            said = logged if isinstance(logged, dict) else {}
+            values["answer"] = structured.check(
+                fmt,
+                values.get("text") or "",
+                values.get("stop_reason") or "",
+                bool(said.get("enforced")),
+                str(said.get("how") or ""),
+            )
         return GenerationResult(**values)
 
     # --- recording ------------------------------------------------------------------------

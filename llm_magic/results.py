@@ -13,11 +13,20 @@ from typing import Any, Protocol
 
 from . import logprobs
 from .display.card import warning_html
-from .display.style import COLUMN_STYLE, COLUMNS_STYLE, DIM, FOOTER_STYLE, HEAD_STYLE, TEXT_STYLE
+from .display.data import data_html, data_text
+from .display.style import (
+    COLUMN_STYLE,
+    COLUMNS_STYLE,
+    DIM,
+    FOOTER_STYLE,
+    HEAD_STYLE,
+    TEXT_STYLE,
+)
 from .display.tokens import legend_html, tokens_html
 from .logprobs import TokenLogprob
 from .paths import short_name
 from .scores import ScoreResults
+from .structured import Answer
 from .units import format_seconds
 
 MimeBundle = tuple[dict[str, str], dict[str, Any]]
@@ -57,6 +66,25 @@ class GenerationResult:
     products: str | None = None
     engine: dict[str, Any] | None = None  # engines.Engine.describe(): which engine made it
     error: str | None = None  # an --over item that failed on its own: why (the others stand)
+    # The answer read against --schema/--choice/--regex (None: free text was asked for).
+    answer: Answer | None = None
+
+    @property
+    def data(self) -> Any:
+        """The parsed answer: an instance of the pydantic class, plain JSON values, the
+        choice, or the matched text; None when not valid or no format was asked for."""
+        return self.answer.data if self.answer is not None else None
+
+    @property
+    def valid(self) -> bool | None:
+        """Whether the answer conforms to its format (None: no format was asked for)."""
+        return self.answer.valid if self.answer is not None else None
+
+    @property
+    def validation_error(self) -> str | None:
+        """Why the answer does not conform (None when it does)."""
+        return self.answer.error if self.answer is not None else None
+
     # --logprobs: each new token with its log-probability and the likeliest alternatives.
     tokens: tuple[TokenLogprob, ...] = ()
     distribution: str | None = None  # which distribution the log-probabilities are of
@@ -105,11 +133,12 @@ class GenerationResult:
         mode = "greedy" if self.settings.get("greedy") else f"sampled, seed {self.seed}"
         stop = self.stop_reason + (f" {self.stop_string!r}" if self.stop_string is not None else "")
         adapter = f":{self.adapter}" if self.adapter else ""
+        answer = f" · {self.answer.status}" if self.answer is not None else ""
         footer = (
             f"{'?' if self.prompt_tokens is None else self.prompt_tokens} prompt tokens · "
             f"{self.new_tokens} new · "
             f"first token {ttft} · {self.tokens_per_second:.1f} tokens/s · stopped: {stop} · "
-            f"{mode} · {short_name(self.model_id)}{adapter} {self.model_held_as}"
+            f"{mode} · {short_name(self.model_id)}{adapter} {self.model_held_as}{answer}"
         )
         if self.tokens:
             average = logprobs.mean(self.tokens) or 0.0
@@ -138,6 +167,7 @@ class GenerationResult:
             "products": self.products,
             "engine": self.engine,
             "error": self.error,
+            "answer": _answer_metadata(self.answer),
             "adapter": self.adapter,
             "run_id": self.run_id,
             "replayed_from": self.replayed_from,
@@ -161,7 +191,15 @@ class GenerationResult:
         )
 
     def _warnings(self) -> tuple[str, ...]:
-        return self.notes + ((self.error,) if self.error else ())
+        answer = self.answer
+        said: tuple[str, ...] = ()
+        if answer is not None and not answer.enforced:
+            said += (
+                f"{answer.format.describe()} not enforced: {answer.how or 'the engine cannot'}",
+            )
+        if answer is not None and not answer.valid:
+            said += (f"the answer does not conform: {answer.error}",)
+        return self.notes + ((self.error,) if self.error else ()) + said
 
     def _remarks(self) -> tuple[str, ...]:
         """What is said with the result that is no warning (a chat turn retried)."""
@@ -170,6 +208,8 @@ class GenerationResult:
     def plain(self, with_text: bool = True, said: tuple[str, ...] = ()) -> str:
         """The text, the footer and the notes; `said`: notes already on screen, left out."""
         lines = [self.text.rstrip("\n")] if with_text else []
+        if self.answer is not None and self.answer.valid:
+            lines.append("→ " + parsed_text(self.answer))
         lines += ["── " + self.footer()] + [f"   {remark}" for remark in self._remarks()]
         if self.tokens:
             lines.append(
@@ -183,6 +223,7 @@ class GenerationResult:
     def html(self) -> str:
         e = html.escape
         notes = "".join(warning_html(n) for n in self._warnings())
+        parsed = parsed_html(self.answer) if self.answer is not None and self.answer.valid else ""
         remarks = "".join(f"<div style='{FOOTER_STYLE}'>{e(r)}</div>" for r in self._remarks())
         text = self.text.rstrip(chr(10))
         body = f"<div style='{TEXT_STYLE}'>{e(text)}</div>"
@@ -196,7 +237,7 @@ class GenerationResult:
         if replayed:
             notes += f"<div style='{FOOTER_STYLE}'>{e(replayed)}</div>"
         return (
-            f"<div>{body}<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>"
+            f"<div>{body}{parsed}<div style='{FOOTER_STYLE}'>{e(self.footer())}</div>"
             f"{remarks}{legend}{notes}</div>"
         )
 
@@ -251,9 +292,11 @@ class GenerationResults(list[GenerationResult]):
 
     def to_pandas(self) -> Any:
         """One row per item: item, text, prompt/new tokens, stop reason, seconds, error, and
-        with --logprobs the answer's log-probability and its tokens (needs pandas). The index
-        is the items' labels (a Series' index, a dict's keys), so the frame joins back to the
-        data it came from."""
+        with --logprobs the answer's log-probability and its tokens (needs pandas). With
+        --schema, one typed column per top-level field (integers as integers), then `valid`
+        and `validation_error`; with --choice or --regex, a `data` column. The index is the
+        items' labels (a Series' index, a dict's keys), so the frame joins back to the data
+        it came from."""
         try:
             import pandas as pd
         except ImportError:
@@ -281,6 +324,8 @@ class GenerationResults(list[GenerationResult]):
                 for item, r in zip(items, self, strict=False)
             ]
         )
+        # The answer's columns first: they line up with the rows by position.
+        frame = _with_answer_columns(pd, frame, [r.answer for r in self])
         if self.labels is not None and len(self.labels) == len(frame):
             frame.index = pd.Index(self.labels)
         return frame
@@ -304,6 +349,12 @@ class GenerationResults(list[GenerationResult]):
             items = ", ".join(f"[{i}]" for i in self.failed[:8])
             more = " ..." if len(self.failed) > 8 else ""
             tail += f" · {len(self.failed)} failed ({items}{more})"
+        answers = [r.answer for r in self if r.answer is not None]
+        if answers:
+            tail += f" · {sum(a.valid for a in answers)}/{len(answers)} valid"
+            incomplete = sum(a.incomplete for a in answers)
+            tail += f" ({incomplete} incomplete)" if incomplete else ""
+            tail += f" · {answers[0].status}"
         model = f" · {short_name(self[0].model_id)} {self[0].model_held_as}" if self else ""
         ran = [r for r in made if r.stop_reason != NOT_RUN]
         count = len({r.batch[0] for r in ran if r.batch}) if self.group == "batch" else len(ran)
@@ -337,6 +388,7 @@ class GenerationResults(list[GenerationResult]):
             parts.append(
                 f"[{i}] {r.text.strip()}\n    ── {r.new_tokens} new · stopped: {r.stop_reason}"
                 + (f" · {r.error}" if r.error else "")
+                + _row_answer(r.answer)
             )
         notes = [f"⚠ {note}" for note in self.notes]
         return "\n".join(parts + ["── " + self.summary()] + notes)
@@ -347,7 +399,7 @@ class GenerationResults(list[GenerationResult]):
             f"<tr><td style='vertical-align:top;color:{DIM};padding-right:1em'>[{i}]</td>"
             f"<td style='text-align:left'><div style='{TEXT_STYLE}'>{e(r.text.strip())}</div>"
             f"<div style='{FOOTER_STYLE}'>{r.new_tokens} new · stopped: {e(r.stop_reason)}"
-            f"{e(' · ' + r.error) if r.error else ''}</div></td></tr>"
+            f"{e(' · ' + r.error) if r.error else ''}{e(_row_answer(r.answer))}</div></td></tr>"
             for i, r in enumerate(self)
         )
         notes = "".join(warning_html(n) for n in self.notes)
@@ -535,6 +587,82 @@ class ChatResult(GenerationResult):
     def messages(self) -> list[dict[str, str]]:
         """The whole conversation so far, as chat messages (this answer included)."""
         return self.conversation.messages if self.conversation is not None else []
+
+
+# --- typed answers -------------------------------------------------------------------------
+
+
+def parsed_text(answer: Answer) -> str:
+    """The parsed answer in one line of text (after the streamed text)."""
+    return data_text(answer.plain_data())
+
+
+def parsed_html(answer: Answer) -> str:
+    """The parsed answer as a small table (an object) or pretty JSON, escaped."""
+    return data_html(answer.plain_data())
+
+
+def _row_answer(answer: Answer | None) -> str:
+    if answer is None:
+        return ""
+    return " · valid" if answer.valid else f" · not valid: {answer.error}"
+
+
+def _answer_metadata(answer: Answer | None) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    return {
+        "format": answer.format.recorded(),
+        "valid": answer.valid,
+        "error": answer.error,
+        "enforced": answer.enforced,
+        "how": answer.how,
+        "incomplete": answer.incomplete,
+        "data": answer.plain_data(),
+    }
+
+
+# pandas dtypes for JSON Schema types: nullable, so an invalid row (None) keeps integers
+# integers.
+_DTYPES = {"integer": "Int64", "number": "Float64", "boolean": "boolean"}
+_USUAL_COLUMNS = ("item", "prompt", "text", "prompt_tokens", "new_tokens", "stop_reason")
+
+
+def _with_answer_columns(pd: Any, frame: Any, answers: list[Answer | None]) -> Any:
+    """`frame` with the answers' columns after `text`: one per top-level field of an
+    object schema (typed from the schema), else one `data` column; then `valid` and
+    `validation_error`."""
+    fmt = next((a.format for a in answers if a is not None), None)
+    if fmt is None:
+        return frame
+    data = [a.plain_data() if a is not None and a.valid else None for a in answers]
+    columns: dict[str, Any] = {}
+    if fmt.fields:
+        for name, spec in fmt.fields.items():
+            values = [d.get(name) if isinstance(d, dict) else None for d in data]
+            column = f"data.{name}" if name in frame.columns or name in _USUAL_COLUMNS else name
+            columns[column] = _typed(pd, values, spec)
+    else:
+        columns["data"] = pd.Series(data, dtype=object if fmt.kind == "json" else None)
+    columns["valid"] = pd.Series([a is not None and a.valid for a in answers], dtype=bool)
+    columns["validation_error"] = [a.error if a is not None else None for a in answers]
+    at = list(frame.columns).index("text") + 1
+    for offset, (name, values) in enumerate(columns.items()):
+        frame.insert(at + offset, name, values)
+    return frame
+
+
+def _typed(pd: Any, values: list[Any], spec: Any) -> Any:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    dtype = _DTYPES.get(kind) if isinstance(kind, str) else None
+    if dtype is not None:
+        try:
+            return pd.Series(values, dtype=dtype)
+        except (TypeError, ValueError):  # a value of another type: keep what came
+            pass
+    if kind == "string" or (isinstance(spec, dict) and "enum" in spec and kind is None):
+        return pd.Series(values)
+    return pd.Series(values, dtype=object)
 
 
 # The attribute that carries a partial result on the exception that ended its run.

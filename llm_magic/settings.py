@@ -14,6 +14,7 @@ from typing import Any, Literal, TypedDict
 
 from .errors import GenerationError
 from .logprobs import DEFAULT_TOP
+from .structured import AnswerFormat
 
 # The most alternatives kept per token (the OpenAI API's top_logprobs allows 20).
 MAX_LOGPROBS = 20
@@ -39,6 +40,8 @@ class Settings:
     # How --over runs many prompts; neither changes what a prompt's answer means.
     batch_size: int | None = None  # rows per batch in the kernel (None: the engine chooses)
     concurrency: int | None = None  # requests in flight to a server (None: the engine's default)
+    # The format the answer must take (--schema, --choice, --regex); None: free text.
+    answer_format: AnswerFormat | None = None
     # Keep each new token's log-probability and its `logprobs` likeliest alternatives
     # (None: off; 0: the tokens' own only). Changes no token.
     logprobs: int | None = None
@@ -108,6 +111,9 @@ class Settings:
         # The seed is recorded on its own; the others say how the text was got, not what.
         for key in ("seed", "batch_size", "concurrency", "reuse"):
             d.pop(key)
+        d.pop("answer_format")  # asdict copied it field by field: plain data instead
+        if self.answer_format is not None:
+            d["answer_format"] = self.answer_format.recorded()
         if self.logprobs is None:
             d.pop("logprobs")
         if self.greedy:  # unused by greedy decoding: don't suggest they mattered
@@ -131,6 +137,7 @@ class SamplingKeywords(TypedDict, total=False):
     top_k: int
     seed: int | None
     stop: str | tuple[str, ...] | list[str]
+    answer_format: AnswerFormat | None
     logprobs: int | None
     reuse: bool
 
@@ -184,15 +191,17 @@ class Option:
 
     name: str
     help: str
-    # "count": an int flag whose value may be left out (`--logprobs` means `const`).
-    kind: Literal["int", "float", "switch", "list", "text", "count"]
+    # "count": an int flag whose value may be left out (`--logprobs` means `const`);
+    # "format": the answer's format, from --schema/--choice/--regex.
+    kind: Literal["int", "float", "switch", "list", "text", "format", "count"]
     configurable: bool = True
     shown_default: str | None = None  # the default in words, where its value says little
+    flags: tuple[str, ...] = ()  # where the field has other flags than its name's (first: main)
     const: Any = None  # a "count" flag's value when given without one
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flags[0] if self.flags else "--" + self.name.replace("_", "-")
 
     @property
     def default(self) -> Any:
@@ -235,6 +244,14 @@ OPTIONS: tuple[Option, ...] = (
         "\\n and \\t stand for newline and tab.",
         "list",
         configurable=False,
+    ),
+    Option(
+        "answer_format",
+        "The format the answer must take, enforced while decoding where the engine can, "
+        "and checked: result.data is the parsed value.",
+        "format",
+        configurable=False,
+        flags=("--schema", "--choice", "--regex"),
     ),
     Option(
         "logprobs",

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engines.base",),  # the engine interface and the plain data crossing it
     ("sources",),  # what MODEL names, before any weights are read
     # values every engine shares; the run log
-    ("settings", "prompts", "results", "runlog", "logprobs", "scores"),
+    ("settings", "prompts", "results", "structured", "runlog", "logprobs", "scores"),
     ("display",),  # cards
     ("errors",),  # exceptions, their cards, the rules that explain them
     ("hardware", "quiet", "units", "paths", "redact", "_version", "_compat"),  # leaves

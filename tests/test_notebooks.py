@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from pathlib import Path
 
@@ -73,6 +75,26 @@ def test_chat_notebook_remembers_and_resets():
     assert "[2] assistant" in cell_text(shown) and len(html) == 1 and "secret code word" in html[0]
     assert cell_text(_cells_with(notebook, "Conversation.load")[0]).strip() == "True"
     assert cell_text(_cells_with(notebook, "--reset")[0]).endswith("emptied\n[]\n")
+
+
+def test_extract_notebook_types_the_answers():
+    notebook = run(EXAMPLES / "extract.ipynb")
+    table = cell_text(_cells_with(notebook, 'table[["name"')[0])
+    assert table.count("True") == 4 and "False" not in table  # every row valid
+    dtype = " ".join(cell_text(_cells_with(notebook, 'table["age"].dtype')[0]).split())
+    assert dtype.startswith("(Int64Dtype(), Person(name=")  # integers, and a pydantic instance
+    labels = cell_text(_cells_with(notebook, "[r.data for r in labels]")[0])
+    assert set(ast.literal_eval(labels)) <= {"positive", "negative", "neutral"}
+    # The line reached the magic as typed: braces kept in %%llm_generate, $iso looked up
+    # by %%llm_chat.
+    date = cell_text(_cells_with(notebook, "--regex '[0-9]{4}")[0])
+    assert re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\n", date), date
+    assert "regex [0-9]{4}-[0-9]{2}-[0-9]{2} · enforced (llguidance)" in date
+    chat = cell_text(_cells_with(notebook, "--regex $iso")[0])
+    assert re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\n", chat) and "regex $iso · enforced" in chat
+    cut = cell_text(_cells_with(notebook, "--max-new-tokens 8 --out cut")[0])
+    assert "✗ the answer was cut off after 8 new tokens" in cut and "--max-new-tokens 72" in cut
+    assert cell_text(_cells_with(notebook, "cut.text, cut.data")[0]).rstrip().endswith("None)")
 
 
 def test_a_saved_notebook_keeps_no_emptied_outputs(tmp_path, tiny_model_dir):

@@ -9,6 +9,7 @@ Token counts are kept small: the servers run on the CPU, next to the tests.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from support import servers
 import llm_magic
 from llm_magic import MODEL_CACHE, GenerationError, LoadError
 from llm_magic.engines import server as server_engine
+from llm_magic.structured import AnswerFormat
 
 pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -590,6 +592,83 @@ def test_server_notebook_runs_against_a_real_server_and_keeps_no_key(
     saved = tmp_path / "server.ipynb"
     nbformat.write(notebook, saved)
     assert KEY not in saved.read_text()
+
+
+# --- typed answers: each server's own way, believed when the answer shows it -------------
+
+EXTRACTION = (
+    "Extract the name and age as JSON from: 'Maria is 34 and loves chess.'",
+    {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    },
+)
+
+
+def test_a_schema_is_enforced_by_llama_cpp_server_and_only_checked_on_transformers_serve(
+    loaded, server
+):
+    """llama.cpp's server takes `response_format` json_object with a schema (and answers
+    OpenAI's json_schema shape with an error); `transformers serve` accepts
+    `response_format` and ignores it, and refuses vLLM's fields with HTTP 422. Both say
+    what they did: neither is silent."""
+    shell, entry, _ = loaded
+    prompt, schema = EXTRACTION
+    shell.user_ns["schema"] = schema
+    result, out = run(
+        shell, f"%%llm_generate --schema schema --greedy --max-new-tokens 40 --out r\n{prompt}"
+    )
+    r = shell.user_ns["r"]
+    assert r.answer is not None and result.success, result.error_in_exec
+    found = entry.engine.format_ways["json"]
+    if server.name == "llama-cpp-server":
+        assert (
+            found.way is not None and found.way.name == "response_format json_object with a schema"
+        )
+        assert "response_format json_schema: refused, HTTP 500" in found.met
+        assert r.answer.enforced and r.valid and set(r.data) == {"name", "age"}
+        assert isinstance(r.data["age"], int)
+        assert "· enforced (the server's response_format json_object with a schema)" in r.footer()
+        assert "json" in entry.engine.capabilities.answer_formats
+    else:
+        assert found.way is None and entry.engine.capabilities.answer_formats == frozenset()
+        assert "response_format json_schema: ignored" in found.met
+        assert "structured_outputs: refused, HTTP 422" in found.met
+        assert not r.answer.enforced and "validated, not enforced" in r.footer()
+        shown = r._repr_mimebundle_()[0]["text/plain"]
+        assert "⚠ schema schema not enforced: the server enforced none of the ways" in shown
+        # Checked all the same: .valid says whether the free answer happens to conform.
+        assert r.valid == AnswerFormat.of_schema(schema).parse(r.text).valid
+    # Learned once: the second cell asks the same way without probing again.
+    probes = dict(entry.engine.format_ways)
+    again = llm_magic.generate(prompt, model="srv", greedy=True, max_new_tokens=40, schema=schema)
+    assert entry.engine.format_ways == probes and again.answer.enforced == r.answer.enforced
+
+
+def test_choice_and_date_over_a_server_that_enforces_them(shell, llama_server):
+    shell.run_line_magic("llm_load", f"--server {llama_server.url} --as srv --quiet")
+    labels = ["positive", "negative", "neutral"]
+    chosen = llm_magic.generate(
+        "Is this review positive, negative or neutral? {item}",
+        model="srv",
+        over=["Loved it.", "Awful.", "It is a chair."],
+        seed=4,
+        max_new_tokens=6,
+        choice=labels,
+    )
+    assert all(r.data in labels and r.answer.enforced for r in chosen), chosen.texts
+    dates = llm_magic.generate(
+        "On what date did {item} happen?",
+        model="srv",
+        over=["the storming of the Bastille", "the first Moon landing"],
+        greedy=True,
+        max_new_tokens=16,
+        regex=r"\d{4}-\d{2}-\d{2}",
+    )
+    assert all(re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", r.text) for r in dates), dates.texts
+    assert "enforced (the server's grammar)" in dates.summary()
 
 
 # --- log-probabilities and scoring -------------------------------------------------------

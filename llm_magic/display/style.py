@@ -27,6 +27,11 @@ TEXT_STYLE = "white-space:pre-wrap;font-family:inherit;margin:0"
 FOOTER_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.4em"
 # The role above each message of a conversation.
 ROLE_STYLE = f"font-family:monospace;font-size:85%;color:{DIM};margin-top:.5em"
+# A parsed answer under the text it was read from: a small table, or pretty JSON.
+DATA_STYLE = (
+    f"font-family:monospace;font-size:90%;margin-top:.4em;border-left:3px solid {DIM};"
+    "padding-left:.5em"
+)
 
 # Tokens drawn by the model's probability (--logprobs, %%llm_score). The text keeps the
 # theme's colour (no tint reads as text on both a white and a near-black page); the less

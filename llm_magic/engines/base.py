@@ -338,6 +338,10 @@ class Capabilities:
     group: str = "batch"
     # Whether `render` counts the prompt's tokens before anything is sent.
     counts_prompt_tokens: bool = True
+    # The kinds of answer format (structured.KINDS: "json", "choice", "regex") the engine
+    # enforces while decoding; any other is only checked after. A server's are learned
+    # from the server at the first request that asks for a format.
+    answer_formats: frozenset[str] = frozenset()
     # Settings.logprobs: each new token's log-probability and likeliest alternatives, from
     # the model's own distribution (logprobs.DISTRIBUTION), in `Completion.tokens`.
     logprobs: bool = False
@@ -406,6 +410,9 @@ class Run:
     interrupt: KeyboardInterrupt | None = None  # Ctrl-C arrived: completions are partial
     notes: tuple[str, ...] = ()  # e.g. max_new_tokens lowered to fit the context
     products: str | None = None  # which faster matrix products ran (transformers batches)
+    # How the answer's format was treated, in a few words: the grammar backend that
+    # enforced it, or why it could not be enforced.
+    format_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from ..settings import Settings
 from ..sources.adapter import AdapterSource
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
-from . import llama_cpp_logprobs, prompt_tokens
+from ..structured import KINDS
+from . import gbnf, llama_cpp_logprobs, prompt_tokens
 from .base import (
     AdapterInfo,
     Budget,
@@ -73,8 +74,13 @@ class LlamaCppEngine:
     unloading leaves it holding nothing."""
 
     kind = KIND
+    # Answer formats: llama.cpp's grammar sampler (GBNF, engines/gbnf.py).
     capabilities = Capabilities(
-        group="prompt", adapters=("gguf",), logprobs=True, prompt_logprobs=True
+        group="prompt",
+        adapters=("gguf",),
+        logprobs=True,
+        prompt_logprobs=True,
+        answer_formats=frozenset(KINDS),
     )
 
     def __init__(self, entry) -> None:
@@ -293,15 +299,28 @@ class LlamaCppEngine:
         completions: list[Completion] = []
         first_token_at = None
         interrupt = None
+        rules, notes = (
+            gbnf.grammar(self.entry.model, settings.answer_format)
+            if settings.answer_format is not None
+            else (None, ())
+        )
         for index, row in enumerate(rows):
             done, first, interrupt = self._one(
-                row, seed, max_new, settings, on_text if index == 0 else None
+                row, seed, max_new, settings, on_text if index == 0 else None, rules
             )
             completions.append(done)
             first_token_at = first_token_at or first
             if interrupt is not None:
                 break
-        return Run(completions, started, time.perf_counter(), first_token_at, interrupt)
+        return Run(
+            completions,
+            started,
+            time.perf_counter(),
+            first_token_at,
+            interrupt,
+            notes=notes,
+            format_note=gbnf.NAME if rules is not None else "",
+        )
 
     def run_many(
         self,
@@ -318,19 +337,30 @@ class LlamaCppEngine:
         for index, row in enumerate(rows):
             max_new, notes = budget([row])
             run = self.run([row], seed, max_new, settings)
-            run.notes = notes + (
-                ("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
-                if settings.batch_size and settings.batch_size > 1 and index == 0
-                else ()
+            run.notes = (
+                notes
+                + run.notes
+                + (
+                    ("llama.cpp runs the prompts one after another (--batch-size does not apply)",)
+                    if settings.batch_size and settings.batch_size > 1 and index == 0
+                    else ()
+                )
             )
             yield [index], run
             if run.interrupt is None and on_progress is not None:
                 on_progress(index + 1, len(rows))
 
     def _one(
-        self, row: Rendered, seed: int | None, max_new: int, settings, on_text: TextCallback | None
+        self,
+        row: Rendered,
+        seed: int | None,
+        max_new: int,
+        settings,
+        on_text: TextCallback | None,
+        rules: str | None = None,
     ) -> tuple[Completion, float | None, KeyboardInterrupt | None]:
         import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         llm = self.entry.model
         prompt = list(row.payload)
@@ -338,7 +368,7 @@ class LlamaCppEngine:
             llm.set_seed(seed)
         # The user's settings and nothing else: min_p off (llama-cpp-python defaults to
         # 0.05), no repeat penalty. Temperature 0 is llama.cpp's greedy sampler.
-        sampling = (
+        sampling: dict[str, Any] = (
             dict(temp=0.0)
             if settings.greedy
             else dict(
@@ -351,6 +381,8 @@ class LlamaCppEngine:
         text, sent, reason, stop_hit = "", 0, None, None
         first = interrupt = None
         vocab = llm._model.vocab
+        if rules is not None:  # a fresh grammar state for each answer
+            sampling["grammar"] = LlamaGrammar.from_string(rules, verbose=False)
         kept: list[TokenLogprob] = []  # with --logprobs
         if settings.logprobs is not None:
             vocabulary = llama_cpp_logprobs.Vocabulary(llm)

@@ -22,14 +22,14 @@ import time
 from collections.abc import Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import SERVER, GenerationError, IncompleteStream, LLMError, chain, diagnose
 from ..logprobs import SERVER_DISTRIBUTION, TokenLogprob
 from ..redact import public_url, redact
 from ..settings import Settings
-from . import server_logprobs
+from . import server_formats, server_logprobs
 from .base import (
     Budget,
     Capabilities,
@@ -130,6 +130,10 @@ class ServerEngine:
         self.logprobs_refused = False  # learned from the server: it rejects logprobs
         self.prompt_logprobs_checked = False  # its echoed log-probabilities passed the check
         self._client = None
+        # Learned from the server, per kind of answer format: the way it enforces it, or
+        # what each way met (engines/server_formats.py). Its capabilities follow.
+        self.format_ways: dict[str, server_formats.Found] = {}
+        self.capabilities = ServerEngine.capabilities
         self._adapters: dict[str, str] = {}  # name -> the id the server serves it as
         self._active: str | None = None
 
@@ -242,6 +246,8 @@ class ServerEngine:
     ) -> Run:
         """Each row streamed in turn (one, from %%llm_generate). Ctrl-C closes the stream
         at once: the text so far is the partial completion."""
+        # Before the clock starts: probing the server is not this answer's time.
+        format_note = self._learn_format(settings, rows[0], max_new) if rows else ""
         started = time.perf_counter()
         completions: list[Completion] = []
         first_token_at = None
@@ -258,6 +264,7 @@ class ServerEngine:
                     time.perf_counter(),
                     first_token_at or streamed.first_at,
                     e,
+                    format_note=format_note,
                 )
             except Exception as e:
                 # A stream that broke off may leave its connection unusable: the next
@@ -286,7 +293,57 @@ class ServerEngine:
             time.perf_counter(),
             first_token_at,
             notes=self._notes(settings, completions) + notes,
+            format_note=format_note,
         )
+
+    # --- answer formats ------------------------------------------------------------------
+
+    def _learn_format(self, settings, row: Rendered, max_new: int) -> str:
+        """Find how this server enforces the answer's kind of format (once per kind, by
+        probing); returns the result's words for it."""
+        fmt = settings.answer_format
+        if fmt is None:
+            return ""
+        found = self.format_ways.get(fmt.kind)
+        if found is None:
+            try:
+                found = server_formats.probe(fmt.kind, self._probe_answer)
+            except Exception as e:
+                raise self._explain(e, row, max_new) from e
+            self.format_ways[fmt.kind] = found
+            kinds = frozenset(k for k, f in self.format_ways.items() if f.way is not None)
+            self.capabilities = replace(self.capabilities, answer_formats=kinds)
+        return found.note()
+
+    def _probe_answer(self, fields: dict[str, Any]) -> tuple[str, int | None]:
+        """The probe prompt's greedy answer with these body fields; ("", status) when the
+        server refuses them."""
+        body = {
+            "model": self._info.name,
+            "max_tokens": server_formats.PROBE_TOKENS,
+            "temperature": 0.0,
+            "messages": [{"role": "user", "content": server_formats.PROBE_PROMPT}],
+            "extra_body": fields,
+        }
+        try:
+            reply = self.client.chat.completions.create(**body)
+        except Exception as e:
+            # Any HTTP error status refuses this way (llama-cpp-python's server answers a
+            # field it cannot read with 500); a connection failure is the server's, raised.
+            status = getattr(e, "status_code", None)
+            if isinstance(status, int):
+                return "", status
+            raise
+        return reply.choices[0].message.content or "", None
+
+    def _format_fields(self, settings) -> dict[str, Any]:
+        """The body fields that ask for the answer's format the server's way ({}: it has
+        none, or no format was asked for)."""
+        fmt = settings.answer_format
+        found = self.format_ways.get(fmt.kind) if fmt is not None else None
+        if fmt is None or found is None or found.way is None:
+            return {}
+        return found.way.fields(fmt) or {}
 
     def _notes(self, settings, completions: Sequence[Completion] = ()) -> tuple[str, ...]:
         notes: tuple[str, ...] = ()
@@ -358,6 +415,7 @@ class ServerEngine:
         the first failure is raised as the card."""
         size = settings.concurrency or DEFAULTS.concurrency
         max_new, notes = budget(rows)
+        format_note = self._learn_format(settings, rows[0], max_new) if rows else ""
         client = self.connection.client()  # its own connection pool, closed when the run ends
         pool = ThreadPoolExecutor(
             max_workers=min(size, len(rows)), thread_name_prefix="llm_magic-server"
@@ -380,6 +438,7 @@ class ServerEngine:
                     i = pending.pop(future)
                     run, error = future.result()
                     run.notes = notes + self._notes(settings, run.completions)
+                    run.format_note = format_note
                     if error is not None:
                         failures.append(error)
                     done += 1
@@ -449,6 +508,9 @@ class ServerEngine:
             body["seed"] = seed
         if settings.stop:
             body["stop"] = list(settings.stop)
+        asked = self._format_fields(settings)
+        if asked:
+            body["extra_body"] = {**body.get("extra_body", {}), **asked}
         if settings.logprobs is not None and not self.logprobs_refused:
             body.update(server_logprobs.request_fields(endpoint, settings.logprobs))
         return endpoint, body
@@ -462,9 +524,9 @@ class ServerEngine:
             refused = getattr(e, "status_code", None) in (400, 422)
             if refused and "extra_body" in body and "top_k" in said:
                 self.top_k_refused = True  # this server takes no top_k: sample without it
-                return self._create(
-                    client, endpoint, {k: v for k, v in body.items() if k != "extra_body"}
-                )
+                rest = {k: v for k, v in body["extra_body"].items() if k != "top_k"}
+                body = {k: v for k, v in body.items() if k != "extra_body"}
+                return self._create(client, endpoint, body | ({"extra_body": rest} if rest else {}))
             if refused and "logprobs" in body:
                 # Some servers (transformers serve) refuse logprobs: answer without them,
                 # and say so with the answer.

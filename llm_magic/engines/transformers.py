@@ -21,7 +21,8 @@ from .. import hardware
 from ..cache import MODEL_CACHE, clear_frames_of
 from ..errors import GENERATION, GenerationError, diagnose
 from ..settings import Settings
-from . import cpu_matmul, prompt_tokens, transformers_logprobs, transformers_score
+from ..structured import KINDS
+from . import cpu_matmul, grammar, prompt_tokens, transformers_logprobs, transformers_score
 from .base import (
     Budget,
     Capabilities,
@@ -41,8 +42,13 @@ class TransformersEngine:
     through the cache entry, so unloading the entry leaves it holding nothing."""
 
     kind = "transformers"
+    # Answer formats: a grammar-constrained logits processor (engines/grammar.py).
     capabilities = Capabilities(
-        group="batch", adapters=("peft",), logprobs=True, prompt_logprobs=True
+        group="batch",
+        adapters=("peft",),
+        logprobs=True,
+        prompt_logprobs=True,
+        answer_formats=frozenset(KINDS),
     )
 
     def __init__(self, entry) -> None:
@@ -167,6 +173,12 @@ class TransformersEngine:
     ) -> Run:
         model, tokenizer = self.entry.model, self.entry.tokenizer
         eos_ids, pad_id = _special_ids(model, tokenizer)
+        fmt = settings.answer_format
+        enforcing = (
+            grammar.processor(fmt, tokenizer, _output_width(model), eos_ids, len(rows))
+            if fmt is not None
+            else None
+        )
         generated = _generate(
             model,
             tokenizer,
@@ -177,12 +189,18 @@ class TransformersEngine:
             pad_id,
             self.info.name,
             on_text,
+            enforcing,
         )
         interrupted = generated.interrupt is not None
         completions = [
             _finish(tokenizer, ids, eos_ids, settings.stop, max_new, interrupted)
             for ids in generated.new_ids
         ]
+        format_note = ""
+        if enforcing is not None:
+            format_note = grammar.BACKEND + (
+                f"; a row left the grammar: {enforcing.errors[0]}" if enforcing.errors else ""
+            )
         if generated.logprobs is not None:
             _attach_logprobs(tokenizer, rows, completions, generated.logprobs)
         return Run(
@@ -191,6 +209,7 @@ class TransformersEngine:
             generated.ended,
             generated.first_token_at,
             generated.interrupt,
+            format_note=format_note,
         )
 
     def run_many(
@@ -439,6 +458,16 @@ def _attach_logprobs(tokenizer, rows: Sequence[Rendered], completions, recorded)
         )
 
 
+def _output_width(model) -> int:
+    """The scores per step: the output layer's rows (config.vocab_size, which may exceed
+    the tokenizer's vocabulary)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
 def _special_ids(model, tokenizer) -> tuple[list[int], int]:
     """(eos ids, pad id). The pad id is always passed to generate (no warning), falling
     back to eos for tokenizers that have no pad token (GPT-2)."""
@@ -464,6 +493,7 @@ def _generate(
     pad_id: int,
     name: str,
     on_text: TextCallback | None = None,
+    enforcing: Any = None,
 ) -> _Generated:
     """One generate call over left-padded rows; streams row 0's text to `on_text` when
     given (batches of one only).
@@ -473,7 +503,7 @@ def _generate(
     it. The tokens made before the interrupt are the ones the stopping criterion saw last.
     """
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     width = max(len(r) for r in rows)
     device = model.device
@@ -498,6 +528,8 @@ def _generate(
     )
     if not settings.greedy:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    if enforcing is not None:  # before sampling's warpers: they see only what the format allows
+        kwargs["logits_processor"] = LogitsProcessorList([enforcing])
     if on_text is not None:
         kwargs["streamer"] = _streamer_class()(tokenizer, on_text)
     seeded_devices = [device.index or 0] if device.type == "cuda" else []

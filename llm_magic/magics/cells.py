@@ -21,11 +21,47 @@ from IPython.display import display
 from traitlets import Bool, Float, Int, TraitType, Unicode
 
 from .. import settings as settings_module
+from .. import structured
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
 from ..errors import LLMError, quiet_interrupt
 from ..redact import redact
 from ..results import GenerationResult, carried_result
 from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
+
+# The flags of the answer's format (one Settings field, three ways to give it).
+_FORMAT_FLAGS = [
+    argument(
+        "--schema",
+        default=None,
+        metavar="SPEC",
+        help="The answer is JSON following this schema: a notebook variable holding a pydantic "
+        "model class or a JSON Schema dict (Person, or $Person), or an inline form "
+        "'name, age int, mood happy|sad, tags list' (fields are strings unless typed). "
+        "Enforced while decoding where the engine can, always checked: result.data holds "
+        "the parsed value, result.valid whether it conforms.",
+    ),
+    argument(
+        "--choice",
+        nargs="+",
+        default=None,
+        metavar="CHOICE",
+        help="The answer is exactly one of these words (quote one with spaces; $labels takes "
+        "them from a list variable).",
+    ),
+    argument(
+        "--regex",
+        default=None,
+        metavar="PATTERN",
+        help="The whole answer matches this regular expression. The line reaches llm_magic as "
+        "typed: '[0-9]{4}' keeps its braces (quotes are stripped, backslashes kept); $pat, or "
+        "the name of a variable holding the pattern, takes it from the notebook.",
+    ),
+]
+
+
+def _flags(option: Option) -> list[Any]:
+    """The argparse flags of a generation option."""
+    return _FORMAT_FLAGS if option.kind == "format" else [_flag(option)]
 
 
 def user_namespace(magics: Magics) -> dict[str, Any]:
@@ -82,23 +118,31 @@ _CELL_FLAGS = [
 def generation_flags(magic: Any) -> Any:
     """Add the flags of every generating cell (%%llm_generate, %%llm_chat): the sampling
     options and how the answer is shown (under the magic's other @argument lines)."""
-    for flag in reversed([_flag(o) for o in OPTIONS] + _CELL_FLAGS):
+    for flag in reversed([f for o in OPTIONS for f in _flags(o)] + _CELL_FLAGS):
         magic = flag(magic)
     return magic
 
 
 def generate_flags(magic: Any) -> Any:
     """Add the options of %%llm_generate alone (system, raw, batch size, concurrency)."""
-    for flag in reversed([_flag(o) for o in GENERATE_OPTIONS]):
+    for flag in reversed([f for o in GENERATE_OPTIONS for f in _flags(o)]):
         magic = flag(magic)
     return magic
 
 
-def settings_from(args: Any, options: tuple[Option, ...], defaults: Any) -> Settings:
+def settings_from(
+    args: Any, options: tuple[Option, ...], defaults: Any, namespace: Any = None
+) -> Settings:
     """The Settings of a generating cell: each option's flag when given, else the trait on
-    `defaults` (LLMMagics) that holds the notebook's default, else Settings' own."""
+    `defaults` (LLMMagics) that holds the notebook's default, else Settings' own. The
+    answer's format may name variables of `namespace` (the notebook's)."""
     values: dict[str, Any] = {}
     for option in options:
+        if option.kind == "format":
+            values[option.name] = structured.from_flags(
+                args.schema, args.choice, args.regex, namespace or {}
+            )
+            continue
         given = getattr(args, option.name)
         configured = getattr(defaults, option.name) if option.configurable else None
         if option.kind == "switch":

@@ -402,7 +402,7 @@ class LLMMagics(Magics):
         jupyter = getattr(self.shell, "kernel", None) is not None
         # --over shows a progress bar instead of the streamed text.
         sink = self.stream_sink(args) if over is None else None
-        settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self)
+        settings = settings_from(args, OPTIONS + GENERATE_OPTIONS, self, ns)
         on_prompt = prompt_shower(args.show_prompt)
         # --no-stream: a status line while it generates.
         waiting = Waiting(jupyter) if over is None and sink is None else None
@@ -497,7 +497,7 @@ class LLMMagics(Magics):
     def sampling_settings(self, args) -> Settings:
         """The Settings of a generating cell's sampling flags: each flag given, else its
         trait."""
-        return settings_from(args, OPTIONS, self)
+        return settings_from(args, OPTIONS, self, user_namespace(self))
 
     def stream_sink(self, args) -> Stream | None:
         """Where the text streams (None: shown only when complete, --no-stream)."""

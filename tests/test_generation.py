@@ -304,7 +304,7 @@ def test_help_lists_the_options(shell):
         "--batch-size",
     ):
         assert flag in text, flag
-    assert "%%llm_generate [-m MODEL]" in text  # a cell magic's usage, with its two %
+    assert "%%llm_generate [-m MODEL [MODEL ...]]" in text  # a cell magic's usage, with its two %
     flat = " ".join(text.split())
     assert (
         "Default: 256 (LLMMagics.max_new_tokens)" in flat
@@ -1062,6 +1062,8 @@ def test_a_kernel_shows_status_before_the_first_token_and_a_quiet_load_shows_not
             assert (
                 "max_new_tokens lowered from 100 to" in first
             )  # said first, not only after the text
-            assert shown[-1][0] == "execute_result" and "stopped:" in shown[-1][1]
+            # The result takes the status line's place (no emptied output left behind).
+            assert shown[-1][0] == "update_display_data" and "stopped:" in shown[-1][1]
+            assert "execute_result" not in [kind for kind, _ in shown]
     finally:
         km.shutdown_kernel(now=True)

@@ -191,7 +191,9 @@ def test_a_bad_gguf_file_gives_a_card(tmp_path):
     with pytest.raises(LoadError) as info:
         llm_magic.load(str(bad), engine="llama.cpp")
     card = "\n".join(info.value.card_lines())
-    assert "broken.gguf" in card and "llama.cpp could not open the file" in card
+    # The header is walked before llama.cpp opens the file: the card says what is wrong.
+    assert "broken.gguf: the .gguf file is damaged\n" in card
+    assert "cause: damaged: a header that cannot be read" in card
     assert len(MODEL_CACHE) == 0
 
 

@@ -54,7 +54,7 @@ def _problem(path: str, size: int, mtime_ns: int) -> str | None:
     except _Truncated:
         return f"truncated: the file ends ({size} bytes) inside its own header"
     except ValueError as e:  # mmap of an empty file too
-        return f"damaged header: {e}"
+        return f"damaged: a header that cannot be read ({e})"
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     if described is not None and described > size:

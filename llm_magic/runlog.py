@@ -31,7 +31,8 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -547,17 +548,11 @@ class RunLog:
     def _migrate(self, db: sqlite3.Connection, version: int) -> None:
         """Bring the file up to SCHEMA_VERSION, one step at a time, each step in the same
         transaction as its version bump (another process opening it at once waits)."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(db):
             version = db.execute("PRAGMA user_version").fetchone()[0]  # someone may have
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](db)
                 db.execute(f"PRAGMA user_version = {step + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _ensure_fts(self, db: sqlite3.Connection) -> bool:
         """Whether the full-text index is there; it is added (and filled) when this SQLite
@@ -567,15 +562,9 @@ class RunLog:
             return True
         if self.newer or not fts5_available():
             return False
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(db):
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs_fts'").fetchone():
                 _execute_script(db, _FTS)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return True
 
     def _move_aside(self, error: sqlite3.Error) -> None:
@@ -816,14 +805,8 @@ class RunLog:
             return False
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 _execute_script(db, _FTS_CATCH_UP)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
 
         try:
             self._run(work)
@@ -964,15 +947,23 @@ def _values(row: Mapping[str, Any], secrets: Sequence[str]) -> list[Any]:
 _INSERT = f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
-def _insert(db: sqlite3.Connection, rows: list[list[Any]]) -> list[int]:
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction begun at once (BEGIN IMMEDIATE: another process opening the file
+    waits for it), committed at the end, rolled back on any failure or interruption."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        ids = [int(db.execute(_INSERT, values).lastrowid or 0) for values in rows]
+        yield
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _insert(db: sqlite3.Connection, rows: list[list[Any]]) -> list[int]:
+    with _write_transaction(db):
+        ids = [int(db.execute(_INSERT, values).lastrowid or 0) for values in rows]
     return ids
 
 

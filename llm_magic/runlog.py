@@ -593,12 +593,7 @@ class RunLog:
         )
 
     def _give_up(self, error: BaseException) -> None:
-        if self._db is not None:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None
+        self._drop_connection()
         self.unavailable = f"{type(error).__name__}: {error}"
         _say(
             f"cannot write the run log at {self.path} ({error}); generation goes on without "
@@ -610,12 +605,17 @@ class RunLog:
     def close(self) -> None:
         with self._lock:
             self.flush(final=True)
-            if self._db is not None:
-                try:
-                    self._db.close()
-                except sqlite3.Error:
-                    pass
-                self._db = None
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close the open connection, if any, ignoring a failure to close it: the file is
+        being let go of either way."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
 
     # --- using it, with damage handled -------------------------------------------------------
 

@@ -20,10 +20,10 @@ from IPython.core.magic_arguments import argument, parse_argstring
 from IPython.display import display
 from traitlets import Bool, Float, Int, TraitType, Unicode
 
+from .. import prompts, structured
 from .. import settings as settings_module
-from .. import structured
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
-from ..errors import LLMError, quiet_interrupt
+from ..errors import GenerationError, LLMError, quiet_interrupt
 from ..redact import redact
 from ..results import GenerationResult, carried_result
 from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
@@ -217,6 +217,22 @@ def out_name(text: str | None) -> str | None:
     if out is not None and not out.isidentifier():
         raise UsageError(f"--out {out}: not a variable name")
     return out
+
+
+def over_items(args, ns: dict[str, Any]) -> prompts.Over | None:
+    """The items of the variable --over names (None without --over); refused with
+    --no-fill, and where no variable has that name."""
+    if args.over is None:
+        return None
+    if args.no_fill:
+        raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
+    name = unquote(args.over)
+    if name not in ns:
+        raise GenerationError(
+            f"--over {name}: no variable named {name!r}",
+            fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
+        )
+    return prompts.items_of(ns[name], f"--over {name}")
 
 
 def prompt_shower(show: bool):

@@ -313,6 +313,16 @@ def shown_in_place(handle, value, shell):
     return value
 
 
+def settled(handle, result, shell):
+    """The end of a display that stood in for the result (a status line, the streaming
+    text): `result` shown in its place and returned (for Out); with no result (a failure,
+    Ctrl-C), the display emptied."""
+    if result is not None and shell is not None:
+        return shown_in_place(handle, result, shell)
+    handle.update({"text/plain": ""}, raw=True)
+    return result
+
+
 class _ShownAlready:
     """A value's one-time `_ipython_display_`: nothing in the cell that showed it, the
     value as usual anywhere else. A plain object, so the value still pickles."""
@@ -411,9 +421,7 @@ class Stream:
         result (a failure) the streamed display is emptied."""
         if self.jupyter and self.handle is not None:
             handle, self.handle = self.handle, None
-            if result is not None and shell is not None:
-                return shown_in_place(handle, result, shell)
-            handle.update({"text/plain": ""}, raw=True)
+            return settled(handle, result, shell)
         elif not self.jupyter and self.parts:
             print(flush=True)
         return result
@@ -446,9 +454,7 @@ class Waiting:
         (a failure, Ctrl-C) the line is emptied."""
         if self.handle is not None:
             handle, self.handle = self.handle, None
-            if result is not None and shell is not None:
-                return shown_in_place(handle, result, shell)
-            handle.update({"text/plain": ""}, raw=True)
+            return settled(handle, result, shell)
         return result
 
 

@@ -157,11 +157,17 @@ def settings_from(
     return settings_module.make(**values)
 
 
-def given_settings(args: Any, options: tuple[Option, ...]) -> dict[str, Any]:
+def given_settings(args: Any, options: tuple[Option, ...], namespace: Any = None) -> dict[str, Any]:
     """The options given on the line, and only those (not the traits' defaults): what
     changes a setting kept from before (a retried turn's)."""
     given: dict[str, Any] = {}
     for option in options:
+        if option.kind == "format":
+            if args.schema or args.choice or args.regex:
+                given[option.name] = structured.from_flags(
+                    args.schema, args.choice, args.regex, namespace or {}
+                )
+            continue
         value = getattr(args, option.name)
         if option.kind == "switch":
             if value:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 import time
@@ -106,13 +105,7 @@ def load_options(
     """`options` (default: the defaults) with MODEL and the keywords given; a misspelt
     keyword fails with the names it could be."""
     known = {f.name for f in fields(LoadOptions)} - {"model"}
-    unknown = sorted(set(keywords) - known)
-    if unknown:
-        near = [m for u in unknown for m in difflib.get_close_matches(u, known, 1)]
-        raise TypeError(
-            f"unknown load option {', '.join(unknown)}"
-            + (f" (did you mean {', '.join(near)}?)" if near else "")
-        )
+    settings_module.refuse_unknown(keywords, known, "load option")
     if "adapters" in keywords:
         keywords["adapters"] = adapter_pairs(keywords["adapters"])
     base = options or LoadOptions()

@@ -31,7 +31,8 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -547,17 +548,11 @@ class RunLog:
     def _migrate(self, db: sqlite3.Connection, version: int) -> None:
         """Bring the file up to SCHEMA_VERSION, one step at a time, each step in the same
         transaction as its version bump (another process opening it at once waits)."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(db):
             version = db.execute("PRAGMA user_version").fetchone()[0]  # someone may have
             for step in range(version, SCHEMA_VERSION):
                 MIGRATIONS[step](db)
                 db.execute(f"PRAGMA user_version = {step + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def _ensure_fts(self, db: sqlite3.Connection) -> bool:
         """Whether the full-text index is there; it is added (and filled) when this SQLite
@@ -567,15 +562,9 @@ class RunLog:
             return True
         if self.newer or not fts5_available():
             return False
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(db):
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs_fts'").fetchone():
                 _execute_script(db, _FTS)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return True
 
     def _move_aside(self, error: sqlite3.Error) -> None:
@@ -604,12 +593,7 @@ class RunLog:
         )
 
     def _give_up(self, error: BaseException) -> None:
-        if self._db is not None:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None
+        self._drop_connection()
         self.unavailable = f"{type(error).__name__}: {error}"
         _say(
             f"cannot write the run log at {self.path} ({error}); generation goes on without "
@@ -621,12 +605,17 @@ class RunLog:
     def close(self) -> None:
         with self._lock:
             self.flush(final=True)
-            if self._db is not None:
-                try:
-                    self._db.close()
-                except sqlite3.Error:
-                    pass
-                self._db = None
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close the open connection, if any, ignoring a failure to close it: the file is
+        being let go of either way."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
 
     # --- using it, with damage handled -------------------------------------------------------
 
@@ -816,14 +805,8 @@ class RunLog:
             return False
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(db):
                 _execute_script(db, _FTS_CATCH_UP)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
 
         try:
             self._run(work)
@@ -964,15 +947,23 @@ def _values(row: Mapping[str, Any], secrets: Sequence[str]) -> list[Any]:
 _INSERT = f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
-def _insert(db: sqlite3.Connection, rows: list[list[Any]]) -> list[int]:
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction begun at once (BEGIN IMMEDIATE: another process opening the file
+    waits for it), committed at the end, rolled back on any failure or interruption."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        ids = [int(db.execute(_INSERT, values).lastrowid or 0) for values in rows]
+        yield
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _insert(db: sqlite3.Connection, rows: list[list[Any]]) -> list[int]:
+    with _write_transaction(db):
+        ids = [int(db.execute(_INSERT, values).lastrowid or 0) for values in rows]
     return ids
 
 

@@ -9,6 +9,7 @@ may set its default, and the engines that support it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypedDict
 
@@ -159,19 +160,24 @@ class ScoreKeywords(TypedDict, total=False):
     logprobs: int | None
 
 
-def make(base: Settings | None = None, **keywords: Any) -> Settings:
-    """Settings from `base` (default: the defaults) and keywords, the ones left None keeping
-    `base`'s; a misspelt keyword fails with the names it could be. Checked."""
-    known = {f.name for f in fields(Settings)}
+def refuse_unknown(keywords: Mapping[str, Any], known: set[str], what: str) -> None:
+    """Raise TypeError naming the keywords not in `known` (`what` they should be: "load
+    option"), with the names each could be a misspelling of."""
     unknown = sorted(set(keywords) - known)
     if unknown:
         import difflib
 
         near = [m for u in unknown for m in difflib.get_close_matches(u, known, 1)]
         raise TypeError(
-            f"unknown generation setting {', '.join(unknown)}"
+            f"unknown {what} {', '.join(unknown)}"
             + (f" (did you mean {', '.join(near)}?)" if near else "")
         )
+
+
+def make(base: Settings | None = None, **keywords: Any) -> Settings:
+    """Settings from `base` (default: the defaults) and keywords, the ones left None keeping
+    `base`'s; a misspelt keyword fails with the names it could be. Checked."""
+    refuse_unknown(keywords, {f.name for f in fields(Settings)}, "generation setting")
     stop = keywords.get("stop")
     if isinstance(stop, str):
         keywords["stop"] = (stop,)

@@ -236,6 +236,11 @@ def test_retry_takes_the_conversation_used_last_and_that_turns_own_settings(shel
         shorter = shell.run_cell("%llm_chat --retry --max-new-tokens 3").result
     assert shorter.settings["greedy"] is True and shorter.new_tokens == 3
     assert shorter.text == first.text[: len(shorter.text)]
+    # A format on the retry's line is that turn's format: the answer is one of the choices.
+    shell.user_ns["answers"] = ["Paris", "Lyon"]
+    with capture_output():
+        chosen = shell.run_cell("%llm_chat --retry --choice $answers").result
+    assert chosen.settings["greedy"] is True and chosen.data in ("Paris", "Lyon")
     CONVERSATIONS.clear()
 
 

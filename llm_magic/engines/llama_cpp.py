@@ -39,7 +39,7 @@ from ..sources.adapter import AdapterSource
 from ..sources.resolve import resolve_source
 from ..sources.sizing import Estimate
 from ..structured import KINDS
-from . import gbnf, llama_cpp_logprobs, prompt_tokens
+from . import gbnf, llama_cpp_logprobs, prompt_tokens, score_tokens
 from .base import (
     AdapterInfo,
     Budget,
@@ -456,26 +456,15 @@ class LlamaCppEngine:
             width = max(len(p.context) + len(p.continuation) for p in encoded)
             raise self._explain(e, width, 0) from None
 
-    def _encoded(self, pair: ScorePair) -> llama_cpp_logprobs.Encoded:
+    def _encoded(self, pair: ScorePair) -> score_tokens.Encoded:
         llm = self.entry.model
         context, templated = "", False
         if pair.context is not None:
             context = self.render(pair.context).shown
             templated = not pair.context.raw and self._chat_formatter() is not None
-        text = pair.continuation if templated else pair.plain_delimiter + pair.continuation
-        ids, continuation, notes = llama_cpp_logprobs.encode_pair(llm, context, text, pair.label)
-        if not continuation:
-            raise GenerationError(
-                f"{pair.label}: no token left to score",
-                "the text is empty, or the boundary with the context falls inside its last "
-                "token (lm-evaluation-harness scores the whole text's tokens after the "
-                "context's)",
-                [
-                    "write some text to score",
-                    "end the context at a word boundary: a space goes with the text scored",
-                ],
-            )
-        return llama_cpp_logprobs.Encoded(ids, continuation, context, templated, notes)
+        return score_tokens.encoded(
+            pair, context, templated, llama_cpp_logprobs.pair_tokenizer(llm)
+        )
 
     def _explain(self, error: BaseException, prompt_tokens: int, max_new: int) -> BaseException:
         context = {

@@ -10,19 +10,19 @@ read after each token; while scoring, llama.cpp is asked for the rows of the sco
 positions only, batch by batch, in the model's own context (the next generation then
 reads its prompt afresh).
 
-The tokens scored are those lm-evaluation-harness would score (transformers_score), with
+The tokens scored are those lm-evaluation-harness would score (score_tokens), with
 llama.cpp's tokenizer. numpy and llama_cpp are imported inside the functions."""
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GenerationError
 from ..logprobs import Alternative, TokenLogprob
 from .base import ProgressCallback, Scored
+from .score_tokens import Encoded, Tokenizer
 
 
 def last_logprobs(llm) -> Any:
@@ -95,15 +95,6 @@ def record(
 # --- scoring ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Encoded:
-    context: list[int]
-    continuation: list[int]
-    context_shown: str
-    templated: bool
-    notes: tuple[str, ...] = ()
-
-
 def prefix_token_id(llm) -> int:
     bos = llm.token_bos()
     return bos if bos != -1 else llm.token_eos()
@@ -120,29 +111,13 @@ def encode(llm, text: str, add_special: bool | None = None) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
 
 
-def encode_pair(llm, context: str, continuation: str, label: str):
-    """(context ids, continuation ids, notes), as transformers_score.encode_pair."""
-    if not context:
-        tokens = encode(llm, continuation, add_special=False)
-        prefix = prefix_token_id(llm)
-        if tokens and tokens[0] == prefix:
-            return tokens[:1], tokens[1:], ()
-        return [prefix], tokens, ()
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = encode(llm, context + continuation)
-    context_ids = encode(llm, context)
-    continuation_ids = whole[len(context_ids) :]
-    notes: tuple[str, ...] = ()
-    if whole[: len(context_ids)] != context_ids:
-        scored = llm.detokenize(continuation_ids).decode("utf-8", "replace")
-        notes = (
-            f"{label}: the boundary falls inside a token; as lm-evaluation-harness does, "
-            f"the tokens scored are the whole text's after the context's {len(context_ids)} "
-            f"({scored!r}, not {continuation!r})",
-        )
-    return context_ids, continuation_ids, notes
+def pair_tokenizer(llm) -> Tokenizer:
+    """llama.cpp's tokenizer as score_tokens encodes a pair with it."""
+    return Tokenizer(
+        lambda text, add_special: encode(llm, text, add_special),
+        lambda ids: llm.detokenize(ids).decode("utf-8", "replace"),
+        prefix_token_id(llm),
+    )
 
 
 def score(

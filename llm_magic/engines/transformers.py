@@ -22,7 +22,14 @@ from ..cache import MODEL_CACHE, clear_frames_of
 from ..errors import GENERATION, GenerationError, diagnose
 from ..settings import Settings
 from ..structured import KINDS
-from . import cpu_matmul, grammar, prompt_tokens, transformers_logprobs, transformers_score
+from . import (
+    cpu_matmul,
+    grammar,
+    prompt_tokens,
+    score_tokens,
+    transformers_logprobs,
+    transformers_score,
+)
 from .base import (
     Budget,
     Capabilities,
@@ -265,28 +272,15 @@ class TransformersEngine:
                 e, self.entry.model, self.info.name, size, width, 0, self.context_limit()
             ) from None
 
-    def _encoded(self, pair: ScorePair) -> transformers_score.Encoded:
+    def _encoded(self, pair: ScorePair) -> score_tokens.Encoded:
         tokenizer = self.entry.tokenizer
         context, templated = "", False
         if pair.context is not None:
             context, _ = render_text(tokenizer, pair.context)
             templated = not pair.context.raw and bool(getattr(tokenizer, "chat_template", None))
-        text = pair.continuation if templated else pair.plain_delimiter + pair.continuation
-        ids, continuation, notes = transformers_score.encode_pair(
-            tokenizer, context, text, pair.label
+        return score_tokens.encoded(
+            pair, context, templated, transformers_score.pair_tokenizer(tokenizer)
         )
-        if not continuation:
-            raise GenerationError(
-                f"{pair.label}: no token left to score",
-                "the text is empty, or the boundary with the context falls inside its last "
-                "token (lm-evaluation-harness scores the whole text's tokens after the "
-                "context's)",
-                [
-                    "write some text to score",
-                    "end the context at a word boundary: a space goes with the text scored",
-                ],
-            )
-        return transformers_score.Encoded(ids, continuation, context, templated, notes)
 
     def _batch_weights(self):
         """The weights packed for batched products (cpu_matmul) where the CPU emulates the

@@ -1,16 +1,9 @@
 """Scoring with a transformers model: the log-probability of each token of a continuation
 after its context, by one teacher-forced forward pass over padded batches.
 
-The tokens are those lm-evaluation-harness's `HFLM.loglikelihood` scores, so the figures
-agree with it (tests check it to 1e-4):
-- a context's trailing whitespace goes to the continuation;
-- the context and the whole text (context + continuation) are tokenized each on its own,
-  and the continuation is the whole text's tokens after as many as the context has. Where
-  the boundary falls inside a token, that differs from the continuation's own text: the
-  scored tokens are said in a note;
-- the text on its own (no context) is scored after the model's start token (bos, else eos);
-- a special start token is added as the tokenizer does, unless the text starts with it;
-- too long: cut from the left to the model's length + 1, the last token not read.
+The tokens are those lm-evaluation-harness's `HFLM.loglikelihood` scores (score_tokens,
+with this tokenizer), so the figures agree with it (tests check it to 1e-4); too long: cut
+from the left to the model's length + 1, the last token not read.
 Batches are right-padded with an attention mask (no real position sees a pad: the
 figures do not depend on the batch), sorted longest first; the log-softmax is taken in
 float32 (lm-evaluation-harness: in the model's dtype, the same in float32).
@@ -20,24 +13,13 @@ torch is imported inside the functions."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from .base import ProgressCallback, Scored
+from .score_tokens import Encoded, Tokenizer
 from .transformers_logprobs import Vocabulary, records, token_texts
 
 # lm-evaluation-harness's length when neither the config nor the tokenizer gives one.
 DEFAULT_MAX_LENGTH = 2048
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One pair as token ids: what the model reads first, and the tokens scored."""
-
-    context: list[int]
-    continuation: list[int]
-    context_shown: str
-    templated: bool
-    notes: tuple[str, ...] = ()
 
 
 def prefix_token_id(tokenizer) -> int:
@@ -55,31 +37,13 @@ def encode(tokenizer, text: str, add_special_tokens: bool | None = None) -> list
     return list(tokenizer.encode(text, **kwargs))
 
 
-def encode_pair(
-    tokenizer, context: str, continuation: str, label: str
-) -> tuple[list[int], list[int], tuple[str, ...]]:
-    """(context ids, continuation ids, notes) as lm-evaluation-harness makes them."""
-    notes: tuple[str, ...] = ()
-    if not context:
-        tokens = encode(tokenizer, continuation, add_special_tokens=False)
-        prefix = prefix_token_id(tokenizer)
-        if tokens and tokens[0] == prefix:
-            return tokens[:1], tokens[1:], notes
-        return [prefix], tokens, notes
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = encode(tokenizer, context + continuation)
-    context_ids = encode(tokenizer, context)
-    continuation_ids = whole[len(context_ids) :]
-    if whole[: len(context_ids)] != context_ids:
-        scored = tokenizer.decode(continuation_ids)
-        notes = (
-            f"{label}: the boundary falls inside a token; as lm-evaluation-harness does, "
-            f"the tokens scored are the whole text's after the context's {len(context_ids)} "
-            f"({scored!r}, not {continuation!r})",
-        )
-    return context_ids, continuation_ids, notes
+def pair_tokenizer(tokenizer) -> Tokenizer:
+    """The tokenizer as score_tokens encodes a pair with it."""
+    return Tokenizer(
+        lambda text, add_special: encode(tokenizer, text, add_special),
+        tokenizer.decode,
+        prefix_token_id(tokenizer),
+    )
 
 
 def score(

@@ -20,10 +20,10 @@ from IPython.core.magic_arguments import argument, parse_argstring
 from IPython.display import display
 from traitlets import Bool, Float, Int, TraitType, Unicode
 
+from .. import prompts, structured
 from .. import settings as settings_module
-from .. import structured
 from ..display import BatchProgress, PromptView, StatusLine, StreamView
-from ..errors import LLMError, quiet_interrupt
+from ..errors import GenerationError, LLMError, quiet_interrupt
 from ..redact import redact
 from ..results import GenerationResult, carried_result
 from ..settings import GENERATE_OPTIONS, OPTIONS, Option, Settings
@@ -157,11 +157,17 @@ def settings_from(
     return settings_module.make(**values)
 
 
-def given_settings(args: Any, options: tuple[Option, ...]) -> dict[str, Any]:
+def given_settings(args: Any, options: tuple[Option, ...], namespace: Any = None) -> dict[str, Any]:
     """The options given on the line, and only those (not the traits' defaults): what
     changes a setting kept from before (a retried turn's)."""
     given: dict[str, Any] = {}
     for option in options:
+        if option.kind == "format":
+            if args.schema or args.choice or args.regex:
+                given[option.name] = structured.from_flags(
+                    args.schema, args.choice, args.regex, namespace or {}
+                )
+            continue
         value = getattr(args, option.name)
         if option.kind == "switch":
             if value:
@@ -217,6 +223,22 @@ def out_name(text: str | None) -> str | None:
     if out is not None and not out.isidentifier():
         raise UsageError(f"--out {out}: not a variable name")
     return out
+
+
+def over_items(args, ns: dict[str, Any]) -> prompts.Over | None:
+    """The items of the variable --over names (None without --over); refused with
+    --no-fill, and where no variable has that name."""
+    if args.over is None:
+        return None
+    if args.no_fill:
+        raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
+    name = unquote(args.over)
+    if name not in ns:
+        raise GenerationError(
+            f"--over {name}: no variable named {name!r}",
+            fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
+        )
+    return prompts.items_of(ns[name], f"--over {name}")
 
 
 def prompt_shower(show: bool):
@@ -295,6 +317,16 @@ def shown_in_place(handle, value, shell):
     handle.update(data, metadata=metadata, raw=True)
     object.__setattr__(value, "_ipython_display_", _ShownAlready(value, shell.execution_count))
     return value
+
+
+def settled(handle, result, shell):
+    """The end of a display that stood in for the result (a status line, the streaming
+    text): `result` shown in its place and returned (for Out); with no result (a failure,
+    Ctrl-C), the display emptied."""
+    if result is not None and shell is not None:
+        return shown_in_place(handle, result, shell)
+    handle.update({"text/plain": ""}, raw=True)
+    return result
 
 
 class _ShownAlready:
@@ -395,9 +427,7 @@ class Stream:
         result (a failure) the streamed display is emptied."""
         if self.jupyter and self.handle is not None:
             handle, self.handle = self.handle, None
-            if result is not None and shell is not None:
-                return shown_in_place(handle, result, shell)
-            handle.update({"text/plain": ""}, raw=True)
+            return settled(handle, result, shell)
         elif not self.jupyter and self.parts:
             print(flush=True)
         return result
@@ -430,9 +460,7 @@ class Waiting:
         (a failure, Ctrl-C) the line is emptied."""
         if self.handle is not None:
             handle, self.handle = self.handle, None
-            if result is not None and shell is not None:
-                return shown_in_place(handle, result, shell)
-            handle.update({"text/plain": ""}, raw=True)
+            return settled(handle, result, shell)
         return result
 
 

@@ -161,7 +161,7 @@ class ChatMagics(Magics):
         conversation = unquote(args.conversation) if args.conversation else None
         # A retry keeps the turn's own settings; the flags on its line change single ones.
         how = (
-            given_settings(args, OPTIONS)
+            given_settings(args, OPTIONS, ns)
             if args.retry
             else {"settings": settings.sampling_settings(args)}
         )

@@ -27,13 +27,13 @@ from traitlets import (
     validate,
 )
 
-from .. import api, hardware, prompts, runlog
+from .. import api, hardware, runlog
 from .. import quiet as quiet_output
 from ..cache import MODEL_CACHE
 from ..display import StatusLine
 from ..engines import registry
 from ..engines.base import LoadOptions
-from ..errors import GenerationError, LLMError, full_traceback
+from ..errors import LLMError, full_traceback
 from ..paths import short_name
 from ..settings import GENERATE_OPTIONS, OPTIONS, Settings
 from ..sources import gguf_cache, sizing
@@ -46,6 +46,7 @@ from .cells import (
     generation_flags,
     option_trait,
     out_name,
+    over_items,
     parse_line,
     prompt_shower,
     run_streamed,
@@ -386,19 +387,7 @@ class LLMMagics(Magics):
         args = parse_line(self.llm_generate, line)
         ns = user_namespace(self)
         out = out_name(args.out)
-        over = None
-        if args.over is not None and args.no_fill:
-            from IPython.core.error import UsageError
-
-            raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
-        if args.over is not None:
-            name = unquote(args.over)
-            if name not in ns:
-                raise GenerationError(
-                    f"--over {name}: no variable named {name!r}",
-                    fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
-                )
-            over = prompts.items_of(ns[name], f"--over {name}")
+        over = over_items(args, ns)
         jupyter = getattr(self.shell, "kernel", None) is not None
         # --over shows a progress bar instead of the streamed text.
         sink = self.stream_sink(args) if over is None else None

@@ -15,6 +15,7 @@ from ..errors import GenerationError
 from .cells import (
     batch_progress,
     out_name,
+    over_items,
     parse_line,
     run_streamed,
     unquote,
@@ -110,7 +111,8 @@ class ScoreMagics(Magics):
         args = parse_line(self.llm_score, line)
         ns = user_namespace(self)
         out = out_name(args.out)
-        over = self._over(args, ns)
+        listed = over_items(args, ns)
+        over = listed.items if listed is not None else None
         choices = self._choices(args.choices, ns)
         context = self._context(args.context, ns)
         answer = _answer(args.answer)
@@ -139,22 +141,6 @@ class ScoreMagics(Magics):
                 )
 
         return run_streamed(call, None, out, self.shell, what="scoring")
-
-    @staticmethod
-    def _over(args, ns) -> list | None:
-        if args.over is None:
-            return None
-        if args.no_fill:
-            from IPython.core.error import UsageError
-
-            raise UsageError("--over fills {item} into the cell: it cannot go with --no-fill")
-        name = unquote(args.over)
-        if name not in ns:
-            raise GenerationError(
-                f"--over {name}: no variable named {name!r}",
-                fixes=[f"{name} = ['first text', 'second text']  (then run this cell again)"],
-            )
-        return prompts.items_of(ns[name], f"--over {name}").items
 
     @staticmethod
     def _choices(words: list[str] | None, ns) -> list[str] | None:

@@ -12,7 +12,7 @@ from typing import Any
 from IPython.display import display
 
 from ..display import ColumnsView
-from .cells import shown_in_place
+from .cells import settled
 
 WAITING = "waiting for its turn"
 RUNNING = "… generating (Ctrl-C / interrupt stops it, keeping the text)"
@@ -77,7 +77,5 @@ class Columns:
         (a failure) the columns are emptied."""
         if self.jupyter and self.handle is not None:
             handle, self.handle = self.handle, None
-            if result is not None and shell is not None:
-                return shown_in_place(handle, result, shell)
-            handle.update({"text/plain": ""}, raw=True)
+            return settled(handle, result, shell)
         return result

@@ -478,6 +478,9 @@ class RunLog:
 
     # Seconds a write waits for another process's write before the rows wait in memory.
     busy_timeout = 0.25
+    # Opening waits longer: it happens once per process, and a busy machine can hold another
+    # process's first open or migration past the short timeout (then the log would be off).
+    open_timeout = 10.0
     # --over rows are written at most this often (and at the end): few transactions.
     flush_every = 1.0
 
@@ -521,7 +524,7 @@ class RunLog:
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.open_timeout, isolation_level=None, check_same_thread=False
         )
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]  # NOTADB shows here
@@ -539,6 +542,7 @@ class RunLog:
                 self._migrate(db, version)
             self.fts = self._ensure_fts(db)
             db.execute("SELECT count(*) FROM runs WHERE id = (SELECT max(id) FROM runs)")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             db.close()
             raise

@@ -415,7 +415,9 @@ def test_stop_string_cuts_the_text_and_stops_early(shell, tiny):
 def test_greedy_with_a_seed_says_the_seed_is_unused(shell, tiny):
     result, captured = run(shell, "%%llm_generate --greedy --seed 7 --max-new-tokens 3\nHello")
     assert "--seed 7 is unused: greedy decoding makes no random choices" in result.result.notes
-    assert "--seed 7 is unused" in captured.stdout
+    # Said once, before the text (on stderr in a terminal), not again under the footer.
+    assert "--seed 7 is unused" in captured.stderr
+    assert "--seed 7 is unused" not in captured.stdout
     result, _ = run(shell, "%%llm_generate --seed 7 --max-new-tokens 3\nHello")
     assert not any("unused" in n for n in result.result.notes)
     shell.user_ns["items"] = ["a", "b"]

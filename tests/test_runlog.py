@@ -163,6 +163,22 @@ def test_two_processes_writing_at_once_lose_no_row(tmp_path):
     assert first[0] < second[-1] and second[0] < first[-1]
 
 
+def test_rows_kept_out_by_another_writer_wait_and_are_written_next_time(log):
+    log.add(row(answer="first"))
+    other = sqlite3.connect(log.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another kernel holds the write lock
+    ids: list[int] = []
+    started = time.monotonic()
+    log.add(row(answer="second"), on_id=ids.append)
+    # The run did not wait long for the lock, and its row was neither written nor lost.
+    assert time.monotonic() - started < 5 and ids == [] and log.unavailable is None
+    other.execute("ROLLBACK")
+    other.close()
+    log.add(row(answer="third"), on_id=ids.append)
+    assert len(ids) == 2
+    assert [r["answer"] for r in log.query(last=3)] == ["first", "second", "third"]
+
+
 def test_a_process_killed_mid_write_leaves_a_consistent_file(tmp_path):
     path, start = tmp_path / "runs.db", tmp_path / "go"
     start.touch()

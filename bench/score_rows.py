@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct in float32 (the demo .gguf, converted once) and the same model
 object on every side:
 
-    python bench/score_rows.py [--pairs 128] [--batch-size 16] [--out rows.json]
+    python bench/score_rows.py [--pairs 128] [--batch-size 16] [--out rows.json] [--merge bench]
 
 - score_vs_forward: scoring N (context, continuation) pairs with `%%llm_score --over`
   vs a batched forward pass written by hand (lm-evaluation-harness's tokenization,
@@ -284,6 +284,12 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--only", nargs="*", default=None, help=", ".join(SCORE_ROWS))
     p.add_argument("--out", type=Path, default=None, help="also write the rows here as JSON")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="put the rows into DIR/BENCHMARKS.md and DIR/results.json (e.g. bench)",
+    )
     args = p.parse_args(argv)
     rows = score_rows(
         args.pairs,
@@ -297,6 +303,12 @@ def main(argv=None) -> int:
             f"{r.name}: {r.status}  ours {r.llm_magic}  |  other {r.plain}  |  "
             f"ratio {r.ratio}  {r.note}"
         )
+    if args.merge is not None:
+        from structured_rows import merge
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        command = " ".join(["python bench/score_rows.py", *given])
+        merge(rows, args.merge, command, "The scoring rows (`score_*`, `logprobs_*`)", "score_rows")
     if args.out is not None:
         from dataclasses import asdict
 

@@ -377,16 +377,23 @@ def _table_line(r: Row) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def merge(rows: list[Row], into: Path, command: str) -> None:
+def merge(
+    rows: list[Row],
+    into: Path,
+    command: str,
+    label: str = "The typed-answer rows (`structured_*`)",
+    key: str = "structured_rows",
+) -> None:
     """Put `rows` into `into`/results.json and BENCHMARKS.md beside the full run's rows:
     earlier rows of the same names replaced, the others kept as they are, and a line under
-    the header saying when and how these were measured."""
+    the header (`label`: ...; in results.json's meta under `key`) saying when and how these
+    were measured."""
     from dataclasses import asdict
 
     names = {r.name for r in rows}
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    said = f"The typed-answer rows (`structured_*`): `{command}` on {when}, load average {load}."
+    said = f"{label}: `{command}` on {when}, load average {load}."
     results = into / "results.json"
     payload = json.loads(results.read_text())
     earlier = {
@@ -394,14 +401,14 @@ def merge(rows: list[Row], into: Path, command: str) -> None:
     }
     payload["rows"] = [r for r in payload["rows"] if r["name"] not in names]
     payload["rows"] += [asdict(r) for r in rows]
-    payload.setdefault("meta", {})["structured_rows"] = said
+    payload.setdefault("meta", {})[key] = said
     results.write_text(json.dumps(payload, indent=1, default=str))
 
     report = into / "BENCHMARKS.md"
     lines = [
         line
         for line in report.read_text().splitlines()
-        if not line.startswith("The typed-answer rows (")
+        if not line.startswith(f"{label}:")
         and not any(line.startswith(f"- `{n}`:") for n in names)
         and line.split(" | ")[0] not in earlier
     ]

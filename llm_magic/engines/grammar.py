@@ -2,12 +2,12 @@
 processor that lets through, at each step, only the tokens the format allows.
 
 The grammar backend is llguidance (the optional extra `llm_magic[structured]`), chosen by
-measurement over xgrammar (bench/BENCHMARKS.md, "structured"): the same time per token
-within the noise here, a first schema in ~15-25 ms and a cached one in microseconds (a
-ready matcher copied), every schema, choice and regex of the tests covered, and a named
-refusal ("Unimplemented keys: uniqueItems") where xgrammar accepted `uniqueItems` and
-`if`/`then` and did not enforce them; a 3 MB wheel with no dependencies, where xgrammar's
-metadata pulls triton (~290 MB) on Linux x86-64.
+measurement over xgrammar (bench/BENCHMARKS.md, "structured"): a mask in ~0.2 ms per
+token on a quiet machine (xgrammar ~0.25 ms), a first schema in a few ms and a cached one
+in microseconds (a ready matcher copied), every schema, choice and regex of the tests
+covered, and a named refusal ("Unimplemented keys: uniqueItems") where xgrammar accepted
+`uniqueItems` and `if`/`then` and did not enforce them; a 3 MB wheel with no dependencies,
+where xgrammar's metadata pulls triton (~290 MB) on Linux x86-64.
 
 A compiled format is kept per tokenizer (weakly: unloading the model frees it) and per
 (format, vocabulary width, end tokens), so a second cell with the same format pays only a
